@@ -1,0 +1,1 @@
+"""iPhone backup troubleshooting bot: one engine (bot.core), thin doors (terminal, Telegram)."""

@@ -1,0 +1,160 @@
+"""Command line: ``python -m bot <command>``. The default command is ``chat``.
+
+chat (terminal conversation), match, intents, check, bench, run (Telegram), outbox,
+backup-db, transcripts, watch, stats, unmatched. Each command is a thin wrapper; the work
+lives in the modules it calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from bot.config import ConfigError, Settings
+from bot.core.errors import ContentError
+from bot.store import StoreError
+
+log = logging.getLogger("bot")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # httpx logs request URLs at INFO, and Bot API URLs contain the token
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+async def _chat(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.runtime import open_runtime
+    from bot.terminal import chat
+
+    with tempfile.TemporaryDirectory(prefix="bot-chat-") as tmp:
+        db = args.db or str(Path(tmp) / "chat.db")
+        runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang)
+        try:
+            banner = (f"Terminal chat (database: {db}). Type your problem; numbers press buttons; "
+                      "/help for commands, /quit to leave.")
+            await chat(runtime.engine, f"term:{args.user}", banner=banner)
+        finally:
+            await runtime.close()
+    return 0
+
+
+def _match(settings: Settings) -> int:
+    from bot.core.matcher import Matcher
+
+    matcher = Matcher.load(settings.content_dir / settings.lang / "intents.yaml")
+    for line in sys.stdin:
+        text = line.rstrip("\n")
+        r = matcher.match(text)
+        print(json.dumps({
+            "text": text, "decision": r.decision, "intent": r.intent, "score": round(r.score, 1),
+            "candidates": [{"intent": c.intent, "score": round(c.score, 1)} for c in r.candidates],
+        }, ensure_ascii=False), flush=True)
+    return 0
+
+
+def _intents(settings: Settings) -> int:
+    from bot.core.matcher import Matcher
+
+    matcher = Matcher.load(settings.content_dir / settings.lang / "intents.yaml")
+    for intent, examples in matcher.examples().items():
+        print(json.dumps({"intent": intent, "examples": list(examples)}, ensure_ascii=False))
+    return 0
+
+
+def _check(settings: Settings) -> int:
+    from bot.runtime import check, plugin_branches
+
+    knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches())
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems or knowledge is None:
+        print(f"check failed: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    steps = sum(len(f.steps) for f in knowledge.flows.flows.values())
+    print(f"ok: {len(knowledge.flows.flows)} flows, {steps} steps, {len(knowledge.content.texts)} texts, "
+          f"{len(knowledge.matcher.intents)} intents")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    p_chat = sub.add_parser("chat", help="talk to the bot in the terminal")
+    p_chat.add_argument("--db", help="SQLite file (default: a fresh temporary one)")
+    p_chat.add_argument("--user", default="local", help="who is talking (default: local)")
+    sub.add_parser("match", help="match stdin lines to intents, JSON lines out")
+    sub.add_parser("intents", help="print the matcher's example phrases, JSON lines")
+    sub.add_parser("check", help="validate content/ and flows/")
+    p_bench = sub.add_parser("bench", help="measure matcher and engine speed")
+    p_bench.add_argument("--telegram", action="store_true", help="also the Telegram door end to end")
+    p_bench.add_argument("--quotes", action="store_true", help="also the quote outbox drain")
+    p_bench.add_argument("--agents", action="store_true", help="also agents' mirroring")
+    # -- Telegram door hooks (logic in bot/tg/cli.py) --
+    p_run = sub.add_parser("run", help="run the Telegram bot (long polling; --webhook to serve a webhook)")
+    p_run.add_argument("--webhook", action="store_true",
+                       help="serve a webhook (WEBHOOK_URL, WEBHOOK_SECRET, WEBHOOK_LISTEN/PORT)")
+    p_backup = sub.add_parser("backup-db", help="copy the database safely while the bot runs")
+    p_backup.add_argument("path", help="backup file (or an existing folder: a dated file inside)")
+    p_backup.add_argument("--force", action="store_true", help="overwrite an existing backup file")
+    # -- quote outbox hook (logic in bot/escalation/cli.py) --
+    from bot.escalation.cli import add_parser as add_outbox_parser
+
+    add_outbox_parser(sub)
+    args = parser.parse_args(argv)
+    command = args.command or "chat"
+    if command == "chat" and not hasattr(args, "db"):
+        args = parser.parse_args(["chat", *(argv or [])])
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        if command == "chat":
+            return asyncio.run(_chat(settings, args))
+        if command == "match":
+            return _match(settings)
+        if command == "intents":
+            return _intents(settings)
+        if command == "check":
+            return _check(settings)
+        if command == "run":  # Telegram door hook
+            from bot.tg.cli import run_command
+
+            return run_command(settings, webhook=args.webhook)
+        if command == "backup-db":  # Telegram door hook
+            from bot.tg.cli import backup_command
+
+            return backup_command(settings, args.path, force=args.force)
+        if command == "outbox":  # quote outbox hook
+            from bot.escalation.cli import outbox_command
+
+            return asyncio.run(outbox_command(settings, args))
+        if command == "bench":
+            from bot.bench import run_bench
+
+            return asyncio.run(run_bench(settings, args))
+    except ContentError as exc:
+        print(f"content error (run `python -m bot check`):\n{exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"database error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

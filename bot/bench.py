@@ -1,0 +1,177 @@
+"""``python -m bot bench``: matcher and engine throughput and latency, start-up time.
+
+Prints a readable report and, as its last line, one JSON object with the figures
+(``--telegram``, ``--quotes`` and ``--agents`` add their own keys). Figures are
+measured on this machine each run; nothing is hard-coded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bot.config import Settings
+from bot.core.messages import EventKind, Inbound, Reply
+
+
+def _p99(samples: list[float]) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+
+
+def _messy(text: str, rng: random.Random) -> str:
+    """A typed-on-a-phone variant: case, a dropped letter, no punctuation."""
+    t = text.lower() if rng.random() < 0.5 else text
+    if len(t) > 6 and rng.random() < 0.5:
+        i = rng.randrange(1, len(t) - 1)
+        t = t[:i] + t[i + 1:]
+    return t.replace("?", "").replace(".", "")
+
+
+def bench_startup(settings: Settings) -> float:
+    from bot.runtime import check, plugin_branches
+
+    t0 = time.perf_counter()
+    knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches())
+    elapsed = time.perf_counter() - t0
+    if problems or knowledge is None:
+        raise SystemExit(f"content has problems; run `python -m bot check` ({len(problems)} found)")
+    return elapsed
+
+
+def bench_matcher(settings: Settings, rounds: int = 3) -> dict[str, float]:
+    from bot.core.matcher import Matcher
+
+    matcher = Matcher.load(settings.content_dir / settings.lang / "intents.yaml")
+    rng = random.Random(7)
+    phrases = [p for ex in matcher.examples().values() for p in ex]
+    messages = [_messy(p, rng) for p in phrases for _ in range(rounds)]
+    rng.shuffle(messages)
+    for m in messages[:200]:  # warm-up
+        matcher.match(m)
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    for m in messages:
+        s = time.perf_counter()
+        matcher.match(m)
+        lat.append((time.perf_counter() - s) * 1000)
+    total = time.perf_counter() - t0
+    return {
+        "matcher_messages": len(messages),
+        "matcher_msgs_per_s": round(len(messages) / total, 1),
+        "matcher_p50_ms": round(statistics.median(lat), 3),
+        "matcher_p99_ms": round(_p99(lat), 3),
+    }
+
+
+async def bench_engine(settings: Settings, users: int = 200, turns: int = 8, workers: int = 4) -> dict[str, float]:
+    from bot.runtime import open_runtime
+
+    with tempfile.TemporaryDirectory(prefix="bot-bench-") as tmp:
+        rt = await open_runtime(str(Path(tmp) / "bench.db"), settings.content_dir, settings.flows_dir,
+                                settings.lang)
+        try:
+            rng = random.Random(11)
+            complaints = [p for ex in rt.knowledge.matcher.examples().values() for p in ex]
+            last: dict[str, tuple[Reply, ...]] = {}
+
+            def next_event(uid: str, n: int) -> Inbound:
+                if n == 0:
+                    return Inbound(uid, EventKind.COMMAND, text="start")
+                if n == 1:
+                    return Inbound(uid, EventKind.TEXT, text=_messy(rng.choice(complaints), rng))
+                buttons = [b for r in last.get(uid, ()) for b in r.buttons]
+                if buttons:
+                    no = [b for b in buttons if b.id.endswith(":no")]
+                    choice = no[0] if no else rng.choice(buttons)
+                    return Inbound(uid, EventKind.BUTTON, payload=choice.id)
+                return Inbound(uid, EventKind.TEXT, text=rng.choice(["120 gb", "50", "yes", "no"]))
+
+            queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+            for n in range(turns):  # interleaved: every user's turn n before anyone's n+1
+                for u in range(users):
+                    queue.put_nowait((f"bench:{u}", n))
+            lat: list[float] = []
+            busy: set[str] = set()
+
+            async def worker() -> None:
+                while True:
+                    try:
+                        uid, n = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    if uid in busy:  # keep each user's turns in order
+                        queue.put_nowait((uid, n))
+                        await asyncio.sleep(0)
+                        continue
+                    busy.add(uid)
+                    s = time.perf_counter()
+                    last[uid] = await rt.engine.handle(next_event(uid, n))
+                    lat.append((time.perf_counter() - s) * 1000)
+                    busy.discard(uid)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(workers)))
+            total = time.perf_counter() - t0
+            async with rt.store.db.execute("SELECT COUNT(*) FROM messages") as cur:
+                row = await cur.fetchone()
+            stored = int(row[0]) if row else 0
+        finally:
+            await rt.close()
+    return {
+        "engine_users": users,
+        "engine_turns": len(lat),
+        "engine_turns_per_s": round(len(lat) / total, 1),
+        "engine_p50_ms": round(statistics.median(lat), 3),
+        "engine_p99_ms": round(_p99(lat), 3),
+        "engine_transcript_rows": stored,
+    }
+
+
+async def run_bench(settings: Settings, args: argparse.Namespace) -> int:
+    result: dict[str, Any] = {}
+    startup = bench_startup(settings)
+    result["startup_s"] = round(startup, 3)
+    print(f"start-up (load + validate content, flows, matcher): {startup:.3f} s (target <= 1 s)")
+    m = bench_matcher(settings)
+    result.update(m)
+    print(f"matcher: {m['matcher_msgs_per_s']:.0f} msgs/s over {m['matcher_messages']} messages, "
+          f"p50 {m['matcher_p50_ms']:.3f} ms, p99 {m['matcher_p99_ms']:.3f} ms "
+          "(target >= 2000 msgs/s, p99 <= 2 ms)")
+    e = await bench_engine(settings)
+    result.update(e)
+    print(f"engine: {e['engine_turns_per_s']:.0f} persisted turns/s, {e['engine_users']} users interleaved, "
+          f"p50 {e['engine_p50_ms']:.2f} ms, p99 {e['engine_p99_ms']:.2f} ms "
+          "(target >= 500 turns/s, p99 <= 20 ms)")
+    if getattr(args, "telegram", False):
+        from bot.tg.bench import bench_telegram
+
+        t = await bench_telegram(settings)
+        result.update(t)
+        print(f"telegram door: {t['telegram_updates_per_s']:.0f} updates/s, p99 {t['telegram_p99_ms']:.1f} ms "
+              "(target >= 200 updates/s, p99 <= 100 ms)")
+    if getattr(args, "quotes", False):
+        from bot.escalation.bench import bench_quotes
+
+        q = await bench_quotes(settings)
+        result.update(q)
+        print(f"quotes: drained in {q['quote_drain_s']:.1f} s, duplicates {q['quote_duplicates']} "
+              "(target <= 60 s, 0)")
+    if getattr(args, "agents", False):
+        from bot.agents.bench import bench_agents
+
+        a = await bench_agents(settings)
+        result.update(a)
+        print(f"agents: mirror latency ratio {a['mirror_latency_ratio']:.2f}, "
+              f"catch-up {a['mirror_catchup_s']:.1f} s (target <= 1.2, <= 60 s)")
+    print(json.dumps(result))
+    return 0

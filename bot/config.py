@@ -1,0 +1,155 @@
+"""Settings from the environment, validated once at start.
+
+Every setting has a default that runs the embedded set-up (terminal chat, SQLite under
+./var, Maildir instead of SMTP). A bad value fails at start with the variable named.
+Secrets (token, SMTP password) may come from a file named by ``*_FILE``; they are never
+logged — ``Settings.__repr__`` masks them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names the variable."""
+
+
+def _secret(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    file = env.get(f"{name}_FILE", "").strip()
+    if value and file:
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {file}: {exc.strerror}") from exc
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _chat_id(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a numeric Telegram chat id, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    # storage and content
+    db_path: str = str(ROOT / "var" / "bot.db")
+    content_dir: Path = ROOT / "content"
+    flows_dir: Path = ROOT / "flows"
+    lang: str = "en"
+    log_level: str = "INFO"
+    # Telegram
+    telegram_token: str = field(default="", repr=False)
+    telegram_base_url: str = "https://api.telegram.org/bot"
+    telegram_base_file_url: str = "https://api.telegram.org/file/bot"
+    webhook_listen: str = "0.0.0.0"
+    webhook_port: int = 8080
+    webhook_url: str = ""
+    webhook_secret: str = field(default="", repr=False)
+    # escalation: quote requests to the lab
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_tls: str = "starttls"
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
+    mail_from: str = "backup-bot@localhost"
+    lab_emails: tuple[str, ...] = ()
+    maildir: str = str(ROOT / "var" / "maildir")
+    lab_chat_id: int | None = None
+    # agents
+    agent_chat_id: int | None = None
+    admin_ids: tuple[int, ...] = ()
+    pause_minutes: int = 30
+    retention_days: int = 90
+
+    def __repr__(self) -> str:  # secrets never reach a log
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not f.repr:
+                value = "***" if value else ""
+            parts.append(f"{f.name}={value!r}")
+        return "Settings(" + ", ".join(parts) + ")"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        d = cls()
+        tls = env.get("SMTP_TLS", d.smtp_tls).strip().lower() or d.smtp_tls
+        if tls not in ("starttls", "ssl", "none"):
+            raise ConfigError(f"SMTP_TLS must be starttls, ssl or none, got {tls!r}")
+        level = env.get("LOG_LEVEL", d.log_level).strip().upper() or d.log_level
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        base = env.get("TELEGRAM_BASE_URL", "").strip()
+        base_file = env.get("TELEGRAM_BASE_FILE_URL", "").strip()
+        if base and not base.startswith(("http://", "https://")):
+            raise ConfigError(f"TELEGRAM_BASE_URL must start with http:// or https://, got {base!r}")
+        if base and not base_file:
+            base_file = base.rstrip("/").removesuffix("/bot") + "/file/bot"
+        admin_raw = env.get("ADMIN_IDS", "").replace(" ", "")
+        try:
+            admins = tuple(int(x) for x in admin_raw.split(",") if x)
+        except ValueError as exc:
+            raise ConfigError(f"ADMIN_IDS must be comma-separated numeric user ids, got {admin_raw!r}") from exc
+        labs = tuple(a.strip() for a in env.get("LAB_EMAIL", "").split(",") if a.strip())
+        for addr in labs + ((env["MAIL_FROM"].strip(),) if env.get("MAIL_FROM", "").strip() else ()):
+            if "@" not in addr or any(c in addr for c in "\r\n <>"):
+                raise ConfigError(f"LAB_EMAIL / MAIL_FROM: {addr!r} is not a plain e-mail address")
+        secret = _secret(env, "WEBHOOK_SECRET")
+        if secret and (len(secret) > 256 or not all(c.isalnum() or c in "_-" for c in secret)):
+            raise ConfigError("WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        smtp_host = env.get("SMTP_HOST", "").strip()
+        return cls(
+            db_path=env.get("BOT_DB", "").strip() or d.db_path,
+            content_dir=Path(env.get("CONTENT_DIR", "").strip() or d.content_dir),
+            flows_dir=Path(env.get("FLOWS_DIR", "").strip() or d.flows_dir),
+            lang=env.get("BOT_LANG", "").strip() or d.lang,
+            log_level=level,
+            telegram_token=_secret(env, "TELEGRAM_BOT_TOKEN"),
+            telegram_base_url=base or d.telegram_base_url,
+            telegram_base_file_url=base_file or d.telegram_base_file_url,
+            webhook_listen=env.get("WEBHOOK_LISTEN", "").strip() or d.webhook_listen,
+            webhook_port=_int(env, "WEBHOOK_PORT", d.webhook_port, 1, 65535),
+            webhook_url=env.get("WEBHOOK_URL", "").strip(),
+            webhook_secret=secret,
+            smtp_host=smtp_host,
+            smtp_port=_int(env, "SMTP_PORT", 465 if tls == "ssl" else (25 if tls == "none" else 587), 1, 65535),
+            smtp_tls=tls,
+            smtp_username=env.get("SMTP_USERNAME", "").strip(),
+            smtp_password=_secret(env, "SMTP_PASSWORD"),
+            mail_from=env.get("MAIL_FROM", "").strip() or d.mail_from,
+            lab_emails=labs,
+            maildir=env.get("MAILDIR", "").strip() or d.maildir,
+            lab_chat_id=_chat_id(env, "LAB_CHAT_ID"),
+            agent_chat_id=_chat_id(env, "AGENT_CHAT_ID"),
+            admin_ids=admins,
+            pause_minutes=_int(env, "AGENT_PAUSE_MINUTES", d.pause_minutes, 1, 7 * 24 * 60),
+            retention_days=_int(env, "RETENTION_DAYS", d.retention_days, 1, 3650),
+        )

@@ -1,0 +1,583 @@
+"""The engine: one inbound event for one conversation in, channel-neutral replies out.
+
+It owns the conversation: runs the flows in flows/, asks the matcher what free text
+means, validates typed values, and writes the new state and the transcript through the
+store port in one transaction per turn. It never touches the network. Doors (terminal,
+Telegram) translate to and from the types in ``messages``; tests drive it directly.
+
+Button ids sent to doors are ``<seq>:<id>``: a press whose seq is not the current one
+comes from an earlier step and gets the "earlier step" answer, never a wrong transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from rapidfuzz import fuzz
+
+from .actions import ACTIONS, ActionContext, ActionFn
+from .content import Content
+from .flows import MENU, FlowSet, Step
+from .messages import Button, EventKind, Hint, Inbound, MatchResult, Reply
+from .ports import ConversationStore, Direction, Entry, State
+from .redact import redact
+from .values import MAX_TEXT, clean_text, parse_email, parse_phone, parse_size_gb, parse_text
+
+log = logging.getLogger(__name__)
+
+MAX_HOPS = 40  # a flow that goes on without input this many times is a content bug
+LABEL_MATCH = 88  # typed text this close to a button label counts as pressing it
+
+
+class MatcherPort:
+    """What the engine needs from the matcher (bot.core.matcher.Matcher fits)."""
+
+    def match(self, text: str) -> MatchResult: ...  # pragma: no cover
+
+    def smalltalk(self, text: str) -> str | None: ...  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """What happened in one turn, for listeners (agents' mirror, metrics)."""
+
+    conversation_id: str
+    inbound: Inbound
+    entries: tuple[Entry, ...]
+    replies: tuple[Reply, ...]
+    state: State
+    events: tuple[str, ...] = ()  # escalation events: human_requested, quote_sent, stuck...
+
+
+CommandFn = Callable[["Turn", str], Awaitable[None]]
+Listener = Callable[[TurnRecord], Awaitable[None]]
+
+
+@dataclass
+class Turn:
+    """The mutable scratchpad of one turn; only ``Engine`` and command plug-ins use it."""
+
+    engine: Engine
+    state: State
+    inbound: Inbound
+    replies: list[Reply] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    # -- saying things -------------------------------------------------------------
+    def say(self, key: str, values: Mapping[str, str] | None = None, notice: str = "") -> None:
+        env = dict(self.state.values)
+        if values:
+            env.update(values)
+        text = self.engine.content.text(key, env)
+        self.replies.append(Reply(text=text, key=key, notice=notice))
+
+    def say_text(self, text: str, key: str = "") -> None:
+        self.replies.append(Reply(text=text, key=key))
+
+    def attach(self, buttons: Iterable[tuple[str, str]]) -> None:
+        """Attach (local id, label) buttons to the last reply, bumping seq."""
+        seq = self.state.seq + 1
+        self.state = replace(self.state, seq=seq)
+        rendered = tuple(Button(f"{seq}:{bid}", label) for bid, label in buttons)
+        if not self.replies:
+            raise RuntimeError("buttons need a message to attach to")
+        self.replies[-1] = replace(self.replies[-1], buttons=rendered, hint=Hint.REPLACE_KEYBOARD)
+
+    def set_values(self, pairs: Iterable[tuple[str, str]]) -> None:
+        values = dict(self.state.values)
+        values.update(pairs)
+        self.state = replace(self.state, values=values)
+
+    def event(self, name: str) -> None:
+        self.events.append(name)
+
+
+class Engine:
+    """Runs conversations. One lock per conversation: its turns are strictly ordered."""
+
+    def __init__(
+        self,
+        content: Content,
+        flows: FlowSet,
+        matcher: MatcherPort,
+        store: ConversationStore,
+        *,
+        extra_actions: Mapping[str, tuple[ActionFn, tuple[str, ...]]] | None = None,
+        commands: Mapping[str, CommandFn] | None = None,
+    ) -> None:
+        self.content = content
+        self.flows = flows
+        self.matcher = matcher
+        self.store = store
+        self.actions: dict[str, tuple[ActionFn, tuple[str, ...]]] = dict(ACTIONS)
+        self.actions.update(extra_actions or {})
+        self.commands: dict[str, CommandFn] = {
+            "start": self._cmd_start,
+            "menu": self._cmd_restart,
+            "restart": self._cmd_restart,
+            "help": self._cmd_help,
+            "back": self._cmd_back,
+            "cancel": self._cmd_cancel,
+        }
+        self.commands.update(commands or {})
+        self.listeners: list[Listener] = []
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._yes = content.words("engine.yes_words")
+        self._no = content.words("engine.no_words")
+
+    # -- the seam ------------------------------------------------------------------
+    async def handle(self, inbound: Inbound) -> tuple[Reply, ...]:
+        lock = self._locks.get(inbound.conversation_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[inbound.conversation_id] = lock
+        async with lock:
+            state = await self.store.load_state(inbound.conversation_id)
+            if state is None:
+                state = State(inbound.conversation_id, user_name=inbound.user_name)
+            turn = Turn(self, state, inbound)
+            await self._dispatch(turn)
+            replies = tuple(turn.replies)
+            for r in replies:
+                turn.entries.append(Entry(Direction.OUT, r.text, kind="reply",
+                                          flow=turn.state.flow, step=turn.state.step))
+            await self.store.save_turn(turn.state, turn.entries)
+            record = TurnRecord(inbound.conversation_id, inbound, tuple(turn.entries), replies,
+                                turn.state, tuple(turn.events))
+        for listener in self.listeners:
+            try:
+                await listener(record)
+            except Exception:  # a listener must never break the conversation
+                log.exception("turn listener failed for %s", inbound.conversation_id)
+        return replies
+
+    async def state_of(self, conversation_id: str) -> State | None:
+        return await self.store.load_state(conversation_id)
+
+    # -- dispatch ------------------------------------------------------------------
+    async def _dispatch(self, turn: Turn) -> None:
+        inbound = turn.inbound
+        if inbound.user_name and inbound.user_name != turn.state.user_name:
+            turn.state = replace(turn.state, user_name=inbound.user_name)
+        if not turn.state.active:
+            turn.state = replace(turn.state, active=True)
+        if turn.state.paused:
+            # a person has taken over: record what the user said, let the agent answer
+            text, _ = redact(clean_text(inbound.text or inbound.payload or ""))
+            kind = inbound.kind.value
+            if inbound.kind is EventKind.COMMAND:
+                text = f"/{inbound.text} {inbound.arg}".strip()
+            elif inbound.kind is EventKind.BUTTON:
+                text = self._label_for(turn.state, inbound.payload.partition(":")[2]) or text
+            elif inbound.kind is EventKind.MEDIA:
+                text = f"[{','.join(a.kind for a in inbound.attachments) or 'media'}] {text}".strip()
+            turn.entries.append(Entry(Direction.IN, text, kind=kind, flow=turn.state.flow, step=turn.state.step))
+            turn.event("paused_message")
+            return
+        if inbound.kind is EventKind.COMMAND:
+            name = inbound.text.lower().lstrip("/").split("@")[0]
+            turn.entries.append(Entry(Direction.IN, f"/{name} {inbound.arg}".strip(), kind="command"))
+            handler = self.commands.get(name)
+            if handler is None:
+                turn.say("engine.unknown_command")
+                await self._reprompt(turn)
+            else:
+                await handler(turn, inbound.arg)
+            return
+        if inbound.kind is EventKind.BUTTON:
+            await self._on_button(turn, inbound.payload)
+            return
+        if inbound.kind is EventKind.MEDIA:
+            await self._on_media(turn)
+            return
+        await self._on_text(turn, inbound.text)
+
+    # -- entering steps ------------------------------------------------------------
+    async def goto(self, turn: Turn, target: str, *, remember: bool = True) -> None:
+        """Enter ``target`` and run until a step waits for input or the flow ends."""
+        if remember and turn.state.ref and self.flows.has(turn.state.ref):
+            hist = (turn.state.history + (turn.state.ref,))[-20:]
+            turn.state = replace(turn.state, history=hist)
+        for _ in range(MAX_HOPS):
+            step = self.flows.step(target)
+            turn.state = replace(turn.state, flow=step.flow, step=step.name, offer=())
+            if step.event:
+                turn.event(step.event)
+            for key in step.say:
+                turn.say(key)
+            if step.do:
+                fn, _ = self.actions[step.do]
+                result = await fn(ActionContext(turn.state.conversation_id, turn.state.values, self.content))
+                turn.set_values(result.set)
+                target = dict(step.branches)[result.branch]
+                continue
+            if step.next:
+                target = step.next
+                continue
+            if step.end:
+                if target == MENU:  # the menu itself ended: nothing more to show
+                    return
+                target = MENU
+                continue
+            self._show_buttons(turn, step)
+            return
+        raise RuntimeError(f"flow loops without waiting for input at {target}")
+
+    def _step_buttons(self, step: Step, values: Mapping[str, str]) -> list[tuple[str, str]]:
+        label = self.content.raw
+        if step.multi:
+            chosen = set(values.get(step.multi.var, "").split(","))
+            out = []
+            for o in step.multi.options:
+                mark = "✓ " if o.id in chosen else ""
+                out.append((f"m_{o.id}", mark + label(o.label)))
+            out.append(("m__done", label(step.multi.done_label)))
+            return out
+        return [(b.id, label(b.label)) for b in step.buttons]
+
+    def _show_buttons(self, turn: Turn, step: Step) -> None:
+        buttons = self._step_buttons(step, turn.state.values)
+        if not buttons:
+            return
+        if not turn.replies:
+            key = step.say[-1] if step.say else "engine.not_understood_step"
+            turn.say(key)
+        turn.attach(buttons)
+
+    async def _reprompt(self, turn: Turn, *, prefix_done: bool = False) -> None:
+        """Show the current step again (its last text and its buttons), or the menu."""
+        ref = turn.state.ref
+        if not ref or not self.flows.has(ref):
+            await self.goto(turn, MENU, remember=False)
+            return
+        step = self.flows.step(ref)
+        if step.say:
+            turn.say(step.say[-1])
+        turn.state = replace(turn.state, offer=())
+        self._show_buttons(turn, step)
+
+    async def start_flow(self, turn: Turn, flow_id: str, trigger: str = "") -> None:
+        turn.state = replace(turn.state, misses=0)
+        if trigger:
+            turn.set_values([("trigger_text", trigger[:300])])
+        await self.goto(turn, f"{flow_id}.start")
+
+    # -- buttons -------------------------------------------------------------------
+    async def _on_button(self, turn: Turn, payload: str) -> None:
+        seq_s, _, bid = payload.partition(":")
+        turn.entries.append(Entry(Direction.IN, self._label_for(turn.state, bid) or bid, kind="button",
+                                  flow=turn.state.flow, step=turn.state.step))
+        if not seq_s.isdigit() or int(seq_s) != turn.state.seq:
+            turn.say("engine.stale_button", notice=self.content.raw("engine.stale_button"))
+            await self._reprompt(turn)
+            return
+        await self._press(turn, bid)
+
+    def _label_for(self, state: State, bid: str) -> str:
+        if state.ref and self.flows.has(state.ref):
+            step = self.flows.step(state.ref)
+            for b in step.buttons + (step.multi.options if step.multi else ()):
+                if b.id == bid or f"m_{b.id}" == bid:
+                    return self.content.raw(b.label)
+        return ""
+
+    async def _press(self, turn: Turn, bid: str) -> None:
+        state = turn.state
+        if bid in state.offer:
+            await self._press_offer(turn, bid)
+            return
+        step = self.flows.step(state.ref) if state.ref and self.flows.has(state.ref) else None
+        if step and step.multi and bid.startswith("m_"):
+            await self._press_multi(turn, step, bid[2:])
+            return
+        for b in step.buttons if step else ():
+            if b.id == bid:
+                turn.set_values(b.set)
+                await self.goto(turn, b.goto)
+                return
+        turn.say("engine.stale_button")
+        await self._reprompt(turn)
+
+    async def _press_multi(self, turn: Turn, step: Step, oid: str) -> None:
+        assert step.multi
+        var = step.multi.var
+        chosen = [v for v in turn.state.values.get(var, "").split(",") if v]
+        if oid == "_done":
+            if not chosen:
+                turn.say(step.multi.invalid)
+                self._show_buttons(turn, step)
+                return
+            await self.goto(turn, step.multi.next)
+            return
+        if oid in chosen:
+            chosen.remove(oid)
+        elif any(o.id == oid for o in step.multi.options):
+            chosen.append(oid)
+        turn.set_values([(var, ",".join(chosen))])
+        if step.say:
+            turn.say(step.say[-1])
+        self._show_buttons(turn, step)
+
+    async def _press_offer(self, turn: Turn, bid: str) -> None:
+        kind, _, arg = bid.partition(":")
+        trigger = turn.state.values.get("pending_text", "")
+        turn.state = replace(turn.state, offer=())
+        if kind in ("intent", "switch"):
+            flow = self.flows.flow_for_intent(arg)
+            if flow:
+                turn.state = replace(turn.state, history=())
+                await self.start_flow(turn, flow.id, trigger)
+                return
+        if kind == "other":
+            await self.goto(turn, MENU)
+            return
+        await self._reprompt(turn)  # "stay"
+
+    def _offer(self, turn: Turn, key: str, buttons: list[tuple[str, str]], values: Mapping[str, str] | None = None) -> None:
+        turn.say(key, values)
+        turn.attach(buttons)
+        turn.state = replace(turn.state, offer=tuple(b for b, _ in buttons))
+
+    # -- media ---------------------------------------------------------------------
+    async def _on_media(self, turn: Turn) -> None:
+        kinds = ",".join(a.kind for a in turn.inbound.attachments) or "media"
+        turn.entries.append(Entry(Direction.IN, f"[{kinds}] {turn.inbound.text}".strip(), kind="media",
+                                  flow=turn.state.flow, step=turn.state.step))
+        step = self.flows.step(turn.state.ref) if turn.state.ref and self.flows.has(turn.state.ref) else None
+        if step and step.ask and step.ask.type == "photos":
+            photos = [a for a in turn.inbound.attachments if a.kind == "photo"]
+            if photos:
+                ids = [v for v in turn.state.values.get(step.ask.var, "").split(",") if v]
+                ids += [p.file_id for p in photos]
+                turn.set_values([(step.ask.var, ",".join(ids))])
+                if step.ask.invalid:
+                    turn.say(step.ask.invalid, {"count": str(len(ids))})
+                self._show_buttons(turn, step)
+                return
+        turn.say("engine.media_only_text")
+        await self._reprompt(turn)
+
+    # -- text ----------------------------------------------------------------------
+    async def _on_text(self, turn: Turn, raw: str) -> None:
+        text = clean_text(raw)
+        if len(text) > MAX_TEXT * 10:
+            text = text[: MAX_TEXT * 10]
+        safe, had_secret = redact(text)
+        state = turn.state
+        step = self.flows.step(state.ref) if state.ref and self.flows.has(state.ref) else None
+        if not text or not any(ch.isalnum() for ch in text):
+            turn.entries.append(Entry(Direction.IN, safe, flow=state.flow, step=state.step))
+            if step and step.ask and step.ask.type == "text" and text:
+                pass  # emoji-only names are still names: validated below
+            else:
+                turn.say("engine.empty_message")
+                await self._reprompt(turn)
+                return
+        if had_secret:
+            turn.say("engine.password_warning")
+        # 1. a button label typed out
+        bid = self._typed_button(turn.state, step, text)
+        if bid is not None:
+            turn.entries.append(Entry(Direction.IN, safe, kind="text", flow=state.flow, step=state.step))
+            await self._press(turn, bid)
+            return
+        # 2. a value for an ask step
+        if step and step.ask and not turn.state.offer:
+            value, note = self._parse_value(step.ask.type, text)
+            if value is not None and not (had_secret and step.ask.type == "text"):
+                turn.entries.append(Entry(Direction.IN, safe, flow=state.flow, step=state.step))
+                if note:
+                    turn.say("engine.truncated")
+                turn.set_values([(step.ask.var, value)])
+                await self.goto(turn, step.ask.next)
+                return
+        # 3. what does it mean?
+        if len(text) > MAX_TEXT:
+            turn.say("engine.truncated")
+        result = self.matcher.match(safe[:MAX_TEXT])
+        small = self.matcher.smalltalk(safe[:MAX_TEXT]) if result.decision != "accept" else None
+        turn.entries.append(Entry(
+            Direction.IN, safe, intent=result.intent, score=result.score, decision=result.decision,
+            candidates=tuple((c.intent, c.score) for c in result.candidates),
+            flow=state.flow, step=state.step,
+        ))
+        in_flow = step is not None and step.flow != "main_menu" and step.waits
+        if small:
+            await self._smalltalk(turn, small, in_flow)
+            return
+        if result.decision == "accept" and result.intent:
+            await self._accepted(turn, result.intent, safe, step, in_flow)
+            return
+        if step and step.ask:
+            turn.say(step.ask.invalid or "engine.not_understood_step")
+            turn.state = replace(turn.state, offer=())
+            self._show_buttons(turn, step)
+            return
+        if result.decision == "suggest":
+            turn.state = replace(turn.state, misses=0)
+            self._suggest(turn, result, safe, in_flow)
+            return
+        misses = turn.state.misses + 1
+        turn.state = replace(turn.state, misses=misses)
+        if misses >= 2:
+            turn.event("not_understood_twice")
+        if in_flow:
+            turn.say("engine.not_understood_step")
+            await self._reprompt_buttons_only(turn)
+        else:
+            turn.say("engine.not_understood")
+            await self.goto(turn, MENU, remember=False)
+
+    async def _reprompt_buttons_only(self, turn: Turn) -> None:
+        step = self.flows.step(turn.state.ref)
+        turn.state = replace(turn.state, offer=())
+        self._show_buttons(turn, step)
+
+    def _parse_value(self, kind: str, text: str) -> tuple[str | None, bool]:
+        if kind == "size_gb":
+            return parse_size_gb(text), False
+        if kind == "email":
+            return parse_email(text), False
+        if kind == "phone":
+            return parse_phone(text), False
+        if kind == "text":
+            parsed = parse_text(text)
+            return (parsed[0], parsed[1]) if parsed else (None, False)
+        return None, False
+
+    def _typed_button(self, state: State, step: Step | None, text: str) -> str | None:
+        """The id of the button whose label the user typed (or yes/no words), if any."""
+        options: list[tuple[str, str]] = []
+        if state.offer:
+            options = [(b, self._offer_label(b)) for b in state.offer]
+        elif step:
+            options = self._step_buttons(step, state.values)
+        if not options:
+            return None
+        typed = _norm(text)
+        if not typed:
+            return None
+        if typed.isdigit() and 1 <= int(typed) <= len(options) and not (step and step.ask and not state.offer):
+            return options[int(typed) - 1][0]
+        best, best_score = None, 0.0
+        for bid, label in options:
+            score = fuzz.ratio(typed, _norm(label.replace("✓ ", "")))
+            if score > best_score:
+                best, best_score = bid, score
+        if best is not None and best_score >= LABEL_MATCH:
+            return best
+        ids = {bid for bid, _ in options}
+        if "yes" in ids and typed in self._yes:
+            return "yes"
+        if "no" in ids and typed in self._no:
+            return "no"
+        return None
+
+    def _offer_label(self, bid: str) -> str:
+        kind, _, arg = bid.partition(":")
+        if kind in ("intent", "switch"):
+            flow = self.flows.flow_for_intent(arg)
+            return self.content.raw(flow.title) if flow else arg
+        if kind == "other":
+            return self.content.raw("engine.something_else")
+        return self.content.raw("engine.switch_no")
+
+    async def _smalltalk(self, turn: Turn, kind: str, in_flow: bool) -> None:
+        if kind == "help":
+            turn.say("engine.help")
+        else:
+            turn.say(f"engine.smalltalk.{kind}")
+        if in_flow:
+            await self._reprompt_buttons_only(turn)
+        elif kind == "greeting" or kind == "help":
+            await self.goto(turn, MENU, remember=False)
+
+    async def _accepted(self, turn: Turn, intent: str, text: str, step: Step | None, in_flow: bool) -> None:
+        flow = self.flows.flow_for_intent(intent)
+        if flow is None:  # pragma: no cover - check guarantees a flow per intent
+            turn.say("engine.not_understood")
+            return
+        turn.state = replace(turn.state, misses=0)
+        if in_flow and step is not None:
+            if flow.id == step.flow:
+                await self._reprompt(turn)
+                return
+            turn.set_values([("pending_text", text[:300])])
+            self._offer(turn, "engine.switch_offer",
+                        [(f"switch:{intent}", self.content.raw("engine.switch_yes")),
+                         ("stay", self.content.raw("engine.switch_no"))],
+                        {"title": self.content.raw(flow.title)})
+            return
+        turn.state = replace(turn.state, history=())
+        await self.start_flow(turn, flow.id, text)
+
+    def _suggest(self, turn: Turn, result: MatchResult, text: str, in_flow: bool) -> None:
+        buttons: list[tuple[str, str]] = []
+        for c in result.candidates[:3]:
+            flow = self.flows.flow_for_intent(c.intent)
+            if flow and not any(b == f"intent:{c.intent}" for b, _ in buttons):
+                buttons.append((f"intent:{c.intent}", self.content.raw(flow.title)))
+        buttons.append(("other", self.content.raw("engine.something_else")))
+        if in_flow:
+            buttons.append(("stay", self.content.raw("engine.switch_no")))
+        turn.set_values([("pending_text", text[:300])])
+        self._offer(turn, "engine.suggest", buttons)
+
+    # -- commands ------------------------------------------------------------------
+    async def _cmd_start(self, turn: Turn, arg: str) -> None:
+        payload = re.sub(r"[^A-Za-z0-9_-]", "", arg or "")[:64]
+        turn.state = replace(turn.state, history=(), offer=(), misses=0)
+        turn.say("engine.greeting")
+        flow_id = None
+        if payload in self.flows.flows and payload not in ("main_menu", "common"):
+            flow_id = payload
+        elif payload:
+            flow = self.flows.flow_for_intent(payload)
+            flow_id = flow.id if flow else None
+        if flow_id:
+            turn.state = replace(turn.state, flow="", step="")
+            await self.start_flow(turn, flow_id)
+        else:
+            await self.goto(turn, MENU, remember=False)
+
+    async def _cmd_restart(self, turn: Turn, _arg: str) -> None:
+        values = {k: v for k, v in turn.state.values.items() if k.startswith("keep_")}
+        turn.state = replace(turn.state, flow="", step="", history=(), offer=(), misses=0, values=values)
+        turn.say("engine.restarted")
+        await self.goto(turn, MENU, remember=False)
+
+    async def _cmd_help(self, turn: Turn, _arg: str) -> None:
+        turn.say("engine.help")
+        await self._reprompt(turn)
+
+    async def _cmd_back(self, turn: Turn, _arg: str) -> None:
+        history = list(turn.state.history)
+        while history and not self.flows.has(history[-1]):
+            history.pop()
+        if not history:
+            turn.say("engine.back_none")
+            await self._reprompt(turn)
+            return
+        target = history.pop()
+        turn.state = replace(turn.state, history=tuple(history), offer=())
+        step = self.flows.step(target)
+        turn.state = replace(turn.state, flow=step.flow, step=step.name)
+        await self._reprompt(turn)
+
+    async def _cmd_cancel(self, turn: Turn, _arg: str) -> None:
+        turn.state = replace(turn.state, flow="", step="", history=(), offer=())
+        turn.say("engine.cancelled")
+        await self.goto(turn, MENU, remember=False)
+
+
+_NORM_RE = re.compile(r"[^\w%]+")
+
+
+def _norm(text: str) -> str:
+    return " ".join(_NORM_RE.sub(" ", text.lower().replace("'", "").replace("’", "")).split())

@@ -1,0 +1,136 @@
+"""The database schema as an ordered list of migrations (append only, never edit one).
+
+``PRAGMA user_version`` records how many have run; each runs in its own transaction.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: conversations, transcript, unmatched messages, Telegram update de-duplication
+    """
+    CREATE TABLE conversations (
+        id          TEXT PRIMARY KEY,
+        flow        TEXT NOT NULL DEFAULT '',
+        step        TEXT NOT NULL DEFAULT '',
+        seq         INTEGER NOT NULL DEFAULT 0,
+        state_json  TEXT NOT NULL DEFAULT '{}',
+        active      INTEGER NOT NULL DEFAULT 1,
+        paused      INTEGER NOT NULL DEFAULT 0,
+        user_name   TEXT NOT NULL DEFAULT '',
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE TABLE messages (
+        id              INTEGER PRIMARY KEY,
+        conversation_id TEXT NOT NULL,
+        ts              REAL NOT NULL,
+        direction       TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        text            TEXT NOT NULL,
+        intent          TEXT,
+        score           REAL,
+        decision        TEXT,
+        flow            TEXT NOT NULL DEFAULT '',
+        step            TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX messages_by_conversation ON messages (conversation_id, id);
+    CREATE INDEX messages_by_ts ON messages (ts);
+    CREATE TABLE unmatched (
+        id              INTEGER PRIMARY KEY,
+        conversation_id TEXT NOT NULL,
+        ts              REAL NOT NULL,
+        text            TEXT NOT NULL,
+        decision        TEXT NOT NULL,
+        candidates_json TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX unmatched_by_ts ON unmatched (ts);
+    CREATE TABLE processed_updates (
+        update_id INTEGER PRIMARY KEY,
+        ts        REAL NOT NULL
+    );
+    """,
+    # 2: quote requests to the lab, their durable outbox, device photos (bot/escalation)
+    """
+    CREATE TABLE quotes (
+        ref             TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL,
+        draft_id        TEXT NOT NULL DEFAULT '',
+        created_at      REAL NOT NULL,
+        damage          TEXT NOT NULL DEFAULT '',
+        device          TEXT NOT NULL DEFAULT '',
+        fields_json     TEXT NOT NULL,
+        transcript_json TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX quotes_by_conversation ON quotes (conversation_id, created_at);
+    CREATE UNIQUE INDEX quotes_by_draft ON quotes (conversation_id, draft_id) WHERE draft_id != '';
+    CREATE TABLE outbox (
+        id              INTEGER PRIMARY KEY,
+        ref             TEXT NOT NULL REFERENCES quotes (ref),
+        channel         TEXT NOT NULL,
+        message_id      TEXT NOT NULL DEFAULT '',
+        status          TEXT NOT NULL DEFAULT 'pending',
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        owner           TEXT NOT NULL DEFAULT '',
+        lease_until     REAL NOT NULL DEFAULT 0,
+        last_error      TEXT NOT NULL DEFAULT '',
+        error_kind      TEXT NOT NULL DEFAULT '',
+        accepted        TEXT NOT NULL DEFAULT '',
+        delivered_at    REAL,
+        alert_state     TEXT NOT NULL DEFAULT '',
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL,
+        UNIQUE (ref, channel)
+    );
+    CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+    CREATE TABLE attachments (
+        id       INTEGER PRIMARY KEY,
+        ref      TEXT NOT NULL REFERENCES quotes (ref),
+        position INTEGER NOT NULL,
+        kind     TEXT NOT NULL DEFAULT 'photo',
+        file_id  TEXT NOT NULL,
+        status   TEXT NOT NULL DEFAULT 'pending',
+        mime     TEXT NOT NULL DEFAULT '',
+        data     BLOB,
+        UNIQUE (ref, position)
+    );
+    """,
+    # 3: support agents (bot/agents): a forum topic per conversation, relayed agent messages
+    """
+    CREATE TABLE agent_topics (
+        ref             INTEGER PRIMARY KEY,
+        conversation_id TEXT NOT NULL UNIQUE,
+        thread_id       INTEGER,
+        topic_name      TEXT NOT NULL DEFAULT '',
+        card_message_id INTEGER,
+        card_pinned     INTEGER NOT NULL DEFAULT 0,
+        card_html       TEXT NOT NULL DEFAULT '',
+        topic_cursor    INTEGER NOT NULL DEFAULT 0,
+        seen_cursor     INTEGER NOT NULL DEFAULT 0,
+        symptom         TEXT NOT NULL DEFAULT '',
+        flags           TEXT NOT NULL DEFAULT '',
+        paused_until    REAL,
+        paused_by       TEXT NOT NULL DEFAULT '',
+        quote_state     TEXT NOT NULL DEFAULT '',
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL
+    );
+    CREATE INDEX agent_topics_by_thread ON agent_topics (thread_id);
+    CREATE TABLE agent_relays (
+        agent_message_id INTEGER PRIMARY KEY,
+        conversation_id  TEXT NOT NULL,
+        user_message_id  INTEGER NOT NULL,
+        caption          INTEGER NOT NULL DEFAULT 0,
+        ts               REAL NOT NULL
+    );
+    CREATE INDEX agent_relays_by_conversation ON agent_relays (conversation_id);
+    CREATE TABLE agent_trash (
+        thread_id INTEGER PRIMARY KEY,
+        ts        REAL NOT NULL
+    );
+    CREATE TABLE agent_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+]

@@ -1,0 +1,252 @@
+"""SQLite implementation of the store port (aiosqlite, WAL, versioned migrations).
+
+One connection per process; aiosqlite serialises calls on its own thread. Each engine
+turn is one transaction (state + transcript lines + unmatched rows). Errors opening the
+file surface as StoreError naming the path, never as a traceback to a user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.core.ports import Direction, Entry, State
+
+from .schema import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message names the path and what to do."""
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    id: str
+    flow: str
+    step: str
+    active: bool
+    paused: bool
+    user_name: str
+    created_at: float
+    updated_at: float
+    messages: int
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    id: int
+    conversation_id: str
+    ts: float
+    direction: str
+    kind: str
+    text: str
+    intent: str | None
+    score: float | None
+    decision: str | None
+
+
+class SQLiteStore:
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self.db = db
+        self.path = path
+
+    # -- lifecycle -----------------------------------------------------------------
+    @classmethod
+    async def open(cls, path: str | Path, timeout: float = 5.0) -> SQLiteStore:
+        p = str(path)
+        if p != ":memory:":
+            parent = Path(p).expanduser().resolve().parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder for the database {p}: {exc.strerror}") from exc
+        try:
+            db = await aiosqlite.connect(p, timeout=timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database {p}: {exc}") from exc
+        store = cls(db, p)
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            if p != ":memory:":
+                await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await store._migrate()
+        except sqlite3.OperationalError as exc:
+            await db.close()
+            msg = str(exc)
+            if "locked" in msg or "busy" in msg:
+                raise StoreError(f"the database {p} is locked by another process; stop it or use --db") from exc
+            raise StoreError(f"cannot use the database {p}: {msg}") from exc
+        except sqlite3.DatabaseError as exc:
+            await db.close()
+            raise StoreError(f"{p} is not a usable SQLite database: {exc}") from exc
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def _migrate(self) -> None:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the database {self.path} has schema version {version}, newer than this bot "
+                f"knows ({len(MIGRATIONS)}); upgrade the bot"
+            )
+        for i in range(version, len(MIGRATIONS)):
+            log.info("migrating %s to schema version %d", self.path, i + 1)
+            await self.db.executescript(
+                "BEGIN IMMEDIATE;\n" + MIGRATIONS[i] + f"\nPRAGMA user_version = {i + 1};\nCOMMIT;"
+            )
+
+    async def backup_to(self, target: str | Path) -> None:
+        """SQLite's online backup API: a consistent copy while the bot runs."""
+        dest = await aiosqlite.connect(str(target))
+        try:
+            await self.db.backup(dest)
+        finally:
+            await dest.close()
+
+    # -- the engine's port -----------------------------------------------------------
+    async def load_state(self, conversation_id: str) -> State | None:
+        async with self.db.execute(
+            "SELECT flow, step, seq, state_json, active, paused, user_name FROM conversations WHERE id = ?",
+            (conversation_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        extra = json.loads(row[3] or "{}")
+        return State(
+            conversation_id=conversation_id,
+            flow=row[0],
+            step=row[1],
+            seq=int(row[2]),
+            values=dict(extra.get("values", {})),
+            history=tuple(extra.get("history", ())),
+            offer=tuple(extra.get("offer", ())),
+            misses=int(extra.get("misses", 0)),
+            active=bool(row[4]),
+            paused=bool(row[5]),
+            user_name=row[6],
+            lang=extra.get("lang", "en"),
+        )
+
+    async def save_turn(self, state: State, entries: Sequence[Entry]) -> None:
+        now = time.time()
+        extra = json.dumps({
+            "values": dict(state.values), "history": list(state.history), "offer": list(state.offer),
+            "misses": state.misses, "lang": state.lang,
+        }, ensure_ascii=False)
+        db = self.db
+        await db.execute("BEGIN")
+        try:
+            await db.execute(
+                """INSERT INTO conversations (id, flow, step, seq, state_json, active, paused, user_name,
+                                              created_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(id) DO UPDATE SET flow=excluded.flow, step=excluded.step,
+                     seq=excluded.seq, state_json=excluded.state_json, active=excluded.active,
+                     paused=excluded.paused, user_name=excluded.user_name, updated_at=excluded.updated_at""",
+                (state.conversation_id, state.flow, state.step, state.seq, extra, int(state.active),
+                 int(state.paused), state.user_name, now, now),
+            )
+            if entries:
+                await db.executemany(
+                    """INSERT INTO messages (conversation_id, ts, direction, kind, text, intent, score,
+                                             decision, flow, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    [(state.conversation_id, now, e.direction.value, e.kind, e.text, e.intent, e.score,
+                      e.decision, e.flow, e.step) for e in entries],
+                )
+                unmatched = [e for e in entries if e.decision in ("reject", "suggest")]
+                if unmatched:
+                    await db.executemany(
+                        "INSERT INTO unmatched (conversation_id, ts, text, decision, candidates_json) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        [(state.conversation_id, now, e.text, e.decision or "",
+                          json.dumps([[c, s] for c, s in e.candidates])) for e in unmatched],
+                    )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    # -- queries for tools and doors ------------------------------------------------
+    async def set_flags(self, conversation_id: str, *, active: bool | None = None,
+                        paused: bool | None = None) -> None:
+        sets, args = [], []
+        if active is not None:
+            sets.append("active = ?")
+            args.append(int(active))
+        if paused is not None:
+            sets.append("paused = ?")
+            args.append(int(paused))
+        if not sets:
+            return
+        await self.db.execute(f"UPDATE conversations SET {', '.join(sets)} WHERE id = ?",
+                              (*args, conversation_id))
+
+    async def add_entries(self, conversation_id: str, entries: Sequence[Entry]) -> None:
+        """Transcript lines outside an engine turn (agent messages, notes)."""
+        now = time.time()
+        await self.db.executemany(
+            "INSERT INTO messages (conversation_id, ts, direction, kind, text) VALUES (?, ?, ?, ?, ?)",
+            [(conversation_id, now, e.direction.value, e.kind, e.text) for e in entries],
+        )
+
+    async def mark_update(self, update_id: int) -> bool:
+        """Record a Telegram update id; False if it was seen before (a duplicate)."""
+        cur = await self.db.execute(
+            "INSERT OR IGNORE INTO processed_updates (update_id, ts) VALUES (?, ?)", (update_id, time.time())
+        )
+        return cur.rowcount == 1
+
+    async def conversations(self, limit: int = 50) -> list[ConversationRow]:
+        async with self.db.execute(
+            """SELECT c.id, c.flow, c.step, c.active, c.paused, c.user_name, c.created_at, c.updated_at,
+                      (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
+               FROM conversations c ORDER BY c.updated_at DESC LIMIT ?""",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [ConversationRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+
+    async def messages(self, conversation_id: str | None = None, after_id: int = 0,
+                       limit: int = 10_000) -> list[MessageRow]:
+        sql = ("SELECT id, conversation_id, ts, direction, kind, text, intent, score, decision "
+               "FROM messages WHERE id > ?")
+        args: list[Any] = [after_id]
+        if conversation_id is not None:
+            sql += " AND conversation_id = ?"
+            args.append(conversation_id)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        async with self.db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [MessageRow(*r) for r in rows]
+
+    async def unmatched(self, limit: int = 50) -> list[tuple[float, str, str, str, list[Any]]]:
+        async with self.db.execute(
+            "SELECT ts, conversation_id, text, decision, candidates_json FROM unmatched ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+
+__all__ = ["SQLiteStore", "StoreError", "ConversationRow", "MessageRow", "Direction"]

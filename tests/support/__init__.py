@@ -1,0 +1,1 @@
+"""Test helpers: a transcript-style driver for the engine and fakes for the doors."""
