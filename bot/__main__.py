@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -118,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    # the terminal chat shares the screen with the log: only problems, unless asked for more
+    quiet = command in ("chat", "match", "intents") and "LOG_LEVEL" not in os.environ
+    setup_logging("WARNING" if quiet else settings.log_level)
     try:
         if command == "chat":
             return asyncio.run(_chat(settings, args))

@@ -219,3 +219,30 @@ def test_core_imports_nothing_from_doors_or_store() -> None:
                 names = [node.module]
             for name in names:
                 assert not name.startswith(forbidden), f"{path.name} imports {name}"
+
+
+async def test_direct_question_gets_direct_answer(chat: ChatDriver) -> None:
+    await chat.command("/start")
+    await chat.say("how much is the 200 GB plan?")
+    assert "$2.99" in chat.text
+    await chat.say("what does data recovery cost for a water damaged iphone")
+    assert "$400 - $1,000" in chat.text and "3 - 7 days" in chat.text
+
+
+async def test_old_message_does_not_answer_a_later_plan_question(chat: ChatDriver) -> None:
+    await chat.command("/start")
+    await chat.say("how much is the 50 gb plan")
+    assert "$0.99" in chat.text
+    await chat.command("/cancel")
+    await chat.command("/start storage_plans")  # opened by a link: no question asked
+    assert "$59.99" in chat.text  # the whole table, not the 50 GB answer again
+
+
+async def test_yes_no_words_in_short_sentences(chat: ChatDriver) -> None:
+    await chat.command("/start network_issue")
+    while "yes" not in chat.button_ids:
+        await chat.press(chat.button_ids[0])
+    before = (await chat.state()).step
+    await chat.say("Yes!! it works now")
+    assert (await chat.state()).step != before
+    assert "common.resolved" in chat.keys

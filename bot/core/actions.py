@@ -73,14 +73,17 @@ async def plan_answer(ctx: ActionContext) -> ActionResult:
 async def cost_answer(ctx: ActionContext) -> ActionResult:
     """A direct question about one damage type ("what does water damage recovery cost?")."""
     words = (ctx.values.get("trigger_text", "") or "").lower()
-    for row in ctx.content.facts.costs:
-        for w in ctx.content.words(f"facts.damage_words.{row.id}"):
-            if re.search(rf"\b{re.escape(w)}", words):
-                label = ctx.content.texts.get(f"facts.damage.{row.id}", row.id)
-                return ActionResult(
-                    "found", (("damage_label", label), ("price_range", row.price), ("duration", row.days))
-                )
-    return ActionResult("none")
+    # rows are tried in the content's order (facts.damage_order), so "fell in water, not
+    # charging" is priced as water damage, not as a drop or a port
+    rows = {r.id: r for r in ctx.content.facts.costs}
+    order = [i for i in ctx.content.words("facts.damage_order") if i in rows] or list(rows)
+    best = next((rows[i] for i in order
+                 if any(re.search(rf"\b{re.escape(w)}", words)
+                        for w in ctx.content.words(f"facts.damage_words.{i}"))), None)
+    if best is None:
+        return ActionResult("none")
+    label = ctx.content.texts.get(f"facts.damage.{best.id}", best.id)
+    return ActionResult("found", (("damage_label", label), ("price_range", best.price), ("duration", best.days)))
 
 
 ACTIONS: dict[str, tuple[ActionFn, tuple[str, ...]]] = {

@@ -128,8 +128,8 @@ class Engine:
         self.commands.update(commands or {})
         self.listeners: list[Listener] = []
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._yes = content.words("engine.yes_words")
-        self._no = content.words("engine.no_words")
+        self._yes = tuple(_norm(w) for w in content.words("engine.yes_words"))
+        self._no = tuple(_norm(w) for w in content.words("engine.no_words"))
 
     # -- the seam ------------------------------------------------------------------
     async def handle(self, inbound: Inbound) -> tuple[Reply, ...]:
@@ -264,8 +264,9 @@ class Engine:
 
     async def start_flow(self, turn: Turn, flow_id: str, trigger: str = "") -> None:
         turn.state = replace(turn.state, misses=0)
-        if trigger:
-            turn.set_values([("trigger_text", trigger[:300])])
+        # the message that opened the flow, for direct answers (plan_answer, cost_answer);
+        # a flow opened by a button or a deep link has none
+        turn.set_values([("trigger_text", trigger[:300])])
         await self.goto(turn, f"{flow_id}.start")
 
     # -- buttons -------------------------------------------------------------------
@@ -473,10 +474,9 @@ class Engine:
         if best is not None and best_score >= LABEL_MATCH:
             return best
         ids = {bid for bid, _ in options}
-        if "yes" in ids and typed in self._yes:
-            return "yes"
-        if "no" in ids and typed in self._no:
-            return "no"
+        for bid, words in (("yes", self._yes), ("no", self._no)):
+            if bid in ids and _says(typed, words):
+                return bid
         return None
 
     def _offer_label(self, bid: str) -> str:
@@ -507,6 +507,10 @@ class Engine:
         if in_flow and step is not None:
             if flow.id == step.flow:
                 await self._reprompt(turn)
+                return
+            if not _in_progress(step):  # a knowledge answer: nothing to lose, just switch
+                turn.state = replace(turn.state, history=())
+                await self.start_flow(turn, flow.id, text)
                 return
             turn.set_values([("pending_text", text[:300])])
             self._offer(turn, "engine.switch_offer",
@@ -571,12 +575,29 @@ class Engine:
         await self._reprompt(turn)
 
     async def _cmd_cancel(self, turn: Turn, _arg: str) -> None:
-        turn.state = replace(turn.state, flow="", step="", history=(), offer=())
+        values = {k: v for k, v in turn.state.values.items() if k not in ("trigger_text", "pending_text")}
+        turn.state = replace(turn.state, flow="", step="", history=(), offer=(), values=values)
         turn.say("engine.cancelled")
         await self.goto(turn, MENU, remember=False)
 
 
+def _in_progress(step: Step) -> bool:
+    """A step whose answer the user would lose by switching topic without being asked."""
+    return bool(step.ask or step.multi or any(b.id in ("yes", "no") for b in step.buttons))
+
+
 _NORM_RE = re.compile(r"[^\w%]+")
+SHORT_ANSWER_WORDS = 6  # "nope still broken": a short message that starts with a yes/no word
+
+
+def _says(typed: str, words: tuple[str, ...]) -> bool:
+    """Whether a normalised message is, or short and starts with, one of ``words``."""
+    if typed in words:
+        return True
+    tokens = typed.split()
+    if len(tokens) > SHORT_ANSWER_WORDS:
+        return False
+    return any(tokens[: len(w.split())] == w.split() for w in words)
 
 
 def _norm(text: str) -> str:

@@ -7,6 +7,7 @@ file surface as StoreError naming the path, never as a traceback to a user.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -59,6 +60,11 @@ class SQLiteStore:
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self.db = db
         self.path = path
+        # one connection: a write must never land inside another coroutine's transaction,
+        # so every write method (and any transaction of other modules on self.db) takes this
+        self.tx_lock = asyncio.Lock()
+
+    serializes_writes = True  # doors need not add a lock of their own
 
     # -- lifecycle -----------------------------------------------------------------
     @classmethod
@@ -154,6 +160,11 @@ class SQLiteStore:
             "misses": state.misses, "lang": state.lang,
         }, ensure_ascii=False)
         db = self.db
+        async with self.tx_lock:
+            await self._save_turn(db, state, entries, extra, now)
+
+    async def _save_turn(self, db: aiosqlite.Connection, state: State, entries: Sequence[Entry],
+                         extra: str, now: float) -> None:
         await db.execute("BEGIN")
         try:
             await db.execute(
@@ -198,22 +209,25 @@ class SQLiteStore:
             args.append(int(paused))
         if not sets:
             return
-        await self.db.execute(f"UPDATE conversations SET {', '.join(sets)} WHERE id = ?",
-                              (*args, conversation_id))
+        async with self.tx_lock:
+            await self.db.execute(f"UPDATE conversations SET {', '.join(sets)} WHERE id = ?",
+                                  (*args, conversation_id))
 
     async def add_entries(self, conversation_id: str, entries: Sequence[Entry]) -> None:
         """Transcript lines outside an engine turn (agent messages, notes)."""
         now = time.time()
-        await self.db.executemany(
-            "INSERT INTO messages (conversation_id, ts, direction, kind, text) VALUES (?, ?, ?, ?, ?)",
-            [(conversation_id, now, e.direction.value, e.kind, e.text) for e in entries],
-        )
+        async with self.tx_lock:
+            await self.db.executemany(
+                "INSERT INTO messages (conversation_id, ts, direction, kind, text) VALUES (?, ?, ?, ?, ?)",
+                [(conversation_id, now, e.direction.value, e.kind, e.text) for e in entries],
+            )
 
     async def mark_update(self, update_id: int) -> bool:
         """Record a Telegram update id; False if it was seen before (a duplicate)."""
-        cur = await self.db.execute(
-            "INSERT OR IGNORE INTO processed_updates (update_id, ts) VALUES (?, ?)", (update_id, time.time())
-        )
+        async with self.tx_lock:
+            cur = await self.db.execute(
+                "INSERT OR IGNORE INTO processed_updates (update_id, ts) VALUES (?, ?)", (update_id, time.time())
+            )
         return cur.rowcount == 1
 
     async def conversations(self, limit: int = 50) -> list[ConversationRow]:

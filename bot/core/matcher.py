@@ -1,0 +1,778 @@
+"""Free-text intent matcher (core): a user's complaint -> :class:`MatchResult`.
+
+The engine hands every typed message here; this module never talks to the
+network or the store. The example library is ``content/en/intents.yaml`` (its
+schema is documented at the top of that file).
+
+Scoring, per intent (and for the out-of-scope class "none", which competes):
+
+* **keywords** - weighted anchors matched on normalised words (``"*"`` = prefix),
+  gated by required groups, minus negative keywords; saturating at
+  :data:`KW_SATURATION`;
+* **word similarity** - TF-IDF cosine on stemmed content words and word pairs,
+  best over the intent's examples (nearest neighbour, via an inverted index);
+* **character n-grams** - TF-IDF cosine of 3-grams against the intent's
+  centroid (robust to typos and word forms the normaliser does not know);
+* **token fuzzy** - mean of rapidfuzz ``token_set_ratio`` and ``token_sort_ratio``
+  (no processor: texts are normalised first), best over a short list of the
+  examples closest by word similarity (rapidfuzz cost stays bounded).
+
+The blend is a weighted sum (0-100). Decisions: ``accept`` when the best
+in-scope score is high, leads the runner-up clearly and beats "none";
+``reject`` when nothing is credible or "none" wins clearly; ``suggest``
+(three buttons) otherwise. Everything is precomputed at load.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rapidfuzz import fuzz, process
+
+from bot.core.errors import ContentError, Problem
+from bot.core.messages import MatchCandidate, MatchResult
+from bot.core.normalize import STOPWORDS, Normalizer
+
+log = logging.getLogger(__name__)
+
+# The C build of the *safe* loader when available (same semantics as yaml.safe_load).
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+INTENT_IDS: tuple[str, ...] = (
+    "storage_full",
+    "backup_failed",
+    "backup_stuck",
+    "backup_empty",
+    "backup_outdated",
+    "restore_failed",
+    "network_issue",
+    "apple_id_issue",
+    "server_status",
+    "check_backup",
+    "free_storage",
+    "storage_plans",
+    "local_backup",
+    "recover_deleted",
+    "device_damaged",
+    "locked_out",
+    "third_party_tools",
+    "prevention",
+    "recovery_cost",
+    "quote_request",
+    "human_agent",
+)
+NONE = "none"
+SMALLTALK_KINDS: tuple[str, ...] = ("greeting", "thanks", "bye", "help")
+
+MIN_EXAMPLES = 5
+MAX_KEYWORD_WEIGHT = 10.0
+
+# --- blend weights (sum of the positive weights = 1; scores are 0-100) -------------
+W_KEYWORD = 0.25
+W_WORD = 0.15
+W_CHAR = 0.45
+W_FUZZY = 0.15
+KW_SATURATION = 12.0  # keyword sum that counts as a full keyword score
+OOS_KEYWORD_PENALTY = 0.75  # share of the out-of-scope keyword sum taken off every intent
+SHORTLIST = 30  # examples re-scored by rapidfuzz
+WORD_MAX_DF = 0.2  # word features in more examples than this share are not indexed
+
+# --- decision thresholds (chosen on the dev set, see tests/test_matcher_quality.py,
+# and on leave-one-out over the library; the weights were picked the same way, from a
+# flat optimum, so round numbers)
+ACCEPT_MIN = 35.0  # best in-scope score needed to accept
+ACCEPT_LEAD = 15.0  # ... and its lead over the runner-up
+ACCEPT_NONE_LEAD = 15.0  # ... and over "none"
+REJECT_BELOW = 15.0  # best in-scope score below this: reject
+REJECT_NONE_GAP = 5.0  # "none" within this much of the best in-scope (or above it): reject
+
+_SMALLTALK_MAX_TOKENS = 8
+
+
+# ---------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------
+
+_SUFFIXES = (
+    "ations",
+    "ation",
+    "ings",
+    "ing",
+    "ions",
+    "ion",
+    "ures",
+    "ure",
+    "edly",
+    "ed",
+    "ies",
+    "es",
+    "ly",
+    "s",
+    "e",
+)
+
+
+def _stem(word: str) -> str:
+    """A tiny, consistent suffix stripper (restore/restored/restoring -> restor)."""
+    if len(word) <= 4 or not word.isalpha():
+        return word
+    for suf in _SUFFIXES:
+        if word.endswith(suf) and len(word) - len(suf) >= 4:
+            return word[: -len(suf)]
+    return word
+
+
+def _word_features(content: list[str]) -> list[str]:
+    stems = [_stem(t) for t in content]
+    feats = list(stems)
+    feats.extend(a + "_" + b for a, b in zip(stems, stems[1:], strict=False))
+    return feats
+
+
+def _char_features(content: list[str]) -> set[str]:
+    """Character 3-grams of the content words (word boundaries as spaces).
+
+    3-grams alone measured as good as 2-4-grams on the dev set and leave-one-out,
+    at half the cost.
+    """
+    if not content:
+        return set()
+    s = " " + " ".join(content) + " "
+    return {s[i : i + 3] for i in range(len(s) - 2)}
+
+
+@dataclass(frozen=True)
+class _Keyword:
+    words: tuple[str, ...]  # normalised words; a trailing "*" marks a prefix
+    weight: float
+    owner: int  # class index
+    kind: str  # "pos" | "neg" | "req:<n>"
+
+
+@dataclass
+class _Library:
+    intents: dict[str, dict[str, Any]]
+    oos: dict[str, Any]
+    smalltalk: dict[str, list[str]]
+    filler: list[str]
+    raw: dict[str, list[str]]  # text -> Normalizer.raw_tokens(text), computed once
+
+
+class _CachingNormalizer(Normalizer):
+    """A Normalizer that remembers the folded tokens of whole texts (used while loading)."""
+
+    def __init__(self, known: Iterable[str] = (), raw: dict[str, list[str]] | None = None) -> None:
+        super().__init__(known)
+        self.raw: dict[str, list[str]] = {} if raw is None else raw
+
+    def tokens(self, text: str) -> list[str]:
+        raw = self.raw.get(text)
+        if raw is None:
+            raw = self.raw[text] = Normalizer.raw_tokens(text)
+        return self.map_tokens(raw)
+
+
+def _problem(path: Path, key: str, msg: str) -> Problem:
+    return Problem(str(path), key, msg)
+
+
+def _check_weights(
+    path: Path, key: str, value: Any, norm: Normalizer, problems: list[Problem]
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if value is None:
+        return out
+    if not isinstance(value, dict):
+        problems.append(_problem(path, key, "must be a mapping of phrase: weight"))
+        return out
+    for phrase, weight in value.items():
+        k = f"{key}.{phrase}"
+        if not isinstance(phrase, str):
+            problems.append(_problem(path, k, "keyword must be a string (quote yes/no/on/off)"))
+            continue
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            problems.append(_problem(path, k, f"weight must be a number, got {weight!r}"))
+            continue
+        if not (0 < float(weight) <= MAX_KEYWORD_WEIGHT) or math.isnan(float(weight)):
+            problems.append(
+                _problem(path, k, f"weight must be in (0, {MAX_KEYWORD_WEIGHT:g}], got {weight}")
+            )
+            continue
+        if not _keyword_words(phrase, norm):
+            problems.append(_problem(path, k, "keyword is empty after normalisation"))
+            continue
+        out[phrase] = float(weight)
+    return out
+
+
+def _keyword_words(phrase: str, norm: Normalizer) -> tuple[str, ...]:
+    """Normalise a keyword phrase, keeping a trailing "*" prefix marker per word."""
+    out: list[str] = []
+    for raw in phrase.split():
+        prefix = raw.endswith("*") and len(raw) > 1
+        toks = norm.tokens(raw[:-1] if prefix else raw)
+        if not toks:
+            continue
+        if prefix:
+            toks[-1] = toks[-1] + "*"
+        out.extend(toks)
+    if not out and phrase.strip() == "%":
+        out = ["%"]
+    return tuple(out)
+
+
+def _check_examples(
+    path: Path, key: str, value: Any, norm: Normalizer, problems: list[Problem]
+) -> list[str]:
+    if not isinstance(value, list) or not value:
+        problems.append(_problem(path, key, "must be a non-empty list of phrases"))
+        return []
+    out: list[str] = []
+    for i, ex in enumerate(value):
+        if not isinstance(ex, str) or not ex.strip():
+            problems.append(_problem(path, f"{key}[{i}]", "example must be a non-empty string"))
+            continue
+        if not norm.tokens(ex):
+            problems.append(_problem(path, f"{key}[{i}]", "example is empty after normalisation"))
+            continue
+        out.append(ex)
+    if len(out) < MIN_EXAMPLES:
+        problems.append(_problem(path, key, f"needs at least {MIN_EXAMPLES} examples"))
+    return out
+
+
+def _parse(path: Path) -> tuple[_Library | None, list[Problem]]:
+    """Read and validate the library; returns (library or None, problems)."""
+    path = Path(path)
+    problems: list[Problem] = []
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)
+    except OSError as exc:
+        return None, [_problem(path, "", f"cannot read: {exc}")]
+    except yaml.YAMLError as exc:
+        return None, [_problem(path, "", f"invalid YAML: {exc}")]
+    if not isinstance(raw, dict):
+        return None, [_problem(path, "", "top level must be a mapping")]
+    norm = _CachingNormalizer()
+    intents_raw = raw.get("intents")
+    if not isinstance(intents_raw, dict):
+        return None, [_problem(path, "intents", "missing or not a mapping")]
+
+    intents: dict[str, dict[str, Any]] = {}
+    for iid, body in intents_raw.items():
+        key = f"intents.{iid}"
+        if iid not in INTENT_IDS:
+            problems.append(_problem(path, key, "unknown intent id"))
+            continue
+        if not isinstance(body, dict):
+            problems.append(_problem(path, key, "must be a mapping"))
+            continue
+        for extra in set(body) - {"description", "keywords", "require", "negative", "examples"}:
+            problems.append(_problem(path, f"{key}.{extra}", "unknown field"))
+        kws = _check_weights(path, f"{key}.keywords", body.get("keywords"), norm, problems)
+        if not kws:
+            problems.append(_problem(path, f"{key}.keywords", "needs at least one keyword"))
+        neg = _check_weights(path, f"{key}.negative", body.get("negative"), norm, problems)
+        req_raw = body.get("require") or []
+        require: list[list[str]] = []
+        if not isinstance(req_raw, list):
+            problems.append(_problem(path, f"{key}.require", "must be a list of lists"))
+        else:
+            for gi, group in enumerate(req_raw):
+                if (
+                    not isinstance(group, list)
+                    or not group
+                    or not all(isinstance(p, str) and _keyword_words(p, norm) for p in group)
+                ):
+                    problems.append(
+                        _problem(path, f"{key}.require[{gi}]", "must be a list of phrases")
+                    )
+                    continue
+                require.append(group)
+        examples = _check_examples(path, f"{key}.examples", body.get("examples"), norm, problems)
+        desc = body.get("description", "")
+        if not isinstance(desc, str):
+            problems.append(_problem(path, f"{key}.description", "must be a string"))
+            desc = ""
+        intents[iid] = {
+            "description": desc,
+            "keywords": kws,
+            "negative": neg,
+            "require": require,
+            "examples": examples,
+        }
+    for iid in INTENT_IDS:
+        if iid not in intents_raw:
+            problems.append(_problem(path, f"intents.{iid}", "missing intent"))
+
+    oos_raw = raw.get("out_of_scope")
+    oos: dict[str, Any] = {"keywords": {}, "examples": []}
+    if not isinstance(oos_raw, dict):
+        problems.append(_problem(path, "out_of_scope", "missing or not a mapping"))
+    else:
+        oos["keywords"] = _check_weights(
+            path, "out_of_scope.keywords", oos_raw.get("keywords"), norm, problems
+        )
+        oos["examples"] = _check_examples(
+            path, "out_of_scope.examples", oos_raw.get("examples"), norm, problems
+        )
+
+    st_raw = raw.get("smalltalk")
+    smalltalk: dict[str, list[str]] = {}
+    filler: list[str] = []
+    if not isinstance(st_raw, dict):
+        problems.append(_problem(path, "smalltalk", "missing or not a mapping"))
+    else:
+        for kind in SMALLTALK_KINDS:
+            items = st_raw.get(kind)
+            if (
+                not isinstance(items, list)
+                or not items
+                or not all(isinstance(x, str) and norm.tokens(x) for x in items)
+            ):
+                problems.append(
+                    _problem(path, f"smalltalk.{kind}", "must be a non-empty list of phrases")
+                )
+                continue
+            smalltalk[kind] = items
+        fill = st_raw.get("filler", [])
+        if not isinstance(fill, list) or not all(isinstance(x, str) for x in fill):
+            problems.append(_problem(path, "smalltalk.filler", "must be a list of words"))
+        else:
+            filler = fill
+        for extra in set(st_raw) - set(SMALLTALK_KINDS) - {"filler"}:
+            problems.append(_problem(path, f"smalltalk.{extra}", "unknown small-talk kind"))
+
+    # The same phrase may not teach two classes.
+    seen: dict[str, str] = {}
+    for iid, body in intents.items():
+        for i, ex in enumerate(body["examples"]):
+            n = norm.normalize(ex)
+            other = seen.get(n)
+            if other is not None and other != iid:
+                problems.append(
+                    _problem(path, f"intents.{iid}.examples[{i}]", f"also an example of {other}")
+                )
+            seen[n] = iid
+    for i, ex in enumerate(oos["examples"]):
+        n = norm.normalize(ex)
+        if n in seen and seen[n] != NONE:
+            problems.append(
+                _problem(path, f"out_of_scope.examples[{i}]", f"also an example of {seen[n]}")
+            )
+        seen[n] = NONE
+
+    if problems:
+        return None, problems
+    return _Library(intents, oos, smalltalk, filler, norm.raw), []
+
+
+def validate_intents(path: Path) -> list[Problem]:
+    """Every problem in the intents file (empty list when it is usable)."""
+    return _parse(Path(path))[1]
+
+
+# ---------------------------------------------------------------------------------
+# the matcher
+# ---------------------------------------------------------------------------------
+
+
+class Matcher:
+    """Matches free text to an intent id; build with :meth:`Matcher.load`."""
+
+    intents: tuple[str, ...]
+
+    def __init__(self, lib: _Library, source: str = "") -> None:
+        self.source = source
+        self.intents = tuple(lib.intents)  # library (file) order; validated: all 21 ids
+        self._classes: tuple[str, ...] = self.intents + (NONE,)
+        self._none = len(self.intents)
+        n_cls = len(self._classes)
+        self._n = n_cls
+        self._examples: dict[str, tuple[str, ...]] = {
+            i: tuple(lib.intents[i]["examples"]) for i in self.intents
+        }
+        self._descriptions = {i: lib.intents[i]["description"] for i in self.intents}
+
+        # Every word the library uses is "known": the fuzzy fixer never touches it.
+        def raw_tokens(text: str) -> list[str]:
+            hit = lib.raw.get(text)
+            return hit if hit is not None else Normalizer.raw_tokens(text)
+
+        vocab: set[str] = set()
+        all_texts = [ex for i in self.intents for ex in lib.intents[i]["examples"]]
+        all_texts += lib.oos["examples"]
+        for text in all_texts:
+            vocab.update(raw_tokens(text))
+        for body in [*lib.intents.values(), lib.oos]:
+            for phrase in [*body.get("keywords", {}), *body.get("negative", {})]:
+                vocab.update(Normalizer.raw_tokens(phrase.replace("*", "")))
+        norm = _CachingNormalizer(vocab, lib.raw)  # shares the folds made while validating
+        self._norm = Normalizer(known=vocab)  # for messages: no whole-text cache
+
+        # --- examples --------------------------------------------------------------
+        ex_cls: list[int] = []
+        ex_raw: list[str] = []
+        ex_norm: list[str] = []
+        ex_content: list[list[str]] = []
+        for ci, iid in enumerate(self.intents):
+            for text in lib.intents[iid]["examples"]:
+                toks = norm.map_tokens(raw_tokens(text))
+                ex_cls.append(ci)
+                ex_raw.append(text)
+                ex_norm.append(" ".join(toks))
+                ex_content.append([t for t in toks if t not in STOPWORDS] or toks)
+        for text in lib.oos["examples"]:
+            toks = norm.map_tokens(raw_tokens(text))
+            ex_cls.append(self._none)
+            ex_raw.append(text)
+            ex_norm.append(" ".join(toks))
+            ex_content.append([t for t in toks if t not in STOPWORDS] or toks)
+        self._ex_cls = ex_cls
+        self._ex_raw = ex_raw
+        self._ex_norm = ex_norm
+        n_ex = len(ex_cls)
+
+        # word TF-IDF (per example, inverted index; binary term weights)
+        ex_words = [set(_word_features(c)) for c in ex_content]
+        df: Counter[str] = Counter()
+        for feats in ex_words:
+            df.update(feats)
+        log_n = math.log(n_ex + 1)
+        widf = {f: log_n - math.log(d + 1) + 1.0 for f, d in df.items()}
+        self._widf = widf
+        self._widf_unknown = log_n + 1.0
+        # Words in more than WORD_MAX_DF of the examples ("backup", "iphone", "icloud")
+        # say little about WHICH intent and cost the most: the word index skips them
+        # (keywords and character n-grams still see them; vector norms include them).
+        max_df = WORD_MAX_DF * n_ex
+        postings: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for ei, feats in enumerate(ex_words):
+            inv = 1.0 / (math.sqrt(sum(widf[f] ** 2 for f in feats)) or 1.0)
+            for f in feats:
+                if df[f] <= max_df:
+                    postings[f].append((ei, widf[f] * inv))
+        self._wpost = {f: tuple(p) for f, p in postings.items()}
+
+        # char n-gram TF-IDF, one centroid per class (sum of normalised example vectors)
+        ex_chars = [_char_features(c) for c in ex_content]
+        cdf: Counter[str] = Counter()
+        for grams in ex_chars:
+            cdf.update(grams)
+        cidf = {g: log_n - math.log(d + 1) + 1.0 for g, d in cdf.items()}
+        self._cidf = cidf
+        self._cidf_unknown = log_n + 1.0
+        cent: list[dict[str, float]] = [defaultdict(float) for _ in range(n_cls)]
+        ex_cnorm: list[float] = []
+        for ei, grams in enumerate(ex_chars):
+            nrm = math.sqrt(sum(cidf[g] ** 2 for g in grams)) or 1.0
+            ex_cnorm.append(nrm)
+            c = cent[ex_cls[ei]]
+            for g in grams:
+                c[g] += cidf[g] / nrm
+        self._cent = cent
+        self._cnorm2 = [sum(w * w for w in c.values()) for c in cent]
+        self._ex_chars = ex_chars
+        self._ex_cnorm = ex_cnorm
+        # fast path: per gram, a dense row idf(g) * C_c[g] / |C_c| over all classes
+        rows: dict[str, list[float]] = {}
+        for ci, c in enumerate(cent):
+            inv = 1.0 / (math.sqrt(self._cnorm2[ci]) or 1.0)
+            for g, w in c.items():
+                row = rows.get(g)
+                if row is None:
+                    row = rows[g] = [0.0] * n_cls
+                row[ci] = cidf[g] * w * inv
+        self._cdense: dict[str, tuple[float, ...]] = {g: tuple(r) for g, r in rows.items()}
+
+        # --- keywords -------------------------------------------------------------
+        kws: list[_Keyword] = []
+        self._req_groups: list[int] = [0] * n_cls  # number of required groups per class
+        for ci, iid in enumerate(self.intents):
+            body = lib.intents[iid]
+            for phrase, w in body["keywords"].items():
+                kws.append(_Keyword(_keyword_words(phrase, norm), w, ci, "pos"))
+            for phrase, w in body["negative"].items():
+                kws.append(_Keyword(_keyword_words(phrase, norm), w, ci, "neg"))
+            for gi, group in enumerate(body["require"]):
+                for phrase in group:
+                    kws.append(_Keyword(_keyword_words(phrase, norm), 0.0, ci, f"req:{gi}"))
+            self._req_groups[ci] = len(body["require"])
+        for phrase, w in lib.oos["keywords"].items():
+            kws.append(_Keyword(_keyword_words(phrase, norm), w, self._none, "pos"))
+        self._kw_exact: dict[str, list[_Keyword]] = defaultdict(list)
+        self._kw_prefix: dict[str, list[_Keyword]] = defaultdict(list)
+        for kw in kws:
+            first = kw.words[0]
+            if first.endswith("*"):
+                self._kw_prefix[first[:-1]].append(kw)
+            else:
+                self._kw_exact[first].append(kw)
+        self._prefix_lens = sorted({len(p) for p in self._kw_prefix})
+
+        # --- small talk -----------------------------------------------------------
+        self._st_phrases: dict[tuple[str, ...], str] = {}
+        for kind in SMALLTALK_KINDS:
+            for phrase in lib.smalltalk.get(kind, []):
+                toks = tuple(norm.tokens(phrase))
+                if toks:
+                    self._st_phrases.setdefault(toks, kind)
+        self._st_maxlen = max((len(p) for p in self._st_phrases), default=1)
+        self._st_filler = {t for w in lib.filler for t in norm.tokens(w)}
+
+    # -- construction ----------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path) -> Matcher:
+        """Load and validate the library; raises :class:`ContentError` naming file and key."""
+        lib, problems = _parse(Path(path))
+        if lib is None:
+            raise ContentError(problems)
+        matcher = cls(lib, str(path))
+        log.debug(
+            "matcher loaded from %s: %d intents, %d examples",
+            path,
+            len(matcher.intents),
+            len(matcher._ex_cls),
+        )
+        return matcher
+
+    def examples(self) -> dict[str, tuple[str, ...]]:
+        """Intent id -> its example phrases (library order)."""
+        return dict(self._examples)
+
+    def description(self, intent: str) -> str:
+        return self._descriptions.get(intent, "")
+
+    # -- scoring ------------------------------------------------------------------
+
+    def _keyword_scores(self, toks: list[str]) -> list[float]:
+        n = len(toks)
+        pos = [0.0] * self._n
+        neg = [0.0] * self._n
+        req: list[set[str]] = [set() for _ in range(self._n)]
+        seen: set[int] = set()
+        for i, tok in enumerate(toks):
+            cands = list(self._kw_exact.get(tok, ()))
+            for ln in self._prefix_lens:
+                if ln <= len(tok):
+                    hit = self._kw_prefix.get(tok[:ln])
+                    if hit:
+                        cands.extend(hit)
+            for kw in cands:
+                if id(kw) in seen:
+                    continue
+                words = kw.words
+                if i + len(words) > n:
+                    continue
+                ok = True
+                for j in range(1, len(words)):
+                    w = words[j]
+                    t = toks[i + j]
+                    if w.endswith("*"):
+                        if not t.startswith(w[:-1]):
+                            ok = False
+                            break
+                    elif t != w:
+                        ok = False
+                        break
+                if not ok:
+                    continue
+                seen.add(id(kw))
+                if kw.kind == "pos":
+                    pos[kw.owner] += kw.weight
+                elif kw.kind == "neg":
+                    neg[kw.owner] += kw.weight
+                else:
+                    req[kw.owner].add(kw.kind)
+        out = [0.0] * self._n
+        oos_pen = OOS_KEYWORD_PENALTY * pos[self._none]
+        for ci in range(self._n):
+            if pos[ci] <= 0.0:
+                continue
+            if self._req_groups[ci] and len(req[ci]) < self._req_groups[ci]:
+                continue
+            # negatives (and out-of-scope anchors) count after saturation: they dampen
+            # even a strong match ("restore" under backup_stuck, "android" anywhere)
+            raw = min(pos[ci], KW_SATURATION) - neg[ci]
+            if ci != self._none:
+                raw -= oos_pen
+            if raw > 0:
+                out[ci] = raw / KW_SATURATION
+        return out
+
+    def _word_scores(
+        self, content: list[str], exclude: int | None = None
+    ) -> tuple[list[float], dict[int, float]]:
+        feats = _word_features(content)
+        if not feats:
+            return [0.0] * self._n, {}
+        q: dict[str, float] = {}
+        for f in feats:
+            q[f] = self._widf.get(f, self._widf_unknown)
+        qn = math.sqrt(sum(w * w for w in q.values())) or 1.0
+        acc: dict[int, float] = defaultdict(float)
+        for f, w in q.items():
+            post = self._wpost.get(f)
+            if post is None:
+                continue
+            qw = w / qn
+            for ei, ew in post:
+                acc[ei] += qw * ew
+        if exclude is not None:
+            acc.pop(exclude, None)
+        best = [0.0] * self._n
+        cls = self._ex_cls
+        for ei, s in acc.items():
+            c = cls[ei]
+            if s > best[c]:
+                best[c] = s
+        return best, acc
+
+    def _char_scores(self, content: list[str], exclude: int | None = None) -> list[float]:
+        grams = _char_features(content)
+        if not grams:
+            return [0.0] * self._n
+        if exclude is None:  # fast path: column sums in C
+            cidf_get = self._cidf.get
+            unknown = self._cidf_unknown
+            qn = math.sqrt(sum(cidf_get(g, unknown) ** 2 for g in grams)) or 1.0
+            dense_get = self._cdense.get
+            rows = [r for r in map(dense_get, grams) if r is not None]
+            if not rows:
+                return [0.0] * self._n
+            return [sum(col) / qn for col in zip(*rows, strict=True)]
+        # slow path (leave-one-out): raw centroids minus the left-out example's vector
+        cidf = self._cidf
+        unknown = self._cidf_unknown
+        q = {g: cidf.get(g, unknown) for g in grams}
+        qn = math.sqrt(sum(w * w for w in q.values())) or 1.0
+        acc = [sum(w * c.get(g, 0.0) for g, w in q.items()) for c in self._cent]
+        cn2 = list(self._cnorm2)
+        c0 = self._ex_cls[exclude]
+        nrm = self._ex_cnorm[exclude]
+        vec = {g: cidf[g] / nrm for g in self._ex_chars[exclude]}
+        cent0 = self._cent[c0]
+        acc[c0] -= sum(w * vec.get(g, 0.0) for g, w in q.items())
+        cdot = sum(cent0[g] * w for g, w in vec.items())
+        cn2[c0] = max(cn2[c0] - 2.0 * cdot + 1.0, 1e-12)
+        return [a / (qn * math.sqrt(n2)) if n2 > 0 else 0.0 for a, n2 in zip(acc, cn2, strict=True)]
+
+    def _fuzzy_scores(self, norm_text: str, acc: dict[int, float]) -> list[float]:
+        best = [0.0] * self._n
+        if not acc or not norm_text:
+            return best
+        top = sorted(acc, key=acc.__getitem__, reverse=True)[:SHORTLIST]
+        choices = [self._ex_norm[i] for i in top]
+        s1 = process.extract(norm_text, choices, scorer=fuzz.token_set_ratio, limit=None)
+        s2 = process.extract(norm_text, choices, scorer=fuzz.token_sort_ratio, limit=None)
+        sums = [0.0] * len(choices)
+        for _, sc, k in s1:
+            sums[k] += sc
+        for _, sc, k in s2:
+            sums[k] += sc
+        cls = self._ex_cls
+        for k, ei in enumerate(top):
+            v = sums[k] / 200.0
+            c = cls[ei]
+            if v > best[c]:
+                best[c] = v
+        return best
+
+    def features(self, text: str, exclude: int | None = None) -> dict[str, list[float]]:
+        """Per-class component scores in [0, 1] (classes: intents then "none").
+
+        ``exclude`` leaves one library example out (index into :meth:`library_items`),
+        for leave-one-out measurements.
+        """
+        toks = self._norm.tokens(text if isinstance(text, str) else "")
+        content = [t for t in toks if t not in STOPWORDS]
+        kw = self._keyword_scores(toks)
+        word, acc = self._word_scores(content, exclude)
+        char = self._char_scores(content, exclude)
+        fz = self._fuzzy_scores(" ".join(toks), acc)
+        return {"keyword": kw, "word": word, "char": char, "fuzzy": fz}
+
+    def library_items(self) -> list[tuple[str, str]]:
+        """(class id or "none", example text) for every example, in index order."""
+        return [(self._classes[c], t) for c, t in zip(self._ex_cls, self._ex_raw, strict=True)]
+
+    def scores(self, text: str, exclude: int | None = None) -> list[float]:
+        """Blended score 0-100 per class (intents in library order, then "none")."""
+        f = self.features(text, exclude)
+        kw, word, char, fz = f["keyword"], f["word"], f["char"], f["fuzzy"]
+        return [
+            100.0 * (W_KEYWORD * kw[c] + W_WORD * word[c] + W_CHAR * char[c] + W_FUZZY * fz[c])
+            for c in range(self._n)
+        ]
+
+    def decide(self, text: str, sc: list[float]) -> MatchResult:
+        """Turn per-class scores into a decision (accept / suggest / reject)."""
+        none_score = sc[self._none]
+        order = sorted(range(len(self.intents)), key=lambda c: (-sc[c], c))
+        top = order[:3]
+        cands = tuple(MatchCandidate(self.intents[c], round(sc[c], 1)) for c in top)
+        best = sc[top[0]]
+        second = sc[top[1]] if len(top) > 1 else 0.0
+        if best < REJECT_BELOW or none_score >= best - REJECT_NONE_GAP:
+            decision = "reject"
+        elif (
+            best >= ACCEPT_MIN
+            and best - second >= ACCEPT_LEAD
+            and best - none_score >= ACCEPT_NONE_LEAD
+        ):
+            decision = "accept"
+        else:
+            decision = "suggest"
+        intent = self.intents[top[0]] if decision == "accept" else None
+        return MatchResult(
+            text=text,
+            decision=decision,
+            intent=intent,
+            score=round(best, 1),
+            candidates=cands,
+        )
+
+    def match(self, text: str) -> MatchResult:
+        """Decide accept / suggest / reject for one message; never raises on a str."""
+        if not isinstance(text, str):
+            text = ""
+        return self.decide(text, self.scores(text))
+
+    # -- small talk -----------------------------------------------------------------
+
+    def smalltalk(self, text: str) -> str | None:
+        """The small-talk kind of a message that is ONLY small talk, else None."""
+        if not isinstance(text, str):
+            return None
+        toks = self._norm.tokens(text[:200])
+        if not toks or len(toks) > _SMALLTALK_MAX_TOKENS:
+            return None
+        kinds: list[str] = []
+        i = 0
+        n = len(toks)
+        while i < n:
+            for ln in range(min(self._st_maxlen, n - i), 0, -1):
+                kind = self._st_phrases.get(tuple(toks[i : i + ln]))
+                if kind is not None:
+                    kinds.append(kind)
+                    i += ln
+                    break
+            else:
+                if toks[i] in self._st_filler:
+                    i += 1
+                    continue
+                return None
+        if not kinds:
+            return None
+        for kind in ("help", "bye", "thanks", "greeting"):  # the most telling wins
+            if kind in kinds:
+                return kind
+        return None  # pragma: no cover
