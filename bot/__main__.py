@@ -32,6 +32,7 @@ def setup_logging(level: str) -> None:
 
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.escalation import attach_escalation
     from bot.runtime import open_runtime
     from bot.terminal import chat
 
@@ -39,8 +40,10 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
         db = args.db or str(Path(tmp) / "chat.db")
         runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang)
         try:
+            # the same outbox worker as on Telegram: a quote sent here reaches the same inbox
+            hub = await attach_escalation(runtime, settings)
             banner = (f"Terminal chat (database: {db}). Type your problem; numbers press buttons; "
-                      "/help for commands, /quit to leave.")
+                      f"/help for commands, /quit to leave.\n{hub.delivery_note()}")
             await chat(runtime.engine, f"term:{args.user}", banner=banner)
         finally:
             await runtime.close()

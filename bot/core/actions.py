@@ -27,6 +27,7 @@ class ActionContext:
 class ActionResult:
     branch: str
     set: tuple[tuple[str, str], ...] = ()
+    events: tuple[str, ...] = ()  # escalation events to raise (e.g. quote_sent)
 
 
 ActionFn = Callable[[ActionContext], Awaitable[ActionResult]]

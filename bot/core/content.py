@@ -40,6 +40,8 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "engine.media_only_text",  # a photo/voice/sticker where text is needed
     "engine.empty_message",  # nothing readable in the message
     "engine.truncated",  # a very long message: only the start was read
+    "engine.photo_too_big",  # a photo over Telegram's 20 MB download limit in a photo step
+    "engine.internal_error",  # a door's error handler: something went wrong, try /restart
     "engine.yes_words",  # comma-separated words that mean "yes" to a yes/no step
     "engine.no_words",  # comma-separated words that mean "no"
     "engine.smalltalk.greeting",

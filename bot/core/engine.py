@@ -30,6 +30,7 @@ from .values import MAX_TEXT, clean_text, parse_email, parse_phone, parse_size_g
 
 log = logging.getLogger(__name__)
 
+MAX_PHOTO_BYTES = 20 * 1024 * 1024  # what a bot may download from Telegram
 MAX_HOPS = 40  # a flow that goes on without input this many times is a content bug
 LABEL_MATCH = 88  # typed text this close to a button label counts as pressing it
 
@@ -215,6 +216,8 @@ class Engine:
                 fn, _ = self.actions[step.do]
                 result = await fn(ActionContext(turn.state.conversation_id, turn.state.values, self.content))
                 turn.set_values(result.set)
+                for name in result.events:
+                    turn.event(name)
                 target = dict(step.branches)[result.branch]
                 continue
             if step.next:
@@ -250,7 +253,14 @@ class Engine:
             turn.say(key)
         turn.attach(buttons)
 
-    async def _reprompt(self, turn: Turn, *, prefix_done: bool = False) -> None:
+    async def reprompt(self, turn: Turn) -> None:
+        """Show the current step again (its last text and its buttons), or the menu.
+
+        For command plug-ins (e.g. /status) that answer and then return to where the user was.
+        """
+        await self._reprompt(turn)
+
+    async def _reprompt(self, turn: Turn) -> None:
         """Show the current step again (its last text and its buttons), or the menu."""
         ref = turn.state.ref
         if not ref or not self.flows.has(ref):
@@ -353,12 +363,19 @@ class Engine:
         step = self.flows.step(turn.state.ref) if turn.state.ref and self.flows.has(turn.state.ref) else None
         if step and step.ask and step.ask.type == "photos":
             photos = [a for a in turn.inbound.attachments if a.kind == "photo"]
+            too_big = [p for p in photos if p.size > MAX_PHOTO_BYTES]
+            photos = [p for p in photos if p.size <= MAX_PHOTO_BYTES]
+            if too_big:
+                turn.say("engine.photo_too_big")
             if photos:
                 ids = [v for v in turn.state.values.get(step.ask.var, "").split(",") if v]
                 ids += [p.file_id for p in photos]
                 turn.set_values([(step.ask.var, ",".join(ids))])
                 if step.ask.invalid:
                     turn.say(step.ask.invalid, {"count": str(len(ids))})
+                self._show_buttons(turn, step)
+                return
+            if too_big:
                 self._show_buttons(turn, step)
                 return
         turn.say("engine.media_only_text")
@@ -416,7 +433,8 @@ class Engine:
             await self._accepted(turn, result.intent, safe, step, in_flow)
             return
         if step and step.ask:
-            turn.say(step.ask.invalid or "engine.not_understood_step")
+            count = len([v for v in turn.state.values.get(step.ask.var, "").split(",") if v])
+            turn.say(step.ask.invalid or "engine.not_understood_step", {"count": str(count)})
             turn.state = replace(turn.state, offer=())
             self._show_buttons(turn, step)
             return

@@ -1,0 +1,450 @@
+"""Quote requests and their outbox in SQLite (tables of migration 2 in bot/store/schema.py).
+
+Behind the engine's seam, next to the conversation store. A quote and its outbox rows are
+written in ONE transaction before the user is told "sent"; the outbox worker then claims
+rows (a lease naming the owning process), delivers them and records what the server said.
+
+This store uses its own aiosqlite connection to the same file (WAL lets both work): the
+engine's connection runs one explicit transaction per turn, and two coroutines must never
+interleave BEGIN/COMMIT on one connection. Every method takes ``self._lock`` for the same
+reason. Only an in-memory database (tests, one process) shares the engine's connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.store import SQLiteStore
+
+from .ports import OutboxRow, QuoteFields, QuoteRecord, QuoteStatus, TranscriptLine
+from .reference import new_reference
+
+log = logging.getLogger(__name__)
+
+TRANSCRIPT_LINES = 300  # the last lines of the conversation that go with a request
+TRANSCRIPT_LINE_CHARS = 2000
+
+_OUTBOX_COLS = (
+    "id, ref, channel, status, attempts, next_attempt_at, message_id, last_error, error_kind, "
+    "accepted, delivered_at, alert_state, created_at, owner"
+)
+
+
+def _row(r: Sequence[Any]) -> OutboxRow:
+    return OutboxRow(
+        int(r[0]),
+        r[1],
+        r[2],
+        r[3],
+        int(r[4]),
+        float(r[5]),
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        float(r[12]),
+        r[13],
+    )
+
+
+def fields_to_json(fields: QuoteFields) -> str:
+    return json.dumps(asdict(fields), ensure_ascii=False)
+
+
+def fields_from_json(raw: str) -> QuoteFields:
+    d = json.loads(raw)
+    return QuoteFields(
+        device=str(d.get("device", "")),
+        damage=str(d.get("damage", "")),
+        passcode=str(d.get("passcode", "")),
+        passcode_go_on=bool(d.get("passcode_go_on", False)),
+        data=tuple(d.get("data", ())),
+        backup=str(d.get("backup", "")),
+        name=str(d.get("name", "")),
+        email=str(d.get("email", "")),
+        phone=str(d.get("phone", "")),
+        photos=tuple(d.get("photos", ())),
+        consent_at=float(d.get("consent_at", 0.0)),
+    )
+
+
+def local_owner_prefix() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only when ``owner`` names a process on this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid_s = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_s.isdigit():
+        return False
+    pid = int(pid_s)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class QuoteStore:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        path: str,
+        closer: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.db = db
+        self.path = path
+        self._closer = closer
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path) -> QuoteStore:
+        """Own connection to the file; migrations run as for the main store."""
+        base = await SQLiteStore.open(path)
+        return cls(base.db, base.path, base.close)
+
+    @classmethod
+    def sharing(cls, store: SQLiteStore) -> QuoteStore:
+        """Use the engine's own connection (in-memory databases only)."""
+        return cls(store.db, store.path, None)
+
+    async def close(self) -> None:
+        if self._closer is not None:
+            closer, self._closer = self._closer, None
+            await closer()
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    async def _fetchall(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        async with self._lock:
+            async with self.db.execute(sql, tuple(args)) as cur:
+                return list(await cur.fetchall())
+
+    async def _exec(self, sql: str, args: Iterable[Any] = ()) -> int:
+        async with self._lock:
+            cur = await self.db.execute(sql, tuple(args))
+            return cur.rowcount
+
+    # -- creating ------------------------------------------------------------------
+    async def create_quote(
+        self,
+        conversation_id: str,
+        fields: QuoteFields,
+        *,
+        draft_id: str = "",
+        channels: Sequence[str] = ("email",),
+        now: float | None = None,
+        transcript_limit: int = TRANSCRIPT_LINES,
+    ) -> tuple[str, bool]:
+        """Store a request, its outbox rows and its photos in one transaction.
+
+        Returns (reference, created). The same (conversation, draft) twice returns the first
+        reference and creates nothing: a repeated "send" never makes a second request.
+        """
+        now = time.time() if now is None else now
+        async with self._tx() as db:
+            if draft_id:
+                async with db.execute(
+                    "SELECT ref FROM quotes WHERE conversation_id = ? AND draft_id = ?",
+                    (conversation_id, draft_id),
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    return str(row[0]), False
+            async with db.execute(
+                "SELECT ts, direction, kind, text FROM messages WHERE conversation_id = ? "
+                "ORDER BY id DESC LIMIT ?",
+                (conversation_id, transcript_limit),
+            ) as cur:
+                lines = [
+                    TranscriptLine(float(r[0]), r[1], r[2], str(r[3])[:TRANSCRIPT_LINE_CHARS])
+                    for r in reversed(list(await cur.fetchall()))
+                ]
+            transcript = json.dumps([asdict(line) for line in lines], ensure_ascii=False)
+            for _ in range(50):
+                ref = new_reference()
+                try:
+                    await db.execute(
+                        "INSERT INTO quotes (ref, conversation_id, draft_id, created_at, "
+                        "damage, device, "
+                        "fields_json, transcript_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            ref,
+                            conversation_id,
+                            draft_id,
+                            now,
+                            fields.damage,
+                            fields.device[:200],
+                            fields_to_json(fields),
+                            transcript,
+                        ),
+                    )
+                    break
+                except sqlite3.IntegrityError:
+                    continue  # the reference exists already: draw another
+            else:  # pragma: no cover - 28 million references
+                raise RuntimeError("no free quote reference")
+            await db.executemany(
+                "INSERT INTO outbox (ref, channel, next_attempt_at, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(ref, ch, now, now, now) for ch in channels],
+            )
+            if fields.photos:
+                await db.executemany(
+                    "INSERT INTO attachments (ref, position, file_id) VALUES (?, ?, ?)",
+                    [(ref, i, fid) for i, fid in enumerate(fields.photos, 1)],
+                )
+        return ref, True
+
+    # -- reading -------------------------------------------------------------------
+    async def quote(self, ref: str) -> QuoteRecord | None:
+        rows = await self._fetchall(
+            "SELECT ref, conversation_id, created_at, fields_json, transcript_json "
+            "FROM quotes WHERE ref = ?",
+            (ref,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        lines = tuple(
+            TranscriptLine(float(x["ts"]), x["direction"], x["kind"], x["text"])
+            for x in json.loads(r[4] or "[]")
+        )
+        return QuoteRecord(r[0], r[1], float(r[2]), fields_from_json(r[3]), lines)
+
+    async def outbox(
+        self, statuses: Sequence[str] | None = None, ref: str | None = None
+    ) -> list[OutboxRow]:
+        sql = f"SELECT {_OUTBOX_COLS} FROM outbox WHERE 1 = 1"
+        args: list[Any] = []
+        if statuses:
+            sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            args += list(statuses)
+        if ref:
+            sql += " AND ref = ?"
+            args.append(ref)
+        sql += " ORDER BY id"
+        return [_row(r) for r in await self._fetchall(sql, args)]
+
+    async def statuses_for(self, conversation_id: str, limit: int = 3) -> list[QuoteStatus]:
+        rows = await self._fetchall(
+            "SELECT q.ref, q.created_at, o.status, o.delivered_at, o.alert_state FROM quotes q "
+            "JOIN outbox o ON o.ref = q.ref AND o.channel = 'email' "
+            "WHERE q.conversation_id = ? ORDER BY q.created_at DESC LIMIT ?",
+            (conversation_id, limit),
+        )
+        out = []
+        for ref, created, status, delivered_at, alert_state in rows:
+            shown = {"delivered": "delivered", "failed": "failed"}.get(status, "queued")
+            out.append(QuoteStatus(ref, float(created), shown, delivered_at, alert_state == "sent"))
+        return out
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._fetchall("SELECT status, COUNT(*) FROM outbox GROUP BY status")
+        return {str(s): int(n) for s, n in rows}
+
+    async def next_due(self) -> float | None:
+        """When the next row becomes due (pending) or a lease runs out (sending)."""
+        rows = await self._fetchall(
+            "SELECT MIN(t) FROM (SELECT MIN(next_attempt_at) AS t FROM outbox "
+            "WHERE status = 'pending' "
+            "UNION ALL SELECT MIN(lease_until) FROM outbox WHERE status = 'sending')"
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    # -- the worker's side ------------------------------------------------------------
+    async def claim(
+        self,
+        now: float,
+        owner: str,
+        lease: float,
+        limit: int,
+        ref: str | None = None,
+        channel: str | None = None,
+    ) -> list[OutboxRow]:
+        """Take due rows (or rows whose lease ran out) for ``owner``; counts one attempt each."""
+        async with self._tx() as db:
+            sql = (
+                "SELECT id FROM outbox WHERE ((status = 'pending' AND next_attempt_at <= ?) "
+                "OR (status = 'sending' AND lease_until <= ?))"
+            )
+            args: list[Any] = [now, now]
+            if ref:
+                sql += " AND ref = ?"
+                args.append(ref)
+            if channel:
+                sql += " AND channel = ?"
+                args.append(channel)
+            sql += " ORDER BY next_attempt_at, id LIMIT ?"
+            args.append(limit)
+            async with db.execute(sql, args) as cur:
+                ids = [int(r[0]) for r in await cur.fetchall()]
+            if not ids:
+                return []
+            marks = ", ".join("?" for _ in ids)
+            await db.execute(
+                "UPDATE outbox SET status = 'sending', owner = ?, lease_until = ?, "
+                "attempts = attempts + 1, "
+                f"updated_at = ? WHERE id IN ({marks})",
+                (owner, now + lease, now, *ids),
+            )
+            async with db.execute(
+                f"SELECT {_OUTBOX_COLS} FROM outbox WHERE id IN ({marks}) ORDER BY "
+                "next_attempt_at, id",
+                ids,
+            ) as cur:
+                return [_row(r) for r in await cur.fetchall()]
+
+    async def reclaim_dead(self, now: float) -> int:
+        """Rows leased by a process of this host that died (SIGKILL, crash): due again now."""
+        rows = await self._fetchall("SELECT id, owner FROM outbox WHERE status = 'sending'")
+        dead = [int(i) for i, owner in rows if owner_is_dead(owner)]
+        if not dead:
+            return 0
+        marks = ", ".join("?" for _ in dead)
+        await self._exec(
+            f"UPDATE outbox SET status = 'pending', owner = '', lease_until = 0, "
+            f"next_attempt_at = ?, updated_at = ? WHERE status = 'sending' AND id IN ({marks})",
+            (now, now, *dead),
+        )
+        return len(dead)
+
+    async def set_message_id(self, row_id: int, message_id: str) -> str:
+        """Fix the row's Message-ID once (before the first attempt); return the stored one."""
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE outbox SET message_id = ? WHERE id = ? AND message_id = ''",
+                (message_id, row_id),
+            )
+            async with db.execute("SELECT message_id FROM outbox WHERE id = ?", (row_id,)) as cur:
+                row = await cur.fetchone()
+        return str(row[0]) if row else message_id
+
+    async def mark_delivered(self, row_id: int, owner: str, accepted: str, now: float) -> bool:
+        n = await self._exec(
+            "UPDATE outbox SET status = 'delivered', accepted = ?, delivered_at = ?, owner = '', "
+            "lease_until = 0, last_error = '', error_kind = '', updated_at = ? "
+            "WHERE id = ? AND owner = ? AND status = 'sending'",
+            (accepted[:1000], now, now, row_id, owner),
+        )
+        return n == 1
+
+    async def mark_retry(
+        self, row_id: int, owner: str, error: str, kind: str, next_at: float, now: float
+    ) -> bool:
+        n = await self._exec(
+            "UPDATE outbox SET status = 'pending', last_error = ?, error_kind = ?, "
+            "next_attempt_at = ?, "
+            "owner = '', lease_until = 0, updated_at = ? WHERE id = ? AND owner = "
+            "? AND status = 'sending'",
+            (error[:1000], kind, next_at, now, row_id, owner),
+        )
+        return n == 1
+
+    async def mark_failed(self, row_id: int, owner: str, error: str, kind: str, now: float) -> bool:
+        n = await self._exec(
+            "UPDATE outbox SET status = 'failed', last_error = ?, error_kind = ?, "
+            "alert_state = 'pending', "
+            "owner = '', lease_until = 0, updated_at = ? WHERE id = ? AND owner = "
+            "? AND status = 'sending'",
+            (error[:1000], kind, now, row_id, owner),
+        )
+        return n == 1
+
+    async def release(self, row_ids: Sequence[int], owner: str, error: str, now: float) -> None:
+        """Give rows back untouched (the server was unreachable: not the message's fault)."""
+        if not row_ids:
+            return
+        marks = ", ".join("?" for _ in row_ids)
+        await self._exec(
+            "UPDATE outbox SET status = 'pending', attempts = MAX(attempts - 1, "
+            "0), last_error = ?, "
+            f"error_kind = 'server', owner = '', lease_until = 0, updated_at = ? "
+            f"WHERE owner = ? AND status = 'sending' AND id IN ({marks})",
+            (error[:1000], now, owner, *row_ids),
+        )
+
+    async def release_owner(self, owner: str, now: float) -> None:
+        """On stop: rows still leased by ``owner`` go back to pending, due now."""
+        await self._exec(
+            "UPDATE outbox SET status = 'pending', owner = '', lease_until = 0, "
+            "next_attempt_at = ?, "
+            "updated_at = ? WHERE owner = ? AND status = 'sending'",
+            (now, now, owner),
+        )
+
+    async def requeue(
+        self, ref: str, now: float, channel: str | None = None, include_delivered: bool = False
+    ) -> int:
+        """Operator's retry: failed/waiting rows of ``ref`` due now, fresh attempts."""
+        statuses = (
+            ("failed", "pending", "delivered") if include_delivered else ("failed", "pending")
+        )
+        sql = (
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = "
+            "?, alert_state = '', "
+            f"updated_at = ? WHERE ref = ? AND status IN ({', '.join('?' for _ in statuses)})"
+        )
+        args: list[Any] = [now, now, ref, *statuses]
+        if channel:
+            sql += " AND channel = ?"
+            args.append(channel)
+        return await self._exec(sql, args)
+
+    async def pending_alerts(self) -> list[OutboxRow]:
+        return [
+            _row(r)
+            for r in await self._fetchall(
+                f"SELECT {_OUTBOX_COLS} FROM outbox WHERE alert_state = 'pending' ORDER BY id"
+            )
+        ]
+
+    async def set_alert_state(self, row_id: int, state: str) -> None:
+        await self._exec("UPDATE outbox SET alert_state = ? WHERE id = ?", (state, row_id))
+
+    # -- photos --------------------------------------------------------------------
+    async def attachments(self, ref: str) -> list[tuple[int, str, str, str, bytes | None]]:
+        """(position, file_id, status, mime, data) of a request's photos."""
+        rows = await self._fetchall(
+            "SELECT position, file_id, status, mime, data FROM attachments WHERE "
+            "ref = ? ORDER BY position",
+            (ref,),
+        )
+        return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4]) for r in rows]
+
+    async def save_attachment(
+        self, ref: str, position: int, status: str, mime: str = "", data: bytes | None = None
+    ) -> None:
+        await self._exec(
+            "UPDATE attachments SET status = ?, mime = ?, data = ? WHERE ref = ? AND position = ?",
+            (status, mime, data, ref, position),
+        )

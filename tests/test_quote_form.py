@@ -1,0 +1,522 @@
+"""The quote form through the real engine, content and flows: every re-ask, edit, cancel,
+resume, the summary, the stored request, and bad input (long, HTML, injection, emoji)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.core.engine import Engine
+from bot.core.messages import Attachment, EventKind, Inbound
+from bot.escalation.form import FORM_KEYS, next_missing
+from bot.escalation.ports import TELEGRAM_DOWNLOAD_LIMIT
+from bot.escalation.reference import ALPHABET, normalize_reference
+from bot.escalation.service import escalation_for
+from bot.escalation.store import QuoteStore
+from bot.store import SQLiteStore
+from tests.support.chat import ChatDriver
+
+
+async def fill(
+    chat: ChatDriver,
+    *,
+    device: str = "iPhone 13 Pro",
+    damage: str = "water",
+    passcode: str = "yes",
+    name: str = "Anna Smith",
+    email: str | None = "anna@example.com",
+    phone: str | None = "+44 7700 900123",
+    consent: bool = True,
+) -> None:
+    """Walk the form from the start to the summary."""
+    await chat.command("/start quote")
+    await chat.say(device)
+    await chat.press(damage)
+    await chat.press(passcode)
+    if passcode != "yes":
+        await chat.press("go_on")
+    await chat.press("m_photos")
+    await chat.press("m_messages")
+    await chat.press("m__done")
+    await chat.press("none")
+    await chat.say(name)
+    if email is None:
+        await chat.press("skip")
+    else:
+        await chat.say(email)
+    if phone is None:
+        await chat.press("skip")
+    else:
+        await chat.say(phone)
+    await chat.press("done")
+    if consent:
+        await chat.press("yes")
+
+
+async def stored(store: SQLiteStore) -> list[dict[str, object]]:
+    qs = await QuoteStore.open(store.path)
+    try:
+        out = []
+        for row in await qs.outbox():
+            rec = await qs.quote(row.ref)
+            assert rec is not None
+            out.append(
+                {"ref": rec.ref, "fields": rec.fields, "transcript": rec.transcript, "row": row}
+            )
+        return out
+    finally:
+        await qs.close()
+
+
+async def test_summary_shows_every_field_and_the_price_band(chat: ChatDriver) -> None:
+    await fill(chat)
+    assert chat.keys[-1] == "quote.summary"
+    text = chat.text
+    for expected in (
+        "iPhone 13 Pro",
+        "Water damage",
+        "Yes, I know it",
+        "Photos and videos, Messages",
+        "No backup",
+        "Anna Smith",
+        "anna@example.com",
+        "+447700900123",
+        "Photos:** none",
+        "$400 - $1,000",
+        "3 - 7 days",
+        "No data, no fee",
+        "Diagnosis first",
+    ):
+        assert expected in text, expected
+    assert chat.last_buttons == ["send", "edit", "cancel"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "price", "days"),
+    [
+        ("software", "$200 - $500", "1 - 3 days"),
+        ("port", "$250 - $600", "2 - 5 days"),
+        ("water", "$400 - $1,000", "3 - 7 days"),
+        ("logic_board", "$600 - $1,800", "5 - 14 days"),
+    ],
+)
+async def test_each_damage_type_maps_to_its_cost_row(
+    chat: ChatDriver, damage: str, price: str, days: str
+) -> None:
+    await fill(chat, damage=damage)
+    assert f"{price}, about {days}" in chat.text
+
+
+@pytest.mark.parametrize("damage", ["reset", "other"])
+async def test_cases_without_a_cost_row_say_so_and_show_the_table(
+    chat: ChatDriver, damage: str
+) -> None:
+    await fill(chat, damage=damage)
+    assert "no typical price" in chat.text.lower()
+    assert "$200 - $500" in chat.text and "$600 - $1,800" in chat.text
+
+
+async def test_send_stores_request_and_outbox_and_answers_with_a_reference(
+    chat: ChatDriver, store: SQLiteStore
+) -> None:
+    await fill(chat)
+    await chat.press("send")
+    assert "quote.sent" in chat.keys
+    state = await chat.state()
+    ref = state.values["q_ref"]
+    assert ref.startswith("Q-") and len(ref) == 7
+    assert all(c in ALPHABET for c in ref[2:]) and not set(ref[2:]) & set("01OIL")
+    assert ref in chat.text and "/status" in chat.text
+    assert all(not state.values.get(k) for k in FORM_KEYS)  # the draft is gone once sent
+    rows = await stored(store)
+    assert len(rows) == 1
+    got = rows[0]
+    assert got["ref"] == ref
+    fields = got["fields"]
+    assert fields.device == "iPhone 13 Pro" and fields.damage == "water"  # type: ignore[attr-defined]
+    assert fields.data == ("photos", "messages") and fields.phone == "+447700900123"  # type: ignore[attr-defined]
+    assert fields.consent_at > 0  # type: ignore[attr-defined]
+    assert got["row"].status == "pending" and got["row"].channel == "email"  # type: ignore[attr-defined]
+    # the transcript comes from the engine's (redacted) messages table
+    texts = [t.text for t in got["transcript"]]  # type: ignore[attr-defined]
+    assert "iPhone 13 Pro" in texts and "Anna Smith" in texts
+
+
+async def test_status_before_during_and_after(chat: ChatDriver) -> None:
+    await chat.command("/start")
+    await chat.command("/status")
+    assert "quote.status_none" in chat.keys
+    await chat.command("/start quote")
+    await chat.say("iPhone 8")
+    await chat.command("/status")
+    assert "quote.status_draft" in chat.keys
+    assert (await chat.state()).step == "ask_damage"  # the current question comes back
+    assert chat.last_buttons[:2] == ["software", "port"]
+    await chat.command("/quote")
+    await chat.press("over")
+    await fill(chat)
+    await chat.press("send")
+    await chat.command("/status")
+    assert "quote.status_queued" in chat.keys and "quote.status_draft" not in chat.keys
+
+
+async def test_a_second_send_of_the_same_draft_makes_no_second_request(
+    chat: ChatDriver, engine: Engine, store: SQLiteStore
+) -> None:
+    await fill(chat)
+    summary_buttons = chat.buttons
+    await chat.press("send")
+    ref = (await chat.state()).values["q_ref"]
+    # a double tap on the old "send" is stale and changes nothing
+    await chat.press_payload(summary_buttons[0].id)
+    assert "engine.stale_button" in chat.keys
+    # the send action itself is idempotent per draft (e.g. the turn failed after storing)
+    hub = escalation_for(store)
+    send, _ = engine.actions["quote_send"]
+    from bot.core.actions import ActionContext
+
+    values = {
+        "q_device": "x",
+        "q_damage": "water",
+        "q_passcode": "yes",
+        "q_data": "photos",
+        "q_backup": "none",
+        "q_name": "A",
+        "q_email": "a@example.com",
+        "q_phone_skip": "1",
+        "q_photos_done": "1",
+        "q_consent": "yes",
+        "q_draft": "same-draft",
+    }
+    r1 = await send(ActionContext("test:1", values, engine.content))
+    r2 = await send(ActionContext("test:1", values, engine.content))
+    assert r1.branch == r2.branch == "sent"
+    assert dict(r1.set)["q_ref"] == dict(r2.set)["q_ref"] != ref
+    assert len(await stored(store)) == 2
+    assert hub is escalation_for(store)
+
+
+async def test_edit_one_field_returns_to_the_summary(chat: ChatDriver) -> None:
+    await fill(chat)
+    edits = [
+        ("device", lambda: chat.say("iPhone 15"), "iPhone 15"),
+        ("damage", lambda: chat.press("port"), "Charging port broken"),
+        ("backup", lambda: chat.press("icloud"), "iCloud backup"),
+        ("name", lambda: chat.say("Bob"), "Bob"),
+        ("email", lambda: chat.say("bob@example.org"), "bob@example.org"),
+        ("phone", lambda: chat.say("+1 415 555 0100"), "+14155550100"),
+    ]
+    for field, answer, shown in edits:
+        await chat.press("edit")
+        assert "quote.edit_which" in chat.keys
+        await chat.press(field)
+        await answer()
+        assert chat.keys[-1] == "quote.summary", (field, chat.keys)
+        assert shown in chat.text
+    # multi-select: toggle one off, done
+    await chat.press("edit")
+    await chat.press("data")
+    await chat.press("m_messages")
+    await chat.press("m__done")
+    assert (
+        chat.keys[-1] == "quote.summary"
+        and "Most important data:** Photos and videos\n" in chat.text
+    )
+    # passcode: changing to "no" asks for the warning first, then back to the summary
+    await chat.press("edit")
+    await chat.press("passcode")
+    await chat.press("unsure")
+    assert "quote.passcode_warn" in chat.keys
+    await chat.press("go_on")
+    assert chat.keys[-1] == "quote.summary" and "Not sure (you chose to go on)" in chat.text
+    # back without a change
+    await chat.press("edit")
+    await chat.press("back")
+    assert chat.keys[-1] == "quote.summary"
+
+
+async def test_edit_contact_cannot_remove_both(chat: ChatDriver) -> None:
+    await fill(chat, phone=None)
+    await chat.press("edit")
+    await chat.press("email")
+    await chat.press("skip")  # no e-mail, and no phone either
+    assert "quote.contact_missing" in chat.keys and (await chat.state()).step == "ask_email"
+    await chat.press("skip")
+    await chat.say("+49 151 12345678")
+    assert chat.keys[-1] == "quote.summary"
+    assert "E-mail:** —" in chat.text and "+4915112345678" in chat.text
+
+
+async def test_data_needs_at_least_one_choice(chat: ChatDriver) -> None:
+    await chat.command("/start quote")
+    await chat.say("iPhone 12")
+    await chat.press("software")
+    await chat.press("yes")
+    await chat.press("m__done")
+    assert "quote.ask_data_invalid" in chat.keys and (await chat.state()).step == "ask_data"
+
+
+async def test_consent_is_required_to_send(chat: ChatDriver) -> None:
+    await fill(chat, consent=False)
+    await chat.press("no")
+    assert "quote.consent_needed" in chat.keys
+    assert chat.last_buttons == ["yes", "stop"]
+    await chat.press("stop")
+    assert (await chat.state()).flow == "main_menu"
+    await chat.command("/quote")
+    await chat.press("continue")
+    assert (await chat.state()).step == "ask_consent"
+    await chat.press("yes")
+    assert chat.keys[-1] == "quote.summary"
+
+
+async def test_summary_cancel_discards_the_draft(chat: ChatDriver, store: SQLiteStore) -> None:
+    await fill(chat)
+    await chat.press("cancel")
+    assert "quote.discarded" in chat.keys
+    assert (await chat.state()).flow == "main_menu"
+    await chat.command("/quote")
+    assert "quote.resume" not in chat.keys and (await chat.state()).step == "ask_device"
+    assert await stored(store) == []
+
+
+async def test_cancel_mid_form_and_resume_where_stopped(chat: ChatDriver) -> None:
+    await chat.command("/start quote")
+    await chat.say("iPhone SE")
+    await chat.press("water")
+    await chat.press("yes")
+    await chat.command("/cancel")
+    assert "engine.cancelled" in chat.keys and (await chat.state()).flow == "main_menu"
+    await chat.command("/quote")
+    assert "quote.resume" in chat.keys and "3 of 10" in chat.text
+    await chat.press("continue")
+    assert (await chat.state()).step == "ask_data"
+
+
+async def test_back_inside_the_form(chat: ChatDriver) -> None:
+    await chat.command("/start quote")
+    await chat.say("iPhone SE")
+    await chat.press("water")
+    await chat.command("/back")
+    assert (await chat.state()).step == "ask_damage"
+    await chat.press("port")
+    assert (await chat.state()).step == "ask_passcode"  # the router continues where it should
+
+
+async def test_never_asks_for_the_passcode_and_redacts_a_typed_one(
+    chat: ChatDriver, store: SQLiteStore
+) -> None:
+    await chat.command("/start quote")
+    assert "passcode" not in chat.text.lower().replace("passcode or passwords", "")
+    await chat.say("my passcode is 482913")
+    assert "engine.password_warning" in chat.keys
+    assert (await chat.state()).step == "ask_device"  # not taken as the device model
+    assert "482913" not in json.dumps((await chat.state()).values)
+    async with store.db.execute("SELECT text FROM messages") as cur:
+        assert all("482913" not in r[0] for r in await cur.fetchall())
+
+
+async def test_very_long_answers_are_cut_with_a_note(chat: ChatDriver) -> None:
+    await chat.command("/start quote")
+    await chat.say("iPhone " + "x" * 5000)
+    assert "engine.truncated" in chat.keys
+    device = (await chat.state()).values["q_device"]
+    assert len(device) <= 1001 and device.endswith("…")
+    await chat.press("water")
+    await chat.press("yes")
+    await chat.press("m_notes")
+    await chat.press("m__done")
+    await chat.press("none")
+    await chat.say("N" * 5000)
+    assert "engine.truncated" in chat.keys
+    await chat.say("e" * 5000 + "@example.com")
+    assert "quote.ask_email_invalid" in chat.keys
+    await chat.say("ok@example.com")
+    await chat.press("skip")
+    await chat.press("done")
+    await chat.press("yes")
+    # the summary stays within Telegram's 4096 characters
+    assert chat.keys[-1] == "quote.summary" and len(chat.replies[-1].text) < 4096
+
+
+async def test_html_and_header_injection_in_answers_stay_plain_values(
+    chat: ChatDriver, store: SQLiteStore
+) -> None:
+    await chat.command("/start quote")
+    await chat.say("<script>alert(1)</script> iPhone")
+    await chat.press("water")
+    await chat.press("yes")
+    await chat.press("m_photos")
+    await chat.press("m__done")
+    await chat.press("none")
+    await chat.say("Eve\r\nBcc: victim@example.com")
+    await chat.say("eve@example.com\nBcc: victim@example.com")
+    assert "quote.ask_email_invalid" in chat.keys  # asked again, not stored
+    state = await chat.state()
+    assert state.step == "ask_email" and not state.values.get("q_email")
+    assert "\n" not in state.values["q_name"] and "\r" not in state.values["q_name"]
+    await chat.say("eve@example.com")
+    await chat.press("skip")
+    await chat.press("done")
+    await chat.press("yes")
+    assert "<script>alert(1)</script> iPhone" in chat.text  # plain text for the doors to escape
+    await chat.press("send")
+    rec = (await stored(store))[0]
+    assert rec["fields"].device.startswith("<script>")  # type: ignore[attr-defined]
+    assert rec["fields"].name == "Eve Bcc: victim@example.com"  # type: ignore[attr-defined]
+    assert rec["fields"].email == "eve@example.com"  # type: ignore[attr-defined]
+
+
+async def test_emoji_only_name_is_a_name(chat: ChatDriver) -> None:
+    await fill(chat, name="🦊🌸")
+    assert "🦊🌸" in chat.text and chat.keys[-1] == "quote.summary"
+
+
+async def test_photos_are_collected_and_counted(chat: ChatDriver, store: SQLiteStore) -> None:
+    await fill(chat, consent=False)
+    await chat.press("yes")
+    await chat.press("edit")
+    await chat.press("photos")
+    await chat.send(
+        Inbound(
+            "test:1",
+            EventKind.MEDIA,
+            attachments=(
+                Attachment("photo", "file-a", 120_000),
+                Attachment("photo", "file-b", 90_000),
+            ),
+        )
+    )
+    assert "quote.photos_more" in chat.keys
+    await chat.say("hello")  # text on the photo step: asked again, not a crash
+    await chat.press("done")
+    assert chat.keys[-1] == "quote.summary" and "2 attached" in chat.text
+    await chat.press("send")
+    qs = await QuoteStore.open(store.path)
+    try:
+        ref = (await chat.state()).values["q_ref"]
+        assert [a[1] for a in await qs.attachments(ref)] == ["file-a", "file-b"]
+    finally:
+        await qs.close()
+
+
+async def test_photos_over_telegrams_download_limit_are_explained(chat: ChatDriver) -> None:
+    await fill(chat, consent=False)
+    await chat.press("yes")
+    await chat.press("edit")
+    await chat.press("photos")
+    await chat.send(
+        Inbound(
+            "test:1",
+            EventKind.MEDIA,
+            attachments=(
+                Attachment("photo", "small", 300_000),
+                Attachment("photo", "huge", TELEGRAM_DOWNLOAD_LIMIT + 1),
+            ),
+        )
+    )
+    assert "engine.photo_too_big" in chat.keys and "20 MB" in chat.text  # told at once
+    await chat.press("done")
+    assert chat.keys[-1] == "quote.summary" and "1 attached" in chat.text
+    assert (await chat.state()).values["q_photos"] == "small"
+
+
+async def test_photo_skip_clears_photos(chat: ChatDriver) -> None:
+    await fill(chat, consent=False)
+    await chat.press("yes")
+    await chat.press("edit")
+    await chat.press("photos")
+    await chat.send(
+        Inbound("test:1", EventKind.MEDIA, attachments=(Attachment("photo", "p1", 1000),))
+    )
+    await chat.press("skip")
+    assert "Photos:** none" in chat.text
+
+
+async def test_more_than_ten_photos_keep_the_first_ten(chat: ChatDriver) -> None:
+    await fill(chat, consent=False)
+    await chat.press("yes")
+    await chat.press("edit")
+    await chat.press("photos")
+    for i in range(12):
+        await chat.send(
+            Inbound("test:1", EventKind.MEDIA, attachments=(Attachment("photo", f"p{i}", 1000),))
+        )
+    await chat.press("done")
+    assert "first 10 photos" in chat.text and "10 attached" in chat.text
+
+
+def test_router_order() -> None:
+    v: dict[str, str] = {}
+    order = []
+    answers = [
+        ("q_device", "x"),
+        ("q_damage", "water"),
+        ("q_passcode", "no"),
+        ("q_passcode_ok", "1"),
+        ("q_data", "photos"),
+        ("q_backup", "none"),
+        ("q_name", "n"),
+        ("q_email_skip", "1"),
+        ("q_phone_skip", "1"),
+        ("q_phone", "+4915112345678"),
+        ("q_photos_done", "1"),
+        ("q_consent", "yes"),
+    ]
+    for key, value in answers:
+        order.append(next_missing(v))
+        v[key] = value
+    order.append(next_missing(v))
+    assert order == [
+        "device",
+        "damage",
+        "passcode",
+        "passcode_warn",
+        "data",
+        "backup",
+        "name",
+        "email",
+        "phone",
+        "contact_missing",
+        "photos",
+        "consent",
+        "summary",
+    ]
+
+
+def test_references_read_out_on_the_phone() -> None:
+    assert normalize_reference("q 7k3m9") == "Q-7K3M9"
+    assert normalize_reference("Q-7K3M9") == "Q-7K3M9"
+    assert normalize_reference("Q-0O1IL") is None
+
+
+def test_content_keys_of_the_flow_exist(tmp_path: Path) -> None:
+    from bot.runtime import check, plugin_branches
+
+    root = Path(__file__).resolve().parents[1]
+    knowledge, problems = check(root / "content", root / "flows", "en", plugin_branches())
+    mine = [p for p in problems if "quote" in str(p)]
+    assert mine == []
+    assert knowledge is not None and "quote" in knowledge.flows.flows
+    assert knowledge.flows.flow_for_intent("quote_request").id == "quote"  # type: ignore[union-attr]
+
+
+async def test_typed_answers_work_like_buttons(chat: ChatDriver) -> None:
+    await chat.command("/start quote")
+    await chat.say("iPhone 7")
+    await chat.say("water damage")
+    assert (await chat.state()).step == "ask_passcode"
+    await chat.say("yes")
+    await chat.press("m_health")
+    await chat.say("done")
+    await chat.say("no backup")
+    await chat.say("Kim")
+    await chat.say("skip")
+    assert (await chat.state()).step == "ask_phone"
+    await chat.say("+33 6 12 34 56 78")
+    await chat.say("no photos")
+    assert (await chat.state()).step == "ask_consent"
+    await chat.say("yes")
+    assert chat.keys[-1] == "quote.summary" and "+33612345678" in chat.text
