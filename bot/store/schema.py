@@ -95,10 +95,33 @@ MIGRATIONS: list[str] = [
         UNIQUE (ref, position)
     );
     """,
-    # 3: support agents (bot/agents): a forum topic per conversation, relayed agent messages
+    # 3: support agents (bot/agents): a forum topic per conversation, relayed agent messages.
+    # messages.id becomes AUTOINCREMENT: ids are durable cursors (the agents' mirror, `watch`)
+    # and /forget deleting the newest rows must not let SQLite hand their ids out again.
     """
+    CREATE TABLE messages_v3 (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id TEXT NOT NULL,
+        ts              REAL NOT NULL,
+        direction       TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        text            TEXT NOT NULL,
+        intent          TEXT,
+        score           REAL,
+        decision        TEXT,
+        flow            TEXT NOT NULL DEFAULT '',
+        step            TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO messages_v3 (id, conversation_id, ts, direction, kind, text, intent, score, decision,
+                             flow, step)
+        SELECT id, conversation_id, ts, direction, kind, text, intent, score, decision, flow, step
+        FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_v3 RENAME TO messages;
+    CREATE INDEX messages_by_conversation ON messages (conversation_id, id);
+    CREATE INDEX messages_by_ts ON messages (ts);
     CREATE TABLE agent_topics (
-        ref             INTEGER PRIMARY KEY,
+        ref             INTEGER PRIMARY KEY AUTOINCREMENT,
         conversation_id TEXT NOT NULL UNIQUE,
         thread_id       INTEGER,
         topic_name      TEXT NOT NULL DEFAULT '',
