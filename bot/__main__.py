@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("match", help="match stdin lines to intents, JSON lines out")
     sub.add_parser("intents", help="print the matcher's example phrases, JSON lines")
     sub.add_parser("check", help="validate content/ and flows/")
+    sub.add_parser("diagram", help="print a Mermaid graph of every flow (docs/flows.md)")
     p_bench = sub.add_parser("bench", help="measure matcher and engine speed")
     p_bench.add_argument("--telegram", action="store_true", help="also the Telegram door end to end")
     p_bench.add_argument("--quotes", action="store_true", help="also the quote outbox drain")
@@ -112,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     from bot.escalation.cli import add_parser as add_outbox_parser
 
     add_outbox_parser(sub)
+    # -- agents' tools hooks (logic in bot/agents/cli.py) --
+    from bot.agents.cli import add_parsers as add_agents_parsers
+
+    add_agents_parsers(sub)
     args = parser.parse_args(argv)
     command = args.command or "chat"
     if command == "chat" and not hasattr(args, "db"):
@@ -134,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             return _intents(settings)
         if command == "check":
             return _check(settings)
+        if command == "diagram":
+            from bot.core.flows import load_flows
+            from bot.diagram import mermaid
+
+            flows, problems = load_flows(settings.flows_dir)
+            if problems:
+                raise ContentError(problems)
+            print(mermaid(flows))
+            return 0
         if command == "run":  # Telegram door hook
             from bot.tg.cli import run_command
 
@@ -146,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             from bot.escalation.cli import outbox_command
 
             return asyncio.run(outbox_command(settings, args))
+        if command in ("transcripts", "watch", "stats", "unmatched"):  # agents' tools hook
+            from bot.agents.cli import run_command as agents_command
+
+            return agents_command(command, settings, args)
         if command == "bench":
             from bot.bench import run_bench
 

@@ -67,7 +67,7 @@ async def chat(engine: Engine, conversation_id: str, *, stdin: TextIO | None = N
 
     if banner and interactive:
         out.write(banner + "\n\n")
-    if greet:
+    if greet and interactive:  # a program on a pipe speaks first, as a Telegram user would
         state = await engine.state_of(conversation_id)
         if state is None:
             show(await engine.handle(Inbound(conversation_id, EventKind.COMMAND, text="start")))

@@ -148,3 +148,10 @@ def test_cli_bad_db_path_is_a_clear_error(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "database" in out.stderr and str(blocker) in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_flow_diagrams_are_current() -> None:
+    out = run_bot("diagram")
+    assert out.returncode == 0, out.stderr
+    current = (ROOT / "docs" / "flows.md").read_text(encoding="utf-8")
+    assert out.stdout == current, "run `python -m bot diagram > docs/flows.md` after editing flows"
