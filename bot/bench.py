@@ -73,7 +73,7 @@ def bench_matcher(settings: Settings, rounds: int = 3) -> dict[str, float]:
     }
 
 
-async def bench_engine(settings: Settings, users: int = 200, turns: int = 8, workers: int = 4) -> dict[str, float]:
+async def bench_engine(settings: Settings, users: int = 200, turns: int = 8, workers: int = 2) -> dict[str, float]:
     from bot.runtime import open_runtime
 
     with tempfile.TemporaryDirectory(prefix="bot-bench-") as tmp:
