@@ -20,7 +20,7 @@ from .errors import ContentError, Problem
 
 log = logging.getLogger(__name__)
 
-# Keys the engine itself uses. Flow texts are checked through the flows that name them.
+# Keys the code itself uses. Flow texts are checked through the flows that name them.
 REQUIRED_KEYS: tuple[str, ...] = (
     "engine.greeting",  # /start: who we are, what to do
     "engine.help",  # /help: commands and how to talk to the bot
@@ -49,6 +49,10 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "engine.smalltalk.bye",
     "facts.plan_row",
     "facts.cost_row",
+    "telegram.edited_message",  # the door ignores edits and says so
+    "telegram.private_only",  # said once in a group before the bot leaves; uses {bot}
+    *(f"commands.{name}" for name in ("start", "help", "restart", "back", "cancel", "quote", "status",
+                                      "privacy", "forget")),  # the Telegram command menu
 )
 
 _FIELD_RE = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)}")

@@ -26,6 +26,9 @@ from .schema import MIGRATIONS
 log = logging.getLogger(__name__)
 
 
+UPDATE_MEMORY_S = 7 * 24 * 3600  # how long a Telegram update id is remembered
+
+
 class StoreError(Exception):
     """The database cannot be used; the message names the path and what to do."""
 
@@ -105,9 +108,17 @@ class SQLiteStore:
     async def close(self) -> None:
         await self.db.close()
 
+    async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        """One row, read in a single call: no read transaction stays open across an await.
+
+        (A read left open on this shared connection would make the next write fail at once
+        with "database is locked" when another connection — the outbox's — holds the lock.)
+        """
+        rows = await self.db.execute_fetchall(sql, args)
+        return rows[0] if rows else None
+
     async def _migrate(self) -> None:
-        async with self.db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
+        row = await self.fetchone("PRAGMA user_version")
         version = int(row[0]) if row else 0
         if version > len(MIGRATIONS):
             raise StoreError(
@@ -130,11 +141,10 @@ class SQLiteStore:
 
     # -- the engine's port -----------------------------------------------------------
     async def load_state(self, conversation_id: str) -> State | None:
-        async with self.db.execute(
+        row = await self.fetchone(
             "SELECT flow, step, seq, state_json, active, paused, user_name FROM conversations WHERE id = ?",
             (conversation_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             return None
         extra = json.loads(row[3] or "{}")
@@ -165,7 +175,7 @@ class SQLiteStore:
 
     async def _save_turn(self, db: aiosqlite.Connection, state: State, entries: Sequence[Entry],
                          extra: str, now: float) -> None:
-        await db.execute("BEGIN")
+        await db.execute("BEGIN IMMEDIATE")  # take the write lock first (busy timeout applies)
         try:
             await db.execute(
                 """INSERT INTO conversations (id, flow, step, seq, state_json, active, paused, user_name,
@@ -223,21 +233,27 @@ class SQLiteStore:
             )
 
     async def mark_update(self, update_id: int) -> bool:
-        """Record a Telegram update id; False if it was seen before (a duplicate)."""
+        """Record a Telegram update id; False if it was seen before (a duplicate).
+
+        Telegram keeps undelivered updates about 24 hours, so ids older than a week are
+        pruned now and then.
+        """
+        now = time.time()
         async with self.tx_lock:
             cur = await self.db.execute(
-                "INSERT OR IGNORE INTO processed_updates (update_id, ts) VALUES (?, ?)", (update_id, time.time())
+                "INSERT OR IGNORE INTO processed_updates (update_id, ts) VALUES (?, ?)", (update_id, now)
             )
+            if update_id % 1000 == 0:
+                await self.db.execute("DELETE FROM processed_updates WHERE ts < ?", (now - UPDATE_MEMORY_S,))
         return cur.rowcount == 1
 
     async def conversations(self, limit: int = 50) -> list[ConversationRow]:
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             """SELECT c.id, c.flow, c.step, c.active, c.paused, c.user_name, c.created_at, c.updated_at,
                       (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
                FROM conversations c ORDER BY c.updated_at DESC LIMIT ?""",
             (limit,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [ConversationRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
 
     async def messages(self, conversation_id: str | None = None, after_id: int = 0,
@@ -250,16 +266,14 @@ class SQLiteStore:
             args.append(conversation_id)
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)
-        async with self.db.execute(sql, args) as cur:
-            rows = await cur.fetchall()
+        rows = await self.db.execute_fetchall(sql, args)
         return [MessageRow(*r) for r in rows]
 
     async def unmatched(self, limit: int = 50) -> list[tuple[float, str, str, str, list[Any]]]:
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(
             "SELECT ts, conversation_id, text, decision, candidates_json FROM unmatched ORDER BY id DESC LIMIT ?",
             (limit,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
 

@@ -1,0 +1,211 @@
+"""Outgoing rate limits for the Telegram door (a PTB ``BaseRateLimiter``).
+
+Every request the bot makes except ``getUpdates`` passes through here (PTB routes them),
+so the door, the agents feature and anything else using the same ``Application`` share
+one set of limits:
+
+* throttling before sending: about 30 messages/s overall, a short burst then ~1/s per
+  private chat, 20/minute per group (edits in groups count too) — sliding windows that
+  reserve a slot per request, so one chat's waiting requests keep their order; the
+  bot-wide slot is taken only when the chat's slot has come (no head-of-line blocking);
+* a 429 ``RetryAfter`` is not an error: the chat is paused for ``retry_after`` seconds and
+  the same request is sent again (nothing is dropped), up to ``max_retries`` times.
+
+Other errors (403, 400, 5xx) pass through untouched: the caller decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from telegram.error import RetryAfter
+from telegram.ext import BaseRateLimiter
+
+log = logging.getLogger(__name__)
+
+# Endpoints that never wait for a slot: answering a button must be instant, and the
+# start-up/admin calls are rare.
+UNTHROTTLED = frozenset(
+    {
+        "answerCallbackQuery",
+        "getMe",
+        "getUpdates",
+        "setWebhook",
+        "deleteWebhook",
+        "getWebhookInfo",
+        "setMyCommands",
+        "deleteMyCommands",
+        "getMyCommands",
+        "leaveChat",
+        "getChat",
+        "getFile",
+        "getChatMember",
+        "logOut",
+        "close",
+    }
+)
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """(count, seconds) windows. ``None`` lifts a limit (the benchmark measures the door)."""
+
+    overall: tuple[int, float] | None = (30, 1.0)
+    private: tuple[int, float] | None = (3, 2.0)  # a burst of 3, then about one a second
+    group: tuple[int, float] | None = (20, 60.0)
+    max_retries: int = 10  # 429s in a row for one request before giving up
+
+    @classmethod
+    def unlimited(cls) -> RateLimits:
+        return cls(overall=None, private=None, group=None)
+
+
+def margin_for(period: float) -> float:
+    """Kept in hand on every window (5% of it, at most 0.25 s): requests leave on time but
+    arrive with jitter, and Telegram counts arrivals."""
+    return min(0.25, 0.05 * period)
+
+
+class _Window:
+    """Sliding window: at most ``limit`` slots in any ``period`` (+ margin); slots are
+    reserved in order."""
+
+    __slots__ = ("limit", "period", "slots", "paused_until")
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit = limit
+        self.period = period + margin_for(period)
+        self.slots: deque[float] = deque(maxlen=limit)
+        self.paused_until = 0.0
+
+    def earliest(self, now: float) -> float:
+        t = max(now, self.paused_until)
+        if self.slots:
+            t = max(t, self.slots[-1])
+            if len(self.slots) == self.limit:
+                t = max(t, self.slots[0] + self.period)
+        return t
+
+    def take(self, t: float) -> None:
+        self.slots.append(t)
+
+
+class DoorRateLimiter(BaseRateLimiter[None]):
+    """Throttles sends per chat and overall; waits out 429s and retries."""
+
+    def __init__(
+        self,
+        limits: RateLimits | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_chats: int = 50_000,
+    ) -> None:
+        self.limits = limits or RateLimits()
+        self._clock = clock
+        self._overall = _Window(*self.limits.overall) if self.limits.overall else None
+        self._chats: dict[object, _Window] = {}
+        self._max_chats = max_chats
+        self.waited_429 = 0  # how many 429s were waited out (for logs/tests)
+
+    async def initialize(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        self._chats.clear()
+
+    # -- windows --------------------------------------------------------------
+    def _chat_window(self, chat_id: object) -> _Window | None:
+        win = self._chats.get(chat_id)
+        if win is not None:
+            return win
+        is_group = not (isinstance(chat_id, int) and chat_id > 0)
+        spec = self.limits.group if is_group else self.limits.private
+        if spec is None:
+            return None
+        if len(self._chats) >= self._max_chats:  # forget idle chats, oldest first
+            now = self._clock()
+            for key in [k for k, w in self._chats.items() if not w.slots or w.slots[-1] < now - w.period][
+                : self._max_chats // 4
+            ]:
+                del self._chats[key]
+        win = self._chats[chat_id] = _Window(*spec)
+        return win
+
+    @staticmethod
+    def _take(win: _Window | None, now: float) -> float:
+        if win is None:
+            return 0.0
+        t = win.earliest(now)
+        win.take(t)
+        return t - now
+
+    def _reserve_chat(self, chat_id: object | None) -> float:
+        """Reserve this chat's next slot (in the chat's own order); the wait for it."""
+        if chat_id is None:
+            return 0.0
+        return self._take(self._chat_window(chat_id), self._clock())
+
+    def _reserve_overall(self) -> float:
+        """Reserve a slot of the bot-wide window. Taken only once the chat's slot has come,
+        so a chat throttled far ahead never holds back the others."""
+        return self._take(self._overall, self._clock())
+
+    def pause(self, chat_id: object | None, seconds: float) -> None:
+        """Hold every later request for this chat (or everything, for ``None``)."""
+        until = self._clock() + seconds
+        win = self._overall if chat_id is None else self._chat_window(chat_id)
+        if win is not None:
+            win.paused_until = max(win.paused_until, until)
+
+    # -- PTB's hook --------------------------------------------------------------------
+    async def process_request(
+        self,
+        callback: Callable[..., Coroutine[Any, Any, bool | dict[str, Any] | list[dict[str, Any]]]],
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: None,
+    ) -> bool | dict[str, Any] | list[dict[str, Any]]:
+        chat_id = data.get("chat_id")
+        throttled = endpoint not in UNTHROTTLED
+        attempt = 0
+        while True:
+            if throttled:
+                delay = self._reserve_chat(chat_id)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                delay = self._reserve_overall()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            try:
+                return await callback(*args, **kwargs)
+            except RetryAfter as exc:
+                attempt += 1
+                wait = exc.retry_after
+                seconds = wait.total_seconds() if hasattr(wait, "total_seconds") else float(wait)
+                if attempt > self.limits.max_retries:
+                    log.error(
+                        "%s to chat %s: still 429 after %d retries; giving up",
+                        endpoint,
+                        chat_id,
+                        attempt - 1,
+                    )
+                    raise
+                self.waited_429 += 1
+                log.warning(
+                    "%s to chat %s: 429, retrying in %.1f s (attempt %d)",
+                    endpoint,
+                    chat_id,
+                    seconds,
+                    attempt,
+                )
+                if chat_id is not None and throttled:
+                    self.pause(chat_id, seconds)
+                await asyncio.sleep(seconds)

@@ -1,0 +1,312 @@
+"""Builds the PTB ``Application`` around the door and runs it: polling or webhook, start to stop.
+
+``TelegramService(settings, runtime)`` is what ``python -m bot run`` starts, and what the
+tests and the benchmark start against the fake Bot API. Start: ``getMe`` (initialize), the
+command menu, then polling (``deleteWebhook`` + ``getUpdates`` with ``allowed_updates``) or
+the webhook server and ``setWebhook`` (secret token + ``allowed_updates``). Stop: take no
+more updates (stop polling / close the webhook server), let PTB hand over what it already
+fetched, wait for the door to finish every update in flight, then shut PTB down. The
+caller closes the database afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import ipaddress
+import logging
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from telegram.error import Conflict, InvalidToken, TelegramError
+from telegram.ext import Application, ApplicationBuilder
+from telegram.request import HTTPXRequest
+
+from bot.config import Settings
+
+from .door import ALLOWED_UPDATES, TelegramDoor
+from .http import AiohttpRequest
+from .ratelimit import DoorRateLimiter, RateLimits
+from .webhook import WebhookServer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEBHOOK_PATH = "/telegram"
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def webhook_path(url: str) -> str:
+    path = urlsplit(url).path
+    return path if path and path != "/" else DEFAULT_WEBHOOK_PATH
+
+
+def _skip_missing_sniffio() -> None:
+    """httpcore does ``import sniffio`` for every connection lock and falls back to asyncio
+    when it is missing; a failed import is not cached, so each request searched sys.path
+    (~40% of the door's CPU in the benchmark). ``None`` in sys.modules makes it fail at once."""
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
+def guard_store_writes(store: Any) -> None:
+    """WORK-AROUND (remove once the store locks its own transactions): ``SQLiteStore`` runs
+    ``save_turn`` as BEGIN..COMMIT on its single shared connection without a lock, so two
+    chats' turns finishing together fail with "cannot start a transaction within a
+    transaction" (or one's writes land in the other's transaction). The door runs many chats
+    at once, so every write method of this store instance is serialised here."""
+    if getattr(store, "serializes_writes", False) or getattr(store, "_tg_guarded", False):
+        return
+    lock = asyncio.Lock()
+    for name in ("save_turn", "set_flags", "add_entries", "mark_update"):
+        method = getattr(store, name, None)
+        if method is None:
+            continue
+
+        async def guarded(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            async with lock:
+                return await _method(*args, **kwargs)
+
+        setattr(store, name, guarded)
+    store._tg_guarded = True
+
+
+def build_application(
+    settings: Settings,
+    *,
+    webhook: bool = False,
+    limits: RateLimits | None = None,
+    updates_read_timeout: float = 5.0,
+    pool_size: int = 32,
+    trust_env: bool | None = None,
+    http: str = "aiohttp",
+    requests: list[Any] | None = None,
+) -> Application:
+    """The PTB Application: our transport (``http``: "aiohttp", or PTB's default "httpx"),
+    our rate limiter, sequential update handling (the door parallelises across chats
+    itself), no updater in webhook mode."""
+    if trust_env is None:  # honour HTTP(S)_PROXY for Telegram, never for a local server
+        trust_env = not is_loopback(settings.telegram_base_url)
+    if http == "httpx":
+        _skip_missing_sniffio()
+        kwargs: dict[str, Any] = {"httpx_kwargs": {"trust_env": trust_env}}
+        make: Callable[..., Any] = HTTPXRequest
+    else:
+        kwargs = {"trust_env": trust_env}
+        make = AiohttpRequest
+    request = make(
+        connection_pool_size=pool_size,
+        connect_timeout=5.0,
+        read_timeout=10.0,
+        write_timeout=10.0,
+        pool_timeout=5.0,
+        **kwargs,
+    )
+    updates_request = make(
+        connection_pool_size=2,
+        connect_timeout=5.0,
+        read_timeout=updates_read_timeout,
+        write_timeout=5.0,
+        pool_timeout=5.0,
+        **kwargs,
+    )
+    if requests is not None:  # the caller closes them if start fails half-way
+        requests.extend([request, updates_request])
+    builder = (
+        ApplicationBuilder()
+        .token(settings.telegram_token)
+        .base_url(settings.telegram_base_url)
+        .base_file_url(settings.telegram_base_file_url)
+        .request(request)
+        .rate_limiter(DoorRateLimiter(limits))
+        .concurrent_updates(False)
+    )
+    if webhook:
+        builder = builder.updater(None)
+    else:
+        builder = builder.get_updates_request(updates_request)
+    return builder.build()
+
+
+class TelegramService:
+    """One running bot: the Application, the door, and (webhook mode) the HTTP server."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Any,
+        *,
+        webhook: bool = False,
+        limits: RateLimits | None = None,
+        poll_timeout: float = 30.0,
+        updates_read_timeout: float = 5.0,
+        webhook_port: int | None = None,
+        max_parallel: int = 16,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        trust_env: bool | None = None,
+        http: str = "aiohttp",
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.webhook = webhook
+        guard_store_writes(runtime.store)
+        self.poll_timeout = poll_timeout
+        self.on_fatal = on_fatal
+        self.fatal: BaseException | None = None
+        self._requests: list[Any] = []
+        self.application = build_application(
+            settings,
+            webhook=webhook,
+            limits=limits,
+            updates_read_timeout=updates_read_timeout,
+            trust_env=trust_env,
+            pool_size=max(16, max_parallel * 3),
+            http=http,
+            requests=self._requests,
+        )
+        service_chats = [c for c in (settings.agent_chat_id, settings.lab_chat_id) if c is not None]
+        self.door = TelegramDoor(
+            runtime.engine,
+            runtime.store,
+            runtime.knowledge.content,
+            service_chats=service_chats,
+            max_parallel=max_parallel,
+        )
+        self.door.install(self.application)
+        self.server: WebhookServer | None = None
+        self.webhook_secret = settings.webhook_secret
+        self._webhook_port = settings.webhook_port if webhook_port is None else webhook_port
+        self._initialized = False
+        self._started = False
+        # Other features' lifecycles (agents' desk, the quote outbox worker): ``on_start``
+        # runs after getMe and before the first update; ``on_stop`` after every update in
+        # flight has finished and before PTB shuts down (the bot can still send).
+        self.on_start: list[Callable[[], Awaitable[Any]]] = []
+        self.on_stop: list[Callable[[], Awaitable[Any]]] = []
+
+    # -- start --------------------------------------------------------------
+    async def start(self) -> None:
+        app = self.application
+        await app.initialize()  # getMe: a bad token fails here (InvalidToken)
+        self._initialized = True
+        await self.door.set_commands()
+        for hook in self.on_start:
+            await hook()
+        if self.webhook:
+            await self._start_webhook()
+        else:
+            assert app.updater is not None
+            await app.updater.start_polling(
+                poll_interval=0.0,
+                timeout=self.poll_timeout,
+                allowed_updates=list(ALLOWED_UPDATES),
+                drop_pending_updates=False,
+                error_callback=self._polling_error,
+            )
+            await app.start()
+        self._started = True
+        log.info(
+            "Telegram bot @%s running (%s)",
+            app.bot.username,
+            "webhook" if self.webhook else "long polling",
+        )
+
+    async def _start_webhook(self) -> None:
+        settings = self.settings
+        if not settings.webhook_url:
+            raise ValueError("WEBHOOK_URL is not set")
+        if not self.webhook_secret:
+            self.webhook_secret = secrets.token_urlsafe(32)
+            log.warning("WEBHOOK_SECRET is not set: using a random secret for this run")
+        self.server = WebhookServer(
+            self.application,
+            listen=settings.webhook_listen,
+            port=self._webhook_port,
+            path=webhook_path(settings.webhook_url),
+            secret=self.webhook_secret,
+            health=self.health,
+        )
+        await self.application.start()
+        await self.server.start()  # listen first, then tell Telegram where
+        await self.application.bot.set_webhook(
+            settings.webhook_url,
+            secret_token=self.webhook_secret,
+            allowed_updates=list(ALLOWED_UPDATES),
+            drop_pending_updates=False,
+            max_connections=40,
+        )
+
+    def _polling_error(self, exc: TelegramError) -> None:
+        if isinstance(exc, InvalidToken):
+            log.critical("Telegram rejected the bot token while polling (401): stopping")
+            self.fatal = exc
+            if self.on_fatal:
+                self.on_fatal(exc)
+        elif isinstance(exc, Conflict):
+            log.error(
+                "polling conflict: another process polls with this token, or a webhook is set (%s)",
+                exc,
+            )
+        else:
+            log.warning("polling failed (%s: %s); retrying with backoff", type(exc).__name__, exc)
+
+    async def health(self) -> dict[str, Any]:
+        ok = self.application.running
+        db = "ok"
+        try:
+            await self.runtime.store.db.execute_fetchall("SELECT 1")  # no cursor left open
+        except Exception as exc:
+            db, ok = type(exc).__name__, False
+        return {
+            "ok": ok,
+            "mode": "webhook" if self.webhook else "polling",
+            "db": db,
+            "in_flight": self.door.in_flight,
+        }
+
+    # -- stop --------------------------------------------------------------
+    async def stop(self) -> None:
+        """Stop taking updates, finish those in flight, shut PTB down. Safe to call twice."""
+        app = self.application
+        if self.server is not None:
+            await self.server.stop()
+        if app.updater is not None and app.updater.running:
+            await app.updater.stop()
+        if app.running:
+            await app.stop()  # hands over updates already fetched/queued
+        await self.door.drain()
+        hooks, self.on_stop = self.on_stop, []
+        for hook in reversed(hooks):
+            try:
+                await hook()
+            except Exception:  # one feature failing to stop must not keep the rest open
+                log.exception("stopping %s failed", getattr(hook, "__qualname__", hook))
+        if self._initialized:
+            self._initialized = False
+            await app.shutdown()
+        else:  # start failed inside initialize (e.g. getMe refused): close the transports
+            for request in self._requests:
+                await request.shutdown()
+        log.info("Telegram bot stopped")
+
+    async def __aenter__(self) -> TelegramService:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
