@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.core.engine import Engine
+from bot.core.engine import Engine, TurnRecord
 from bot.core.messages import Attachment, EventKind, Inbound
 from bot.escalation.form import FORM_KEYS, next_missing
 from bot.escalation.ports import TELEGRAM_DOWNLOAD_LIMIT
@@ -520,3 +520,16 @@ async def test_typed_answers_work_like_buttons(chat: ChatDriver) -> None:
     assert (await chat.state()).step == "ask_consent"
     await chat.say("yes")
     assert chat.keys[-1] == "quote.summary" and "+33612345678" in chat.text
+
+
+async def test_sending_raises_the_quote_sent_event_for_the_agents(chat: ChatDriver, engine: Engine) -> None:
+    seen: list[tuple[str, ...]] = []
+
+    async def listener(record: TurnRecord) -> None:
+        seen.append(record.events)
+
+    engine.listeners.append(listener)
+    await fill(chat)
+    assert not any("quote_sent" in ev for ev in seen)
+    await chat.press("send")
+    assert "quote_sent" in seen[-1]

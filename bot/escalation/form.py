@@ -13,7 +13,6 @@ import logging
 import sqlite3
 import uuid
 from collections.abc import Mapping
-from dataclasses import fields as dc_fields
 from datetime import UTC, datetime
 
 from bot.core.actions import ActionContext, ActionFn, ActionResult
@@ -86,16 +85,10 @@ ROUTES = (
     "summary",
 )
 
-_HAS_EVENTS = "events" in {f.name for f in dc_fields(ActionResult)}
-
-
 def _result(
     branch: str, pairs: Mapping[str, str] | None = None, events: tuple[str, ...] = ()
 ) -> ActionResult:
-    kwargs: dict[str, object] = {}
-    if events and _HAS_EVENTS:  # the engine turns these into turn.event(...) once it supports it
-        kwargs["events"] = events
-    return ActionResult(branch, tuple((pairs or {}).items()), **kwargs)  # type: ignore[arg-type]
+    return ActionResult(branch, tuple((pairs or {}).items()), events)
 
 
 def _cleared() -> dict[str, str]:
