@@ -80,4 +80,9 @@ async def chat(engine: Engine, conversation_id: str, *, stdin: TextIO | None = N
         if not line.strip():
             if interactive:
                 continue
-        show(await engine.handle(to_inbound(conversation_id, line, buttons)))
+        try:
+            replies = await engine.handle(to_inbound(conversation_id, line, buttons))
+        except Exception:  # the one broad catch of this door: the state was not saved
+            log.exception("turn failed for %s", conversation_id)
+            replies = (Reply(engine.content.text("engine.internal_error"), key="engine.internal_error"),)
+        show(replies)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.core.engine import Engine
+from bot.core.messages import EventKind, Inbound
 from bot.store import SQLiteStore, StoreError
 from bot.store.schema import MIGRATIONS
+from bot.terminal import chat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,3 +159,20 @@ def test_flow_diagrams_are_current() -> None:
     assert out.returncode == 0, out.stderr
     current = (ROOT / "docs" / "flows.md").read_text(encoding="utf-8")
     assert out.stdout == current, "run `python -m bot diagram > docs/flows.md` after editing flows"
+
+
+async def test_terminal_turn_that_fails_gets_a_polite_answer_and_state_is_kept(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await engine.handle(Inbound("term:x", EventKind.COMMAND, text="start", arg="storage_full"))
+
+    def boom(_text: str) -> object:
+        raise RuntimeError("matcher exploded")
+
+    monkeypatch.setattr(engine.matcher, "match", boom)
+    out = io.StringIO()
+    await chat(engine, "term:x", stdin=io.StringIO("my backup is stuck\n5gb\n"), out=out)
+    assert "something went wrong" in out.getvalue().lower()
+    after = await engine.state_of("term:x")
+    assert after is not None and after.values.get("total_gb") == "5"  # the next message still worked
+    assert "matcher exploded" in caplog.text

@@ -350,7 +350,8 @@ class Engine:
             return
         await self._reprompt(turn)  # "stay"
 
-    def _offer(self, turn: Turn, key: str, buttons: list[tuple[str, str]], values: Mapping[str, str] | None = None) -> None:
+    def _offer(self, turn: Turn, key: str, buttons: list[tuple[str, str]],
+               values: Mapping[str, str] | None = None) -> None:
         turn.say(key, values)
         turn.attach(buttons)
         turn.state = replace(turn.state, offer=tuple(b for b, _ in buttons))
@@ -406,7 +407,7 @@ class Engine:
             await self._press(turn, bid)
             return
         # 2. a value for an ask step
-        if step and step.ask and not turn.state.offer:
+        if step and step.ask:  # an answer to the question wins over a pending offer
             value, note = self._parse_value(step.ask.type, text)
             if value is not None and not (had_secret and step.ask.type == "text"):
                 turn.entries.append(Entry(Direction.IN, safe, flow=state.flow, step=state.step))

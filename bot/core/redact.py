@@ -17,7 +17,8 @@ _NOT_SECRET = {
     "the", "my", "a", "an", "same", "different", "ok", "fine", "too", "also", "still",
     "disabled", "unknown", "gone", "missing", "working", "accepted", "saved", "and", "but",
     "it", "that", "this", "so", "very", "really", "just", "never", "always", "is", "was",
-    "for", "in", "on", "of", "to", "with", "correctly", "set", "reset", "being", "what", "which", "where", "how", "asking", "keeps", "doesnt", "does", "isnt",
+    "for", "in", "on", "of", "to", "with", "correctly", "set", "reset", "being", "what",
+    "which", "where", "how", "asking", "keeps", "doesnt", "does", "isnt",
 }
 
 _KEYWORD = r"(?:apple\s*id\s*)?(?:pass\s*word|passwort|kennwort|passcode|pass\s*code|pwd|pw|pin|contrase[nñ]a)"
