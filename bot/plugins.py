@@ -6,6 +6,9 @@ commands to it. ``store`` is None when only the names are needed (``python -m bo
 Quotes (bot/escalation): the actions of flows/quote.yaml and the /quote and /status
 commands. The outbox worker that delivers the requests is started by the door
 (``bot.escalation.attach_escalation``), not here.
+
+Agents (bot/agents): the users' /privacy and /forget, and the hand-back command an agent's
+/done sends through the engine. The desk itself is started by the Telegram door.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ def plugin_actions(store: object | None = None) -> dict[str, tuple[ActionFn, tup
 def plugin_commands(store: object | None = None) -> dict[str, CommandFn]:
     from bot.escalation.form import plugin_parts
 
+    from bot.agents.commands import agent_commands
+
     commands: dict[str, CommandFn] = {}
     commands.update(plugin_parts(store)[1])
+    commands.update(agent_commands(store))  # /privacy, /forget, and the agents' hand-back
     return commands

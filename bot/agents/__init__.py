@@ -1,0 +1,26 @@
+"""Support agents: live transcripts in a forum supergroup, takeover, hand-back, agents' tools.
+
+Beside the seam, not in it: the desk (``desk.AgentDesk``) is an engine listener with its own
+queues, and reaches Telegram only through the ``ports.GroupGateway`` protocol
+(``tg_gateway.PTBGateway`` on python-telegram-bot; ``memory.MemoryGateway`` for tests).
+``commands`` adds /privacy, /forget and /resume to the engine; ``privacy`` erases and purges;
+``reports`` answers /stats, /unmatched, /find and /transcript (and their terminal twins in
+``cli``); ``bench`` measures the mirror under load. See docs/agents.md.
+"""
+
+from .desk import AgentCallback, AgentCommand, AgentDesk, AgentMessage, DeskOptions
+from .limiter import GroupLimiter
+from .ports import GroupGateway, ManualClock, ScaledClock, SystemClock
+
+__all__ = [
+    "AgentDesk",
+    "AgentMessage",
+    "AgentCommand",
+    "AgentCallback",
+    "DeskOptions",
+    "GroupLimiter",
+    "GroupGateway",
+    "ManualClock",
+    "ScaledClock",
+    "SystemClock",
+]

@@ -1,0 +1,323 @@
+"""The desk's own tables (migration 3): topics per conversation, relays, trash, meta.
+
+``agent_topics`` is the topic registry and the mirror's durable progress: for each
+conversation its forum topic, pinned case card, and two cursors over ``messages.id`` —
+``seen_cursor`` (every line up to it is visible somewhere in the group: its topic or the
+Live feed) and ``topic_cursor`` (every line up to it is in its own topic). After a restart
+the mirror continues from them; nothing is posted twice or lost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import aiosqlite
+
+TOPIC_COLUMNS = (
+    "ref",
+    "conversation_id",
+    "thread_id",
+    "topic_name",
+    "card_message_id",
+    "card_pinned",
+    "card_html",
+    "topic_cursor",
+    "seen_cursor",
+    "symptom",
+    "flags",
+    "paused_until",
+    "paused_by",
+    "quote_state",
+    "created_at",
+    "updated_at",
+)
+
+
+@dataclass
+class Topic:
+    """One conversation as the desk sees it (mutable cache of an ``agent_topics`` row)."""
+
+    ref: int
+    conversation_id: str
+    thread_id: int | None = None
+    topic_name: str = ""
+    card_message_id: int | None = None
+    card_pinned: bool = False
+    card_html: str = ""
+    topic_cursor: int = 0
+    seen_cursor: int = 0
+    symptom: str = ""  # flow id of the problem the user is being helped with
+    flags: str = ""  # comma-separated escalation events seen (for the card and the name)
+    paused_until: float | None = None
+    paused_by: str = ""
+    quote_state: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    # in memory only
+    user_name: str = field(default="", compare=False)
+    card_dirty: bool = field(default=True, compare=False)
+    name_dirty: bool = field(default=False, compare=False)
+    watched_until: float = field(default=0.0, compare=False)  # an agent opened it: served first
+    escalated_until: float = field(default=0.0, compare=False)  # topic set up before others
+    last_flags_at: dict[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def flag_list(self) -> list[str]:
+        return [f for f in self.flags.split(",") if f]
+
+    def add_flag(self, flag: str) -> bool:
+        flags = self.flag_list
+        if flag in flags:
+            return False
+        flags.append(flag)
+        self.flags = ",".join(flags)
+        return True
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_until is not None
+
+
+def _row_to_topic(row: Any) -> Topic:
+    return Topic(
+        ref=row[0],
+        conversation_id=row[1],
+        thread_id=row[2],
+        topic_name=row[3],
+        card_message_id=row[4],
+        card_pinned=bool(row[5]),
+        card_html=row[6],
+        topic_cursor=row[7],
+        seen_cursor=row[8],
+        symptom=row[9],
+        flags=row[10],
+        paused_until=row[11],
+        paused_by=row[12],
+        quote_state=row[13],
+        created_at=row[14],
+        updated_at=row[15],
+    )
+
+
+class _NoLock:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class Registry:
+    """SQL for the desk's tables. Reads go to ``db`` (the desk's own connection: WAL readers
+    never wait and never make a user's turn wait); writes go to ``write_db`` (the store's
+    connection) under the store's ``tx_lock``, so they never interleave with a turn's
+    transaction and never contend for SQLite's write lock from a second connection."""
+
+    def __init__(self, db: aiosqlite.Connection, write_db: aiosqlite.Connection | None = None,
+                 lock: Any = None) -> None:
+        self.db = db
+        self.write_db = write_db or db
+        self.lock = lock if lock is not None else _NoLock()
+
+    async def write(self, sql: str, args: tuple[Any, ...] = ()) -> None:
+        async with self.lock:
+            await self.write_db.execute(sql, args)
+
+    async def write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            async with self.lock:
+                await self.write_db.executemany(sql, rows)
+
+    # -- topics ---------------------------------------------------------------------------
+    async def topic(self, conversation_id: str) -> Topic | None:
+        async with self.db.execute(
+            f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id = ?",
+            (conversation_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return _row_to_topic(row) if row else None
+
+    async def topic_by_ref(self, ref: int) -> Topic | None:
+        async with self.db.execute(
+            f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE ref = ?", (ref,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _row_to_topic(row) if row else None
+
+    async def topic_by_thread(self, thread_id: int) -> Topic | None:
+        async with self.db.execute(
+            f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE thread_id = ?", (thread_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _row_to_topic(row) if row else None
+
+    async def all_topics(self) -> list[Topic]:
+        async with self.db.execute(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics") as cur:
+            rows = await cur.fetchall()
+        return [_row_to_topic(r) for r in rows]
+
+    async def create_topic(self, conversation_id: str, cursor: int) -> Topic:
+        """Register a conversation; its mirror starts after message id ``cursor``."""
+        now = time.time()
+        async with self.lock:
+            await self.write_db.execute(
+                "INSERT OR IGNORE INTO agent_topics (conversation_id, topic_cursor, seen_cursor, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, cursor, cursor, now, now),
+            )
+            async with self.write_db.execute(
+                f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id = ?",
+                (conversation_id,),
+            ) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return _row_to_topic(row)
+
+    async def save(self, topic: Topic) -> None:
+        topic.updated_at = time.time()
+        cols = [f.name for f in fields(Topic) if f.name in TOPIC_COLUMNS and f.name not in ("ref",)]
+        values = [getattr(topic, c) for c in cols]
+        values = [int(v) if isinstance(v, bool) else v for v in values]
+        await self.write(
+            f"UPDATE agent_topics SET {', '.join(c + ' = ?' for c in cols)} WHERE ref = ?",
+            (*values, topic.ref),
+        )
+
+    async def create_topics(self, conversation_ids: list[str], cursor: int,
+                            symptoms: dict[str, str] | None = None) -> list[Topic]:
+        """``create_topic`` for many conversations at once: one short write under the lock,
+        the read-back on the desk's own connection."""
+        now = time.time()
+        symptoms = symptoms or {}
+        await self.write_many(
+            "INSERT OR IGNORE INTO agent_topics (conversation_id, topic_cursor, seen_cursor, symptom, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [(c, cursor, cursor, symptoms.get(c, ""), now, now) for c in conversation_ids],
+        )
+        out: list[Topic] = []
+        for i in range(0, len(conversation_ids), 500):
+            chunk = conversation_ids[i:i + 500]
+            async with self.db.execute(
+                f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id IN "
+                f"({','.join('?' * len(chunk))})", chunk,
+            ) as cur:
+                out += [_row_to_topic(r) for r in await cur.fetchall()]
+        return out
+
+    async def save_many(self, topics: list[Topic]) -> None:
+        if not topics:
+            return
+        now = time.time()
+        cols = [f.name for f in fields(Topic) if f.name in TOPIC_COLUMNS and f.name not in ("ref",)]
+        rows = []
+        for t in topics:
+            t.updated_at = now
+            values = [getattr(t, c) for c in cols]
+            rows.append((*[int(v) if isinstance(v, bool) else v for v in values], t.ref))
+        await self.write_many(f"UPDATE agent_topics SET {', '.join(c + ' = ?' for c in cols)} WHERE ref = ?",
+                              rows)
+
+    async def save_seen(self, topics: list[Topic]) -> None:
+        await self.write_many("UPDATE agent_topics SET seen_cursor = ? WHERE ref = ?",
+                              [(t.seen_cursor, t.ref) for t in topics])
+
+    # -- relays (agent message in the group -> copy in the user's chat) -------------------------
+    async def add_relay(self, agent_message_id: int, conversation_id: str, user_message_id: int,
+                        caption: bool) -> None:
+        await self.write(
+            "INSERT OR REPLACE INTO agent_relays (agent_message_id, conversation_id, user_message_id, "
+            "caption, ts) VALUES (?, ?, ?, ?, ?)",
+            (agent_message_id, conversation_id, user_message_id, int(caption), time.time()),
+        )
+
+    async def relay(self, agent_message_id: int) -> tuple[str, int, bool] | None:
+        async with self.db.execute(
+            "SELECT conversation_id, user_message_id, caption FROM agent_relays "
+            "WHERE agent_message_id = ?",
+            (agent_message_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return (row[0], int(row[1]), bool(row[2])) if row else None
+
+    # -- topics to delete on Telegram (after /forget or the retention purge) -------------------
+    async def trash(self, thread_ids: list[int]) -> None:
+        await self.write_many("INSERT OR IGNORE INTO agent_trash (thread_id, ts) VALUES (?, ?)",
+                              [(t, time.time()) for t in thread_ids])
+
+    async def trashed(self) -> list[int]:
+        async with self.db.execute("SELECT thread_id FROM agent_trash ORDER BY ts") as cur:
+            return [int(r[0]) for r in await cur.fetchall()]
+
+    async def untrash(self, thread_id: int) -> None:
+        await self.write("DELETE FROM agent_trash WHERE thread_id = ?", (thread_id,))
+
+    # -- meta --------------------------------------------------------------------------------
+    async def meta(self, key: str) -> str | None:
+        async with self.db.execute("SELECT value FROM agent_meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def set_meta(self, key: str, value: str | int | float | None) -> None:
+        if value is None:
+            await self.write("DELETE FROM agent_meta WHERE key = ?", (key,))
+        else:
+            await self.write("INSERT OR REPLACE INTO agent_meta (key, value) VALUES (?, ?)",
+                             (key, str(value)))
+
+    # -- the transcript, as the mirror reads it --------------------------------------------------
+    async def max_message_id(self) -> int:
+        async with self.db.execute("SELECT COALESCE(MAX(id), 0) FROM messages") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def rows_after(self, after_id: int, limit: int = 5000) -> list[Line]:
+        async with self.db.execute(
+            "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
+            "WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ) as cur:
+            return [Line(*r) for r in await cur.fetchall()]
+
+    async def conversation_rows(
+        self,
+        conversation_id: str,
+        after_id: int = 0,
+        upto_id: int | None = None,
+        limit: int = 100_000,
+    ) -> list[Line]:
+        sql = (
+            "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
+            "WHERE conversation_id = ? AND id > ?"
+        )
+        args: list[Any] = [conversation_id, after_id]
+        if upto_id is not None:
+            sql += " AND id <= ?"
+            args.append(upto_id)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        async with self.db.execute(sql, args) as cur:
+            return [Line(*r) for r in await cur.fetchall()]
+
+    async def escalations_after(self, after_id: int, limit: int = 50) -> list[Line]:
+        async with self.db.execute(
+            "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
+            "WHERE id > ? AND direction = 'note' AND kind LIKE 'escalation:%' ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ) as cur:
+            return [Line(*r) for r in await cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class Line:
+    """One transcript row as the mirror and the tools read it."""
+
+    id: int
+    conversation_id: str
+    ts: float
+    direction: str
+    kind: str
+    text: str
+    flow: str = ""
+    step: str = ""

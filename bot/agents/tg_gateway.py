@@ -1,0 +1,472 @@
+"""The agents feature on python-telegram-bot: the ``GroupGateway`` implementation, the update
+handler for the agents' group, and ``attach_agents`` — what the Telegram service calls.
+
+The only module of bot/agents that imports ``telegram``. ``install`` adds one handler in its
+own PTB group (``AGENTS_GROUP``, before the door's): updates from the agents' chat, and agent
+commands sent to the bot privately, are queued for the desk and stop there
+(``ApplicationHandlerStop``); everything else goes on to the door untouched. A non-agent
+sending an agent command privately gets no answer at all (the desk checks membership).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from telegram import (
+    Bot,
+    Chat,
+    ChatMember,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputFile,
+    LinkPreviewOptions,
+    Message,
+    MessageEntity,
+    Update,
+)
+from telegram.constants import ParseMode
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+from telegram.ext import Application, ApplicationHandlerStop, ContextTypes, TypeHandler
+
+from bot.core.messages import Reply
+
+from .desk import (
+    AGENT_ONLY_COMMANDS,
+    AgentCallback,
+    AgentCommand,
+    AgentDesk,
+    AgentMessage,
+    DeskOptions,
+)
+from .ports import (
+    GatewayError,
+    MessageGone,
+    NotModified,
+    RetryLater,
+    Sent,
+    ThreadNotFound,
+    UserBlocked,
+)
+
+log = logging.getLogger(__name__)
+
+AGENTS_GROUP = -10  # PTB handler group: before the door (group 0)
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+_NO_CAPTION = frozenset({"sticker", "video_note", "location", "venue", "contact", "dice", "poll"})
+MEDIA_KINDS = (
+    "photo",
+    "video",
+    "animation",
+    "document",
+    "audio",
+    "voice",
+    "video_note",
+    "sticker",
+    "location",
+    "venue",
+    "contact",
+    "poll",
+    "dice",
+)
+
+
+def _translate(exc: TelegramError) -> GatewayError:
+    if isinstance(exc, RetryAfter):
+        wait = exc.retry_after
+        seconds = wait.total_seconds() if hasattr(wait, "total_seconds") else float(wait)
+        return RetryLater(seconds, str(exc))
+    if isinstance(exc, Forbidden):
+        return UserBlocked(exc.message)
+    if isinstance(exc, BadRequest):
+        msg = exc.message.lower()
+        if "thread not found" in msg or "topic_deleted" in msg or "topic_id_invalid" in msg:
+            return ThreadNotFound(exc.message)
+        if "not modified" in msg:
+            return NotModified(exc.message)
+        if (
+            "message to edit not found" in msg
+            or "message can't be edited" in msg
+            or "message to pin not found" in msg
+            or "message to copy not found" in msg
+            or "message_id_invalid" in msg
+        ):
+            return MessageGone(exc.message)
+        return GatewayError(exc.message)
+    return GatewayError(f"{type(exc).__name__}: {exc}")
+
+
+def _markup(buttons: Sequence[tuple[str, str]]) -> InlineKeyboardMarkup | None:
+    if not buttons:
+        return None
+    return InlineKeyboardMarkup(
+        [[InlineKeyboardButton(label, callback_data=data)] for label, data in buttons]
+    )
+
+
+class PTBGateway:
+    """``GroupGateway`` on a PTB ``Bot`` (the Application's, so the door's rate limiter applies).
+
+    ``deliver`` sends engine replies to a user the way the door does (keyboards, splitting):
+    pass the door's ``TelegramDoor.deliver``; without it a minimal rendering is used.
+    """
+
+    def __init__(
+        self,
+        bot: Bot,
+        chat_id: int,
+        *,
+        deliver: Callable[[int, Sequence[Reply]], Awaitable[Any]] | None = None,
+    ) -> None:
+        self.bot = bot
+        self.chat_id = chat_id
+        self.deliver = deliver
+
+    async def _do(self, coro: Awaitable[Any]) -> Any:
+        try:
+            return await coro
+        except TelegramError as exc:
+            raise _translate(exc) from exc
+
+    # the agents' group
+    async def create_topic(self, name: str) -> int:
+        topic = await self._do(self.bot.create_forum_topic(self.chat_id, name))
+        return int(topic.message_thread_id)
+
+    async def rename_topic(self, thread_id: int, name: str) -> None:
+        await self._do(self.bot.edit_forum_topic(self.chat_id, thread_id, name=name))
+
+    async def delete_topic(self, thread_id: int) -> None:
+        await self._do(self.bot.delete_forum_topic(self.chat_id, thread_id))
+
+    async def send(
+        self, thread_id: int | None, html: str, buttons: Sequence[tuple[str, str]] = ()
+    ) -> Sent:
+        msg = await self._do(
+            self.bot.send_message(
+                self.chat_id,
+                html,
+                parse_mode=ParseMode.HTML,
+                message_thread_id=thread_id,
+                reply_markup=_markup(buttons),
+                link_preview_options=NO_PREVIEW,
+                disable_notification=True,
+            )
+        )
+        return Sent(msg.message_id, thread_id)
+
+    async def edit(
+        self, message_id: int, html: str, buttons: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        await self._do(
+            self.bot.edit_message_text(
+                html,
+                chat_id=self.chat_id,
+                message_id=message_id,
+                parse_mode=ParseMode.HTML,
+                reply_markup=_markup(buttons),
+                link_preview_options=NO_PREVIEW,
+            )
+        )
+
+    async def pin(self, message_id: int) -> None:
+        await self._do(
+            self.bot.pin_chat_message(self.chat_id, message_id, disable_notification=True)
+        )
+
+    async def send_document(
+        self, thread_id: int | None, filename: str, data: bytes, caption_html: str = ""
+    ) -> Sent:
+        msg = await self._do(
+            self.bot.send_document(
+                self.chat_id,
+                InputFile(data, filename=filename),
+                caption=caption_html or None,
+                parse_mode=ParseMode.HTML,
+                message_thread_id=thread_id,
+                disable_notification=True,
+            )
+        )
+        return Sent(msg.message_id, thread_id)
+
+    async def answer_callback(self, callback_id: str, text: str = "") -> None:
+        await self._do(self.bot.answer_callback_query(callback_id, text=text[:200] or None))
+
+    async def is_member(self, user_id: int) -> bool:
+        member = await self._do(self.bot.get_chat_member(self.chat_id, user_id))
+        return member.status in (
+            ChatMember.OWNER,
+            ChatMember.ADMINISTRATOR,
+            ChatMember.MEMBER,
+            ChatMember.RESTRICTED,
+        )
+
+    # users
+    async def send_to_user(self, chat_id: int, html: str) -> int:
+        msg = await self._do(
+            self.bot.send_message(
+                chat_id, html, parse_mode=ParseMode.HTML, link_preview_options=NO_PREVIEW
+            )
+        )
+        return int(msg.message_id)
+
+    async def copy_to_user(
+        self, chat_id: int, from_message_id: int, caption_html: str | None
+    ) -> int:
+        mid = await self._do(
+            self.bot.copy_message(
+                chat_id,
+                self.chat_id,
+                from_message_id,
+                caption=caption_html,
+                parse_mode=ParseMode.HTML,
+            )
+        )
+        return int(mid.message_id)
+
+    async def edit_user_message(
+        self, chat_id: int, message_id: int, html: str, caption: bool
+    ) -> None:
+        if caption:
+            await self._do(
+                self.bot.edit_message_caption(
+                    chat_id=chat_id, message_id=message_id, caption=html, parse_mode=ParseMode.HTML
+                )
+            )
+        else:
+            await self._do(
+                self.bot.edit_message_text(
+                    html,
+                    chat_id=chat_id,
+                    message_id=message_id,
+                    parse_mode=ParseMode.HTML,
+                    link_preview_options=NO_PREVIEW,
+                )
+            )
+
+    async def send_replies(self, chat_id: int, replies: Sequence[Reply]) -> None:
+        if self.deliver is not None:
+            await self.deliver(chat_id, replies)
+            return
+        from bot.tg.render import keyboard_rows, split_text, to_html
+
+        for reply in replies:
+            parts = split_text(reply.text) or ["…"]
+            markup = None
+            if reply.buttons:
+                markup = InlineKeyboardMarkup(
+                    [
+                        [InlineKeyboardButton(b.label, callback_data=b.id) for b in row]
+                        for row in keyboard_rows(reply.buttons)
+                    ]
+                )
+            for i, part in enumerate(parts):
+                await self._do(
+                    self.bot.send_message(
+                        chat_id,
+                        to_html(part),
+                        parse_mode=ParseMode.HTML,
+                        reply_markup=markup if i == len(parts) - 1 else None,
+                        link_preview_options=NO_PREVIEW,
+                    )
+                )
+
+    async def send_private(self, chat_id: int, html: str) -> None:
+        await self._do(
+            self.bot.send_message(
+                chat_id, html, parse_mode=ParseMode.HTML, link_preview_options=NO_PREVIEW
+            )
+        )
+
+    async def send_private_document(
+        self, chat_id: int, filename: str, data: bytes, caption_html: str = ""
+    ) -> None:
+        await self._do(
+            self.bot.send_document(
+                chat_id,
+                InputFile(data, filename=filename),
+                caption=caption_html or None,
+                parse_mode=ParseMode.HTML,
+            )
+        )
+
+
+# -- updates from Telegram -> the desk ---------------------------------------------------------------------
+
+
+def _command(msg: Message, bot_username: str) -> tuple[str, str] | None:
+    ents = msg.entities
+    text = msg.text or ""
+    if not text.startswith("/"):
+        return None
+    if ents and not (ents[0].type == MessageEntity.BOT_COMMAND and ents[0].offset == 0):
+        return None
+    head = text.split(maxsplit=1)[0]
+    name, _, addressee = head[1:].partition("@")
+    if addressee and bot_username and addressee.lower() != bot_username.lower():
+        return None
+    if not name:
+        return None
+    return name.lower(), text[len(head) :].strip()
+
+
+def _media_kind(msg: Message) -> str:
+    for kind in MEDIA_KINDS:
+        if getattr(msg, kind, None):
+            return kind
+    return ""
+
+
+class AgentUpdates:
+    """The PTB handler: classify synchronously (order kept), queue for the desk, stop."""
+
+    def __init__(self, desk: AgentDesk, chat_id: int) -> None:
+        self.desk = desk
+        self.chat_id = chat_id
+        self._seen: OrderedDict[int, None] = OrderedDict()
+
+    def _dup(self, update_id: int) -> bool:
+        if update_id in self._seen:
+            return True
+        self._seen[update_id] = None
+        while len(self._seen) > 5000:
+            self._seen.popitem(last=False)
+        return False
+
+    async def __call__(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        chat = update.effective_chat
+        if chat is None:
+            return
+        username = context.bot.username if context and context.bot else ""
+        if chat.id == self.chat_id:
+            if not self._dup(update.update_id):
+                self._agent_chat(update, username or "")
+            raise ApplicationHandlerStop
+        if chat.type == Chat.PRIVATE and update.message is not None and update.message.text:
+            cmd = _command(update.message, username or "")
+            if cmd is not None and cmd[0] in AGENT_ONLY_COMMANDS:
+                if not self._dup(update.update_id):
+                    user = update.message.from_user
+                    self.desk.submit(
+                        AgentCommand(
+                            chat.id,
+                            None,
+                            update.message.message_id,
+                            user.id if user else 0,
+                            user.first_name if user else "",
+                            cmd[0],
+                            cmd[1],
+                            private=True,
+                        )
+                    )
+                raise ApplicationHandlerStop  # never reaches the engine, whoever sent it
+
+    def _agent_chat(self, update: Update, username: str) -> None:
+        cq = update.callback_query
+        if cq is not None:
+            msg = cq.message
+            self.desk.submit(
+                AgentCallback(
+                    cq.id,
+                    self.chat_id,
+                    msg.message_id if msg else 0,
+                    getattr(msg, "message_thread_id", None) if msg else None,
+                    cq.from_user.id,
+                    cq.from_user.first_name or "",
+                    cq.data or "",
+                )
+            )
+            return
+        edited = update.edited_message is not None
+        msg = update.edited_message or update.message
+        if msg is None:
+            if update.my_chat_member is not None:
+                log.info(
+                    "agents' group: the bot is now %s", update.my_chat_member.new_chat_member.status
+                )
+            return
+        user = msg.from_user
+        if user is None:
+            return
+        if user.is_bot:
+            if msg.sender_chat is None or msg.sender_chat.id != self.chat_id:
+                return  # other bots
+            name = msg.author_signature or msg.sender_chat.title or "Support"  # an anonymous admin
+        else:
+            name = user.first_name or user.username or str(user.id)
+        thread = msg.message_thread_id if msg.is_topic_message else None
+        cmd = _command(msg, username) if msg.text else None
+        if cmd is not None:
+            if not edited:
+                self.desk.submit(
+                    AgentCommand(
+                        self.chat_id, thread, msg.message_id, user.id, name, cmd[0], cmd[1]
+                    )
+                )
+            return
+        media = _media_kind(msg)
+        text = msg.text or msg.caption or ""
+        if msg.text is not None:
+            html = msg.text_html
+        elif msg.caption is not None:
+            html = msg.caption_html
+        else:
+            html = ""
+        if not text and not media:
+            return  # service messages (topic created, pinned, member joined...)
+        self.desk.submit(
+            AgentMessage(
+                self.chat_id,
+                thread,
+                msg.message_id,
+                user.id,
+                name,
+                text,
+                html,
+                media=media,
+                edited=edited,
+            )
+        )
+
+
+def install(application: Application, desk: AgentDesk) -> AgentUpdates | None:
+    """Route the agents' group (and agent commands in private chats) to the desk."""
+    if desk.chat_id is None:
+        return None
+    handler = AgentUpdates(desk, desk.chat_id)
+    application.add_handler(TypeHandler(Update, handler), group=AGENTS_GROUP)
+    return handler
+
+
+def attach_agents(
+    application: Application,
+    runtime: Any,
+    settings: Any,
+    *,
+    door: Any = None,
+    options: DeskOptions | None = None,
+    **desk_kwargs: Any,
+) -> AgentDesk:
+    """Build the desk for a Telegram service (call ``await desk.start()`` after
+    ``application.initialize()``, ``await desk.close()`` before ``application.shutdown()``).
+    Without AGENT_CHAT_ID the desk only records escalations and purges old transcripts."""
+    chat_id = settings.agent_chat_id
+    gateway = None
+    if chat_id is not None:
+        gateway = PTBGateway(application.bot, chat_id, deliver=getattr(door, "deliver", None))
+    opts = options or DeskOptions(
+        pause_seconds=settings.pause_minutes * 60.0, retention_days=settings.retention_days
+    )
+    desk = AgentDesk(
+        runtime.engine,
+        runtime.store,
+        gateway,
+        chat_id=chat_id,
+        admin_ids=settings.admin_ids,
+        options=opts,
+        **desk_kwargs,
+    )
+    install(application, desk)
+    return desk

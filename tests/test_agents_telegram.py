@@ -1,0 +1,423 @@
+"""Support agents end to end: the real PTB Application and door, the desk, and the fake Bot
+API over HTTP (a forum supergroup with topics, Telegram's per-group limit enforced).
+
+Telegram's 20 messages/minute per group is kept as a *count*; the minute is shortened
+(``WINDOW`` seconds) on both sides — the fake's refusal policy and the desk's budget — so
+the 50-user test runs in seconds with the same batching logic. Waits are on conditions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.agents import commands as agent_cmds
+from bot.agents.desk import AgentDesk, DeskOptions
+from bot.agents.limiter import GroupLimiter
+from bot.agents.ports import Clock, ManualClock, SystemClock
+from bot.agents.tg_gateway import attach_agents
+from bot.config import Settings
+from bot.core.engine import Engine
+from bot.runtime import Knowledge, Runtime, check, plugin_branches
+from bot.store import SQLiteStore
+from bot.tg.fakeapi import FakeBotAPI, RateLimitPolicy, SentMessage, is_group_chat
+from bot.tg.ratelimit import RateLimits
+from bot.tg.service import TelegramService
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP = -1009876543210
+AGENT = 4242
+ADMIN = 99
+WINDOW = 0.6  # "one minute" for the group limit in these tests
+LIMIT = 20
+
+
+@pytest.fixture(scope="module")
+def knowledge() -> Knowledge:
+    k, problems = check(ROOT / "content", ROOT / "flows", "en", plugin_branches())
+    if k is None:
+        pytest.skip(f"content does not load: {problems[:3]}")
+    return k
+
+
+def make_engine(k: Knowledge, store: SQLiteStore) -> Engine:
+    from bot.plugins import plugin_actions, plugin_commands
+
+    commands = dict(plugin_commands(store))
+    commands.update(agent_cmds.agent_commands(store, retention_days=90))
+    return Engine(k.content, k.flows, k.matcher, store, extra_actions=plugin_actions(store),
+                  commands=commands)
+
+
+@dataclass
+class Agents:
+    fake: FakeBotAPI
+    service: TelegramService
+    desk: AgentDesk
+    runtime: Runtime
+    policy: RateLimitPolicy
+
+    # -- users (private chats) -------------------------------------------------------------------
+    async def user_says(self, uid: int, text: str, *, first_name: str | None = None) -> list[SentMessage]:
+        before = len(self.fake.sent(uid))
+        upd = self.fake.send_text(uid, text, first_name=first_name)
+        await self._handled(upd)
+        return self.fake.sent(uid)[before:]
+
+    async def user_command(self, uid: int, name: str, arg: str = "") -> list[SentMessage]:
+        before = len(self.fake.sent(uid))
+        await self._handled(self.fake.command(uid, name, arg))
+        return self.fake.sent(uid)[before:]
+
+    async def user_presses(self, uid: int, **kw: Any) -> list[SentMessage]:
+        before = len(self.fake.sent(uid))
+        await self._handled(self.fake.press(uid, **kw))
+        return self.fake.sent(uid)[before:]
+
+    async def _handled(self, update: dict[str, Any]) -> None:
+        uid = update["update_id"]
+        await self.fake.wait_for(lambda: uid in self._done, 10, f"update {uid}")
+
+    @property
+    def _done(self) -> set[int]:
+        return self.service.door.__dict__.setdefault("_agents_test_done", set())
+
+    # -- the agents' group -------------------------------------------------------------------------
+    def thread_of(self, uid: int) -> int:
+        t = self.desk.topic_of(f"tg:{uid}")
+        assert t is not None and t.thread_id is not None, f"no topic for {uid}"
+        return t.thread_id
+
+    def topic_messages(self, thread: int | None) -> list[SentMessage]:
+        return [m for m in self.fake.sent(GROUP) if m.thread_id == thread and not m.deleted]
+
+    def topic_text(self, thread: int | None) -> str:
+        return "\n".join(m.text for m in self.topic_messages(thread))
+
+    def agent_says(self, uid: int | None, text: str, *, user_id: int = AGENT) -> dict[str, Any]:
+        thread = self.thread_of(uid) if uid is not None else None
+        return self.fake.send_text(GROUP, text, user_id=user_id, first_name="Maria", thread_id=thread)
+
+    async def settle(self, full: bool = True, timeout: float = 30) -> None:
+        await self.desk.settle(timeout, full=full)
+
+    def group_calls(self) -> list[Any]:
+        return [c for c in self.fake.calls if c.params.get("chat_id") == GROUP]
+
+    def max_group_calls_in_window(self) -> int:
+        times = [c.received_at for c in self.group_calls()]
+        best, j = 0, 0
+        for i, t in enumerate(times):
+            while times[j] <= t - WINDOW:
+                j += 1
+            best = max(best, i - j + 1)
+        return best
+
+
+@asynccontextmanager
+async def running_agents(k: Knowledge, tmp_path: Path, *, clock: Clock | None = None,
+                         options: DeskOptions | None = None) -> AsyncIterator[Agents]:
+    store = await SQLiteStore.open(tmp_path / "agents-e2e.db")
+    runtime = Runtime(k, store, make_engine(k, store))
+    fake = FakeBotAPI()
+    await fake.start()
+    fake.make_forum(GROUP)
+    policy = RateLimitPolicy(LIMIT, WINDOW, chats=is_group_chat)
+    fake.policies.append(policy)
+    settings = replace(Settings(), telegram_token=fake.token, telegram_base_url=fake.base_url,
+                       telegram_base_file_url=fake.base_file_url, agent_chat_id=GROUP,
+                       admin_ids=(ADMIN,), pause_minutes=10)
+    service = TelegramService(settings, runtime, limits=RateLimits(overall=None, private=None,
+                                                                  group=(LIMIT, WINDOW)),
+                              poll_timeout=1.0, trust_env=False)
+    opts = options or DeskOptions(pause_seconds=600, digest_threshold=4)
+    limiter = GroupLimiter(LIMIT, WINDOW, clock=SystemClock())
+    desk = getattr(service, "desk", None)
+    if desk is None:  # the service does not wire the desk (yet): do what it will do
+        desk = attach_agents(service.application, runtime, settings, door=service.door,
+                             options=opts, clock=clock, limiter=limiter)
+    else:
+        desk.options, desk.limiter = opts, limiter
+        if clock is not None:
+            desk.clock = clock
+    h = Agents(fake, service, desk, runtime, policy)
+    service.door.listeners.append(lambda update_id, chat_id: (h._done.add(update_id), fake._changed()))
+    try:
+        async with service:
+            await desk.start()
+            try:
+                yield h
+            finally:
+                await desk.close()
+                await agent_cmds.wait_cleanups()
+    finally:
+        await fake.stop()
+        await store.close()
+
+
+@pytest.fixture
+async def agents(knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Agents]:
+    async with running_agents(knowledge, tmp_path) as h:
+        yield h
+
+
+# -- topics and cards ------------------------------------------------------------------------------------
+
+
+async def test_topic_named_and_card_pinned_then_updated(agents: Agents) -> None:
+    sent = await agents.user_says(1001, "my icloud backup failed", first_name="Anna")
+    assert sent  # the user is answered as usual
+    await agents.settle()
+    thread = agents.thread_of(1001)
+    topic = agents.fake.topics[GROUP][thread]
+    assert topic["name"].startswith("Anna · #") and "Backup failed" in topic["name"]
+    card_id = agents.desk.topic_of("tg:1001").card_message_id  # type: ignore[union-attr]
+    pins = agents.fake.calls_of("pinChatMessage", chat_id=GROUP)
+    assert [c.params["message_id"] for c in pins] == [card_id]
+    card = agents.fake.messages[GROUP][card_id]
+    assert card.thread_id == thread and "Anna" in card.text and "Backup failed" in card.text
+    text = agents.topic_text(thread)
+    i_user = text.index("👤 my icloud backup failed")
+    assert text.index("🤖", i_user) > i_user
+    # press buttons until a yes/no step is answered "no": the card shows it
+    for _ in range(6):
+        last = agents.fake.last_keyboard(1001)
+        labels = last.labels
+        no = [lb for lb in labels if lb.startswith("❌")]
+        if no:
+            await agents.user_presses(1001, label=no[0])
+            break
+        await agents.user_presses(1001, index=len(labels) - 1 if "green" in " ".join(labels) else 0)
+    await agents.settle()
+    card = agents.fake.messages[GROUP][card_id]
+    assert card.edits >= 1
+    if any(c.method == "editMessageText" for c in agents.group_calls()):
+        state = await agents.runtime.engine.state_of("tg:1001")
+        assert state is not None and (state.ref in card.text or "❌" in card.text)
+
+
+async def test_escalation_flagged_in_topic_and_listed(agents: Agents) -> None:
+    await agents.user_says(1002, "I want to talk to a real person", first_name="Ben")
+    await agents.settle()
+    thread = agents.thread_of(1002)
+    assert "🚩 asked for a person" in agents.topic_text(thread)
+    esc = [th for th, t in agents.fake.topics[GROUP].items() if t["name"] == "🚩 Escalations"]
+    assert len(esc) == 1
+    listing = agents.topic_messages(esc[0])
+    assert listing and "Ben" in listing[-1].text
+    links = [e for e in listing[-1].entities if e["type"] == "text_link"]
+    assert links and links[0]["url"].endswith(f"/{thread}")
+
+
+# -- mirroring under load, within the group limit -----------------------------------------------------------
+
+
+async def test_fifty_users_mirrored_in_order_within_group_limit(agents: Agents) -> None:
+    phrases = ["my icloud backup failed", "it says backup could not be completed", "what now",
+               "thanks"]
+
+    async def user(i: int) -> None:
+        for n, p in enumerate(phrases):
+            await agents.user_says(2000 + i, f"{p} [{i}.{n}]", first_name=f"U{i}")
+
+    await asyncio.gather(*(user(i) for i in range(50)))
+    await agents.settle(full=False, timeout=60)  # every line visible (topic or Live feed)
+    await agents.settle(full=True, timeout=120)  # and backfilled into every user's own topic
+    assert agents.policy.refused == 0, "the fake refused group messages (429)"
+    assert agents.max_group_calls_in_window() <= LIMIT
+    assert agents.service.application.bot.rate_limiter.waited_429 == 0  # type: ignore[union-attr]
+    live = [th for th, t in agents.fake.topics[GROUP].items() if t["name"].startswith("📡")]
+    for i in range(50):
+        uid = 2000 + i
+        text = agents.topic_text(agents.thread_of(uid))
+        marks = [f"👤 {p} [{i}.{n}]" for n, p in enumerate(phrases)]
+        positions = [text.find(m) for m in marks]
+        assert -1 not in positions, (uid, positions)  # nothing lost
+        assert positions == sorted(positions), (uid, positions)  # nothing reordered
+        assert all(text.count(m) == 1 for m in marks), uid  # nothing twice
+        if live:  # in the Live feed too: each line once, in order
+            feed = "\n".join(agents.topic_text(th) for th in live)
+            seen = [feed.find(m) for m in marks if m in feed]
+            assert seen == sorted(seen)
+            assert all(feed.count(m) <= 1 for m in marks)
+
+
+# -- takeover -----------------------------------------------------------------------------------------------------
+
+
+async def test_agent_reply_relayed_and_bot_silent_while_paused(agents: Agents) -> None:
+    await agents.user_says(1003, "my backup is stuck at 80 percent", first_name="Cleo")
+    await agents.settle()
+    before = len(agents.fake.sent(1003))
+    agents.agent_says(1003, "Hi Cleo, Maria here. Which iPhone is it?")
+    got = await agents.fake.wait_for(lambda: agents.fake.sent(1003)[before:] if len(
+        agents.fake.sent(1003)) >= before + 2 else None, 10, "the relay")
+    assert "person from our support team has joined" in got[0].text
+    assert got[1].text.startswith("👤 Maria · support team") and "Which iPhone" in got[1].text
+    assert got[1].entities and got[1].entities[0]["type"] == "bold"  # marked as from a person
+    state = await agents.runtime.engine.state_of("tg:1003")
+    assert state is not None and state.paused
+    answer = await agents.user_says(1003, "an iPhone 13")
+    assert answer == []  # the bot stays silent
+    await agents.settle()
+    assert "👤 an iPhone 13" in agents.topic_text(agents.thread_of(1003))
+
+
+async def test_done_hands_back_where_it_was(agents: Agents) -> None:
+    await agents.user_says(1004, "my icloud backup failed", first_name="Dan")
+    await agents.settle()
+    step_before = (await agents.runtime.engine.state_of("tg:1004")).ref  # type: ignore[union-attr]
+    n = len(agents.fake.sent(1004))
+    agents.agent_says(1004, "Let me look")
+    await agents.fake.wait_for(lambda: len(agents.fake.sent(1004)) >= n + 2, 10, "relay")
+    agents.agent_says(1004, "/done")
+    thread = agents.thread_of(1004)
+    prompt = await agents.fake.wait_for(
+        lambda: next((m for m in agents.topic_messages(thread) if m.keyboard), None), 10, "the /done prompt")
+    assert len(prompt.labels) == 2
+    n = len(agents.fake.sent(1004))
+    agents.fake.press(GROUP, label=prompt.labels[0], message_id=prompt.message_id, user_id=AGENT)
+    await agents.fake.wait_for(lambda: len(agents.fake.sent(1004)) > n, 10, "the hand-back")
+    await agents.settle()
+    state = await agents.runtime.engine.state_of("tg:1004")
+    assert state is not None and not state.paused and state.ref == step_before
+    back = agents.fake.sent(1004)[n:]
+    assert "handed you back" in back[0].text and back[-1].keyboard  # the step again, with buttons
+    assert all(q["answered"] for q in agents.fake.callback_queries.values())
+    assert agents.fake.messages[GROUP][prompt.message_id].keyboard is None  # choice recorded
+    assert await agents.user_says(1004, "hello again")  # the bot answers again
+
+
+async def test_pause_times_out(knowledge: Knowledge, tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with running_agents(knowledge, tmp_path, clock=clock) as agents:
+        await agents.user_says(1005, "my icloud backup failed", first_name="Eve")
+        await agents.settle()
+        n = len(agents.fake.sent(1005))
+        agents.agent_says(1005, "one moment please")
+        await agents.fake.wait_for(lambda: len(agents.fake.sent(1005)) >= n + 2, 10, "relay")
+        await agents.settle()
+        await clock.advance(601)
+        await agents.fake.wait_for(
+            lambda: any("support person has left" in m.text for m in agents.fake.sent(1005)), 10, "expiry")
+        await agents.settle()
+        assert not (await agents.runtime.engine.state_of("tg:1005")).paused  # type: ignore[union-attr]
+        assert "pause expired" in agents.topic_text(agents.thread_of(1005))
+
+
+async def test_deleted_topic_is_recreated(agents: Agents) -> None:
+    await agents.user_says(1006, "my icloud backup failed", first_name="Fay")
+    await agents.settle()
+    old = agents.thread_of(1006)
+    agents.fake.topics[GROUP][old]["deleted"] = True  # an agent deleted it
+    await agents.user_says(1006, "still there?")
+    await agents.settle()
+    new = agents.thread_of(1006)
+    assert new != old
+    assert any(c.status == 400 and "thread not found" in c.error for c in agents.group_calls())
+    msgs = agents.topic_messages(new)
+    assert msgs[0].message_id == agents.desk.topic_of("tg:1006").card_message_id  # type: ignore[union-attr]
+    assert "👤 still there?" in agents.topic_text(new)
+
+
+async def test_blocked_user_agent_told(agents: Agents) -> None:
+    await agents.user_says(1007, "my icloud backup failed", first_name="Gus")
+    await agents.settle()
+    agents.fake.block(1007)
+    agents.agent_says(1007, "are you still there?")
+    thread = agents.thread_of(1007)
+    await agents.fake.wait_for(lambda: "has blocked the bot" in agents.topic_text(thread), 10, "note")
+
+
+async def test_agent_photo_and_edit_relayed(agents: Agents) -> None:
+    await agents.user_says(1008, "my icloud backup failed", first_name="Hal")
+    await agents.settle()
+    upd = agents.agent_says(1008, "Try the Mac")
+    msg_id = upd["message"]["message_id"]
+    await agents.fake.wait_for(lambda: any("Try the Mac" in m.text for m in agents.fake.sent(1008)), 10, "relay")
+    edited = {"message_id": msg_id, "date": 0, "edit_date": 1, "chat": agents.fake.chat(GROUP),
+              "from": agents.fake.user(AGENT, "Maria"), "text": "Try the iPhone",
+              "message_thread_id": agents.thread_of(1008), "is_topic_message": True}
+    agents.fake.push({"edited_message": edited})
+    await agents.fake.wait_for(lambda: any("Try the iPhone" in m.text for m in agents.fake.sent(1008)), 10, "edit")
+    copy = next(m for m in agents.fake.sent(1008) if "Try the iPhone" in m.text)
+    assert copy.edits == 1  # the relayed message was edited, not a second message
+
+
+# -- who may use agents' commands ------------------------------------------------------------------------------
+
+
+async def test_non_agent_sending_agent_commands_gets_nothing(agents: Agents) -> None:
+    for name, arg in (("stats", ""), ("unmatched", ""), ("find", "backup"), ("transcript", "1"), ("done", "")):
+        upd = agents.fake.command(3001, name, arg)
+        uid = upd["update_id"]
+        await agents.fake.wait_for(lambda uid=uid: any(c.method == "getChatMember" for c in agents.fake.calls)
+                                   or uid in agents._done, 5, "the command to be seen")
+    await agents.settle()
+    assert agents.fake.sent(3001) == []  # no answer at all
+    async with agents.runtime.store.db.execute("SELECT COUNT(*) FROM messages WHERE conversation_id = 'tg:3001'") as cur:
+        assert (await cur.fetchone())[0] == 0  # nor did they reach the engine
+    # an admin gets the answer in private
+    agents.fake.command(ADMIN, "stats")
+    await agents.fake.wait_for(lambda: any("Conversations:" in m.text for m in agents.fake.sent(ADMIN)), 10,
+                               "the admin's stats")
+
+
+async def test_agent_tools_in_the_group(agents: Agents) -> None:
+    await agents.user_says(1009, "my icloud backup failed", first_name="Ivy")
+    await agents.user_says(1009, "zorblat quux frobnicate")
+    await agents.settle()
+    thread = agents.thread_of(1009)
+    agents.agent_says(1009, "/transcript")
+    agents.agent_says(1009, "/find zorblat")
+    agents.agent_says(1009, "/unmatched")
+    agents.agent_says(None, "/stats")
+    await agents.fake.wait_for(lambda: any(c.method == "sendDocument" and c.ok for c in agents.group_calls()),
+                               10, "the transcript file")
+    doc = next(c for c in agents.group_calls() if c.method == "sendDocument")
+    assert doc.params["message_thread_id"] == thread and doc.files["document"][0].startswith("transcript-")
+    await agents.fake.wait_for(lambda: "Conversations:" in agents.topic_text(None), 10, "stats in General")
+    await agents.settle()
+    assert agents.topic_text(thread).count("zorblat quux frobnicate") >= 2  # mirrored + /find (+ /unmatched)
+
+
+# -- privacy ----------------------------------------------------------------------------------------------------------
+
+
+async def test_forget_leaves_nothing_of_the_user(agents: Agents) -> None:
+    await agents.user_says(1010, "my icloud backup failed, code-xq71", first_name="Jill")
+    await agents.user_says(1010, "I want to talk to a person")
+    await agents.settle()
+    thread = agents.thread_of(1010)
+    agents.agent_says(1010, "Hello Jill")
+    await agents.fake.wait_for(lambda: any("Hello Jill" in m.text for m in agents.fake.sent(1010)), 10, "relay")
+    got = await agents.user_command(1010, "forget")
+    assert got == []  # paused: the bot is silent even for /forget... then the agent hands back
+    agents.agent_says(1010, "/done")
+    prompt = await agents.fake.wait_for(
+        lambda: next((m for m in agents.topic_messages(thread) if m.keyboard), None), 10, "prompt")
+    agents.fake.press(GROUP, label=prompt.labels[0], message_id=prompt.message_id, user_id=AGENT)
+    await agents.fake.wait_for(lambda: any("handed you back" in m.text for m in agents.fake.sent(1010)),
+                               10, "hand-back")
+    await agents.settle()
+    got = await agents.user_command(1010, "forget")
+    assert "deleted this conversation" in got[-1].text and "stay with the lab" in got[-1].text
+    await agent_cmds.wait_cleanups()
+    await agents.settle()
+    db = agents.runtime.store.db
+    async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cur:
+        tables = [r[0] for r in await cur.fetchall()]
+    for table in tables:
+        async with db.execute(f'SELECT * FROM "{table}"') as cur:
+            for row in await cur.fetchall():
+                flat = " ".join(str(v) for v in row)
+                assert "tg:1010" not in flat and "code-xq71" not in flat and "Jill" not in flat, (table, row)
+                if table not in ("sqlite_sequence", "agent_meta", "agent_trash", "processed_updates"):
+                    assert "1010" not in flat.split(), (table, row)
+    await agents.fake.wait_for(lambda: agents.fake.topics[GROUP][thread]["deleted"], 10, "topic deleted")
