@@ -102,6 +102,13 @@ def field_labels(
     }
 
 
+def lab_labels(rec: QuoteRecord, content: Content, *, for_lab: bool = True) -> dict[str, str]:
+    """``field_labels`` of a stored request."""
+    f = rec.fields
+    return field_labels(content, damage=f.damage, passcode=f.passcode, passcode_go_on=f.passcode_go_on,
+                        data=f.data, backup=f.backup, for_lab=for_lab)
+
+
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -110,15 +117,7 @@ def _when(ts: float) -> str:
 def request_dict(rec: QuoteRecord, content: Content) -> dict[str, object]:
     """The structured request (the JSON attachment)."""
     f = rec.fields
-    labels = field_labels(
-        content,
-        damage=f.damage,
-        passcode=f.passcode,
-        passcode_go_on=f.passcode_go_on,
-        data=f.data,
-        backup=f.backup,
-        for_lab=True,
-    )
+    labels = lab_labels(rec, content)
     row = cost_row(content, f.damage)
     return {
         "reference": rec.ref,
@@ -160,15 +159,7 @@ def request_dict(rec: QuoteRecord, content: Content) -> dict[str, object]:
 def field_rows(rec: QuoteRecord, content: Content) -> list[tuple[str, str]]:
     """(label, value) rows of every field, plain text, for both e-mail bodies."""
     f = rec.fields
-    labels = field_labels(
-        content,
-        damage=f.damage,
-        passcode=f.passcode,
-        passcode_go_on=f.passcode_go_on,
-        data=f.data,
-        backup=f.backup,
-        for_lab=True,
-    )
+    labels = lab_labels(rec, content)
     none = content.raw("quote.mail.no_contact")
     row = cost_row(content, f.damage)
     price = (
@@ -286,14 +277,7 @@ def html_body(
 
 def subject(rec: QuoteRecord, content: Content) -> str:
     f = rec.fields
-    labels = field_labels(
-        content,
-        damage=f.damage,
-        passcode=f.passcode,
-        passcode_go_on=f.passcode_go_on,
-        data=f.data,
-        backup=f.backup,
-    )
+    labels = lab_labels(rec, content, for_lab=False)
     return header_text(
         content.text(
             "quote.mail.subject",
@@ -365,15 +349,7 @@ def build_email(
 
 def lab_chat_text(rec: QuoteRecord, content: Content) -> str:
     f = rec.fields
-    labels = field_labels(
-        content,
-        damage=f.damage,
-        passcode=f.passcode,
-        passcode_go_on=f.passcode_go_on,
-        data=f.data,
-        backup=f.backup,
-        for_lab=True,
-    )
+    labels = lab_labels(rec, content)
     row = cost_row(content, f.damage)
     price = (
         content.text(
