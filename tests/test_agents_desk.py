@@ -37,13 +37,20 @@ def make_engine(knowledge: Knowledge, store: SQLiteStore) -> Engine:
 
     commands = dict(plugin_commands(store))
     commands.update(agent_cmds.agent_commands(store, retention_days=90))
-    return Engine(knowledge.content, knowledge.flows, knowledge.matcher, store,
-                  extra_actions=plugin_actions(store), commands=commands)
+    return Engine(
+        knowledge.content,
+        knowledge.flows,
+        knowledge.matcher,
+        store,
+        extra_actions=plugin_actions(store),
+        commands=commands,
+    )
 
 
 class Rig:
-    def __init__(self, engine: Engine, store: SQLiteStore, desk: AgentDesk, gw: MemoryGateway,
-                 clock: ManualClock) -> None:
+    def __init__(
+        self, engine: Engine, store: SQLiteStore, desk: AgentDesk, gw: MemoryGateway, clock: ManualClock
+    ) -> None:
         self.engine, self.store, self.desk, self.gw, self.clock = engine, store, desk, gw, clock
 
     async def say(self, uid: int, text: str, name: str = "Anna") -> tuple[Reply, ...]:
@@ -71,15 +78,20 @@ class Rig:
         await self.desk.settle(10, full=full)
 
     def agent_says(self, uid: int, text: str, *, message_id: int, media: str = "", edited: bool = False) -> None:
-        self.desk.submit(AgentMessage(GROUP, self.topic(uid).thread_id, message_id, AGENT, "Maria", text,
-                                      text, media=media, edited=edited))
+        self.desk.submit(
+            AgentMessage(
+                GROUP, self.topic(uid).thread_id, message_id, AGENT, "Maria", text, text, media=media, edited=edited
+            )
+        )
 
-    def agent_command(self, uid: int | None, name: str, arg: str = "", *, private: bool = False,
-                      user_id: int = AGENT) -> None:
+    def agent_command(
+        self, uid: int | None, name: str, arg: str = "", *, private: bool = False, user_id: int = AGENT
+    ) -> None:
         thread = self.topic(uid).thread_id if uid is not None else None
         chat = user_id if private else GROUP
-        self.desk.submit(AgentCommand(chat, None if private else thread, 1, user_id, "Maria", name, arg,
-                                      private=private))
+        self.desk.submit(
+            AgentCommand(chat, None if private else thread, 1, user_id, "Maria", name, arg, private=private)
+        )
 
 
 @pytest.fixture
@@ -92,8 +104,16 @@ async def rig(agent_knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Rig]:
     clock = ManualClock()
     gw = MemoryGateway()
     limiter = GroupLimiter(10_000, 1.0, clock=SystemClock(), spread=False)
-    desk = AgentDesk(engine, store, gw, chat_id=GROUP, admin_ids=[42],
-                     options=DeskOptions(pause_seconds=600, digest_threshold=4), clock=clock, limiter=limiter)
+    desk = AgentDesk(
+        engine,
+        store,
+        gw,
+        chat_id=GROUP,
+        admin_ids=[42],
+        options=DeskOptions(pause_seconds=600, digest_threshold=4),
+        clock=clock,
+        limiter=limiter,
+    )
     await desk.start()
     try:
         yield Rig(engine, store, desk, gw, clock)
@@ -103,7 +123,7 @@ async def rig(agent_knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Rig]:
         await store.close()
 
 
-# -- mirroring, naming, cards ---------------------------------------------------------------------------
+# -- mirroring, naming, cards --------------------------------------------------------------------
 
 
 async def test_topic_named_card_pinned_and_lines_in_order(rig: Rig) -> None:
@@ -125,9 +145,9 @@ async def test_topic_named_card_pinned_and_lines_in_order(rig: Rig) -> None:
 
 
 async def test_card_shows_steps_tried_and_storage(rig: Rig) -> None:
-    r = await rig.say(2, "icloud storage is full and backup wont run", name="Ben")
-    r = await rig.say(2, "50 gb")
-    r = await rig.say(2, "120 gb")
+    await rig.say(2, "icloud storage is full and backup wont run", name="Ben")
+    await rig.say(2, "50 gb")
+    await rig.say(2, "120 gb")
     await rig.settle()
     card = rig.gw.group[rig.topic(2).card_message_id].text
     assert "iCloud plan 50 GB" in card and "backup needs 120 GB" in card
@@ -148,7 +168,7 @@ async def test_card_lists_yes_no_answers(rig: Rig) -> None:
         assert "❌" in card.text and card.edits >= 1
 
 
-# -- escalations ---------------------------------------------------------------------------------------------
+# -- escalations ---------------------------------------------------------------------------------
 
 
 async def test_person_requested_is_flagged_and_listed(rig: Rig) -> None:
@@ -162,8 +182,9 @@ async def test_person_requested_is_flagged_and_listed(rig: Rig) -> None:
     listing = rig.gw.in_topic(esc[0])
     assert listing and "asked for a person" in listing[-1].text and f"#{t.ref}" in listing[-1].text
     assert f"/{t.thread_id}" in listing[-1].html  # a link to the user's topic
-    async with rig.store.db.execute("SELECT kind FROM messages WHERE conversation_id = 'tg:4' AND "
-                                    "direction = 'note'") as cur:
+    async with rig.store.db.execute(
+        "SELECT kind FROM messages WHERE conversation_id = 'tg:4' AND direction = 'note'"
+    ) as cur:
         assert ("escalation:human_requested",) in list(await cur.fetchall())
     # the same request again within the hour is not listed twice
     await rig.say(4, "hello? a human please")
@@ -171,7 +192,7 @@ async def test_person_requested_is_flagged_and_listed(rig: Rig) -> None:
     assert len(rig.gw.in_topic(esc[0])) == 1
 
 
-# -- takeover ---------------------------------------------------------------------------------------------------
+# -- takeover ------------------------------------------------------------------------------------
 
 
 async def test_agent_message_pauses_bot_and_is_relayed(rig: Rig) -> None:
@@ -211,8 +232,9 @@ async def test_done_resume_where_it_was(rig: Rig) -> None:
     await rig.settle()
     prompt = rig.prompt(6)
     assert [d for _, d in prompt.buttons] == [f"ag:r:{rig.topic(6).ref}", f"ag:m:{rig.topic(6).ref}"]
-    rig.desk.submit(AgentCallback("cb1", GROUP, prompt.message_id, rig.topic(6).thread_id, AGENT, "Maria",
-                                  prompt.buttons[0][1]))
+    rig.desk.submit(
+        AgentCallback("cb1", GROUP, prompt.message_id, rig.topic(6).thread_id, AGENT, "Maria", prompt.buttons[0][1])
+    )
     await rig.settle()
     state = await rig.engine.state_of("tg:6")
     assert state is not None and not state.paused and before is not None and state.ref == before.ref
@@ -319,7 +341,7 @@ async def test_photo_from_agent_is_copied_with_caption(rig: Rig) -> None:
     assert copy.kind == "copy" and "Maria" in copy.text and "This screen" in copy.text
 
 
-# -- load: batching into the Live feed ---------------------------------------------------------------------------
+# -- load: batching into the Live feed -----------------------------------------------------------
 
 
 async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowledge, tmp_path: Path) -> None:
@@ -333,10 +355,18 @@ async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowled
     engine = make_engine(agent_knowledge, store)
     fast = ScaledClock(200.0)  # 60 s window = 0.3 s
     gw = MemoryGateway(clock=fast, limit=20, window=60.0)
-    desk = AgentDesk(engine, store, gw, chat_id=GROUP, clock=fast,
-                     limiter=GroupLimiter(20, 60.0, clock=fast), options=DeskOptions(digest_threshold=4))
+    desk = AgentDesk(
+        engine,
+        store,
+        gw,
+        chat_id=GROUP,
+        clock=fast,
+        limiter=GroupLimiter(20, 60.0, clock=fast),
+        options=DeskOptions(digest_threshold=4),
+    )
     await desk.start()
     try:
+
         async def user(i: int) -> None:
             for text in ("my icloud backup failed", "hmm", "my backup is stuck", "thanks"):
                 await engine.handle(Inbound(f"tg:{100 + i}", EventKind.TEXT, text=text, user_name=f"U{i}"))
@@ -352,8 +382,9 @@ async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowled
             cid = f"tg:{100 + i}"
             t = desk.topic_of(cid)
             assert t is not None and t.thread_id is not None
-            async with store.db.execute("SELECT text FROM messages WHERE conversation_id = ? AND direction = 'in' "
-                                        "ORDER BY id", (cid,)) as cur:
+            async with store.db.execute(
+                "SELECT text FROM messages WHERE conversation_id = ? AND direction = 'in' ORDER BY id", (cid,)
+            ) as cur:
                 said = [r[0] for r in await cur.fetchall()]
             text = gw.topic_text(t.thread_id)
             positions = [text.index(f"👤 {s}") for s in said]
@@ -365,7 +396,7 @@ async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowled
         await store.close()
 
 
-# -- privacy ---------------------------------------------------------------------------------------------------------
+# -- privacy -------------------------------------------------------------------------------------
 
 
 async def _rows_mentioning(store: SQLiteStore, needle: str) -> list[tuple[str, str]]:
@@ -433,15 +464,14 @@ async def test_retention_purge(rig: Rig) -> None:
     await rig.say(17, "my icloud backup failed old-marker")
     await rig.say(18, "my backup is stuck new-marker")
     await rig.store.db.execute("UPDATE messages SET ts = ts - 100 * 86400 WHERE conversation_id = 'tg:17'")
-    await rig.store.db.execute("UPDATE conversations SET updated_at = updated_at - 100 * 86400 "
-                               "WHERE id = 'tg:17'")
+    await rig.store.db.execute("UPDATE conversations SET updated_at = updated_at - 100 * 86400 WHERE id = 'tg:17'")
     assert await purge_expired(rig.store.db, 90, now=time.time()) == 1
     assert await _rows_mentioning(rig.store, "old-marker") == []
     assert await _rows_mentioning(rig.store, "tg:17") == []
     assert await _rows_mentioning(rig.store, "new-marker") != []
 
 
-# -- agents' tools ---------------------------------------------------------------------------------------------------
+# -- agents' tools -------------------------------------------------------------------------------
 
 
 async def test_tools_in_topic_and_private(rig: Rig) -> None:
@@ -485,8 +515,15 @@ async def test_restart_continues_without_repeats(agent_knowledge: Knowledge, tmp
     opts = DeskOptions(digest_threshold=4)
 
     def new_desk() -> AgentDesk:
-        return AgentDesk(engine, store, gw, chat_id=GROUP, options=opts, clock=ManualClock(),
-                         limiter=GroupLimiter(10_000, 1.0, spread=False))
+        return AgentDesk(
+            engine,
+            store,
+            gw,
+            chat_id=GROUP,
+            options=opts,
+            clock=ManualClock(),
+            limiter=GroupLimiter(10_000, 1.0, spread=False),
+        )
 
     desk = new_desk()
     await desk.start()
@@ -504,3 +541,64 @@ async def test_restart_continues_without_repeats(agent_knowledge: Knowledge, tmp
     assert len([n for n in gw.topics.values() if n.startswith("R ·")]) == 1
     await desk.close()
     await store.close()
+
+
+async def test_busy_times_offer_open_and_open_brings_the_topic(agent_knowledge: Knowledge, tmp_path: Path) -> None:
+    import asyncio
+
+    from bot.agents.ports import ScaledClock
+
+    store = await SQLiteStore.open(tmp_path / "busy.db")
+    engine = make_engine(agent_knowledge, store)
+    fast = ScaledClock(300.0)
+    gw = MemoryGateway(clock=fast, limit=20, window=60.0)
+    desk = AgentDesk(
+        engine,
+        store,
+        gw,
+        chat_id=GROUP,
+        clock=ManualClock(),
+        limiter=GroupLimiter(20, 60.0, clock=fast),
+        options=DeskOptions(digest_threshold=2),
+    )
+    await desk.start()
+    try:
+
+        async def user(i: int) -> None:
+            await engine.handle(
+                Inbound(f"tg:{300 + i}", EventKind.TEXT, text="my icloud backup failed", user_name=f"B{i}")
+            )
+
+        await asyncio.gather(*(user(i) for i in range(8)))
+        await engine.handle(Inbound("tg:399", EventKind.TEXT, text="I want to talk to a person", user_name="Pat"))
+        await asyncio.gather(*(user(i) for i in range(8)))
+        await desk.settle(30)
+        t = desk.topic_of("tg:399")
+        assert t is not None
+        esc = next(th for th, n in gw.topics.items() if n == "🚩 Escalations")
+        listing = gw.topic_text(esc)
+        assert f"Pat #{t.ref}" in listing
+        if t.thread_id is None:  # listed during the rush: /open_N instead of a link
+            assert f"/open_{t.ref}" in listing
+        desk.submit(AgentCommand(GROUP, None, 5, AGENT, "Maria", f"open_{t.ref}", ""))
+        await desk.wait_until(
+            lambda: (
+                t.thread_id is not None
+                and t.card_message_id is not None
+                and t.topic_cursor >= t.seen_cursor
+                and desk.topic_of("tg:399") is not None
+            ),
+            30,
+            "the opened topic",
+        )
+        await desk.settle(30)
+        assert "👤 I want to talk to a person" in gw.topic_text(t.thread_id)
+        assert f"Opening the topic of #{t.ref}" in gw.topic_text(None)
+        assert gw.refused == 0
+        # the quote feature's alerts land in the Escalations topic
+        await desk.alert("Quote request Q-1 could not be delivered")
+        await desk.settle(30)
+        assert "⚠️ Quote request Q-1 could not be delivered" in gw.topic_text(esc)
+    finally:
+        await desk.close()
+        await store.close()

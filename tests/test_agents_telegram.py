@@ -51,8 +51,7 @@ def make_engine(k: Knowledge, store: SQLiteStore) -> Engine:
 
     commands = dict(plugin_commands(store))
     commands.update(agent_cmds.agent_commands(store, retention_days=90))
-    return Engine(k.content, k.flows, k.matcher, store, extra_actions=plugin_actions(store),
-                  commands=commands)
+    return Engine(k.content, k.flows, k.matcher, store, extra_actions=plugin_actions(store), commands=commands)
 
 
 @dataclass
@@ -63,7 +62,7 @@ class Agents:
     runtime: Runtime
     policy: RateLimitPolicy
 
-    # -- users (private chats) -------------------------------------------------------------------
+    # -- users (private chats) --------------------------------------------------------------------
     async def user_says(self, uid: int, text: str, *, first_name: str | None = None) -> list[SentMessage]:
         before = len(self.fake.sent(uid))
         upd = self.fake.send_text(uid, text, first_name=first_name)
@@ -88,7 +87,7 @@ class Agents:
     def _done(self) -> set[int]:
         return self.service.door.__dict__.setdefault("_agents_test_done", set())
 
-    # -- the agents' group -------------------------------------------------------------------------
+    # -- the agents' group ------------------------------------------------------------------------
     def thread_of(self, uid: int) -> int:
         t = self.desk.topic_of(f"tg:{uid}")
         assert t is not None and t.thread_id is not None, f"no topic for {uid}"
@@ -121,8 +120,9 @@ class Agents:
 
 
 @asynccontextmanager
-async def running_agents(k: Knowledge, tmp_path: Path, *, clock: Clock | None = None,
-                         options: DeskOptions | None = None) -> AsyncIterator[Agents]:
+async def running_agents(
+    k: Knowledge, tmp_path: Path, *, clock: Clock | None = None, options: DeskOptions | None = None
+) -> AsyncIterator[Agents]:
     store = await SQLiteStore.open(tmp_path / "agents-e2e.db")
     runtime = Runtime(k, store, make_engine(k, store))
     fake = FakeBotAPI()
@@ -130,18 +130,29 @@ async def running_agents(k: Knowledge, tmp_path: Path, *, clock: Clock | None = 
     fake.make_forum(GROUP)
     policy = RateLimitPolicy(LIMIT, WINDOW, chats=is_group_chat)
     fake.policies.append(policy)
-    settings = replace(Settings(), telegram_token=fake.token, telegram_base_url=fake.base_url,
-                       telegram_base_file_url=fake.base_file_url, agent_chat_id=GROUP,
-                       admin_ids=(ADMIN,), pause_minutes=10)
-    service = TelegramService(settings, runtime, limits=RateLimits(overall=None, private=None,
-                                                                  group=(LIMIT, WINDOW)),
-                              poll_timeout=1.0, trust_env=False)
+    settings = replace(
+        Settings(),
+        telegram_token=fake.token,
+        telegram_base_url=fake.base_url,
+        telegram_base_file_url=fake.base_file_url,
+        agent_chat_id=GROUP,
+        admin_ids=(ADMIN,),
+        pause_minutes=10,
+    )
+    service = TelegramService(
+        settings,
+        runtime,
+        limits=RateLimits(overall=None, private=None, group=(LIMIT, WINDOW)),
+        poll_timeout=1.0,
+        trust_env=False,
+    )
     opts = options or DeskOptions(pause_seconds=600, digest_threshold=4)
     limiter = GroupLimiter(LIMIT, WINDOW, clock=SystemClock())
     desk = getattr(service, "desk", None)
     if desk is None:  # the service does not wire the desk (yet): do what it will do
-        desk = attach_agents(service.application, runtime, settings, door=service.door,
-                             options=opts, clock=clock, limiter=limiter)
+        desk = attach_agents(
+            service.application, runtime, settings, door=service.door, options=opts, clock=clock, limiter=limiter
+        )
     else:
         desk.options, desk.limiter = opts, limiter
         if clock is not None:
@@ -167,7 +178,7 @@ async def agents(knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Agents]:
         yield h
 
 
-# -- topics and cards ------------------------------------------------------------------------------------
+# -- topics and cards ----------------------------------------------------------------------------
 
 
 async def test_topic_named_and_card_pinned_then_updated(agents: Agents) -> None:
@@ -215,12 +226,11 @@ async def test_escalation_flagged_in_topic_and_listed(agents: Agents) -> None:
     assert links and links[0]["url"].endswith(f"/{thread}")
 
 
-# -- mirroring under load, within the group limit -----------------------------------------------------------
+# -- mirroring under load, within the group limit ------------------------------------------------
 
 
 async def test_fifty_users_mirrored_in_order_within_group_limit(agents: Agents) -> None:
-    phrases = ["my icloud backup failed", "it says backup could not be completed", "what now",
-               "thanks"]
+    phrases = ["my icloud backup failed", "it says backup could not be completed", "what now", "thanks"]
 
     async def user(i: int) -> None:
         for n, p in enumerate(phrases):
@@ -248,7 +258,7 @@ async def test_fifty_users_mirrored_in_order_within_group_limit(agents: Agents) 
             assert all(feed.count(m) <= 1 for m in marks)
 
 
-# -- takeover -----------------------------------------------------------------------------------------------------
+# -- takeover ------------------------------------------------------------------------------------
 
 
 async def test_agent_reply_relayed_and_bot_silent_while_paused(agents: Agents) -> None:
@@ -256,8 +266,9 @@ async def test_agent_reply_relayed_and_bot_silent_while_paused(agents: Agents) -
     await agents.settle()
     before = len(agents.fake.sent(1003))
     agents.agent_says(1003, "Hi Cleo, Maria here. Which iPhone is it?")
-    got = await agents.fake.wait_for(lambda: agents.fake.sent(1003)[before:] if len(
-        agents.fake.sent(1003)) >= before + 2 else None, 10, "the relay")
+    got = await agents.fake.wait_for(
+        lambda: agents.fake.sent(1003)[before:] if len(agents.fake.sent(1003)) >= before + 2 else None, 10, "the relay"
+    )
     assert "person from our support team has joined" in got[0].text
     assert got[1].text.startswith("👤 Maria · support team") and "Which iPhone" in got[1].text
     assert got[1].entities and got[1].entities[0]["type"] == "bold"  # marked as from a person
@@ -279,7 +290,8 @@ async def test_done_hands_back_where_it_was(agents: Agents) -> None:
     agents.agent_says(1004, "/done")
     thread = agents.thread_of(1004)
     prompt = await agents.fake.wait_for(
-        lambda: next((m for m in agents.topic_messages(thread) if m.keyboard), None), 10, "the /done prompt")
+        lambda: next((m for m in agents.topic_messages(thread) if m.keyboard), None), 10, "the /done prompt"
+    )
     assert len(prompt.labels) == 2
     n = len(agents.fake.sent(1004))
     agents.fake.press(GROUP, label=prompt.labels[0], message_id=prompt.message_id, user_id=AGENT)
@@ -305,7 +317,8 @@ async def test_pause_times_out(knowledge: Knowledge, tmp_path: Path) -> None:
         await agents.settle()
         await clock.advance(601)
         await agents.fake.wait_for(
-            lambda: any("support person has left" in m.text for m in agents.fake.sent(1005)), 10, "expiry")
+            lambda: any("support person has left" in m.text for m in agents.fake.sent(1005)), 10, "expiry"
+        )
         await agents.settle()
         assert not (await agents.runtime.engine.state_of("tg:1005")).paused  # type: ignore[union-attr]
         assert "pause expired" in agents.topic_text(agents.thread_of(1005))
@@ -341,32 +354,45 @@ async def test_agent_photo_and_edit_relayed(agents: Agents) -> None:
     upd = agents.agent_says(1008, "Try the Mac")
     msg_id = upd["message"]["message_id"]
     await agents.fake.wait_for(lambda: any("Try the Mac" in m.text for m in agents.fake.sent(1008)), 10, "relay")
-    edited = {"message_id": msg_id, "date": 0, "edit_date": 1, "chat": agents.fake.chat(GROUP),
-              "from": agents.fake.user(AGENT, "Maria"), "text": "Try the iPhone",
-              "message_thread_id": agents.thread_of(1008), "is_topic_message": True}
+    edited = {
+        "message_id": msg_id,
+        "date": 0,
+        "edit_date": 1,
+        "chat": agents.fake.chat(GROUP),
+        "from": agents.fake.user(AGENT, "Maria"),
+        "text": "Try the iPhone",
+        "message_thread_id": agents.thread_of(1008),
+        "is_topic_message": True,
+    }
     agents.fake.push({"edited_message": edited})
     await agents.fake.wait_for(lambda: any("Try the iPhone" in m.text for m in agents.fake.sent(1008)), 10, "edit")
     copy = next(m for m in agents.fake.sent(1008) if "Try the iPhone" in m.text)
     assert copy.edits == 1  # the relayed message was edited, not a second message
 
 
-# -- who may use agents' commands ------------------------------------------------------------------------------
+# -- who may use agents' commands ----------------------------------------------------------------
 
 
 async def test_non_agent_sending_agent_commands_gets_nothing(agents: Agents) -> None:
     for name, arg in (("stats", ""), ("unmatched", ""), ("find", "backup"), ("transcript", "1"), ("done", "")):
         upd = agents.fake.command(3001, name, arg)
         uid = upd["update_id"]
-        await agents.fake.wait_for(lambda uid=uid: any(c.method == "getChatMember" for c in agents.fake.calls)
-                                   or uid in agents._done, 5, "the command to be seen")
+        await agents.fake.wait_for(
+            lambda uid=uid: any(c.method == "getChatMember" for c in agents.fake.calls) or uid in agents._done,
+            5,
+            "the command to be seen",
+        )
     await agents.settle()
     assert agents.fake.sent(3001) == []  # no answer at all
-    async with agents.runtime.store.db.execute("SELECT COUNT(*) FROM messages WHERE conversation_id = 'tg:3001'") as cur:
+    async with agents.runtime.store.db.execute(
+        "SELECT COUNT(*) FROM messages WHERE conversation_id = 'tg:3001'"
+    ) as cur:
         assert (await cur.fetchone())[0] == 0  # nor did they reach the engine
     # an admin gets the answer in private
     agents.fake.command(ADMIN, "stats")
-    await agents.fake.wait_for(lambda: any("Conversations:" in m.text for m in agents.fake.sent(ADMIN)), 10,
-                               "the admin's stats")
+    await agents.fake.wait_for(
+        lambda: any("Conversations:" in m.text for m in agents.fake.sent(ADMIN)), 10, "the admin's stats"
+    )
 
 
 async def test_agent_tools_in_the_group(agents: Agents) -> None:
@@ -378,8 +404,9 @@ async def test_agent_tools_in_the_group(agents: Agents) -> None:
     agents.agent_says(1009, "/find zorblat")
     agents.agent_says(1009, "/unmatched")
     agents.agent_says(None, "/stats")
-    await agents.fake.wait_for(lambda: any(c.method == "sendDocument" and c.ok for c in agents.group_calls()),
-                               10, "the transcript file")
+    await agents.fake.wait_for(
+        lambda: any(c.method == "sendDocument" and c.ok for c in agents.group_calls()), 10, "the transcript file"
+    )
     doc = next(c for c in agents.group_calls() if c.method == "sendDocument")
     assert doc.params["message_thread_id"] == thread and doc.files["document"][0].startswith("transcript-")
     await agents.fake.wait_for(lambda: "Conversations:" in agents.topic_text(None), 10, "stats in General")
@@ -387,7 +414,7 @@ async def test_agent_tools_in_the_group(agents: Agents) -> None:
     assert agents.topic_text(thread).count("zorblat quux frobnicate") >= 2  # mirrored + /find (+ /unmatched)
 
 
-# -- privacy ----------------------------------------------------------------------------------------------------------
+# -- privacy -------------------------------------------------------------------------------------
 
 
 async def test_forget_leaves_nothing_of_the_user(agents: Agents) -> None:
@@ -401,10 +428,12 @@ async def test_forget_leaves_nothing_of_the_user(agents: Agents) -> None:
     assert got == []  # paused: the bot is silent even for /forget... then the agent hands back
     agents.agent_says(1010, "/done")
     prompt = await agents.fake.wait_for(
-        lambda: next((m for m in agents.topic_messages(thread) if m.keyboard), None), 10, "prompt")
+        lambda: next((m for m in agents.topic_messages(thread) if m.keyboard), None), 10, "prompt"
+    )
     agents.fake.press(GROUP, label=prompt.labels[0], message_id=prompt.message_id, user_id=AGENT)
-    await agents.fake.wait_for(lambda: any("handed you back" in m.text for m in agents.fake.sent(1010)),
-                               10, "hand-back")
+    await agents.fake.wait_for(
+        lambda: any("handed you back" in m.text for m in agents.fake.sent(1010)), 10, "hand-back"
+    )
     await agents.settle()
     got = await agents.user_command(1010, "forget")
     assert "deleted this conversation" in got[-1].text and "stay with the lab" in got[-1].text

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import statistics
 import multiprocessing
+import random
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,11 +38,22 @@ log = logging.getLogger(__name__)
 
 GROUP = -1001000000001
 PHRASES = (
-    "my icloud storage is full", "backup failed", "the backup is stuck at 20%", "backup shows 0 KB",
-    "last backup was weeks ago", "restore from icloud doesn't work", "wifi keeps dropping during backup",
-    "apple id keeps asking for my password", "is icloud down?", "how do I check my backup",
-    "how can I free up space", "which icloud plan should I get", "back up to my mac",
-    "I deleted photos by accident", "my iphone fell in water and won't turn on", "forgot my passcode",
+    "my icloud storage is full",
+    "backup failed",
+    "the backup is stuck at 20%",
+    "backup shows 0 KB",
+    "last backup was weeks ago",
+    "restore from icloud doesn't work",
+    "wifi keeps dropping during backup",
+    "apple id keeps asking for my password",
+    "is icloud down?",
+    "how do I check my backup",
+    "how can I free up space",
+    "which icloud plan should I get",
+    "back up to my mac",
+    "I deleted photos by accident",
+    "my iphone fell in water and won't turn on",
+    "forgot my passcode",
     "what does recovery cost",
 )
 TYPED = ("50 GB", "no", "yes", "it still fails", "ok", "thanks", "200gb", "I don't know")
@@ -98,8 +108,17 @@ class RunResult:
     retry_afters: int = 0
 
 
-async def _run(knowledge: Any, *, mirror: bool, users: int, turns: int, scale: float,
-               think: tuple[float, float], seed: int, catchup: bool = True) -> RunResult:
+async def _run(
+    knowledge: Any,
+    *,
+    mirror: bool,
+    users: int,
+    turns: int,
+    scale: float,
+    think: tuple[float, float],
+    seed: int,
+    catchup: bool = True,
+) -> RunResult:
     from bot.core.engine import Engine
     from bot.core.messages import EventKind, Inbound, Reply
     from bot.plugins import plugin_actions, plugin_commands
@@ -118,8 +137,14 @@ async def _run(knowledge: Any, *, mirror: bool, users: int, turns: int, scale: f
         guard_store_writes(store)  # as the Telegram service does: many chats at once
         cmds = dict(plugin_commands(store))
         cmds.update(agent_cmds.agent_commands(store, retention_days=90))
-        engine = Engine(knowledge.content, knowledge.flows, knowledge.matcher, store,
-                        extra_actions=plugin_actions(store), commands=cmds)
+        engine = Engine(
+            knowledge.content,
+            knowledge.flows,
+            knowledge.matcher,
+            store,
+            extra_actions=plugin_actions(store),
+            commands=cmds,
+        )
         bot = desk = conn = proc = None
         try:
             if mirror:
@@ -130,8 +155,7 @@ async def _run(knowledge: Any, *, mirror: bool, users: int, turns: int, scale: f
 
                 ctx = multiprocessing.get_context("spawn")
                 conn, theirs = ctx.Pipe()
-                proc = ctx.Process(target=_fake_process, args=(theirs, scale), name="fake-telegram",
-                                   daemon=True)
+                proc = ctx.Process(target=_fake_process, args=(theirs, scale), name="fake-telegram", daemon=True)
                 proc.start()
                 theirs.close()
                 msg = await asyncio.to_thread(conn.recv)
@@ -139,12 +163,22 @@ async def _run(knowledge: Any, *, mirror: bool, users: int, turns: int, scale: f
                     raise RuntimeError(f"the fake Bot API did not start: {msg}")
                 _, port, token = msg
                 base = f"http://127.0.0.1:{port}"
-                bot = Bot(token, base_url=f"{base}/bot", base_file_url=f"{base}/file/bot",
-                          request=HTTPXRequest(connection_pool_size=8, httpx_kwargs={"trust_env": False}))
+                bot = Bot(
+                    token,
+                    base_url=f"{base}/bot",
+                    base_file_url=f"{base}/file/bot",
+                    request=HTTPXRequest(connection_pool_size=8, httpx_kwargs={"trust_env": False}),
+                )
                 await bot.initialize()
-                desk = AgentDesk(engine, store, PTBGateway(bot, GROUP), chat_id=GROUP,
-                                 options=DeskOptions(), clock=clock,
-                                 limiter=GroupLimiter(20, 60.0, clock=clock))
+                desk = AgentDesk(
+                    engine,
+                    store,
+                    PTBGateway(bot, GROUP),
+                    chat_id=GROUP,
+                    options=DeskOptions(),
+                    clock=clock,
+                    limiter=GroupLimiter(20, 60.0, clock=clock),
+                )
                 await desk.start()
 
             async def user(i: int) -> float:
@@ -225,10 +259,18 @@ async def _run(knowledge: Any, *, mirror: bool, users: int, turns: int, scale: f
     return result
 
 
-async def bench_agents(settings: Settings, *, users: int = 200, rounds: int = 3, seed: int = 3,
-                       latency_turns: int = 10, latency_think: tuple[float, float] = (0.5, 1.5),
-                       rush_turns: int = 8, rush_think: tuple[float, float] = (20.0, 60.0),
-                       scale: float = 40.0) -> dict[str, Any]:
+async def bench_agents(
+    settings: Settings,
+    *,
+    users: int = 200,
+    rounds: int = 4,
+    seed: int = 3,
+    latency_turns: int = 12,
+    latency_think: tuple[float, float] = (0.5, 1.5),
+    rush_turns: int = 8,
+    rush_think: tuple[float, float] = (20.0, 60.0),
+    scale: float = 40.0,
+) -> dict[str, Any]:
     """Two measurements (see the module docstring):
 
     * latency — real time, 200 users writing every 0.5-1.5 s (far busier than people),
@@ -251,18 +293,35 @@ async def bench_agents(settings: Settings, *, users: int = 200, rounds: int = 3,
     ons: list[RunResult] = []
     for r in range(rounds):
         for mirror, into in ((False, offs), (True, ons)):
-            into.append(await _run(knowledge, mirror=mirror, users=users, turns=latency_turns, scale=1.0,
-                                   think=latency_think, seed=seed + r, catchup=False))
+            into.append(
+                await _run(
+                    knowledge,
+                    mirror=mirror,
+                    users=users,
+                    turns=latency_turns,
+                    scale=1.0,
+                    think=latency_think,
+                    seed=seed + r,
+                    catchup=False,
+                )
+            )
     # p99 over all the turns of each side (pooled): steadier than any single run's tail
     p99_off = _p99([v for x in offs for v in x.latencies_ms])
     p99_on = _p99([v for x in ons for v in x.latencies_ms])
-    rush = await _run(knowledge, mirror=True, users=users, turns=rush_turns, scale=scale, think=rush_think,
-                      seed=seed)
+    # how much two runs of the *same* side differ (mirroring off, odd vs even rounds): the
+    # measurement's own noise, to read the ratio against
+    noise = 0.0
+    if len(offs) >= 2:
+        a = _p99([v for x in offs[0::2] for v in x.latencies_ms])
+        b = _p99([v for x in offs[1::2] for v in x.latencies_ms])
+        noise = max(a, b) / min(a, b) if min(a, b) else 0.0
+    rush = await _run(knowledge, mirror=True, users=users, turns=rush_turns, scale=scale, think=rush_think, seed=seed)
     out: dict[str, Any] = {
         "mirror_latency_ratio": round(p99_on / p99_off, 3) if p99_off else 0.0,
         "mirror_catchup_s": round(rush.catchup_s, 1),
         "mirror_p99_off_ms": round(p99_off, 2),
         "mirror_p99_on_ms": round(p99_on, 2),
+        "mirror_latency_noise": round(noise, 3),
         "mirror_users": users,
         "mirror_latency_turns": sum(x.turns for x in offs + ons),
         "mirror_latency_group_calls": sum(x.group_calls for x in ons),

@@ -109,8 +109,11 @@ async def _transcripts(db, settings: Settings, args: argparse.Namespace, out: Te
         for c in rows:
             flags = ("paused " if c.paused else "") + ("" if c.active else "blocked ")
             where = f"{c.flow}.{c.step}" if c.flow else "-"
-            print(f"{c.id:<22} {c.user_name[:16]:<16} {c.messages:>5} lines  {_time(c.updated_at)}  {where} "
-                  f"{flags}".rstrip(), file=out)
+            print(
+                f"{c.id:<22} {c.user_name[:16]:<16} {c.messages:>5} lines  {_time(c.updated_at)}  {where} "
+                f"{flags}".rstrip(),
+                file=out,
+            )
         return 0
     if action == "purge":
         n = await privacy.purge_expired(db, settings.retention_days)
@@ -171,12 +174,18 @@ async def _stats(db, args: argparse.Namespace, out: TextIO) -> int:  # noqa: ANN
         print(json.dumps({"today": today.as_dict(), f"last_{args.days:g}_days": period.as_dict()}), file=out)
         return 0
     for label, s in (("Today", today), (f"Last {args.days:g} days", period)):
-        print(f"{label}: {s.conversations} conversations, {s.resolved} resolved by the bot, {s.escalated} "
-              f"escalated, {s.quotes} quote request(s)", file=out)
+        print(
+            f"{label}: {s.conversations} conversations, {s.resolved} resolved by the bot, {s.escalated} "
+            f"escalated, {s.quotes} quote request(s)",
+            file=out,
+        )
         if s.top:
             print("  top problems: " + ", ".join(f"{f} ({n})" for f, n in s.top), file=out)
-        print(f"  not understood: {s.rejected_share:.0%} ({s.rejected} of {s.matched} messages); "
-              f"unsure: {s.unsure_share:.0%}", file=out)
+        print(
+            f"  not understood: {s.rejected_share:.0%} ({s.rejected} of {s.matched} messages); "
+            f"unsure: {s.unsure_share:.0%}",
+            file=out,
+        )
     return 0
 
 
@@ -184,10 +193,19 @@ async def _unmatched(db, args: argparse.Namespace, out: TextIO) -> int:  # noqa:
     items = await reports.unmatched(db, args.limit)
     for u in items:
         if args.json:
-            print(json.dumps({"ts": u.ts, "conversation_id": u.conversation_id, "text": u.text,
-                              "decision": u.decision,
-                              "candidates": [{"intent": i, "score": round(s, 1)} for i, s in u.candidates]},
-                             ensure_ascii=False), file=out)
+            print(
+                json.dumps(
+                    {
+                        "ts": u.ts,
+                        "conversation_id": u.conversation_id,
+                        "text": u.text,
+                        "decision": u.decision,
+                        "candidates": [{"intent": i, "score": round(s, 1)} for i, s in u.candidates],
+                    },
+                    ensure_ascii=False,
+                ),
+                file=out,
+            )
         else:
             cands = ", ".join(f"{i} {s:.0f}" for i, s in u.candidates[:3]) or "-"
             print(f"{_time(u.ts)} {u.decision:<7} {u.text!r}  ->  {cands}", file=out)
@@ -196,11 +214,18 @@ async def _unmatched(db, args: argparse.Namespace, out: TextIO) -> int:  # noqa:
     return 0
 
 
-# -- watch ----------------------------------------------------------------------------------------------
+# -- watch ---------------------------------------------------------------------------------------
 
 
-async def watch(db_path: str, out: TextIO, stop: asyncio.Event, *, conversation: str | None = None,
-                tail: int = 20, interval: float = 0.5) -> int:
+async def watch(
+    db_path: str,
+    out: TextIO,
+    stop: asyncio.Event,
+    *,
+    conversation: str | None = None,
+    tail: int = 20,
+    interval: float = 0.5,
+) -> int:
     """Print new transcript lines as they are stored until ``stop`` is set; returns how many."""
     store = await _open(db_path)
     printed = 0
@@ -213,23 +238,30 @@ async def watch(db_path: str, out: TextIO, stop: asyncio.Event, *, conversation:
         last = int(row[0]) if row else 0
         cursor = 0
         if tail > 0:
-            q = ("SELECT id FROM messages" + (" WHERE conversation_id = ?" if conversation else "")
-                 + " ORDER BY id DESC LIMIT 1 OFFSET ?")
+            q = (
+                "SELECT id FROM messages"
+                + (" WHERE conversation_id = ?" if conversation else "")
+                + " ORDER BY id DESC LIMIT 1 OFFSET ?"
+            )
             async with db.execute(q, ((conversation,) if conversation else ()) + (tail - 1,)) as cur:
                 r = await cur.fetchone()
             cursor = int(r[0]) - 1 if r else 0
         else:
             cursor = last
         while True:
-            q = ("SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages WHERE id > ?"
-                 + (" AND conversation_id = ?" if conversation else "") + " ORDER BY id LIMIT 500")
+            q = (
+                "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages WHERE id > ?"
+                + (" AND conversation_id = ?" if conversation else "")
+                + " ORDER BY id LIMIT 500"
+            )
             async with db.execute(q, (cursor, conversation) if conversation else (cursor,)) as cur:
                 rows = [Line(*r) for r in await cur.fetchall()]
             for line in rows:
                 cursor = line.id
                 if line.conversation_id not in names:
-                    async with db.execute("SELECT user_name FROM conversations WHERE id = ?",
-                                          (line.conversation_id,)) as cur:
+                    async with db.execute(
+                        "SELECT user_name FROM conversations WHERE id = ?", (line.conversation_id,)
+                    ) as cur:
                         r = await cur.fetchone()
                     names[line.conversation_id] = str(r[0]) if r and r[0] else ""
                 print(format_line(line, names[line.conversation_id]), file=out, flush=True)

@@ -28,9 +28,7 @@ log = logging.getLogger(__name__)
 _CLEANUPS: set[asyncio.Task[None]] = set()
 
 
-def agent_commands(
-    store: object | None = None, retention_days: int | None = None
-) -> dict[str, CommandFn]:
+def agent_commands(store: object | None = None, retention_days: int | None = None) -> dict[str, CommandFn]:
     """Engine commands of the agents feature (``store`` None: only the names matter)."""
     if retention_days is None:
         try:
@@ -69,15 +67,11 @@ def agent_commands(
         mode = arg.strip().lower()
         if mode == "menu":
             keep = {k: v for k, v in turn.state.values.items() if k.startswith("keep_")}
-            turn.state = replace(
-                turn.state, flow="", step="", history=(), offer=(), misses=0, values=keep
-            )
+            turn.state = replace(turn.state, flow="", step="", history=(), offer=(), misses=0, values=keep)
             turn.say("agents.handback_menu")
             await turn.engine.goto(turn, MENU, remember=False)
             return
-        key = {"agent": "agents.handback_resume", "expired": "agents.pause_expired"}.get(
-            mode, "agents.resume"
-        )
+        key = {"agent": "agents.handback_resume", "expired": "agents.pause_expired"}.get(mode, "agents.resume")
         turn.say(key)
         await _reprompt(turn)
 

@@ -189,7 +189,7 @@ class DeskOptions:
     max_backoff: float = 60.0
 
 
-# -- what agents do, as plain records (filled in by bot.agents.tg_gateway) -----------------------------
+# -- what agents do, as plain records (filled in by bot.agents.tg_gateway) -----------------------
 
 
 @dataclass(frozen=True)
@@ -311,9 +311,7 @@ class AgentDesk:
         self._ensure_lock = asyncio.Lock()
         # tasks and signals
         self._inbox: asyncio.Queue[TurnRecord] = asyncio.Queue()
-        self.agent_inbox: asyncio.Queue[AgentMessage | AgentCommand | AgentCallback] = (
-            asyncio.Queue()
-        )
+        self.agent_inbox: asyncio.Queue[AgentMessage | AgentCommand | AgentCallback] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._progress = asyncio.Event()
@@ -381,9 +379,7 @@ class AgentDesk:
             self._spawn(self._agent_worker(), "agents-inbox")
         log.info(
             "agents' desk started (%s)",
-            f"group {self.chat_id}"
-            if self.enabled
-            else "no agents' group: escalations recorded, retention purge only",
+            f"group {self.chat_id}" if self.enabled else "no agents' group: escalations recorded, retention purge only",
         )
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
@@ -421,7 +417,7 @@ class AgentDesk:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # -- the engine listener: nothing but a queue ------------------------------------------------------
+    # -- the engine listener: nothing but a queue -------------------------------------------------
     async def on_turn(self, record: TurnRecord) -> None:
         self._inbox.put_nowait(record)
 
@@ -429,7 +425,7 @@ class AgentDesk:
         """Queue something an agent did (called by the Telegram handler, in arrival order)."""
         self.agent_inbox.put_nowait(item)
 
-    # -- for other features --------------------------------------------------------------------------
+    # -- for other features -----------------------------------------------------------------------
     async def alert(self, text: str) -> None:
         """``Alerter`` for the quote feature: a line in the Escalations topic."""
         if not self.enabled:
@@ -450,7 +446,7 @@ class AgentDesk:
         await self._flag(conversation_id, topic, event)
         self._wake.set()
 
-    # -- waiting (tests, benchmark) --------------------------------------------------------------------
+    # -- waiting (tests, benchmark) ---------------------------------------------------------------
     def backlog(self) -> dict[str, int]:
         return {
             "fresh_lines": sum(len(q) for q in self._pending.values()),
@@ -480,18 +476,13 @@ class AgentDesk:
             return live
         return live and not (b["gaps"] or b["cards"])
 
-    async def wait_until(
-        self, predicate: Callable[[], bool], timeout: float = 10.0, what: str = ""
-    ) -> None:
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not predicate():
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise TimeoutError(
-                    f"agents' desk: timed out waiting for {what or predicate}; "
-                    f"backlog {self.backlog()}"
-                )
+                raise TimeoutError(f"agents' desk: timed out waiting for {what or predicate}; backlog {self.backlog()}")
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), min(remaining, 0.2))
@@ -502,8 +493,9 @@ class AgentDesk:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            await self.wait_until(lambda: self.caught_up(full=full), max(0.01, deadline - loop.time()),
-                                  "the mirror to catch up")
+            await self.wait_until(
+                lambda: self.caught_up(full=full), max(0.01, deadline - loop.time()), "the mirror to catch up"
+            )
             if not self.enabled or await self.reg.max_message_id() <= self._fetched:
                 if self.caught_up(full=full):
                     return
@@ -518,7 +510,7 @@ class AgentDesk:
     def _tick(self) -> None:
         self._progress.set()
 
-    # -- the topic cache ---------------------------------------------------------------------------------
+    # -- the topic cache --------------------------------------------------------------------------
     def _cache(self, t: Topic) -> Topic:
         self._topics[t.conversation_id] = t
         self._by_ref[t.ref] = t.conversation_id
@@ -589,7 +581,7 @@ class AgentDesk:
         except KeyError:
             return flow
 
-    # -- the recorder ----------------------------------------------------------------------------------
+    # -- the recorder -----------------------------------------------------------------------------
     async def _recorder(self) -> None:
         while True:
             batch = [await self._inbox.get()]
@@ -614,12 +606,12 @@ class AgentDesk:
         """What the mirror needs from a batch of turns, with as few writes as possible (the
         database is the users' too): new conversations registered together, changed topics
         saved together; escalation events become NOTE lines."""
-        records = [r for r in batch if "forgotten" not in r.events
-                   and self._forgotten.get(r.conversation_id) != math.inf]
+        records = [
+            r for r in batch if "forgotten" not in r.events and self._forgotten.get(r.conversation_id) != math.inf
+        ]
         if self.enabled:
             symptoms = {r.conversation_id: self._symptom_of(r.state.flow) for r in records}
             await self._ensure_many([r.conversation_id for r in records], symptoms)
-        changed: dict[str, Topic] = {}
         for rec in records:
             topic = self._topics.get(rec.conversation_id) if self.enabled else None
             if topic is None:
@@ -628,12 +620,10 @@ class AgentDesk:
                 topic.user_name = rec.state.user_name
             symptom = self._symptom_of(rec.state.flow)
             if symptom and symptom != topic.symptom:
-                topic.symptom = symptom
+                topic.symptom = symptom  # saved with the topic's next save (no write per turn)
                 if topic.thread_id is not None:
                     topic.name_dirty = True
-                changed[topic.conversation_id] = topic
             self._mark_card(topic)
-        await self.reg.save_many(list(changed.values()))
         for rec in records:
             events = list(rec.events)
             # "Talk to a person" is the human_agent flow: flagged even if the flow raises nothing
@@ -666,9 +656,7 @@ class AgentDesk:
             return
         self._flag_times[(cid, event)] = now
         kind = f"escalation:{event}" if event in ESCALATIONS else f"flag:{event}"
-        await self.store.add_entries(
-            cid, [Entry(Direction.NOTE, flag_label(event, self.texts), kind=kind)]
-        )
+        await self.store.add_entries(cid, [Entry(Direction.NOTE, flag_label(event, self.texts), kind=kind)])
         self._new_rows(escalation=event in ESCALATIONS)
         if topic is not None:
             topic.add_flag(event)
@@ -687,7 +675,7 @@ class AgentDesk:
         await self.store.add_entries(cid, [Entry(Direction.NOTE, plain, kind="note")])
         self._new_rows()
 
-    # -- the writer -------------------------------------------------------------------------------------
+    # -- the writer -------------------------------------------------------------------------------
     async def _writer(self) -> None:
         backoff = 0.0
         resume_at = 0.0
@@ -696,8 +684,10 @@ class AgentDesk:
                 if self._trash_dirty:
                     self._trash_dirty = False
                     self._trash = deque(await self.reg.trashed())
-                urgent = bool(self._urgent or self._trash or self._esc_pending or self._esc_hint)
-                if not urgent and not (self._maybe_new or self._more) and not self._normal_work():
+                # answers to agents and privacy deletions may use the reserved slots; everything
+                # else (escalations first) is spread evenly over the window
+                urgent = bool(self._urgent or self._trash)
+                if not urgent and not (self._maybe_new or self._more or self._esc_hint) and not self._normal_work():
                     await self._save_seen(force=True)  # idle: a good moment to persist progress
                     self._tick()
                     await self._idle()
@@ -759,9 +749,7 @@ class AgentDesk:
         if self._writer_idle or escalation:
             self._wake.set()
 
-    async def _wait(
-        self, event: asyncio.Event, timeout: float | None, clock: Clock | None = None
-    ) -> None:
+    async def _wait(self, event: asyncio.Event, timeout: float | None, clock: Clock | None = None) -> None:
         if event.is_set():
             event.clear()
             return
@@ -784,9 +772,14 @@ class AgentDesk:
         ``MAX_PENDING`` held in memory: a longer backlog stays in the database until needed."""
         self._more = False
         while self._pending_rows < MAX_PENDING:
-            rows = await self.reg.rows_after(self._fetched, 500)
-            await self._ensure_many([r.conversation_id for r in rows if r.conversation_id not in self._topics
-                                     and self._forgotten.get(r.conversation_id, -1) < r.id])
+            rows = await self.reg.rows_after(self._fetched, 200)
+            await self._ensure_many(
+                [
+                    r.conversation_id
+                    for r in rows
+                    if r.conversation_id not in self._topics and self._forgotten.get(r.conversation_id, -1) < r.id
+                ]
+            )
             for r in rows:
                 self._fetched = r.id
                 cid = r.conversation_id
@@ -801,7 +794,7 @@ class AgentDesk:
                 if r.direction == "note" and r.kind.startswith("escalation:") and r.id > self._esc_known:
                     self._esc_pending.append(r)
                     self._esc_known = r.id
-            if len(rows) < 500:
+            if len(rows) < 200:
                 break
             await asyncio.sleep(0)  # a long backlog is read in slices: users' turns go between
         else:
@@ -836,8 +829,10 @@ class AgentDesk:
                 await self.reg.set_meta("feed_cursor", feed)
 
     def _normal_work(self) -> bool:
-        return any(self._pending.values()) or bool(
-            self._card_work or self._gap or self._open_now or self._escalated
+        return (
+            bool(self._esc_pending)
+            or any(self._pending.values())
+            or bool(self._card_work or self._gap or self._open_now or self._escalated)
         )
 
     async def _call(self, urgent: bool, fn: Callable[[], Awaitable[T]]) -> T:
@@ -880,11 +875,7 @@ class AgentDesk:
             return await self._post_escalations()
         fresh = [cid for cid, q in self._pending.items() if q]
         candidates = set(fresh) | self._gap | self._open_now
-        watched = [
-            cid
-            for cid in candidates
-            if (t := self._topics.get(cid)) is not None and self._is_watched(t)
-        ]
+        watched = [cid for cid in candidates if (t := self._topics.get(cid)) is not None and self._is_watched(t)]
         for cid in sorted(watched, key=self._age):
             if await self._serve_topic(self._topics[cid]):
                 return True
@@ -909,9 +900,7 @@ class AgentDesk:
                 self._escalated.discard(cid)
         if await self._card_step():
             return True
-        for cid in sorted(
-            self._gap, key=lambda c: self._topics[c].topic_cursor if c in self._topics else 0
-        ):
+        for cid in sorted(self._gap, key=lambda c: self._topics[c].topic_cursor if c in self._topics else 0):
             t = self._topics.get(cid)
             if t is None or t.topic_cursor >= t.seen_cursor:
                 self._gap.discard(cid)
@@ -932,11 +921,9 @@ class AgentDesk:
         t = self._topics.get(cid)
         return t.topic_cursor if t else 0
 
-    # -- topics ----------------------------------------------------------------------------------------------
+    # -- topics -----------------------------------------------------------------------------------
     def _lost_topic(self, t: Topic) -> None:
-        log.info(
-            "agents: topic %s of %s is gone; it will be recreated", t.thread_id, t.conversation_id
-        )
+        log.info("agents: topic %s of %s is gone; it will be recreated", t.thread_id, t.conversation_id)
         if t.thread_id is not None:
             self._by_thread.pop(t.thread_id, None)
         t.thread_id = None
@@ -1016,24 +1003,16 @@ class AgentDesk:
         limit = 400
         rows: list[Line] = []
         if t.topic_cursor < t.seen_cursor:
-            rows = await self.reg.conversation_rows(
-                t.conversation_id, t.topic_cursor, t.seen_cursor, limit
-            )
+            rows = await self.reg.conversation_rows(t.conversation_id, t.topic_cursor, t.seen_cursor, limit)
         if len(rows) < limit:
-            rows += [
-                r
-                for r in self._pending.get(t.conversation_id, ())
-                if r.id > max(t.topic_cursor, t.seen_cursor)
-            ]
+            rows += [r for r in self._pending.get(t.conversation_id, ()) if r.id > max(t.topic_cursor, t.seen_cursor)]
         if not rows:
             return None
         items: list[tuple[int, Html]] = []
         for r in rows:
             if r.direction == "agent":  # the agent's own message is already in the topic
                 continue
-            items.append(
-                (r.id, fit(render_line(r, self.texts, out_limit=self.options.topic_out_limit)))
-            )
+            items.append((r.id, fit(render_line(r, self.texts, out_limit=self.options.topic_out_limit))))
         if not items:
             return "", rows[-1].id, 0
         n = pack([h for _, h in items])
@@ -1049,7 +1028,7 @@ class AgentDesk:
         if q is not None and not q:
             del self._pending[cid]
 
-    # -- the Live feed (busy times) ------------------------------------------------------------------------
+    # -- the Live feed (busy times) ---------------------------------------------------------------
     def _who(self, t: Topic) -> Html:
         name = f"{display_name(t.user_name, self.texts)} #{t.ref}"
         if t.thread_id is not None and self.chat_id is not None:
@@ -1145,7 +1124,7 @@ class AgentDesk:
         await self._advance_feed()
         return True
 
-    # -- escalations ---------------------------------------------------------------------------------------------
+    # -- escalations ------------------------------------------------------------------------------
     async def _escalations_thread(self, urgent: bool) -> int:
         assert self.gateway is not None
         gw = self.gateway
@@ -1170,7 +1149,7 @@ class AgentDesk:
         assert self.gateway is not None
         gw = self.gateway
         if self._esc_thread is None:
-            await self._escalations_thread(urgent=True)
+            await self._escalations_thread(urgent=False)
             return True
         lines: list[Html] = []
         taken = 0
@@ -1184,12 +1163,10 @@ class AgentDesk:
                 # call counts, the line offers /open_N instead and the topic comes later)
                 if lines:
                     break
-                await self._create_topic(t, urgent=True)
+                await self._create_topic(t, urgent=False)
                 return True
             event = r.kind.partition(":")[2]
-            line = self.texts(
-                "agents.desk.escalation_line", flag=flag_label(event, self.texts), who=self._who(t)
-            )
+            line = self.texts("agents.desk.escalation_line", flag=flag_label(event, self.texts), who=self._who(t))
             if sum(x.visible + 1 for x in lines) + line.visible > MAX_VISIBLE:
                 break
             lines.append(line)
@@ -1198,7 +1175,7 @@ class AgentDesk:
         if lines:
             thread = self._esc_thread
             try:
-                await self._call(True, lambda: gw.send(thread, join(lines).html))
+                await self._call(False, lambda: gw.send(thread, join(lines).html))
             except ThreadNotFound:
                 self._esc_thread = None
                 await self.reg.set_meta("escalations_thread", None)
@@ -1209,7 +1186,7 @@ class AgentDesk:
             await self.reg.set_meta("esc_cursor", self._esc_cursor)
         return bool(lines)
 
-    # -- case cards -------------------------------------------------------------------------------------------------
+    # -- case cards -------------------------------------------------------------------------------
     async def _card_step(self) -> bool:
         assert self.gateway is not None
         gw = self.gateway
@@ -1227,18 +1204,20 @@ class AgentDesk:
                 t.card_dirty = False
                 if html != t.card_html:
                     try:
-                        await self._call(False, lambda: gw.edit(message_id, html))
+                        await self._call(False, lambda m=message_id, h=html: gw.edit(m, h))
                         t.card_html = html
                     except NotModified:
                         t.card_html = html
                     except MessageGone:
                         t.card_message_id = None
                         t.card_pinned = False
+                    except ThreadNotFound:
+                        self._lost_topic(t)
                     await self.reg.save(t)
                     return True
             if not t.card_pinned:
                 try:
-                    await self._call(False, lambda: gw.pin(message_id))
+                    await self._call(False, lambda m=message_id: gw.pin(m))
                     t.card_pinned = True
                 except MessageGone:
                     t.card_message_id = None
@@ -1251,7 +1230,7 @@ class AgentDesk:
                 t.name_dirty = False
                 if name != t.topic_name:
                     try:
-                        await self._call(False, lambda: gw.rename_topic(thread, name))
+                        await self._call(False, lambda th=thread, n=name: gw.rename_topic(th, n))
                         t.topic_name = name
                     except NotModified:
                         t.topic_name = name
@@ -1341,7 +1320,7 @@ class AgentDesk:
             return "delivered"
         return "sent"
 
-    # -- agents' input --------------------------------------------------------------------------------------------------
+    # -- agents' input ----------------------------------------------------------------------------
     async def _agent_worker(self) -> None:
         while True:
             item = await self.agent_inbox.get()
@@ -1366,9 +1345,7 @@ class AgentDesk:
                 self._tick()
 
     def _head(self, agent: str) -> Html:
-        return (
-            Html("<b>", 0) + self.texts("agents.from_person", name=agent or "?") + Html("</b>", 0)
-        )
+        return Html("<b>", 0) + self.texts("agents.from_person", name=agent or "?") + Html("</b>", 0)
 
     def _relay_html(self, m: AgentMessage, limit: int) -> str:
         head = self._head(m.user_name)
@@ -1399,9 +1376,7 @@ class AgentDesk:
             if newly:
                 await gw.send_to_user(uid, self.texts("agents.joined").html)
             if m.media:
-                user_msg = await gw.copy_to_user(
-                    uid, m.message_id, self._relay_html(m, MAX_CAPTION)
-                )
+                user_msg = await gw.copy_to_user(uid, m.message_id, self._relay_html(m, MAX_CAPTION))
             else:
                 user_msg = await gw.send_to_user(uid, self._relay_html(m, MAX_VISIBLE))
         except UserBlocked:
@@ -1446,9 +1421,7 @@ class AgentDesk:
                 return
             except UserBlocked:
                 raise
-            except (
-                GatewayError
-            ) as exc:  # too old to edit, deleted by the user...: send a correction
+            except GatewayError as exc:  # too old to edit, deleted by the user...: send a correction
                 log.info(
                     "agents: edit of relayed message %s failed (%s); sending a correction",
                     user_msg,
@@ -1516,9 +1489,7 @@ class AgentDesk:
         )
         minutes = str(max(1, round(self.options.pause_seconds / 60)))
         await self._note(cid, self.texts(key, agent=agent or "?", minutes=minutes))
-        replies = await self.engine.handle(
-            Inbound(cid, EventKind.COMMAND, text=RESUME_COMMAND, arg=mode)
-        )
+        replies = await self.engine.handle(Inbound(cid, EventKind.COMMAND, text=RESUME_COMMAND, arg=mode))
         uid = privacy.telegram_user_id(cid)
         if uid is None or not replies or self.gateway is None:
             return
@@ -1535,9 +1506,7 @@ class AgentDesk:
             paused = [str(r[0]) for r in await cur.fetchall()]
         for cid in paused:
             if not self.enabled:
-                log.warning(
-                    "agents: %s was paused but there is no agents' group: resuming the bot", cid
-                )
+                log.warning("agents: %s was paused but there is no agents' group: resuming the bot", cid)
                 async with conversation_lock(self.engine, cid):
                     await self.store.set_flags(cid, paused=False)
                 continue
@@ -1546,9 +1515,9 @@ class AgentDesk:
                 t.paused_until = self.clock.now() + self.options.pause_seconds
                 await self.reg.save(t)
 
-    # -- timers: pause expiry, retention, quote deliveries ----------------------------------------------------------
+    # -- timers: pause expiry, retention, quote deliveries ----------------------------------------
     async def _timers(self) -> None:
-        next_purge = self.clock.now()
+        next_purge = self.clock.now() + min(600.0, self.options.purge_every)  # not in the start-up rush
         next_quotes = self.clock.now()
         while True:
             try:
@@ -1559,20 +1528,12 @@ class AgentDesk:
                 if self.enabled and now >= next_quotes:
                     next_quotes = now + self.options.quote_poll_every
                     await self._poll_quotes()
-                for t in [
-                    t
-                    for t in self._topics.values()
-                    if t.paused_until is not None and t.paused_until <= now
-                ]:
+                for t in [t for t in self._topics.values() if t.paused_until is not None and t.paused_until <= now]:
                     await self.resume(t, mode="expired")
-                pauses = [
-                    t.paused_until for t in self._topics.values() if t.paused_until is not None
-                ]
+                pauses = [t.paused_until for t in self._topics.values() if t.paused_until is not None]
                 deadline = min([next_purge, next_quotes if self.enabled else math.inf, *pauses])
                 self._tick()
-                await self._wait(
-                    self._timer_wake, max(0.0, deadline - self.clock.now()), self.clock
-                )
+                await self._wait(self._timer_wake, max(0.0, deadline - self.clock.now()), self.clock)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -1614,7 +1575,7 @@ class AgentDesk:
         await self.reg.set_meta("quotes_seen_at", max(float(r[2]) for r in rows))
         self._wake.set()
 
-    # -- commands -------------------------------------------------------------------------------------------------------
+    # -- commands ---------------------------------------------------------------------------------
     async def is_agent(self, user_id: int) -> bool:
         if user_id in self.admin_ids:
             return True
@@ -1704,9 +1665,7 @@ class AgentDesk:
             return
         assert self.gateway is not None
         gw = self.gateway
-        html = self.texts(
-            "agents.desk.done_prompt", name=display_name(t.user_name, self.texts)
-        ).html
+        html = self.texts("agents.desk.done_prompt", name=display_name(t.user_name, self.texts)).html
         buttons = [
             (self.texts.plain("agents.desk.btn_resume"), f"{CALLBACK_PREFIX}r:{t.ref}"),
             (self.texts.plain("agents.desk.btn_menu"), f"{CALLBACK_PREFIX}m:{t.ref}"),
@@ -1731,14 +1690,10 @@ class AgentDesk:
         t = self._topics.get(cid) if cid else None
         if t is None or t.paused_until is None:
             with contextlib.suppress(GatewayError):
-                await gw.answer_callback(
-                    cb.callback_id, self.texts.plain("agents.desk.done_not_paused")
-                )
+                await gw.answer_callback(cb.callback_id, self.texts.plain("agents.desk.done_not_paused"))
             return
         mode = "menu" if kind == "m" else "agent"
-        label = self.texts.plain(
-            "agents.desk.btn_menu" if mode == "menu" else "agents.desk.btn_resume"
-        )
+        label = self.texts.plain("agents.desk.btn_menu" if mode == "menu" else "agents.desk.btn_resume")
         with contextlib.suppress(GatewayError):
             await gw.answer_callback(cb.callback_id)
         await self.resume(t, agent=cb.user_name, mode=mode)
@@ -1765,9 +1720,7 @@ class AgentDesk:
         data = reports.to_markdown(info, cid, lines).encode("utf-8")
         ref = str(t.ref) if t else cid
         name = display_name(info.user_name if info else "", self.texts)
-        caption = self.texts(
-            "agents.desk.transcript_caption", name=name, ref=ref, count=str(len(lines))
-        ).html
+        caption = self.texts("agents.desk.transcript_caption", name=name, ref=ref, count=str(len(lines))).html
         filename = f"transcript-{ref.replace(':', '-')}.md"
         if c.private:
             try:
@@ -1832,9 +1785,7 @@ class AgentDesk:
         if not items:
             await self._reply(
                 c,
-                self.texts("agents.desk.unmatched_header")
-                + NL
-                + self.texts("agents.desk.unmatched_none"),
+                self.texts("agents.desk.unmatched_header") + NL + self.texts("agents.desk.unmatched_none"),
             )
             return
         rows = [self.texts("agents.desk.unmatched_header")]
@@ -1855,11 +1806,7 @@ class AgentDesk:
         rows = [self.texts("agents.desk.find_header", count=str(len(hits)), query=clip(query, 60))]
         for h in hits:
             t = self._topics.get(h.line.conversation_id)
-            who = (
-                self._who(t)
-                if t
-                else Html.text(f"{display_name(h.user_name, self.texts)} {h.line.conversation_id}")
-            )
+            who = self._who(t) if t else Html.text(f"{display_name(h.user_name, self.texts)} {h.line.conversation_id}")
             rows.append(
                 Html.text("• ")
                 + who

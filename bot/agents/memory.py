@@ -138,8 +138,7 @@ class MemoryGateway:
             raise MessageGone("Bad Request: message to pin not found")
         self.pinned.append(message_id)
 
-    async def send_document(self, thread_id: int | None, filename: str, data: bytes,
-                            caption_html: str = "") -> Sent:
+    async def send_document(self, thread_id: int | None, filename: str, data: bytes, caption_html: str = "") -> Sent:
         self._group_call("sendDocument")
         self._thread(thread_id)
         mid = next(self._ids)
@@ -190,8 +189,7 @@ class MemoryGateway:
     async def send_private(self, chat_id: int, html: str) -> None:
         self.private.setdefault(chat_id, []).append(html)
 
-    async def send_private_document(self, chat_id: int, filename: str, data: bytes,
-                                    caption_html: str = "") -> None:
+    async def send_private_document(self, chat_id: int, filename: str, data: bytes, caption_html: str = "") -> None:
         self.private.setdefault(chat_id, []).append(f"[document {filename}] {caption_html}")
 
     def user_texts(self, chat_id: int) -> list[str]:

@@ -70,9 +70,7 @@ class _Table:
 
 
 async def _tables(db: aiosqlite.Connection) -> dict[str, _Table]:
-    async with db.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-    ) as cur:
+    async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'") as cur:
         names = [r[0] for r in await cur.fetchall()]
     out: dict[str, _Table] = {}
     for name in names:
@@ -119,8 +117,9 @@ class _NoLock:
         return None
 
 
-async def forget_conversation(db: aiosqlite.Connection, conversation_id: str, *, scrub: bool = True,
-                              lock: Any = None) -> int:
+async def forget_conversation(
+    db: aiosqlite.Connection, conversation_id: str, *, scrub: bool = True, lock: Any = None
+) -> int:
     """Delete everything stored about one conversation, in one transaction. Returns the number
     of rows deleted. ``lock``: the store's ``tx_lock`` when ``db`` is the bot's shared
     connection. Forum topic thread ids of the conversation are queued in ``agent_trash``."""
@@ -135,13 +134,14 @@ async def forget_conversation(db: aiosqlite.Connection, conversation_id: str, *,
             if "agent_topics" in tables and "agent_trash" in tables:
                 await db.execute(
                     "INSERT OR IGNORE INTO agent_trash (thread_id, ts) SELECT thread_id, ? FROM agent_topics "
-                    "WHERE conversation_id = ? AND thread_id IS NOT NULL", (time.time(), conversation_id))
+                    "WHERE conversation_id = ? AND thread_id IS NOT NULL",
+                    (time.time(), conversation_id),
+                )
             for t in tables.values():
                 if t.name in _OWN:
                     continue
                 if "conversation_id" in t.columns:
-                    deleted += await _delete_where(db, tables, t.name, '"conversation_id" = ?',
-                                                   (conversation_id,))
+                    deleted += await _delete_where(db, tables, t.name, '"conversation_id" = ?', (conversation_id,))
                 if uid is not None:
                     for col in ("chat_id", "user_id"):
                         if col in t.columns:
@@ -164,24 +164,29 @@ async def forget_conversation(db: aiosqlite.Connection, conversation_id: str, *,
     return deleted
 
 
-async def purge_expired(db: aiosqlite.Connection, retention_days: int, now: float | None = None,
-                        lock: Any = None) -> int:
+async def purge_expired(
+    db: aiosqlite.Connection, retention_days: int, now: float | None = None, lock: Any = None
+) -> int:
     """Delete transcript lines older than the retention period, and conversations idle that long
     (with everything that belongs to them). Returns the number of conversations removed."""
     cutoff = (now if now is not None else time.time()) - retention_days * 86400.0
-    async with lock if lock is not None else _NoLock():
-        tables = await _tables(db)
-        async with db.execute("SELECT id FROM conversations WHERE updated_at < ?", (cutoff,)) as cur:
-            stale = [r[0] for r in await cur.fetchall()]
-        if "messages" in tables:
-            await db.execute("DELETE FROM messages WHERE ts < ?", (cutoff,))
-        if "unmatched" in tables:
-            await db.execute("DELETE FROM unmatched WHERE ts < ?", (cutoff,))
+    tables = await _tables(db)
+    async with db.execute("SELECT id FROM conversations WHERE updated_at < ?", (cutoff,)) as cur:
+        stale = [r[0] for r in await cur.fetchall()]
+    for table in ("messages", "unmatched"):
+        if table not in tables:
+            continue
+        while True:  # in slices, the lock released in between: users' turns go first
+            async with lock if lock is not None else _NoLock():
+                cur = await db.execute(
+                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE ts < ? LIMIT 500)", (cutoff,)
+                )
+            if cur.rowcount < 500:
+                break
     for cid in stale:
         await forget_conversation(db, cid, scrub=False, lock=lock)
     if stale:
-        log.info("retention: purged %d conversation(s) idle for more than %d days", len(stale),
-                 retention_days)
+        log.info("retention: purged %d conversation(s) idle for more than %d days", len(stale), retention_days)
     return len(stale)
 
 
@@ -200,9 +205,7 @@ async def stored_summary(db: aiosqlite.Connection, conversation_id: str) -> Stor
     count, first = (int(row[0]), row[1]) if row else (0, None)
     has_quote = False
     try:
-        async with db.execute(
-            "SELECT 1 FROM quotes WHERE conversation_id = ? LIMIT 1", (conversation_id,)
-        ) as cur:
+        async with db.execute("SELECT 1 FROM quotes WHERE conversation_id = ? LIMIT 1", (conversation_id,)) as cur:
             has_quote = await cur.fetchone() is not None
     except Exception:  # no quotes table in this database
         has_quote = False

@@ -115,8 +115,9 @@ class Registry:
     connection) under the store's ``tx_lock``, so they never interleave with a turn's
     transaction and never contend for SQLite's write lock from a second connection."""
 
-    def __init__(self, db: aiosqlite.Connection, write_db: aiosqlite.Connection | None = None,
-                 lock: Any = None) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, write_db: aiosqlite.Connection | None = None, lock: Any = None
+    ) -> None:
         self.db = db
         self.write_db = write_db or db
         self.lock = lock if lock is not None else _NoLock()
@@ -130,7 +131,7 @@ class Registry:
             async with self.lock:
                 await self.write_db.executemany(sql, rows)
 
-    # -- topics ---------------------------------------------------------------------------
+    # -- topics -----------------------------------------------------------------------------------
     async def topic(self, conversation_id: str) -> Topic | None:
         async with self.db.execute(
             f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id = ?",
@@ -140,9 +141,7 @@ class Registry:
         return _row_to_topic(row) if row else None
 
     async def topic_by_ref(self, ref: int) -> Topic | None:
-        async with self.db.execute(
-            f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE ref = ?", (ref,)
-        ) as cur:
+        async with self.db.execute(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE ref = ?", (ref,)) as cur:
             row = await cur.fetchone()
         return _row_to_topic(row) if row else None
 
@@ -185,8 +184,9 @@ class Registry:
             (*values, topic.ref),
         )
 
-    async def create_topics(self, conversation_ids: list[str], cursor: int,
-                            symptoms: dict[str, str] | None = None) -> list[Topic]:
+    async def create_topics(
+        self, conversation_ids: list[str], cursor: int, symptoms: dict[str, str] | None = None
+    ) -> list[Topic]:
         """``create_topic`` for many conversations at once: one short write under the lock,
         the read-back on the desk's own connection."""
         now = time.time()
@@ -198,10 +198,11 @@ class Registry:
         )
         out: list[Topic] = []
         for i in range(0, len(conversation_ids), 500):
-            chunk = conversation_ids[i:i + 500]
+            chunk = conversation_ids[i : i + 500]
             async with self.db.execute(
                 f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id IN "
-                f"({','.join('?' * len(chunk))})", chunk,
+                f"({','.join('?' * len(chunk))})",
+                chunk,
             ) as cur:
                 out += [_row_to_topic(r) for r in await cur.fetchall()]
         return out
@@ -216,16 +217,15 @@ class Registry:
             t.updated_at = now
             values = [getattr(t, c) for c in cols]
             rows.append((*[int(v) if isinstance(v, bool) else v for v in values], t.ref))
-        await self.write_many(f"UPDATE agent_topics SET {', '.join(c + ' = ?' for c in cols)} WHERE ref = ?",
-                              rows)
+        await self.write_many(f"UPDATE agent_topics SET {', '.join(c + ' = ?' for c in cols)} WHERE ref = ?", rows)
 
     async def save_seen(self, topics: list[Topic]) -> None:
-        await self.write_many("UPDATE agent_topics SET seen_cursor = ? WHERE ref = ?",
-                              [(t.seen_cursor, t.ref) for t in topics])
+        await self.write_many(
+            "UPDATE agent_topics SET seen_cursor = ? WHERE ref = ?", [(t.seen_cursor, t.ref) for t in topics]
+        )
 
     # -- relays (agent message in the group -> copy in the user's chat) -------------------------
-    async def add_relay(self, agent_message_id: int, conversation_id: str, user_message_id: int,
-                        caption: bool) -> None:
+    async def add_relay(self, agent_message_id: int, conversation_id: str, user_message_id: int, caption: bool) -> None:
         await self.write(
             "INSERT OR REPLACE INTO agent_relays (agent_message_id, conversation_id, user_message_id, "
             "caption, ts) VALUES (?, ?, ?, ?, ?)",
@@ -234,17 +234,17 @@ class Registry:
 
     async def relay(self, agent_message_id: int) -> tuple[str, int, bool] | None:
         async with self.db.execute(
-            "SELECT conversation_id, user_message_id, caption FROM agent_relays "
-            "WHERE agent_message_id = ?",
+            "SELECT conversation_id, user_message_id, caption FROM agent_relays WHERE agent_message_id = ?",
             (agent_message_id,),
         ) as cur:
             row = await cur.fetchone()
         return (row[0], int(row[1]), bool(row[2])) if row else None
 
-    # -- topics to delete on Telegram (after /forget or the retention purge) -------------------
+    # -- topics to delete on Telegram (after /forget or the retention purge) ----------------------
     async def trash(self, thread_ids: list[int]) -> None:
-        await self.write_many("INSERT OR IGNORE INTO agent_trash (thread_id, ts) VALUES (?, ?)",
-                              [(t, time.time()) for t in thread_ids])
+        await self.write_many(
+            "INSERT OR IGNORE INTO agent_trash (thread_id, ts) VALUES (?, ?)", [(t, time.time()) for t in thread_ids]
+        )
 
     async def trashed(self) -> list[int]:
         async with self.db.execute("SELECT thread_id FROM agent_trash ORDER BY ts") as cur:
@@ -253,7 +253,7 @@ class Registry:
     async def untrash(self, thread_id: int) -> None:
         await self.write("DELETE FROM agent_trash WHERE thread_id = ?", (thread_id,))
 
-    # -- meta --------------------------------------------------------------------------------
+    # -- meta -------------------------------------------------------------------------------------
     async def meta(self, key: str) -> str | None:
         async with self.db.execute("SELECT value FROM agent_meta WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()
@@ -263,10 +263,9 @@ class Registry:
         if value is None:
             await self.write("DELETE FROM agent_meta WHERE key = ?", (key,))
         else:
-            await self.write("INSERT OR REPLACE INTO agent_meta (key, value) VALUES (?, ?)",
-                             (key, str(value)))
+            await self.write("INSERT OR REPLACE INTO agent_meta (key, value) VALUES (?, ?)", (key, str(value)))
 
-    # -- the transcript, as the mirror reads it --------------------------------------------------
+    # -- the transcript, as the mirror reads it ---------------------------------------------------
     async def max_message_id(self) -> int:
         async with self.db.execute("SELECT COALESCE(MAX(id), 0) FROM messages") as cur:
             row = await cur.fetchone()

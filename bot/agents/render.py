@@ -128,7 +128,7 @@ def _md(fragment: str) -> Html:
     return Html(_BOLD_RE.sub(r"<b>\1</b>", esc(fragment)), tg_len(visible))
 
 
-# -- lines -------------------------------------------------------------------------------------------
+# -- lines ---------------------------------------------------------------------------------------
 
 
 def render_line(line: Line, texts: Texts, *, out_limit: int = 300, in_limit: int = 1000) -> Html:
@@ -169,7 +169,7 @@ def fit(item: Html, budget: int = MAX_VISIBLE) -> Html:
     return Html.text(plain + "…")
 
 
-# -- links and names -----------------------------------------------------------------------------------
+# -- links and names -----------------------------------------------------------------------------
 
 
 def topic_link(chat_id: int, thread_id: int) -> str:
@@ -203,7 +203,7 @@ def day_time(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%d %b %H:%M")
 
 
-# -- the case card ------------------------------------------------------------------------------------------
+# -- the case card -------------------------------------------------------------------------------
 
 STORAGE_KEYS = (
     ("total_gb", "storage_total"),
@@ -262,9 +262,7 @@ def render_card(card: CardData, texts: Texts) -> Html:
     if card.blocked:
         rows.append(t("agents.desk.card_blocked"))
     elif card.paused_until is not None:
-        rows.append(
-            t("agents.desk.card_paused", agent=card.paused_by or "?", until=hhmm(card.paused_until))
-        )
+        rows.append(t("agents.desk.card_paused", agent=card.paused_by or "?", until=hhmm(card.paused_until)))
     else:
         rows.append(t("agents.desk.card_bot", step=card.step_ref or "-"))
     if card.flags:
@@ -289,19 +287,13 @@ def render_card(card: CardData, texts: Texts) -> Html:
     for k, v in sorted(card.values.items()):
         if k in HIDDEN_VALUES or k.startswith("keep_") or not v:
             continue
-        shown = (
-            f"{len([x for x in v.split(',') if x])} file(s)"
-            if k.endswith(("photos", "photo_ids"))
-            else v
-        )
+        shown = f"{len([x for x in v.split(',') if x])} file(s)" if k.endswith(("photos", "photo_ids")) else v
         details.append(f"{k}: {clip(one_line(shown), 60)}")
     if details:
         rows.append(t("agents.desk.card_details", details=" · ".join(details[:15])))
     if card.quote_state:
         key = f"agents.desk.quote_{card.quote_state}"
-        rows.append(
-            t("agents.desk.card_quote", state=t.plain(key) if t.has(key) else card.quote_state)
-        )
+        rows.append(t("agents.desk.card_quote", state=t.plain(key) if t.has(key) else card.quote_state))
     rows.append(
         t(
             "agents.desk.card_counts",

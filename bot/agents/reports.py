@@ -69,17 +69,11 @@ async def _one(db: aiosqlite.Connection, sql: str, args: tuple[Any, ...]) -> Any
 
 
 async def _has_table(db: aiosqlite.Connection, name: str) -> bool:
-    return bool(
-        await _one(
-            db, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        )
-    )
+    return bool(await _one(db, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
 
 async def stats(db: aiosqlite.Connection, since: float) -> Stats:
-    conversations = await _one(
-        db, "SELECT COUNT(DISTINCT conversation_id) FROM messages WHERE ts >= ?", (since,)
-    )
+    conversations = await _one(db, "SELECT COUNT(DISTINCT conversation_id) FROM messages WHERE ts >= ?", (since,))
     resolved = await _one(
         db,
         """
@@ -100,8 +94,7 @@ async def stats(db: aiosqlite.Connection, since: float) -> Stats:
     else:
         quotes = await _one(
             db,
-            "SELECT COUNT(*) FROM messages WHERE ts >= ? AND direction = 'note' AND "
-            "kind = 'escalation:quote_sent'",
+            "SELECT COUNT(*) FROM messages WHERE ts >= ? AND direction = 'note' AND kind = 'escalation:quote_sent'",
             (since,),
         )
     async with db.execute(
@@ -166,9 +159,7 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-async def find(
-    db: aiosqlite.Connection, text: str, limit: int = 20, include_bot: bool = False
-) -> list[Hit]:
+async def find(db: aiosqlite.Connection, text: str, limit: int = 20, include_bot: bool = False) -> list[Hit]:
     """Newest lines containing ``text`` (case-insensitive for ASCII), plus matching user names."""
     directions = ("in", "agent", "note", "out") if include_bot else ("in", "agent", "note")
     pattern = _like(text.strip())
@@ -198,7 +189,7 @@ async def find(
     return hits
 
 
-# -- transcripts ------------------------------------------------------------------------------------
+# -- transcripts ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -222,10 +213,7 @@ async def conversations(db: aiosqlite.Connection, limit: int = 50) -> list[Conve
         (limit,),
     ) as cur:
         rows = await cur.fetchall()
-    return [
-        ConversationInfo(r[0], r[1], r[2], r[3], bool(r[4]), bool(r[5]), r[6], r[7], r[8])
-        for r in rows
-    ]
+    return [ConversationInfo(r[0], r[1], r[2], r[3], bool(r[4]), bool(r[5]), r[6], r[7], r[8]) for r in rows]
 
 
 async def conversation(db: aiosqlite.Connection, conversation_id: str) -> ConversationInfo | None:
@@ -236,11 +224,7 @@ async def conversation(db: aiosqlite.Connection, conversation_id: str) -> Conver
         (conversation_id,),
     ) as cur:
         r = await cur.fetchone()
-    return (
-        ConversationInfo(r[0], r[1], r[2], r[3], bool(r[4]), bool(r[5]), r[6], r[7], r[8])
-        if r
-        else None
-    )
+    return ConversationInfo(r[0], r[1], r[2], r[3], bool(r[4]), bool(r[5]), r[6], r[7], r[8]) if r else None
 
 
 async def transcript(db: aiosqlite.Connection, conversation_id: str) -> list[Line]:

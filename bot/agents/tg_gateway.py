@@ -101,9 +101,7 @@ def _translate(exc: TelegramError) -> GatewayError:
 def _markup(buttons: Sequence[tuple[str, str]]) -> InlineKeyboardMarkup | None:
     if not buttons:
         return None
-    return InlineKeyboardMarkup(
-        [[InlineKeyboardButton(label, callback_data=data)] for label, data in buttons]
-    )
+    return InlineKeyboardMarkup([[InlineKeyboardButton(label, callback_data=data)] for label, data in buttons])
 
 
 class PTBGateway:
@@ -141,9 +139,7 @@ class PTBGateway:
     async def delete_topic(self, thread_id: int) -> None:
         await self._do(self.bot.delete_forum_topic(self.chat_id, thread_id))
 
-    async def send(
-        self, thread_id: int | None, html: str, buttons: Sequence[tuple[str, str]] = ()
-    ) -> Sent:
+    async def send(self, thread_id: int | None, html: str, buttons: Sequence[tuple[str, str]] = ()) -> Sent:
         msg = await self._do(
             self.bot.send_message(
                 self.chat_id,
@@ -157,9 +153,7 @@ class PTBGateway:
         )
         return Sent(msg.message_id, thread_id)
 
-    async def edit(
-        self, message_id: int, html: str, buttons: Sequence[tuple[str, str]] = ()
-    ) -> None:
+    async def edit(self, message_id: int, html: str, buttons: Sequence[tuple[str, str]] = ()) -> None:
         await self._do(
             self.bot.edit_message_text(
                 html,
@@ -172,13 +166,9 @@ class PTBGateway:
         )
 
     async def pin(self, message_id: int) -> None:
-        await self._do(
-            self.bot.pin_chat_message(self.chat_id, message_id, disable_notification=True)
-        )
+        await self._do(self.bot.pin_chat_message(self.chat_id, message_id, disable_notification=True))
 
-    async def send_document(
-        self, thread_id: int | None, filename: str, data: bytes, caption_html: str = ""
-    ) -> Sent:
+    async def send_document(self, thread_id: int | None, filename: str, data: bytes, caption_html: str = "") -> Sent:
         msg = await self._do(
             self.bot.send_document(
                 self.chat_id,
@@ -206,15 +196,11 @@ class PTBGateway:
     # users
     async def send_to_user(self, chat_id: int, html: str) -> int:
         msg = await self._do(
-            self.bot.send_message(
-                chat_id, html, parse_mode=ParseMode.HTML, link_preview_options=NO_PREVIEW
-            )
+            self.bot.send_message(chat_id, html, parse_mode=ParseMode.HTML, link_preview_options=NO_PREVIEW)
         )
         return int(msg.message_id)
 
-    async def copy_to_user(
-        self, chat_id: int, from_message_id: int, caption_html: str | None
-    ) -> int:
+    async def copy_to_user(self, chat_id: int, from_message_id: int, caption_html: str | None) -> int:
         mid = await self._do(
             self.bot.copy_message(
                 chat_id,
@@ -226,9 +212,7 @@ class PTBGateway:
         )
         return int(mid.message_id)
 
-    async def edit_user_message(
-        self, chat_id: int, message_id: int, html: str, caption: bool
-    ) -> None:
+    async def edit_user_message(self, chat_id: int, message_id: int, html: str, caption: bool) -> None:
         if caption:
             await self._do(
                 self.bot.edit_message_caption(
@@ -274,15 +258,9 @@ class PTBGateway:
                 )
 
     async def send_private(self, chat_id: int, html: str) -> None:
-        await self._do(
-            self.bot.send_message(
-                chat_id, html, parse_mode=ParseMode.HTML, link_preview_options=NO_PREVIEW
-            )
-        )
+        await self._do(self.bot.send_message(chat_id, html, parse_mode=ParseMode.HTML, link_preview_options=NO_PREVIEW))
 
-    async def send_private_document(
-        self, chat_id: int, filename: str, data: bytes, caption_html: str = ""
-    ) -> None:
+    async def send_private_document(self, chat_id: int, filename: str, data: bytes, caption_html: str = "") -> None:
         await self._do(
             self.bot.send_document(
                 chat_id,
@@ -383,9 +361,7 @@ class AgentUpdates:
         msg = update.edited_message or update.message
         if msg is None:
             if update.my_chat_member is not None:
-                log.info(
-                    "agents' group: the bot is now %s", update.my_chat_member.new_chat_member.status
-                )
+                log.info("agents' group: the bot is now %s", update.my_chat_member.new_chat_member.status)
             return
         user = msg.from_user
         if user is None:
@@ -400,11 +376,7 @@ class AgentUpdates:
         cmd = _command(msg, username) if msg.text else None
         if cmd is not None:
             if not edited:
-                self.desk.submit(
-                    AgentCommand(
-                        self.chat_id, thread, msg.message_id, user.id, name, cmd[0], cmd[1]
-                    )
-                )
+                self.desk.submit(AgentCommand(self.chat_id, thread, msg.message_id, user.id, name, cmd[0], cmd[1]))
             return
         media = _media_kind(msg)
         text = msg.text or msg.caption or ""
@@ -456,9 +428,7 @@ def attach_agents(
     gateway = None
     if chat_id is not None:
         gateway = PTBGateway(application.bot, chat_id, deliver=getattr(door, "deliver", None))
-    opts = options or DeskOptions(
-        pause_seconds=settings.pause_minutes * 60.0, retention_days=settings.retention_days
-    )
+    opts = options or DeskOptions(pause_seconds=settings.pause_minutes * 60.0, retention_days=settings.retention_days)
     desk = AgentDesk(
         runtime.engine,
         runtime.store,
