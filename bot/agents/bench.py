@@ -287,8 +287,9 @@ async def bench_agents(
     knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches())
     if knowledge is None or problems:
         raise SystemExit(f"content has problems; run `python -m bot check` ({len(problems)} found)")
-    agents_log = logging.getLogger("bot.agents")
-    agents_log.setLevel(max(agents_log.getEffectiveLevel(), logging.WARNING))
+    for name in ("bot.agents", "bot.store", "telegram", "httpx", "httpcore"):
+        quiet = logging.getLogger(name)
+        quiet.setLevel(max(quiet.getEffectiveLevel(), logging.WARNING))
     offs: list[RunResult] = []
     ons: list[RunResult] = []
     for r in range(rounds):

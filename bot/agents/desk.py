@@ -96,6 +96,7 @@ ESCALATIONS = (
     "quote_failed",
 )
 NOT_SYMPTOMS = frozenset({"main_menu", "common", "human_agent", "quote"})
+NO_CAPTION = frozenset({"sticker", "video_note", "location", "venue", "contact", "dice", "poll"})
 MAX_PENDING = 1500  # transcript rows the mirror holds in memory (the rest waits in SQLite)
 RESUME_COMMAND = "resume"  # the engine command that hands a conversation back (bot.agents.commands)
 CALLBACK_PREFIX = "ag:"
@@ -1375,7 +1376,10 @@ class AgentDesk:
         try:
             if newly:
                 await gw.send_to_user(uid, self.texts("agents.joined").html)
-            if m.media:
+            if m.media in NO_CAPTION:  # stickers, locations...: who it is from goes first
+                await gw.send_to_user(uid, self._head(m.user_name).html)
+                user_msg = await gw.copy_to_user(uid, m.message_id, None)
+            elif m.media:
                 user_msg = await gw.copy_to_user(uid, m.message_id, self._relay_html(m, MAX_CAPTION))
             else:
                 user_msg = await gw.send_to_user(uid, self._relay_html(m, MAX_VISIBLE))

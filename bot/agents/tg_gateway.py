@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 AGENTS_GROUP = -10  # PTB handler group: before the door (group 0)
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
-_NO_CAPTION = frozenset({"sticker", "video_note", "location", "venue", "contact", "dice", "poll"})
 MEDIA_KINDS = (
     "photo",
     "video",

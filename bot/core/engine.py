@@ -133,11 +133,16 @@ class Engine:
         self._no = tuple(_norm(w) for w in content.words("engine.no_words"))
 
     # -- the seam ------------------------------------------------------------------
-    async def handle(self, inbound: Inbound) -> tuple[Reply, ...]:
-        lock = self._locks.get(inbound.conversation_id)
+    def lock_for(self, conversation_id: str) -> asyncio.Lock:
+        """The lock that orders this conversation's turns (others may hold it to pause one)."""
+        lock = self._locks.get(conversation_id)
         if lock is None:
             lock = asyncio.Lock()
-            self._locks[inbound.conversation_id] = lock
+            self._locks[conversation_id] = lock
+        return lock
+
+    async def handle(self, inbound: Inbound) -> tuple[Reply, ...]:
+        lock = self.lock_for(inbound.conversation_id)
         async with lock:
             state = await self.store.load_state(inbound.conversation_id)
             if state is None:
