@@ -97,9 +97,6 @@ class Rig:
 @pytest.fixture
 async def rig(agent_knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Rig]:
     store = await SQLiteStore.open(tmp_path / "agents.db")
-    from bot.tg.service import guard_store_writes
-
-    guard_store_writes(store)
     engine = make_engine(agent_knowledge, store)
     clock = ManualClock()
     gw = MemoryGateway()
@@ -348,10 +345,8 @@ async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowled
     import asyncio
 
     from bot.agents.ports import ScaledClock
-    from bot.tg.service import guard_store_writes
 
     store = await SQLiteStore.open(tmp_path / "load.db")
-    guard_store_writes(store)
     engine = make_engine(agent_knowledge, store)
     fast = ScaledClock(200.0)  # 60 s window = 0.3 s
     gw = MemoryGateway(clock=fast, limit=20, window=60.0)
@@ -506,10 +501,7 @@ async def test_non_agent_private_command_gets_nothing(rig: Rig) -> None:
 
 
 async def test_restart_continues_without_repeats(agent_knowledge: Knowledge, tmp_path: Path) -> None:
-    from bot.tg.service import guard_store_writes
-
     store = await SQLiteStore.open(tmp_path / "restart.db")
-    guard_store_writes(store)
     engine = make_engine(agent_knowledge, store)
     gw = MemoryGateway()
     opts = DeskOptions(digest_threshold=4)

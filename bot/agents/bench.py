@@ -123,7 +123,6 @@ async def _run(
     from bot.core.messages import EventKind, Inbound, Reply
     from bot.plugins import plugin_actions, plugin_commands
     from bot.store import SQLiteStore
-    from bot.tg.service import guard_store_writes
 
     from . import commands as agent_cmds
     from .desk import AgentDesk, DeskOptions
@@ -134,7 +133,6 @@ async def _run(
     clock = ScaledClock(scale)
     with tempfile.TemporaryDirectory(prefix="bot-bench-agents-") as tmp:
         store = await SQLiteStore.open(Path(tmp) / "bench.db")
-        guard_store_writes(store)  # as the Telegram service does: many chats at once
         cmds = dict(plugin_commands(store))
         cmds.update(agent_cmds.agent_commands(store, retention_days=90))
         engine = Engine(

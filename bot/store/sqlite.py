@@ -67,7 +67,6 @@ class SQLiteStore:
         # so every write method (and any transaction of other modules on self.db) takes this
         self.tx_lock = asyncio.Lock()
 
-    serializes_writes = True  # doors need not add a lock of their own
 
     # -- lifecycle -----------------------------------------------------------------
     @classmethod

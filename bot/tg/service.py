@@ -11,7 +11,6 @@ caller closes the database afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import ipaddress
 import logging
@@ -58,28 +57,6 @@ def _skip_missing_sniffio() -> None:
     (~40% of the door's CPU in the benchmark). ``None`` in sys.modules makes it fail at once."""
     if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
         sys.modules["sniffio"] = None  # type: ignore[assignment]
-
-
-def guard_store_writes(store: Any) -> None:
-    """WORK-AROUND (remove once the store locks its own transactions): ``SQLiteStore`` runs
-    ``save_turn`` as BEGIN..COMMIT on its single shared connection without a lock, so two
-    chats' turns finishing together fail with "cannot start a transaction within a
-    transaction" (or one's writes land in the other's transaction). The door runs many chats
-    at once, so every write method of this store instance is serialised here."""
-    if getattr(store, "serializes_writes", False) or getattr(store, "_tg_guarded", False):
-        return
-    lock = asyncio.Lock()
-    for name in ("save_turn", "set_flags", "add_entries", "mark_update"):
-        method = getattr(store, name, None)
-        if method is None:
-            continue
-
-        async def guarded(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
-            async with lock:
-                return await _method(*args, **kwargs)
-
-        setattr(store, name, guarded)
-    store._tg_guarded = True
 
 
 def build_application(
@@ -160,7 +137,6 @@ class TelegramService:
         self.settings = settings
         self.runtime = runtime
         self.webhook = webhook
-        guard_store_writes(runtime.store)
         self.poll_timeout = poll_timeout
         self.on_fatal = on_fatal
         self.fatal: BaseException | None = None
