@@ -51,16 +51,20 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _match(settings: Settings) -> int:
-    from bot.core.matcher import Matcher
+    from bot.runtime import load_knowledge, plugin_branches
 
-    matcher = Matcher.load(settings.content_dir / settings.lang / "intents.yaml")
+    matcher = load_knowledge(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches()).matcher
     for line in sys.stdin:
         text = line.rstrip("\n")
         r = matcher.match(text)
-        print(json.dumps({
+        out = {
             "text": text, "decision": r.decision, "intent": r.intent, "score": round(r.score, 1),
             "candidates": [{"intent": c.intent, "score": round(c.score, 1)} for c in r.candidates],
-        }, ensure_ascii=False), flush=True)
+        }
+        hit = matcher.answer(text, r.intent if r.decision == "accept" else None)
+        if hit is not None:  # a direct question: the card's answer comes first (as in the engine)
+            out.update(decision="accept", intent=hit.card.intent, score=hit.score, answer=hit.card.id)
+        print(json.dumps(out, ensure_ascii=False), flush=True)
     return 0
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.core.actions import ACTIONS
+from bot.core.answers import AnswerBook, load_answers
 from bot.core.content import Content, load_content
 from bot.core.engine import Engine
 from bot.core.errors import ContentError, Problem
@@ -51,6 +52,11 @@ def check(content_dir: Path, flows_dir: Path, lang: str = "en",
             matcher = Matcher.load(intents_path, load_encoder() if semantic else None)
         except ContentError as exc:
             problems += exc.problems
+    if matcher is not None:
+        cards, card_problems = load_answers(content_dir / lang / "answers.yaml", content, matcher.intents)
+        problems += card_problems
+        if not card_problems:
+            matcher.attach_answers(AnswerBook(cards, matcher.encoder))
     actions = {name: branches for name, (_, branches) in ACTIONS.items()}
     actions.update(extra_actions or {})
     if matcher is not None:

@@ -43,6 +43,9 @@ def test_library_vectors_cached_by_content(encoder: semantic.Encoder, tmp_path: 
             calls.append(len(texts))
             return encoder.encode(texts)
 
+        def encode_one(self, text: str):  # noqa: ANN201 - numpy array
+            return encoder.encode_one(text)
+
     texts = ["backup stuck at 80 percent", "is icloud down", "phone fell in the sea"]
     SemanticIndex(Counting(), texts, [0, 1, 2], 3, cache=tmp_path)  # type: ignore[arg-type]
     assert calls == [3]

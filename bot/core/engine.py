@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from rapidfuzz import fuzz
 
 from .actions import ACTIONS, ActionContext, ActionFn
+from .answers import AnswerHit, Card
 from .content import Content
 from .flows import MENU, FlowSet, Step
 from .messages import Button, EventKind, Hint, Inbound, MatchResult, Reply
@@ -41,6 +42,10 @@ class MatcherPort:
     def match(self, text: str) -> MatchResult: ...  # pragma: no cover
 
     def smalltalk(self, text: str) -> str | None: ...  # pragma: no cover
+
+    def answer(self, text: str, accepted: str | None = None) -> AnswerHit | None: ...  # pragma: no cover
+
+    def answer_card(self, card_id: str) -> Card | None: ...  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -353,6 +358,14 @@ class Engine:
         if kind == "other":
             await self.goto(turn, MENU)
             return
+        if kind == "card":
+            card = self.matcher.answer_card(arg)
+            if card is not None:
+                turn.replies.append(Reply(text=card.answer, key=f"answers.{card.id}"))
+                buttons = self._card_buttons(card)
+                turn.attach(buttons)
+                turn.state = replace(turn.state, offer=tuple(b for b, _ in buttons))
+                return
         await self._reprompt(turn)  # "stay"
 
     def _offer(self, turn: Turn, key: str, buttons: list[tuple[str, str]],
@@ -411,8 +424,17 @@ class Engine:
             turn.entries.append(Entry(Direction.IN, safe, kind="text", flow=state.flow, step=state.step))
             await self._press(turn, bid)
             return
-        # 2. a value for an ask step
-        if step and step.ask:  # an answer to the question wins over a pending offer
+        # 1b. a topic's label typed out ("check my last backup"), from any step
+        flow_id = None if bid is not None else self._typed_title(text)
+        if flow_id is not None and not (step and step.flow == flow_id):
+            turn.entries.append(Entry(Direction.IN, safe, kind="text", flow=state.flow, step=state.step))
+            in_flow = step is not None and step.flow != "main_menu" and step.waits
+            intent = self.flows.flows[flow_id].intents[0]
+            await self._accepted(turn, intent, safe, step, in_flow)
+            return
+        # 2. a value for an ask step; free text that asks one of the cards' questions is no value
+        card_first = bool(step and step.ask and step.ask.type == "text" and self.matcher.answer(safe[:MAX_TEXT]))
+        if step and step.ask and not card_first:  # an answer to the question wins over a pending offer
             value, note = self._parse_value(step.ask.type, text)
             if value is not None and not (had_secret and step.ask.type == "text"):
                 turn.entries.append(Entry(Direction.IN, safe, flow=state.flow, step=state.step))
@@ -425,15 +447,22 @@ class Engine:
         if len(text) > MAX_TEXT:
             turn.say("engine.truncated")
         result = self.matcher.match(safe[:MAX_TEXT])
-        small = self.matcher.smalltalk(safe[:MAX_TEXT]) if result.decision != "accept" else None
+        hit = self.matcher.answer(safe[:MAX_TEXT], None if card_first or result.decision != "accept"
+                                  else result.intent)
+        small = self.matcher.smalltalk(safe[:MAX_TEXT]) if result.decision != "accept" and not hit else None
         turn.entries.append(Entry(
-            Direction.IN, safe, intent=result.intent, score=result.score, decision=result.decision,
+            Direction.IN, safe, intent=hit.card.intent if hit else result.intent,
+            score=hit.score if hit else result.score, decision="accept" if hit else result.decision,
             candidates=tuple((c.intent, c.score) for c in result.candidates),
             flow=state.flow, step=state.step,
         ))
         in_flow = step is not None and step.flow != "main_menu" and step.waits
         if small:
             await self._smalltalk(turn, small, in_flow)
+            return
+        if hit is not None:
+            turn.state = replace(turn.state, misses=0)
+            await self._answer(turn, hit, result, in_flow)
             return
         if result.decision == "accept" and result.intent:
             await self._accepted(turn, result.intent, safe, step, in_flow)
@@ -458,6 +487,47 @@ class Engine:
         else:
             turn.say("engine.not_understood")
             await self.goto(turn, MENU, remember=False)
+
+    async def _answer(self, turn: Turn, hit: AnswerHit, result: MatchResult, in_flow: bool) -> None:
+        """Say the card's answer; in a flow show the current step again, else offer what's next."""
+        card = hit.card
+        turn.replies.append(Reply(text=card.answer, key=f"answers.{card.id}"))
+        if in_flow:
+            await self._reprompt(turn)
+            return
+        buttons = self._card_buttons(card, result)
+        turn.attach(buttons)
+        turn.state = replace(turn.state, offer=tuple(b for b, _ in buttons))
+        turn.set_values([("pending_text", turn.inbound.text[:300])])
+
+    def _card_buttons(self, card: Card, result: MatchResult | None = None) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        follow = list(card.then)
+        # a complaint with a question: the answer, and the offer of the complaint's fix flow
+        if (result is not None and result.decision == "accept" and result.intent
+                and result.intent != card.intent and result.intent not in follow):
+            follow.insert(0, result.intent)
+        for t in follow:
+            if t.startswith("card:"):
+                out.append((t, self._offer_label(t)))
+            elif self.flows.flow_for_intent(t):
+                out.append((f"intent:{t}", self._offer_label(f"intent:{t}")))
+        out.append(("other", self.content.raw("engine.something_else")))
+        return out[:4]
+
+    def _typed_title(self, text: str) -> str | None:
+        """The flow whose menu title the user typed ("check my last backup"), if any."""
+        typed = _norm(text)
+        if not typed or len(typed) > 60:
+            return None
+        best, best_score = None, 0.0
+        for flow in self.flows.flows.values():
+            if not flow.intents or not self.content.has(flow.title):
+                continue
+            score = fuzz.ratio(typed, _norm(self.content.raw(flow.title)))
+            if score > best_score:
+                best, best_score = flow.id, score
+        return best if best_score >= LABEL_MATCH else None
 
     async def _reprompt_buttons_only(self, turn: Turn) -> None:
         step = self.flows.step(turn.state.ref)
@@ -510,6 +580,9 @@ class Engine:
             return self.content.raw(flow.title) if flow else arg
         if kind == "other":
             return self.content.raw("engine.something_else")
+        if kind == "card":
+            card = self.matcher.answer_card(arg)
+            return card.title if card else arg
         return self.content.raw("engine.switch_no")
 
     async def _smalltalk(self, turn: Turn, kind: str, in_flow: bool) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 from rapidfuzz import fuzz, process
 
+from bot.core.answers import AnswerBook, AnswerHit, Card
 from bot.core.errors import ContentError, Problem
 from bot.core.messages import MatchCandidate, MatchResult
 from bot.core.normalize import STOPWORDS, Normalizer
@@ -458,6 +459,7 @@ class Matcher:
             SemanticIndex(encoder, ex_raw, ex_cls, n_cls, k=SEM_K, cache=cache) if encoder else None
         )
         self.thresholds = SEMANTIC_THRESHOLDS if self._sem is not None else BLEND_THRESHOLDS
+        self._answers: AnswerBook | None = None
 
         # word TF-IDF (per example, inverted index; binary term weights)
         ex_words = [set(_word_features(c)) for c in ex_content]
@@ -731,6 +733,26 @@ class Matcher:
     def semantic(self) -> bool:
         """Whether the MiniLM score is part of the blend."""
         return self._sem is not None
+
+    @property
+    def encoder(self) -> Encoder | None:
+        return self._sem.encoder if self._sem is not None else None
+
+    # -- answer cards -----------------------------------------------------------------
+
+    def attach_answers(self, book: AnswerBook) -> None:
+        """Answer direct questions from these cards (see :meth:`answer`)."""
+        self._answers = book
+
+    def answer(self, text: str, accepted: str | None = None) -> AnswerHit | None:
+        """The answer card for a direct question, or None (no cards, not a question, not close).
+
+        ``accepted``: the intent :meth:`match` accepted, if any (see AnswerBook.find).
+        """
+        return self._answers.find(text, accepted) if self._answers is not None else None
+
+    def answer_card(self, card_id: str) -> Card | None:
+        return self._answers.cards.get(card_id) if self._answers is not None else None
 
     def library_items(self) -> list[tuple[str, str]]:
         """(class id or "none", example text) for every example, in index order."""

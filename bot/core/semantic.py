@@ -56,6 +56,17 @@ class Encoder:
         self._session = session
         self._tok = tokenizer
         self.fingerprint = fingerprint
+        self._recent: dict[str, Any] = {}  # the last few messages: matcher and cards share one run
+
+    def encode_one(self, text: str) -> Any:
+        """One message's vector; the last few are remembered (intent and card match reuse it)."""
+        vec = self._recent.get(text)
+        if vec is None:
+            vec = self.encode([text])[0]
+            if len(self._recent) >= 8:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[text] = vec
+        return vec
 
     def encode(self, texts: Sequence[str]) -> Any:
         """Unit vectors, shape (len(texts), 384), float32."""
@@ -114,6 +125,35 @@ def load_encoder(model_dir: Path | None = None) -> Encoder | None:
     return Encoder(session, tok, hashlib.sha256(data).hexdigest()[:16])
 
 
+def cached_vectors(encoder: Encoder, texts: Sequence[str], cache: Path | None = None) -> Any:
+    """The vectors of ``texts``, from the disk cache when the model and texts are unchanged."""
+    import numpy as np
+
+    texts = list(texts)
+    key = hashlib.sha256(("\x00".join([encoder.fingerprint, *texts])).encode("utf-8")).hexdigest()[:24]
+    folder = cache if cache is not None else cache_dir()
+    path = folder / f"library-{key}.npy"
+    try:
+        vecs = np.load(path, allow_pickle=False)
+        if vecs.shape == (len(texts), DIM):
+            return vecs
+    except (OSError, ValueError):
+        pass
+    t0 = time.perf_counter()
+    log.warning("semantic matcher: computing %d library vectors (first start with this content)...", len(texts))
+    vecs = encoder.encode(texts)
+    log.warning("semantic matcher: %d vectors in %.1f s, cached in %s", len(texts), time.perf_counter() - t0, path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            np.save(fh, vecs, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only home: works, only slower at the next start
+        log.warning("semantic matcher: cannot cache vectors in %s: %s", folder, exc)
+    return vecs
+
+
 class SemanticIndex:
     """Vectors of a library's examples; per class, the mean cosine of the k nearest."""
 
@@ -130,31 +170,7 @@ class SemanticIndex:
         self._rebuild_masks()
 
     def _library_vectors(self, texts: list[str], cache: Path | None) -> Any:
-        np = self._np
-        key = hashlib.sha256(("\x00".join([self.encoder.fingerprint, *texts])).encode("utf-8")).hexdigest()[:24]
-        folder = cache if cache is not None else cache_dir()
-        path = folder / f"library-{key}.npy"
-        try:
-            vecs = np.load(path, allow_pickle=False)
-            if vecs.shape == (len(texts), DIM):
-                return vecs
-        except (OSError, ValueError):
-            pass
-        t0 = time.perf_counter()
-        log.warning("semantic matcher: computing %d library vectors (first start with this content)...",
-                    len(texts))
-        vecs = self.encoder.encode(texts)
-        log.warning("semantic matcher: %d vectors in %.1f s, cached in %s", len(texts),
-                    time.perf_counter() - t0, path)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with tmp.open("wb") as fh:
-                np.save(fh, vecs, allow_pickle=False)
-            os.replace(tmp, path)
-        except OSError as exc:  # a read-only home: works, only slower at the next start
-            log.warning("semantic matcher: cannot cache vectors in %s: %s", folder, exc)
-        return vecs
+        return cached_vectors(self.encoder, texts, cache)
 
     def _rebuild_masks(self) -> None:
         np = self._np
@@ -164,7 +180,7 @@ class SemanticIndex:
         return int(self._vecs.shape[0])
 
     def vector(self, text: str) -> Any:
-        return self.encoder.encode([text])[0]
+        return self.encoder.encode_one(text)
 
     def scores(self, text: str, exclude: int | None = None) -> list[float]:
         """Per class: mean cosine of the k nearest examples, clipped to 0..1."""
