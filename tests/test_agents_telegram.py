@@ -26,7 +26,7 @@ from bot.config import Settings
 from bot.core.engine import Engine
 from bot.runtime import Knowledge, Runtime, check, plugin_branches
 from bot.store import SQLiteStore
-from bot.tg.fakeapi import FakeBotAPI, RateLimitPolicy, SentMessage, is_group_chat
+from bot.testing.fakeapi import FakeBotAPI, RateLimitPolicy, SentMessage, is_group_chat
 from bot.tg.ratelimit import RateLimits
 from bot.tg.service import TelegramService
 
