@@ -149,7 +149,7 @@ async def _run(
                 from telegram import Bot
                 from telegram.request import HTTPXRequest
 
-                from bot.agents.tg_gateway import PTBGateway
+                from bot.tg.agents_gateway import PTBGateway
 
                 ctx = multiprocessing.get_context("spawn")
                 conn, theirs = ctx.Pipe()
