@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.core.messages import Button, EventKind
 from bot.core.values import parse_size_gb
 from bot.escalation.ports import QuoteFields
 from bot.escalation.store import QuoteStore
+from bot.terminal import to_inbound
 from tests.support.chat import ChatDriver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,12 @@ async def test_plain_and_fullwidth_numbers_still_press_buttons(chat: ChatDriver)
     await chat.say("３")  # a fullwidth 3 from a Japanese keyboard: the third button, water
     state = await chat.state()
     assert state.values.get("q_damage") == "water"
+
+
+def test_the_terminal_reads_a_unicode_digit_as_text_not_a_button() -> None:
+    buttons = [Button("1:yes", "Yes"), Button("1:no", "No")]
+    assert to_inbound("term:x", "²", buttons).kind is EventKind.TEXT
+    assert to_inbound("term:x", "2", buttons).payload == "1:no"
 
 
 # -- sizes ---------------------------------------------------------------------------------
