@@ -724,7 +724,7 @@ async def _established(store: SQLiteStore, **values: str) -> None:
 async def test_the_form_starts_from_what_the_troubleshooting_established(
     chat: ChatDriver, store: SQLiteStore
 ) -> None:
-    await _established(store, known_damage="water", known_backup="none", known_data="photos,messages")
+    await _established(store, damage_kind="water", backup_state="none", data_at_risk="photos,messages")
     await chat.command("/quote")
     assert chat.keys[:2] == ["quote.intro", "quote.prefilled"]
     assert "Water damage" in chat.text and "No backup" in chat.text and "Photos and videos" in chat.text
@@ -746,7 +746,7 @@ async def test_the_form_starts_from_what_the_troubleshooting_established(
 
 
 async def test_unknown_established_values_are_asked_as_usual(chat: ChatDriver, store: SQLiteStore) -> None:
-    await _established(store, known_damage="dropped it", known_backup="maybe", known_data="")
+    await _established(store, damage_kind="drop", backup_state="maybe", data_at_risk="yes")
     await chat.command("/quote")
     assert "quote.prefilled" not in chat.keys
     await chat.say("iPhone 13 mini")
@@ -758,7 +758,7 @@ async def test_a_resumed_form_takes_what_was_established_since(chat: ChatDriver,
     await chat.say("iPhone 14")
     await chat.command("/cancel")
     state = await chat.state()
-    await store.save_turn(replace(state, values={**state.values, "known_damage": "logic_board"}), [])
+    await store.save_turn(replace(state, values={**state.values, "damage_kind": "logic_board"}), [])
     await chat.command("/quote")
     assert "2 of 10" in chat.text
     await chat.press("continue")

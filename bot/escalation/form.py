@@ -9,8 +9,9 @@ answers the engine cannot judge alone: a device model that is no model ("yes", "
 description that says nothing, a national phone number (completed with DEFAULT_REGION).
 
 What the troubleshooting already established is not asked again: a new form starts from
-the flow values ``known_damage``, ``known_backup`` and ``known_data`` (see flows/README.md,
-"Values the quote form reads") and says so; the summary lets the user change them.
+the flow values ``damage_kind``, ``backup_state`` and ``data_at_risk`` the troubleshooting
+flows set (flows/README.md, "Values the quote form reads") and says so; the summary lets
+the user change them.
 """
 
 from __future__ import annotations
@@ -216,8 +217,9 @@ def checked(v: Mapping[str, str], content: Content, region: str) -> tuple[dict[s
 
 
 # The flow values the troubleshooting flows set when they have established a fact
-# (flows/README.md): known_damage -> q_damage, known_backup -> q_backup, known_data -> q_data.
-KNOWN = (("known_damage", "q_damage", DAMAGE_IDS), ("known_backup", "q_backup", BACKUP_IDS))
+# (flows/README.md): damage_kind -> q_damage, backup_state -> q_backup, and data_at_risk ->
+# q_data when it names the kinds of data ("photos,messages"; a plain "yes" names none).
+KNOWN = (("damage_kind", "q_damage", DAMAGE_IDS), ("backup_state", "q_backup", BACKUP_IDS))
 
 
 def prefill(v: Mapping[str, str]) -> dict[str, str]:
@@ -226,7 +228,7 @@ def prefill(v: Mapping[str, str]) -> dict[str, str]:
     for known, field, ids in KNOWN:
         if v.get(known) in ids and v.get(field) not in ids:
             out[field] = v[known]
-    data = _list(v.get("known_data"), DATA_IDS)
+    data = _list(v.get("data_at_risk"), DATA_IDS)
     if data and not _list(v.get("q_data"), DATA_IDS):
         out["q_data"] = ",".join(dict.fromkeys(data))
     return out
