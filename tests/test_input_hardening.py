@@ -167,3 +167,14 @@ async def test_chat_and_outbox_use_the_same_default_database(tmp_path: Path) -> 
     assert listed.returncode == 0, listed.stderr
     ref = re.search(rb"Q-[0-9A-Z]{5}", out.stdout)
     assert ref and ref.group(0) in listed.stdout
+
+
+def test_default_region_and_reply_hours_reach_the_form_from_the_environment(tmp_path: Path) -> None:
+    env = {"BOT_DB": str(tmp_path / "bot.db"), "MAILDIR": str(tmp_path / "maildir"),
+           "DEFAULT_REGION": "de", "LAB_REPLY_HOURS": "36"}
+    lines = ["/start quote", "iphone 11 pro, dark green", "Water damage", "yes", "Messages", "done",
+             "iCloud backup", "Jens", "skip", "0151 2345678", "no photos", "yes", "1"]
+    out = run_bot("chat", stdin=("\n".join(lines) + "\n").encode(), env=env)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    assert "+491512345678" in text and "within 36 hours" in text and "by phone" in text
