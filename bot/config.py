@@ -87,6 +87,9 @@ class Settings:
     admin_ids: tuple[int, ...] = ()
     pause_minutes: int = 30
     retention_days: int = 90
+    # stopping: after SIGTERM, turns in flight get this long before the bot stops anyway
+    # (the platform's stop timeout — TimeoutStopSec, --stop-timeout — must be longer)
+    stop_drain_seconds: int = 8
 
     def __repr__(self) -> str:  # secrets never reach a log
         parts = []
@@ -126,6 +129,9 @@ class Settings:
         if secret and (len(secret) > 256 or not all(c.isalnum() or c in "_-" for c in secret)):
             raise ConfigError("WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
         smtp_host = env.get("SMTP_HOST", "").strip()
+        if smtp_host and not labs:
+            raise ConfigError("SMTP_HOST is set but LAB_EMAIL is empty: name the lab's address(es) "
+                              "the quote requests go to, or unset SMTP_HOST to write them to MAILDIR")
         return cls(
             db_path=env.get("BOT_DB", "").strip() or d.db_path,
             content_dir=Path(env.get("CONTENT_DIR", "").strip() or d.content_dir),
@@ -152,4 +158,5 @@ class Settings:
             admin_ids=admins,
             pause_minutes=_int(env, "AGENT_PAUSE_MINUTES", d.pause_minutes, 1, 7 * 24 * 60),
             retention_days=_int(env, "RETENTION_DAYS", d.retention_days, 1, 3650),
+            stop_drain_seconds=_int(env, "STOP_DRAIN_SECONDS", d.stop_drain_seconds, 1, 300),
         )
