@@ -72,6 +72,7 @@ class Settings:
     webhook_port: int = 8080
     webhook_url: str = ""
     webhook_secret: str = field(default="", repr=False)
+    stop_drain_seconds: int = 8  # on SIGTERM: finish turns in flight this long, then exit
     # escalation: quote requests to the lab
     smtp_host: str = ""
     smtp_port: int = 587
@@ -139,6 +140,7 @@ class Settings:
             webhook_port=_int(env, "WEBHOOK_PORT", d.webhook_port, 1, 65535),
             webhook_url=env.get("WEBHOOK_URL", "").strip(),
             webhook_secret=secret,
+            stop_drain_seconds=_int(env, "STOP_DRAIN_SECONDS", d.stop_drain_seconds, 1, 60),
             smtp_host=smtp_host,
             smtp_port=_int(env, "SMTP_PORT", 465 if tls == "ssl" else (25 if tls == "none" else 587), 1, 65535),
             smtp_tls=tls,
