@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return agents_command(command, settings, args)
         if command == "bench":
-            from bot.bench import run_bench
+            from bot.testing.bench import run_bench
 
             return asyncio.run(run_bench(settings, args))
     except ContentError as exc:

@@ -21,7 +21,7 @@ from bot.core.engine import Engine
 from bot.escalation.ports import FileTooLarge, QuoteFields, QuoteRecord
 from bot.escalation.render import SMTP_POLICY, build_email, header_text
 from bot.escalation.service import escalation_for
-from bot.escalation.smtpd import LocalInbox
+from bot.testing.smtpd import LocalInbox
 from bot.escalation.store import QuoteStore
 from bot.escalation.transport import DeliveryError, MaildirTransport, SMTPTransport
 from bot.escalation.worker import OutboxWorker, RetryPolicy

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.escalation.smtpd import LocalInbox
+from bot.testing.smtpd import LocalInbox
 from bot.escalation.store import QuoteStore
 from bot.escalation.transport import SMTPTransport
 from bot.escalation.worker import OutboxWorker

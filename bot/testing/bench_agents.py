@@ -72,7 +72,7 @@ def _fake_process(conn: Connection, scale: float) -> None:
 
 
 async def _fake_main(conn: Connection, scale: float) -> None:
-    from bot.tg.fakeapi import FakeBotAPI, RateLimitPolicy, is_group_chat
+    from bot.testing.fakeapi import FakeBotAPI, RateLimitPolicy, is_group_chat
 
     fake = FakeBotAPI()
     await fake.start()
@@ -124,10 +124,10 @@ async def _run(
     from bot.plugins import plugin_actions, plugin_commands
     from bot.store import SQLiteStore
 
-    from . import commands as agent_cmds
-    from .desk import AgentDesk, DeskOptions
-    from .limiter import GroupLimiter
-    from .ports import ScaledClock
+    from bot.agents import commands as agent_cmds
+    from bot.agents.desk import AgentDesk, DeskOptions
+    from bot.agents.limiter import GroupLimiter
+    from bot.agents.ports import ScaledClock
 
     result = RunResult()
     clock = ScaledClock(scale)
@@ -149,7 +149,7 @@ async def _run(
                 from telegram import Bot
                 from telegram.request import HTTPXRequest
 
-                from .tg_gateway import PTBGateway
+                from bot.tg.agents_gateway import PTBGateway
 
                 ctx = multiprocessing.get_context("spawn")
                 conn, theirs = ctx.Pipe()

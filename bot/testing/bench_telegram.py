@@ -2,7 +2,7 @@
 
 ``python -m bot bench --telegram`` calls ``bench_telegram(settings)``. The bot runs in this
 process exactly as ``python -m bot run`` does (PTB long polling, the door, the engine, a
-temporary SQLite file). Telegram's side — the fake Bot API (``bot.tg.fakeapi``) and 200
+temporary SQLite file). Telegram's side — the fake Bot API (``bot.testing.fakeapi``) and 200
 simulated users — runs in a child process, as Telegram's servers would not share the
 bot's CPU. The users type messages, press buttons and restart; each waits until the bot
 has finished its previous turn (the door reports finished updates over a pipe) before the
@@ -130,7 +130,7 @@ class _Users:
 async def _telegram_side(
     conn: Connection, users: int, rate: float, paced_seconds: float, capacity_rounds: int, seed: int
 ) -> dict[str, Any]:
-    from .fakeapi import FakeBotAPI
+    from bot.testing.fakeapi import FakeBotAPI
 
     loop = asyncio.get_running_loop()
     async with FakeBotAPI() as fake:
@@ -221,8 +221,8 @@ async def bench_telegram(
 ) -> dict[str, float]:
     from bot.runtime import open_runtime
 
-    from .ratelimit import RateLimits
-    from .service import TelegramService
+    from bot.tg.ratelimit import RateLimits
+    from bot.tg.service import TelegramService
 
     for name in ("telegram", "httpx", "httpcore", "bot.tg"):
         logging.getLogger(name).setLevel(logging.WARNING)
