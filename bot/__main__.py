@@ -90,7 +90,7 @@ def _check(settings: Settings) -> int:
         print(p, file=sys.stderr)
     if problems or knowledge is None:
         print(f"check failed: {len(problems)} problem(s)", file=sys.stderr)
-        return 1
+        return 2  # content is configuration: systemd's RestartPreventExitStatus=2 stops the loop
     steps = sum(len(f.steps) for f in knowledge.flows.flows.values())
     print(f"ok: {len(knowledge.flows.flows)} flows, {steps} steps, {len(knowledge.content.texts)} texts, "
           f"{len(knowledge.matcher.intents)} intents")
@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    # whatever the umask: the database, backups, exports and the Maildir hold users' words
+    os.umask(os.umask(0o077) | 0o077)
     # the terminal chat shares the screen with the log: only problems, unless asked for more
     quiet = command in ("chat", "match", "intents") and "LOG_LEVEL" not in os.environ
     setup_logging("WARNING" if quiet else settings.log_level)
@@ -179,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             from bot.testing.bench import run_bench
 
             return asyncio.run(run_bench(settings, args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     except ContentError as exc:
         print(f"content error (run `python -m bot check`):\n{exc}", file=sys.stderr)
         return 2

@@ -91,6 +91,9 @@ class Settings:
     admin_ids: tuple[int, ...] = ()
     pause_minutes: int = 30
     retention_days: int = 90
+    # stopping: after SIGTERM, turns in flight get this long before the bot stops anyway
+    # (the platform's stop timeout — TimeoutStopSec, --stop-timeout — must be longer)
+    stop_drain_seconds: int = 8
 
     def __repr__(self) -> str:  # secrets never reach a log
         parts = []
@@ -133,6 +136,9 @@ class Settings:
         region = env.get("DEFAULT_REGION", "").strip().upper()
         if region and region not in phonenumbers.SUPPORTED_REGIONS:
             raise ConfigError(f"DEFAULT_REGION must be a two-letter region code such as DE, GB or US, got {region!r}")
+        if smtp_host and not labs:
+            raise ConfigError("SMTP_HOST is set but LAB_EMAIL is empty: name the lab's address(es) "
+                              "the quote requests go to, or unset SMTP_HOST to write them to MAILDIR")
         return cls(
             db_path=env.get("BOT_DB", "").strip() or d.db_path,
             content_dir=Path(env.get("CONTENT_DIR", "").strip() or d.content_dir),
@@ -161,4 +167,5 @@ class Settings:
             admin_ids=admins,
             pause_minutes=_int(env, "AGENT_PAUSE_MINUTES", d.pause_minutes, 1, 7 * 24 * 60),
             retention_days=_int(env, "RETENTION_DAYS", d.retention_days, 1, 3650),
+            stop_drain_seconds=_int(env, "STOP_DRAIN_SECONDS", d.stop_drain_seconds, 1, 300),
         )

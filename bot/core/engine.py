@@ -12,6 +12,7 @@ comes from an earlier step and gets the "earlier step" answer, never a wrong tra
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import weakref
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 MAX_PHOTO_BYTES = 20 * 1024 * 1024  # what a bot may download from Telegram
 MAX_HOPS = 40  # a flow that goes on without input this many times is a content bug
 LABEL_MATCH = 88  # typed text this close to a button label counts as pressing it
+
+#: The replies of the turn being saved, readable inside ``store.save_turn``: a door that keeps
+#: its outgoing messages in the same database writes them in the turn's own transaction.
+SAVING_REPLIES: contextvars.ContextVar[tuple[Reply, ...]] = contextvars.ContextVar("saving_replies", default=())
 
 
 class MatcherPort:
@@ -153,7 +158,11 @@ class Engine:
             for r in replies:
                 turn.entries.append(Entry(Direction.OUT, r.text, kind="reply",
                                           flow=turn.state.flow, step=turn.state.step))
-            await self.store.save_turn(turn.state, turn.entries)
+            saving = SAVING_REPLIES.set(replies)
+            try:
+                await self.store.save_turn(turn.state, turn.entries)
+            finally:
+                SAVING_REPLIES.reset(saving)
             record = TurnRecord(inbound.conversation_id, inbound, tuple(turn.entries), replies,
                                 turn.state, tuple(turn.events))
         for listener in self.listeners:
