@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bot.core.actions import ACTIONS
 from bot.core.answers import AnswerBook, load_answers
@@ -86,6 +87,7 @@ class Runtime:
     store: SQLiteStore
     engine: Engine
     closers: list = field(default_factory=list)
+    learning: Any = None  # bot.learning.LearnedSync: agents' examples, read live
 
     async def close(self) -> None:
         for closer in reversed(self.closers):
@@ -100,4 +102,14 @@ async def open_runtime(db_path: str, content_dir: Path, flows_dir: Path, lang: s
     store = await SQLiteStore.open(db_path)
     engine = Engine(knowledge.content, knowledge.flows, knowledge.matcher, store,
                     extra_actions=plugin_actions(store), commands=plugin_commands(store))
-    return Runtime(knowledge, store, engine)
+    runtime = Runtime(knowledge, store, engine)
+    # examples agents taught (python -m bot learn import, the group's /unmatched): live
+    from bot.learning import LearnedSync
+    from bot.store.learned import LearnedStore
+
+    sync = LearnedSync(LearnedStore(store), knowledge.matcher)
+    await sync.refresh()
+    sync.start()
+    runtime.closers.append(sync.stop)
+    runtime.learning = sync
+    return runtime

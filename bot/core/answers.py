@@ -216,7 +216,9 @@ class AnswerBook:
             for _, sc, k in process.extract(q, self._q_norm, scorer=fuzz.token_sort_ratio, limit=None):
                 fz[k] = sc
         if self._vecs is not None and self._encoder is not None:
-            sims = self._vecs @ self._encoder.encode_one(text)
+            import numpy as np
+
+            sims = np.einsum("ij,j->i", self._vecs, self._encoder.encode_one(text))  # no BLAS threads
             blend = [W_SEM * 100.0 * max(0.0, float(s)) + (1 - W_SEM) * f for s, f in zip(sims, fz, strict=True)]
         else:
             blend = fz

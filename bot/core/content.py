@@ -44,6 +44,7 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "engine.internal_error",  # a door's error handler: something went wrong, try /restart
     "engine.yes_words",  # comma-separated words that mean "yes" to a yes/no step
     "engine.no_words",  # comma-separated words that mean "no"
+    "engine.exact_words",  # yes/no words that count only as the whole message ("ok", not "ok but...")
     "engine.smalltalk.greeting",
     "engine.smalltalk.thanks",
     "engine.smalltalk.bye",

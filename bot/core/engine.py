@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from rapidfuzz import fuzz
+from rapidfuzz.distance import OSA
 
 from .actions import ACTIONS, ActionContext, ActionFn
 from .answers import AnswerHit, Card
@@ -141,6 +142,7 @@ class Engine:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._yes = tuple(_norm(w) for w in content.words("engine.yes_words"))
         self._no = tuple(_norm(w) for w in content.words("engine.no_words"))
+        self._exact = frozenset(_norm(w) for w in content.words("engine.exact_words"))
 
     # -- the seam ------------------------------------------------------------------
     def lock_for(self, conversation_id: str) -> asyncio.Lock:
@@ -578,11 +580,34 @@ class Engine:
                 best, best_score = bid, score
         if best is not None and best_score >= LABEL_MATCH:
             return best
+        answer = self._yes_no(typed)
+        if answer is None:
+            return None
         ids = {bid for bid, _ in options}
-        for bid, words in (("yes", self._yes), ("no", self._no)):
-            if bid in ids and _says(typed, words):
-                return bid
+        if answer in ids:
+            return answer
+        if state.offer:  # the person typed off-script, then answered: yes / no still mean something
+            switch = next((b for b in state.offer if b.startswith("switch:")), None)
+            if switch is not None:
+                return switch if answer == "yes" else ("stay" if "stay" in ids else None)
+            if step and any(b.id == answer for b in step.buttons):
+                return answer  # the step's own yes / no (pressing it drops the offer)
         return None
+
+    def _yes_no(self, typed: str) -> str | None:
+        """"yes", "no" or None for a normalised message ("yep", "nope still broken", "yse", "nooo")."""
+        squeezed = _squeeze(typed)
+        hits = [a for a, words in (("yes", self._yes), ("no", self._no))
+                if _says(typed, words, self._exact) or _says(squeezed, words, self._exact)]
+        if len(hits) == 1:
+            return hits[0]
+        if hits or " " in squeezed or len(squeezed) < 3:
+            return None
+        # one short word with a typo: one edit (or swap) from exactly one of the words
+        near = {a for a, words in (("yes", self._yes), ("no", self._no))
+                for w in words if " " not in w and len(w) >= 3 and w not in self._exact
+                and OSA.distance(squeezed, w) <= 1}
+        return near.pop() if len(near) == 1 else None
 
     def _offer_label(self, bid: str) -> str:
         kind, _, arg = bid.partition(":")
@@ -614,6 +639,12 @@ class Engine:
         turn.state = replace(turn.state, misses=0)
         if in_flow and step is not None:
             if flow.id == step.flow:
+                if step.ask:  # on topic but not a value ("-5 GB"): say what is expected
+                    count = len([v for v in turn.state.values.get(step.ask.var, "").split(",") if v])
+                    turn.say(step.ask.invalid or "engine.not_understood_step", {"count": str(count)})
+                    turn.state = replace(turn.state, offer=())
+                    self._show_buttons(turn, step)
+                    return
                 await self._reprompt(turn)
                 return
             if not _in_progress(step):  # a knowledge answer: nothing to lose, just switch
@@ -703,14 +734,23 @@ _NORM_RE = re.compile(r"[^\w%]+")
 SHORT_ANSWER_WORDS = 6  # "nope still broken": a short message that starts with a yes/no word
 
 
-def _says(typed: str, words: tuple[str, ...]) -> bool:
-    """Whether a normalised message is, or short and starts with, one of ``words``."""
+def _says(typed: str, words: tuple[str, ...], exact: frozenset[str] = frozenset()) -> bool:
+    """Whether a normalised message is, or short and starts with, one of ``words``
+    (those in ``exact`` count only as the whole message: "ok", not "ok but still broken")."""
     if typed in words:
         return True
     tokens = typed.split()
     if len(tokens) > SHORT_ANSWER_WORDS:
         return False
-    return any(tokens[: len(w.split())] == w.split() for w in words)
+    return any(tokens[: len(w.split())] == w.split() for w in words if w not in exact)
+
+
+_REPEAT_RE = re.compile(r"(\w)\1{2,}")
+
+
+def _squeeze(text: str) -> str:
+    """Letters typed three or more times in a row once ("yesss", "nooo" -> "yes", "no")."""
+    return _REPEAT_RE.sub(r"\1", text)
 
 
 def _norm(text: str) -> str:

@@ -3,11 +3,12 @@
 Contract:
 
 * :func:`load_encoder` returns an :class:`Encoder`, or ``None`` when the model cannot be
-  used (``BOT_SEMANTIC=off``, ``onnxruntime``/``tokenizers`` not installed, the model file
+  used (``BOT_SEMANTIC=off``, ``onnxruntime`` not installed, the model file
   missing or broken). It logs why ONCE per process and never raises: the matcher then runs
   on its rapidfuzz/TF-IDF blend alone.
 * :class:`Encoder` turns texts into unit-length 384-d float32 vectors, one thread, no
-  network; the model and tokenizer come from ``bot/core/model/`` (committed, Apache-2.0).
+  network; the model and tokenizer come from ``bot/core/model/`` (committed, Apache-2.0);
+  the WordPiece step is plain Python (bot/core/wordpiece.py), so no ``tokenizers``.
 * :class:`SemanticIndex` holds the vectors of a library (text -> class index). The library's
   vectors are cached on disk (``BOT_CACHE_DIR``, default ``~/.cache/backup-rescue-bot``) in a
   file named by the hash of the model and the texts, so a warm start reads one file; a
@@ -25,6 +26,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .wordpiece import WordPiece
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +80,13 @@ class Encoder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), BATCH):
             idx = order[start : start + BATCH]
-            enc = self._tok.encode_batch([texts[i] or " " for i in idx])
-            ids = np.array([e.ids for e in enc], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            enc = [self._tok.encode(texts[i], MAX_TOKENS) for i in idx]
+            width = max(len(e) for e in enc)
+            ids = np.zeros((len(enc), width), dtype=np.int64)
+            mask = np.zeros((len(enc), width), dtype=np.int64)
+            for row, e in enumerate(enc):
+                ids[row, : len(e)] = e
+                mask[row, : len(e)] = 1
             vec = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
             out[idx] = vec
         return out
@@ -94,7 +101,6 @@ def load_encoder(model_dir: Path | None = None) -> Encoder | None:
     try:
         import numpy  # noqa: F401
         import onnxruntime as ort
-        from tokenizers import Tokenizer
     except ImportError as exc:
         _warn_once(f"{exc.name or exc} is not installed")
         return None
@@ -116,12 +122,10 @@ def load_encoder(model_dir: Path | None = None) -> Encoder | None:
         return None
     tok_path = model_dir / TOKENIZER_FILE
     try:
-        tok = Tokenizer.from_file(str(tok_path))
-    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad file
-        _warn_once(f"cannot load {tok_path}: {exc}")
+        tok = WordPiece.from_file(tok_path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError includes bad JSON
+        _warn_once(f"cannot load {tok_path}: {type(exc).__name__}: {exc}")
         return None
-    tok.enable_truncation(max_length=MAX_TOKENS)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
     return Encoder(session, tok, hashlib.sha256(data).hexdigest()[:16])
 
 
@@ -174,7 +178,14 @@ class SemanticIndex:
 
     def _rebuild_masks(self) -> None:
         np = self._np
-        self._members = [np.flatnonzero(self._cls == c) for c in range(self.n_classes)]
+        members = [np.flatnonzero(self._cls == c) for c in range(self.n_classes)]
+        width = max(1, max(len(m) for m in members))
+        pad = len(self._cls)  # points at a -inf appended to the similarities
+        self._pad = np.full((self.n_classes, width), pad, dtype=np.int64)
+        for c, m in enumerate(members):
+            self._pad[c, : len(m)] = m
+        self._kk = min(self.k, width)
+        self._count = np.array([min(self.k, len(m)) for m in members], dtype=np.float32)
 
     def __len__(self) -> int:
         return int(self._vecs.shape[0])
@@ -188,20 +199,15 @@ class SemanticIndex:
 
     def scores_for(self, vec: Any, exclude: int | None = None) -> list[float]:
         np = self._np
-        sims = self._vecs @ vec
+        # einsum, not "@": BLAS would wake its thread pool for a 1 000 x 384 product, which
+        # costs more than the product itself on a busy machine
+        sims = np.einsum("ij,j->i", self._vecs, vec)
         if exclude is not None:
-            sims = sims.copy()
-            sims[exclude] = -1.0
-        out = [0.0] * self.n_classes
-        k = self.k
-        for c, idx in enumerate(self._members):
-            if idx.size == 0:
-                continue
-            s = sims[idx]
-            if s.size > k:
-                s = np.partition(s, s.size - k)[-k:]
-            out[c] = max(0.0, float(s.mean()))
-        return out
+            sims[exclude] = -np.inf
+        grid = np.append(sims, -np.inf)[self._pad]  # classes x widest class
+        top = np.partition(grid, grid.shape[1] - self._kk, axis=1)[:, -self._kk :]
+        top = np.where(np.isfinite(top), top, 0.0).sum(axis=1) / np.maximum(self._count, 1.0)
+        return [max(0.0, float(x)) for x in top]
 
     def add(self, texts: Sequence[str], classes: Sequence[int]) -> None:
         """Append examples (learned at run time); vectors computed now, not cached."""

@@ -190,4 +190,16 @@ MIGRATIONS: list[str] = [
         ts         REAL NOT NULL
     );
     """,
+    # 5: examples agents taught the matcher (bot/store/learned.py): a message and the intent it
+    # means ("none" = out of scope); read by the running bot at once, exported for review.
+    """
+    CREATE TABLE learned_examples (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        text       TEXT NOT NULL,
+        intent     TEXT NOT NULL,
+        source     TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        UNIQUE (text, intent)
+    );
+    """,
 ]
