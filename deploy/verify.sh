@@ -2,7 +2,7 @@
 # Check the deploy files with the tools an operator has: nginx -t on the nginx snippet,
 # webhook mode behind that snippet end to end (deploy/verify_webhook.py), systemd-analyze on
 # the unit, the compose file through docker compose (or docker-compose), and `docker build`
-# when a Docker engine answers. Run from the repository root:
+# and the container end to end (deploy/verify_container.py) when a Docker engine answers. Run from the repository root:
 #   sh deploy/verify.sh
 # Each check prints the tool's version and "ok" or the tool's complaint; a missing tool is
 # reported as "skipped", never as ok. Exit status: the number of failed checks.
@@ -77,10 +77,13 @@ else
     skip "neither docker compose nor docker-compose installed"
 fi
 
-# -- the image: only with a running Docker engine (and the base image reachable)
+# -- the image: only with a running Docker engine (and the base image reachable); then the
+#    container against a fake Telegram (deploy/verify_container.py)
 if docker info >/dev/null 2>&1; then
     if docker build -q -f deploy/Dockerfile -t backup-bot:verify . >/dev/null; then
         ok "$(docker version --format 'Docker engine {{.Server.Version}}'): docker build"
+        if "$py" deploy/verify_container.py backup-bot:verify --engine docker; then ok "the container, end to end"
+        else bad "deploy/verify_container.py"; fi
     else
         bad "docker build -f deploy/Dockerfile"
     fi
