@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import phonenumbers
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -82,6 +84,8 @@ class Settings:
     lab_emails: tuple[str, ...] = ()
     maildir: str = str(ROOT / "var" / "maildir")
     lab_chat_id: int | None = None
+    default_region: str = ""  # phone numbers typed without +country: read as this region's
+    lab_reply_hours: int = 24  # "what happens next": the lab answers within this many hours
     # agents
     agent_chat_id: int | None = None
     admin_ids: tuple[int, ...] = ()
@@ -129,6 +133,9 @@ class Settings:
         if secret and (len(secret) > 256 or not all(c.isalnum() or c in "_-" for c in secret)):
             raise ConfigError("WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
         smtp_host = env.get("SMTP_HOST", "").strip()
+        region = env.get("DEFAULT_REGION", "").strip().upper()
+        if region and region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ConfigError(f"DEFAULT_REGION must be a two-letter region code such as DE, GB or US, got {region!r}")
         if smtp_host and not labs:
             raise ConfigError("SMTP_HOST is set but LAB_EMAIL is empty: name the lab's address(es) "
                               "the quote requests go to, or unset SMTP_HOST to write them to MAILDIR")
@@ -154,6 +161,8 @@ class Settings:
             lab_emails=labs,
             maildir=env.get("MAILDIR", "").strip() or d.maildir,
             lab_chat_id=_chat_id(env, "LAB_CHAT_ID"),
+            default_region=region,
+            lab_reply_hours=_int(env, "LAB_REPLY_HOURS", d.lab_reply_hours, 1, 720),
             agent_chat_id=_chat_id(env, "AGENT_CHAT_ID"),
             admin_ids=admins,
             pause_minutes=_int(env, "AGENT_PAUSE_MINUTES", d.pause_minutes, 1, 7 * 24 * 60),

@@ -8,12 +8,13 @@ file surface as StoreError naming the path, never as a traceback to a user.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,12 @@ log = logging.getLogger(__name__)
 
 
 UPDATE_MEMORY_S = 7 * 24 * 3600  # how long a Telegram update id is remembered
+
+TurnWrites = Callable[[aiosqlite.Connection, State], Awaitable[None]]
+#: Extra writes of the turn being saved, set by a door around ``Engine.handle`` (the Telegram
+#: door: its outgoing messages, the update marked done). ``save_turn`` awaits it inside its
+#: transaction just before COMMIT; if it raises, the whole turn is rolled back.
+TURN_WRITES: contextvars.ContextVar[TurnWrites | None] = contextvars.ContextVar("turn_writes", default=None)
 
 
 class StoreError(Exception):
@@ -239,6 +246,9 @@ class SQLiteStore:
                         [(state.conversation_id, now, e.text, e.decision or "",
                           json.dumps([[c, s] for c, s in e.candidates])) for e in unmatched],
                     )
+            extra = TURN_WRITES.get()
+            if extra is not None:
+                await extra(db, state)
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -314,4 +324,4 @@ class SQLiteStore:
         return [(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
 
-__all__ = ["SQLiteStore", "StoreError", "ConversationRow", "MessageRow", "Direction"]
+__all__ = ["TURN_WRITES", "SQLiteStore", "StoreError", "ConversationRow", "MessageRow", "Direction"]
