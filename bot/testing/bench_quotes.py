@@ -17,12 +17,11 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.core.content import Content, load_content
-
 from bot.escalation.ports import QuoteFields
-from bot.testing.smtpd import LocalInbox
 from bot.escalation.store import QuoteStore
 from bot.escalation.transport import SMTPTransport
 from bot.escalation.worker import OutboxWorker, RetryPolicy
+from bot.testing.smtpd import LocalInbox
 
 log = logging.getLogger(__name__)
 

@@ -39,34 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Settings
+from bot.testing.phrases import ANY_MESSAGE
 
 log = logging.getLogger(__name__)
 
-PHRASES = (
-    "my icloud storage is full",
-    "backup failed",
-    "the backup is stuck at 20%",
-    "backup shows 0 KB",
-    "last backup was weeks ago",
-    "restore from icloud doesn't work",
-    "wifi keeps dropping during backup",
-    "apple id keeps asking for my password",
-    "is icloud down?",
-    "how do I check my backup",
-    "how can I free up space",
-    "which icloud plan should I get",
-    "back up to my mac",
-    "I deleted photos by accident",
-    "my iphone fell in water and won't turn on",
-    "forgot my passcode",
-    "thanks",
-    "hello",
-    "what does recovery cost",
-    "I want to talk to a person",
-    "50 GB",
-    "no",
-    "yes",
-)
 _DONE = struct.Struct("<q")
 
 
@@ -117,9 +93,9 @@ class _Users:
                 msg = self.fake.last_keyboard(chat)
                 update = self.fake.press(chat, message_id=msg.message_id, index=self.rng.randrange(len(msg.buttons)))
             else:
-                update = self.fake.send_text(chat, self.rng.choice(PHRASES))
+                update = self.fake.send_text(chat, self.rng.choice(ANY_MESSAGE))
         except LookupError:  # no keyboard on show right now: type instead
-            update = self.fake.send_text(chat, self.rng.choice(PHRASES))
+            update = self.fake.send_text(chat, self.rng.choice(ANY_MESSAGE))
         uid = update["update_id"]
         fut = asyncio.get_running_loop().create_future()
         self.done[uid] = fut
@@ -220,7 +196,6 @@ async def bench_telegram(
     max_parallel: int = 16,
 ) -> dict[str, float]:
     from bot.runtime import open_runtime
-
     from bot.tg.ratelimit import RateLimits
     from bot.tg.service import TelegramService
 

@@ -32,8 +32,6 @@ from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 from telegram.ext import Application, ApplicationHandlerStop, ContextTypes, TypeHandler
 
-from bot.core.messages import Reply
-
 from bot.agents.desk import (
     AGENT_ONLY_COMMANDS,
     AgentCallback,
@@ -51,6 +49,7 @@ from bot.agents.ports import (
     ThreadNotFound,
     UserBlocked,
 )
+from bot.core.messages import Reply
 
 log = logging.getLogger(__name__)
 
