@@ -122,7 +122,7 @@ def test_a_loop_that_records_new_information_is_progress(tmp_path: Path) -> None
                 if "a loop between flows" in p]
 
 
-def test_bot_check_exits_1_naming_file_and_key(tmp_path: Path) -> None:
+def test_bot_check_fails_naming_file_and_key(tmp_path: Path) -> None:
     def skip_gate(data: dict) -> None:
         b = _button(data, "closer", "no")
         b["goto"] = "reset_network"
@@ -130,7 +130,7 @@ def test_bot_check_exits_1_naming_file_and_key(tmp_path: Path) -> None:
     flows = _broken(tmp_path, {"network_issue": skip_gate})
     out = subprocess.run([sys.executable, "-m", "bot", "check"], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "FLOWS_DIR": str(flows)}, timeout=60)
-    assert out.returncode == 1
+    assert out.returncode == 2  # bad content is configuration: exit 2
     assert "network_issue.yaml: steps.reset_network.risky" in out.stdout + out.stderr
 
 

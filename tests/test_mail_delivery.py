@@ -21,12 +21,12 @@ from bot.core.engine import Engine
 from bot.escalation.ports import FileTooLarge, QuoteFields, QuoteRecord
 from bot.escalation.render import SMTP_POLICY, build_email, header_text
 from bot.escalation.service import escalation_for
-from bot.escalation.smtpd import LocalInbox
 from bot.escalation.store import QuoteStore
 from bot.escalation.transport import DeliveryError, MaildirTransport, SMTPTransport
 from bot.escalation.worker import OutboxWorker, RetryPolicy
 from bot.runtime import Knowledge
 from bot.store import SQLiteStore
+from bot.testing.smtpd import LocalInbox
 from tests.support.chat import ChatDriver
 
 FAST = RetryPolicy(base=0.01, cap=0.05, server_base=0.01, server_cap=0.05, max_attempts=4)
