@@ -5,7 +5,8 @@ housekeeping (the pressed message's "» choice" edit, an old keyboard's retireme
 takes its slots from the shared rate limiter first (``acquire``: the chat's ~1/s and the bot's
 ~30/s, answers granted before housekeeping and the agents' group), is then marked ``sending``
 (committed), and only then leaves — with ``rate_limit_args=RESERVED`` so it is not throttled
-twice. When Telegram answers, the outcome is recorded (``settle``).
+twice. When Telegram answers, the outcome is recorded (``settle``). Retiring an old keyboard
+is the laziest job: it waits until the bot-wide budget is at most half used.
 
 Failures: 429 is waited out by the limiter; 403 means the user blocked the bot (the chat's
 jobs are dropped, the door marks the conversation inactive); 400 is logged and the job
@@ -48,6 +49,7 @@ NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 MAX_ATTEMPTS = 8  # a job refused (5xx / no connection) this often in a row is given up
 TYPING_EVERY = 4.5  # Telegram shows "typing…" for about 5 s
 TYPING_PER_TICK = 5  # indicators per 0.25 s at most
+LAZY_WAIT = 1.0  # how often a deferred keyboard retirement looks for spare budget
 
 
 def markup_of(rows: list[list[list[str]]] | None) -> InlineKeyboardMarkup | None:
@@ -80,6 +82,7 @@ class Sender:
         self._on_wire: set[asyncio.Task[Any]] = set()
         self._waiting: dict[int, asyncio.Future[None]] = {}  # job id -> done
         self._current: dict[int, int] = {}  # chat -> the job on the wire
+        self._nudge: dict[int, asyncio.Event] = {}  # chat -> set when a job is added
         self._expect: dict[int, float] = {}  # chat -> since when an answer is awaited
         self._typing_sent: dict[int, float] = {}
         self._typing_task: asyncio.Task[None] | None = None
@@ -128,6 +131,9 @@ class Sender:
         for job in jobs:
             self._jobs.setdefault(job.chat_id, deque()).append(job)
             self._waiting.setdefault(job.id, loop.create_future())
+            nudge = self._nudge.get(job.chat_id)
+            if nudge is not None:
+                nudge.set()
             if self._stopping:
                 continue
             worker = self._workers.get(job.chat_id)
@@ -170,6 +176,7 @@ class Sender:
                 q.remove(job)
             if not q:
                 del self._jobs[job.chat_id]
+                self._nudge.pop(job.chat_id, None)
         fut = self._waiting.pop(job.id, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -193,6 +200,9 @@ class Sender:
             job = self._next(chat_id)
             if job is None:
                 return
+            if job.kind == "retire" and not self.limiter.idle():
+                await self._nudged(chat_id, LAZY_WAIT)  # an old keyboard can wait for spare budget
+                continue
             await self.limiter.acquire(chat_id, job.priority)
             if self._stopping:
                 return
@@ -233,6 +243,13 @@ class Sender:
             except sqlite3.Error as exc:
                 log.error("recording message %s failed (%s); retrying", job.id, exc)
                 await asyncio.sleep(0.5)
+
+    async def _nudged(self, chat_id: int, timeout: float) -> None:
+        """Wait until a job is added for this chat, or ``timeout``."""
+        ev = self._nudge.setdefault(chat_id, asyncio.Event())
+        ev.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout)
 
     def _bump(self, job: Job) -> Job:
         q = self._jobs.get(job.chat_id)
