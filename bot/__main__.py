@@ -12,8 +12,11 @@ import asyncio
 import json
 import logging
 import os
+import shutil
+import sqlite3
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bot.config import ConfigError, Settings
@@ -23,31 +26,76 @@ from bot.store import StoreError
 log = logging.getLogger("bot")
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, settings: Settings | None = None) -> None:
+    from bot import logsafe
+
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # httpx logs request URLs at INFO, and Bot API URLs contain the token
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    if level != "DEBUG":  # httpx logs every request at INFO: noise (the filter masks the token)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
+    s = settings or Settings()
+    if not s.log_user_text:  # it prints every SQL statement with its values (what users wrote)
+        logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    logsafe.install((s.telegram_token, s.smtp_password, s.webhook_secret), user_text=s.log_user_text)
+
+
+UNDELIVERED_GRACE_S = 5.0  # on leaving the chat: how long the outbox may try to deliver first
 
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
+    """Without --db the chat's database is temporary and deleted at the end — unless a quote
+    request in it is still undelivered: then it is kept and the operator is told where."""
     from bot.escalation import attach_escalation
     from bot.runtime import open_runtime
     from bot.terminal import chat
 
-    with tempfile.TemporaryDirectory(prefix="bot-chat-") as tmp:
-        db = args.db or str(Path(tmp) / "chat.db")
+    tmp = None if args.db else tempfile.mkdtemp(prefix="bot-chat-")
+    db = args.db or str(Path(tmp or ".") / "chat.db")
+    undelivered: list[str] = []
+    try:
         runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang)
         try:
             # the same outbox worker as on Telegram: a quote sent here reaches the same inbox
             hub = await attach_escalation(runtime, settings)
             banner = (f"Terminal chat (database: {db}). Type your problem; numbers press buttons; "
                       f"/help for commands, /quit to leave.\n{hub.delivery_note()}")
-            await chat(runtime.engine, f"term:{args.user}", banner=banner)
+            try:
+                await chat(runtime.engine, f"term:{args.user}", banner=banner)
+            finally:
+                try:
+                    undelivered = await _deliver_first(hub)
+                except (OSError, StoreError, sqlite3.Error) as exc:  # unsure: keep the database
+                    undelivered = [f"unknown ({exc})"]
         finally:
             await runtime.close()
+    finally:
+        if tmp is not None and not undelivered:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if undelivered:
+        kept = "kept" if tmp is None else "kept (not deleted as usual)"
+        print(f"\n{len(undelivered)} quote request(s) not delivered yet: {', '.join(undelivered)}. "
+              f"Nothing is lost: the database is {kept} at\n  {db}\n"
+              f"Deliver with: python -m bot outbox retry <reference> --db {db}\n"
+              f"(or run the bot with BOT_DB={db}; its outbox worker delivers them).", file=sys.stderr)
     return 0
+
+
+async def _deliver_first(hub: object) -> list[str]:
+    """Give the outbox a few seconds to deliver what the chat just queued; the references
+    still waiting after that."""
+    from bot.escalation.service import Escalation
+
+    assert isinstance(hub, Escalation)
+    deadline = time.monotonic() + UNDELIVERED_GRACE_S
+    while True:
+        async with hub.quotes() as qs:
+            rows = await qs.outbox(("pending", "sending", "failed"))
+        waiting = sorted({r.ref for r in rows})
+        if not waiting or hub.worker is None or time.monotonic() >= deadline:
+            return waiting
+        hub.kick()
+        await asyncio.sleep(0.2)  # the worker's pace; a terminal user is leaving anyway
 
 
 def _match(settings: Settings) -> int:
@@ -129,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # the terminal chat shares the screen with the log: only problems, unless asked for more
     quiet = command in ("chat", "match", "intents") and "LOG_LEVEL" not in os.environ
-    setup_logging("WARNING" if quiet else settings.log_level)
+    setup_logging("WARNING" if quiet else settings.log_level, settings)
     try:
         if command == "chat":
             return asyncio.run(_chat(settings, args))
