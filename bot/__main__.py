@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from bot.config import ConfigError, Settings
 from bot.core.errors import ContentError
@@ -44,58 +42,63 @@ UNDELIVERED_GRACE_S = 5.0  # on leaving the chat: how long the outbox may try to
 
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
-    """Without --db the chat's database is temporary and deleted at the end — unless a quote
-    request in it is still undelivered: then it is kept and the operator is told where."""
+    """On leaving, a quote request of this chat that is still undelivered (the mail server is
+    down) gets a few seconds, then the operator is told it waits in the database, and where."""
     from bot.escalation import attach_escalation
     from bot.runtime import open_runtime
     from bot.terminal import chat
 
-    tmp = None if args.db else tempfile.mkdtemp(prefix="bot-chat-")
-    db = args.db or str(Path(tmp or ".") / "chat.db")
+    # the same database as `run` and `outbox` (BOT_DB): a quote sent here stays in the outbox
+    # until delivered, and `python -m bot outbox` shows it
+    db = args.db or settings.db_path
     undelivered: list[str] = []
+    runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang)
     try:
-        runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang)
+        # the same outbox worker as on Telegram: a quote sent here reaches the same inbox
+        hub = await attach_escalation(runtime, settings)
+        banner = (f"Terminal chat (database: {db}). Type your problem; numbers press buttons; "
+                  f"/help for commands, /restart to start over, /quit to leave.\n{hub.delivery_note()}")
         try:
-            # the same outbox worker as on Telegram: a quote sent here reaches the same inbox
-            hub = await attach_escalation(runtime, settings)
-            banner = (f"Terminal chat (database: {db}). Type your problem; numbers press buttons; "
-                      f"/help for commands, /quit to leave.\n{hub.delivery_note()}")
-            try:
-                await chat(runtime.engine, f"term:{args.user}", banner=banner)
-            finally:
-                try:
-                    undelivered = await _deliver_first(hub)
-                except (OSError, StoreError, sqlite3.Error) as exc:  # unsure: keep the database
-                    undelivered = [f"unknown ({exc})"]
+            await chat(runtime.engine, f"term:{args.user}", banner=banner)
         finally:
-            await runtime.close()
+            try:
+                undelivered = await _deliver_first(hub, f"term:{args.user}")
+            except (OSError, StoreError, sqlite3.Error) as exc:  # unsure: say so, the file stays anyway
+                undelivered = [f"unknown ({exc})"]
     finally:
-        if tmp is not None and not undelivered:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if undelivered:
-        kept = "kept" if tmp is None else "kept (not deleted as usual)"
+        await runtime.close()
+    if undelivered:  # never a silent loss: the requests wait in this file for a worker
         print(f"\n{len(undelivered)} quote request(s) not delivered yet: {', '.join(undelivered)}. "
-              f"Nothing is lost: the database is {kept} at\n  {db}\n"
-              f"Deliver with: python -m bot outbox retry <reference> --db {db}\n"
-              f"(or run the bot with BOT_DB={db}; its outbox worker delivers them).", file=sys.stderr)
+              f"They are kept in the database\n  {db}\n"
+              f"and delivered by the next `python -m bot run` or `python -m bot chat` on it, or now with: "
+              f"python -m bot outbox retry <reference> --db {db}", file=sys.stderr)
     return 0
 
 
-async def _deliver_first(hub: object) -> list[str]:
-    """Give the outbox a few seconds to deliver what the chat just queued; the references
-    still waiting after that."""
+async def _deliver_first(hub: object, conversation_id: str) -> list[str]:
+    """Give the outbox a few seconds to deliver what this chat queued; the references of the
+    chat's requests still waiting after that."""
     from bot.escalation.service import Escalation
 
     assert isinstance(hub, Escalation)
     deadline = time.monotonic() + UNDELIVERED_GRACE_S
     while True:
         async with hub.quotes() as qs:
-            rows = await qs.outbox(("pending", "sending", "failed"))
-        waiting = sorted({r.ref for r in rows})
+            statuses = await qs.statuses_for(conversation_id, limit=50)
+        waiting = sorted(s.ref for s in statuses if s.status != "delivered")
         if not waiting or hub.worker is None or time.monotonic() >= deadline:
             return waiting
         hub.kick()
         await asyncio.sleep(0.2)  # the worker's pace; a terminal user is leaving anyway
+
+
+def _utf8_streams() -> None:
+    """stdin read as UTF-8 with invalid bytes replaced (U+FFFD), stdout written as UTF-8,
+    whatever the locale: one bad byte neither stops `match`/`chat` nor makes their output
+    invalid UTF-8."""
+    for stream in (sys.stdin, sys.stdout):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(encoding="utf-8", errors="replace")
 
 
 def _match(settings: Settings) -> int:
@@ -129,7 +132,7 @@ def _check(settings: Settings) -> int:
         print(p, file=sys.stderr)
     if problems or knowledge is None:
         print(f"check failed: {len(problems)} problem(s)", file=sys.stderr)
-        return 1
+        return 2  # content is configuration: systemd's RestartPreventExitStatus=2 stops the loop
     steps = sum(len(f.steps) for f in knowledge.flows.flows.values())
     print(f"ok: {len(knowledge.flows.flows)} flows, {steps} steps, {len(knowledge.content.texts)} texts, "
           f"{len(knowledge.matcher.intents)} intents")
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
     p_chat = sub.add_parser("chat", help="talk to the bot in the terminal")
-    p_chat.add_argument("--db", help="SQLite file (default: a fresh temporary one)")
+    p_chat.add_argument("--db", help="SQLite file (default: BOT_DB, like run and outbox)")
     p_chat.add_argument("--user", default="local", help="who is talking (default: local)")
     sub.add_parser("match", help="match stdin lines to intents, JSON lines out")
     sub.add_parser("intents", help="print the matcher's example phrases, JSON lines")
@@ -175,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    # whatever the umask: the database, backups, exports and the Maildir hold users' words
+    os.umask(os.umask(0o077) | 0o077)
     # the terminal chat shares the screen with the log: only problems, unless asked for more
     quiet = command in ("chat", "match", "intents") and "LOG_LEVEL" not in os.environ
     setup_logging("WARNING" if quiet else settings.log_level, settings)
+    if command in ("chat", "match"):
+        _utf8_streams()
     try:
         if command == "chat":
             return asyncio.run(_chat(settings, args))
@@ -213,9 +220,12 @@ def main(argv: list[str] | None = None) -> int:
 
             return agents_command(command, settings, args)
         if command == "bench":
-            from bot.bench import run_bench
+            from bot.testing.bench import run_bench
 
             return asyncio.run(run_bench(settings, args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     except ContentError as exc:
         print(f"content error (run `python -m bot check`):\n{exc}", file=sys.stderr)
         return 2

@@ -26,9 +26,8 @@ def plugin_actions(store: object | None = None) -> dict[str, tuple[ActionFn, tup
 
 
 def plugin_commands(store: object | None = None) -> dict[str, CommandFn]:
-    from bot.escalation.form import plugin_parts
-
     from bot.agents.commands import agent_commands
+    from bot.escalation.form import plugin_parts
 
     commands: dict[str, CommandFn] = {}
     commands.update(plugin_parts(store)[1])

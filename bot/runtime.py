@@ -16,6 +16,7 @@ from bot.core.engine import Engine
 from bot.core.errors import ContentError, Problem
 from bot.core.flows import FlowSet, load_flows, validate_flows
 from bot.core.matcher import Matcher, validate_intents
+from bot.core.semantic import load_encoder
 from bot.store import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,13 @@ class Knowledge:
 
 
 def check(content_dir: Path, flows_dir: Path, lang: str = "en",
-          extra_actions: dict[str, tuple[str, ...]] | None = None) -> tuple[Knowledge | None, list[Problem]]:
-    """Load and validate everything; return the loaded parts (if usable) and every problem."""
+          extra_actions: dict[str, tuple[str, ...]] | None = None,
+          semantic: bool = False) -> tuple[Knowledge | None, list[Problem]]:
+    """Load and validate everything; return the loaded parts (if usable) and every problem.
+
+    ``semantic`` loads the MiniLM model into the matcher (the bot runs with it; ``check``
+    itself does not need it). A model that cannot load is logged and left out.
+    """
     content, problems = load_content(content_dir, lang)
     flows, flow_problems = load_flows(flows_dir)
     problems += flow_problems
@@ -42,7 +48,7 @@ def check(content_dir: Path, flows_dir: Path, lang: str = "en",
     matcher = None
     if not intent_problems:
         try:
-            matcher = Matcher.load(intents_path)
+            matcher = Matcher.load(intents_path, load_encoder() if semantic else None)
         except ContentError as exc:
             problems += exc.problems
     actions = {name: branches for name, (_, branches) in ACTIONS.items()}
@@ -62,7 +68,7 @@ def plugin_branches() -> dict[str, tuple[str, ...]]:
 
 def load_knowledge(content_dir: Path, flows_dir: Path, lang: str = "en",
                    extra_actions: dict[str, tuple[str, ...]] | None = None) -> Knowledge:
-    knowledge, problems = check(content_dir, flows_dir, lang, extra_actions)
+    knowledge, problems = check(content_dir, flows_dir, lang, extra_actions, semantic=True)
     if problems or knowledge is None:
         raise ContentError(problems)
     return knowledge

@@ -21,12 +21,12 @@ from bot.agents import commands as agent_cmds
 from bot.agents.desk import AgentDesk, DeskOptions
 from bot.agents.limiter import GroupLimiter
 from bot.agents.ports import Clock, ManualClock, SystemClock
-from bot.agents.tg_gateway import attach_agents
 from bot.config import Settings
 from bot.core.engine import Engine
 from bot.runtime import Knowledge, Runtime, check, plugin_branches
 from bot.store import SQLiteStore
-from bot.tg.fakeapi import FakeBotAPI, RateLimitPolicy, SentMessage, is_group_chat
+from bot.testing.fakeapi import FakeBotAPI, RateLimitPolicy, SentMessage, is_group_chat
+from bot.tg.agents_gateway import attach_agents
 from bot.tg.ratelimit import RateLimits
 from bot.tg.service import TelegramService
 

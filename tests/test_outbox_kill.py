@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.escalation.smtpd import LocalInbox
 from bot.escalation.store import QuoteStore
 from bot.escalation.transport import SMTPTransport
 from bot.escalation.worker import OutboxWorker
 from bot.runtime import Knowledge
+from bot.testing.smtpd import LocalInbox
 from tests.test_mail_delivery import FAST, LABS, eventually
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.escalation.bench import bench_quotes
-from bot.escalation.smtpd import LocalInbox
 from bot.escalation.store import QuoteStore, owner_is_dead
 from bot.escalation.transport import SMTPTransport
 from bot.escalation.worker import OutboxWorker, RetryPolicy
 from bot.runtime import Knowledge
 from bot.store import SQLiteStore
+from bot.testing.bench_quotes import bench_quotes
+from bot.testing.smtpd import LocalInbox
 from tests.test_mail_delivery import FAST, LABS, eventually, fields
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -199,20 +199,19 @@ async def test_second_quote_transcript_holds_nothing_of_the_first(chat: ChatDriv
 QUOTE_LINES = "/quote\niPhone 12\n3\n1\n1\n9\n3\nDora Quoteperson\ndora@example.com\n1\n1\n1\n1\n"
 
 
-def test_terminal_chat_keeps_its_database_while_a_request_is_undelivered(tmp_path: Path) -> None:
-    from bot.escalation.smtpd import free_port
+def test_terminal_chat_says_where_an_undelivered_request_waits(tmp_path: Path) -> None:
+    from bot.testing.smtpd import free_port
     from tests.test_store_and_cli import run_bot
 
+    db = tmp_path / "chat.db"
     down = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(free_port()), "SMTP_TLS": "none",
-            "LAB_EMAIL": "lab@example.com", "TMPDIR": str(tmp_path), "LOG_LEVEL": "ERROR"}
-    out = run_bot("chat", stdin=QUOTE_LINES, env=down)
-    assert "Sent!" in out.stdout and "not delivered yet" in out.stderr, out.stderr
-    kept = Path(out.stderr.split("database is kept (not deleted as usual) at\n")[1].split()[0])
-    assert kept.exists() and kept.is_relative_to(tmp_path)
-    assert any("Dora Quoteperson" in hit for hit in table_hits(kept, ["Dora Quoteperson"]))
-    # mail delivered (the Maildir default): the temporary database goes as before
-    (tmp_path / "t2").mkdir()
-    fine = run_bot("chat", stdin=QUOTE_LINES,
-                   env={"TMPDIR": str(tmp_path / "t2"), "MAILDIR": str(tmp_path / "md"), "LOG_LEVEL": "ERROR"})
+            "LAB_EMAIL": "lab@example.com", "LOG_LEVEL": "ERROR"}
+    out = run_bot("chat", "--db", str(db), stdin=QUOTE_LINES, env=down)
+    assert "Sent!" in out.stdout and "1 quote request(s) not delivered yet: Q-" in out.stderr, out.stderr
+    assert str(db) in out.stderr and "python -m bot outbox retry" in out.stderr
+    assert table_hits(db, ["Dora Quoteperson"])  # it waits in the file
+    # delivered (the Maildir default): nothing to say
+    fine = run_bot("chat", "--db", str(tmp_path / "ok.db"), stdin=QUOTE_LINES,
+                   env={"MAILDIR": str(tmp_path / "md"), "LOG_LEVEL": "ERROR"})
     assert "Sent!" in fine.stdout and "not delivered" not in fine.stderr, fine.stderr
-    assert list((tmp_path / "t2").iterdir()) == [] and list((tmp_path / "md" / "new").iterdir())
+    assert list((tmp_path / "md" / "new").iterdir())

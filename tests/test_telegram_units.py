@@ -13,8 +13,8 @@ from telegram.error import BadRequest, RetryAfter
 from telegram.request import HTTPXRequest
 
 from bot.core.messages import Button, EventKind
+from bot.testing.fakeapi import ApiError, FakeBotAPI, parse_html
 from bot.tg.door import to_inbound
-from bot.tg.fakeapi import ApiError, FakeBotAPI, parse_html
 from bot.tg.features import TelegramFileFetcher
 from bot.tg.ratelimit import DoorRateLimiter, RateLimits, margin_for
 from bot.tg.render import keyboard_rows, split_text, tg_len, to_html, visible

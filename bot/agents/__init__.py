@@ -2,7 +2,7 @@
 
 Beside the seam, not in it: the desk (``desk.AgentDesk``) is an engine listener with its own
 queues, and reaches Telegram only through the ``ports.GroupGateway`` protocol
-(``tg_gateway.PTBGateway`` on python-telegram-bot; ``memory.MemoryGateway`` for tests).
+(``bot.tg.agents_gateway.PTBGateway`` on python-telegram-bot; ``memory.MemoryGateway`` for tests).
 ``commands`` adds /privacy, /forget and /resume to the engine; ``privacy`` erases and purges;
 ``reports`` answers /stats, /unmatched, /find and /transcript (and their terminal twins in
 ``cli``); ``bench`` measures the mirror under load. See docs/agents.md.

@@ -19,7 +19,7 @@ Shape (all in one event loop, nothing here imports ``telegram``):
   each with a link to their topic); their topics are filled in (backfilled) when the rush
   is over. In every topic and in the feed a user's lines appear in order, none twice.
 * The *agent* task handles what agents do (messages, edits, commands, button presses) in
-  the order they arrive; the Telegram side (``tg_gateway.install``) only queues them.
+  the order they arrive; the Telegram side (``bot.tg.agents_gateway.install``) only queues them.
 * The *timers* task ends pauses nobody ended, purges old transcripts, notices failed quote
   deliveries.
 
@@ -190,7 +190,7 @@ class DeskOptions:
     max_backoff: float = 60.0
 
 
-# -- what agents do, as plain records (filled in by bot.agents.tg_gateway) -----------------------
+# -- what agents do, as plain records (filled in by bot.tg.agents_gateway) -----------------------
 
 
 @dataclass(frozen=True)

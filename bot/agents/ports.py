@@ -1,7 +1,7 @@
 """The agents feature's ports: the narrow Telegram gateway it needs, its errors, clocks.
 
 ``AgentDesk`` never imports ``telegram``: it talks to the agents' group and to users only
-through :class:`GroupGateway`. ``bot/agents/tg_gateway.py`` implements it on
+through :class:`GroupGateway`. ``bot/tg/agents_gateway.py`` implements it on
 python-telegram-bot; ``bot/agents/memory.py`` implements it in memory for tests and the
 benchmark. Clocks are injected so tests can move time (pause expiry) and the benchmark can
 run Telegram's 20-messages-a-minute window faster than real time.

@@ -12,6 +12,7 @@ comes from an earlier step and gets the "earlier step" answer, never a wrong tra
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import weakref
@@ -26,7 +27,7 @@ from .flows import MENU, FlowSet, Step
 from .messages import Button, EventKind, Hint, Inbound, MatchResult, Reply
 from .ports import ConversationStore, Direction, Entry, State
 from .redact import screen, strip_secrets
-from .values import MAX_TEXT, clean_text, parse_email, parse_phone, parse_size_gb, parse_text
+from .values import MAX_TEXT, clean_text, parse_email, parse_size_gb, parse_text, phone_candidate
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ MAX_PHOTO_BYTES = 20 * 1024 * 1024  # what a bot may download from Telegram
 MAX_HOPS = 40  # a flow that goes on without input this many times is a content bug
 LABEL_MATCH = 88  # typed text this close to a button label counts as pressing it
 SECRET_WARNED = "keep_secret_warned"  # the user was told their secret was removed (once)
+
+#: The replies of the turn being saved, readable inside ``store.save_turn``: a door that keeps
+#: its outgoing messages in the same database writes them in the turn's own transaction.
+SAVING_REPLIES: contextvars.ContextVar[tuple[Reply, ...]] = contextvars.ContextVar("saving_replies", default=())
 
 
 class MatcherPort:
@@ -158,7 +163,11 @@ class Engine:
             for r in replies:
                 turn.entries.append(Entry(Direction.OUT, r.text, kind="reply",
                                           flow=turn.state.flow, step=turn.state.step))
-            await self.store.save_turn(turn.state, turn.entries, tuple(turn.events))
+            saving = SAVING_REPLIES.set(replies)
+            try:
+                await self.store.save_turn(turn.state, turn.entries, tuple(turn.events))
+            finally:
+                SAVING_REPLIES.reset(saving)
             record = TurnRecord(inbound.conversation_id, inbound, tuple(turn.entries), replies,
                                 turn.state, tuple(turn.events))
         for listener in self.listeners:
@@ -297,7 +306,7 @@ class Engine:
         seq_s, _, bid = payload.partition(":")
         turn.entries.append(Entry(Direction.IN, self._label_for(turn.state, bid) or bid, kind="button",
                                   flow=turn.state.flow, step=turn.state.step))
-        if not seq_s.isdigit() or int(seq_s) != turn.state.seq:
+        if not _is_number(seq_s) or int(seq_s) != turn.state.seq:
             turn.say("engine.stale_button", notice=self.content.raw("engine.stale_button"))
             await self._reprompt(turn)
             return
@@ -411,8 +420,10 @@ class Engine:
                 turn.say("engine.empty_message")
                 await self._reprompt(turn)
                 return
-        # 1. a button label typed out
-        bid = self._typed_button(turn.state, step, text)
+        # 1. a button label typed out (not a number on an ask step: "-5 GB" is a value to
+        # check, not the "5 GB" button)
+        numeric_answer = bool(step and step.ask and not state.offer and any(ch.isdigit() for ch in text))
+        bid = None if numeric_answer else self._typed_button(turn.state, step, text)
         if bid is not None:
             turn.entries.append(Entry(Direction.IN, safe, kind="text", flow=state.flow, step=state.step))
             await self._press(turn, bid)
@@ -447,10 +458,8 @@ class Engine:
             await self._accepted(turn, result.intent, safe, step, in_flow)
             return
         if step and step.ask:
-            count = len([v for v in turn.state.values.get(step.ask.var, "").split(",") if v])
-            turn.say(step.ask.invalid or "engine.not_understood_step", {"count": str(count)})
-            turn.state = replace(turn.state, offer=())
-            self._show_buttons(turn, step)
+            self._say_invalid(turn, step)
+            await self._reprompt_buttons_only(turn)
             return
         if result.decision == "suggest":
             turn.state = replace(turn.state, misses=0)
@@ -467,6 +476,12 @@ class Engine:
             turn.say("engine.not_understood")
             await self.goto(turn, MENU, remember=False)
 
+    def _say_invalid(self, turn: Turn, step: Step) -> None:
+        """The ask step's "that's not an answer" line (with how many items are picked so far)."""
+        assert step.ask is not None
+        count = len([v for v in turn.state.values.get(step.ask.var, "").split(",") if v])
+        turn.say(step.ask.invalid or "engine.not_understood_step", {"count": str(count)})
+
     async def _reprompt_buttons_only(self, turn: Turn) -> None:
         step = self.flows.step(turn.state.ref)
         turn.state = replace(turn.state, offer=())
@@ -478,7 +493,7 @@ class Engine:
         if kind == "email":
             return parse_email(text), False
         if kind == "phone":
-            return parse_phone(text), False
+            return phone_candidate(text), False
         if kind == "text":
             parsed = parse_text(text)
             return (parsed[0], parsed[1]) if parsed else (None, False)
@@ -496,7 +511,7 @@ class Engine:
         typed = _norm(text)
         if not typed:
             return None
-        if typed.isdigit() and 1 <= int(typed) <= len(options) and not (step and step.ask and not state.offer):
+        if _is_number(typed) and 1 <= int(typed) <= len(options) and not (step and step.ask and not state.offer):
             return options[int(typed) - 1][0]
         best, best_score = None, 0.0
         for bid, label in options:
@@ -538,6 +553,10 @@ class Engine:
         turn.state = replace(turn.state, misses=0)
         if in_flow and step is not None:
             if flow.id == step.flow:
+                if step.ask:  # about this very step but not a usable answer ("-5 GB"): say why
+                    self._say_invalid(turn, step)
+                    await self._reprompt_buttons_only(turn)
+                    return
                 await self._reprompt(turn)
                 return
             if not _in_progress(step):  # a knowledge answer: nothing to lose, just switch
@@ -611,6 +630,11 @@ class Engine:
         turn.state = replace(turn.state, flow="", step="", history=(), offer=(), values=values)
         turn.say("engine.cancelled")
         await self.goto(turn, MENU, remember=False)
+
+
+def _is_number(text: str) -> bool:
+    """Decimal digits only: "²" and "①" are digits to ``isdigit`` but not to ``int``."""
+    return text.isdecimal() and len(text) <= 6
 
 
 def _in_progress(step: Step) -> bool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from rapidfuzz.distance import OSA
 
@@ -183,7 +184,7 @@ VOCABULARY = Vocabulary(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Tok:
     text: str  # the token without trailing punctuation
     low: str
@@ -264,12 +265,13 @@ class Redactor:
 
     def __init__(self, vocab: Vocabulary = VOCABULARY) -> None:
         self.v = vocab
+        self._phrase_starts = frozenset(p.split()[0] for p in vocab.phrases)
 
     # -- keywords ---------------------------------------------------------------------
     def _keyword(self, toks: list[_Tok], i: int) -> tuple[str, int] | None:
         """('strong' | 'weak' | 'code', number of tokens) for a keyword starting at ``i``."""
         v = self.v
-        for n in (3, 2):
+        for n in (3, 2) if toks[i].low in self._phrase_starts else ():
             if i + n <= len(toks) and not any(t.clause_end for t in toks[i : i + n - 1]):
                 phrase = " ".join(t.low for t in toks[i : i + n])
                 if phrase in v.phrases:
@@ -287,6 +289,8 @@ class Redactor:
         if w in v.weak:
             return ("code" if w == "pin" else "weak"), 1
         if w in v.not_code:
+            return None
+        if len(w) < 6:
             return None
         for suffix in v.code_suffixes:
             if w.endswith(suffix) and len(w) > len(suffix) + 2 and w.replace("-", "").isalpha():
@@ -470,9 +474,14 @@ def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 _DEFAULT = Redactor()
 
 
+# Every keyword (and every keyword with one typo) contains one of these: a text without any
+# is let through at once (most messages; the log filter sees every line).
+_STEMS = re.compile(r"pas|pw|wor|kenn|cod|códig|pin|contr|señ|sen|clav|mdp|lock|sperr|bloq|verrou", re.IGNORECASE)
+
+
 def redact(text: str) -> tuple[str, bool]:
     """Return (text with secrets masked, whether a secret was found)."""
-    if not text:
+    if not text or not _STEMS.search(text):
         return text, False
     return _DEFAULT.redact(text)
 
@@ -497,7 +506,7 @@ def screen(inbound: Inbound) -> tuple[Inbound, bool]:
     def gate(text: str) -> str:
         nonlocal found
         out, hit = redact(clean_text(text)) if text else (text, False)
-        found = found or hit
+        found = found or hit or MASK in out  # a door may have applied the gate already
         return out
 
     text, arg, payload = gate(inbound.text), gate(inbound.arg), gate(inbound.payload)
@@ -505,3 +514,18 @@ def screen(inbound: Inbound) -> tuple[Inbound, bool]:
     if not found and (text, arg, payload) == (inbound.text, inbound.arg, inbound.payload):
         return inbound, False
     return replace(inbound, text=text, arg=arg, payload=payload, attachments=atts), found
+
+
+PAYLOAD_TEXT_KEYS = ("text", "caption")
+
+
+def redact_payload(obj: Any) -> Any:
+    """A door's raw update (JSON-like dicts and lists) with the gate applied to every ``text``
+    and ``caption``: for a door that stores what arrives before the engine reads it. The
+    engine still warns the user (``screen`` counts a mask it finds as a secret)."""
+    if isinstance(obj, dict):
+        return {k: (redact(clean_text(v))[0] if k in PAYLOAD_TEXT_KEYS and isinstance(v, str) and v
+                    else redact_payload(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact_payload(v) for v in obj]
+    return obj

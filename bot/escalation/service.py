@@ -40,6 +40,9 @@ class Escalation:
         self.worker: OutboxWorker | None = None
         self.channels: tuple[str, ...] = ("email",)
         self.maildir: str | None = None  # set when delivery goes to a Maildir
+        # the form's settings (DEFAULT_REGION, LAB_REPLY_HOURS); the defaults until start()
+        self.phone_region = Settings.default_region
+        self.reply_hours = Settings.lab_reply_hours
         self._quotes: QuoteStore | None = None
 
     # -- connections -----------------------------------------------------------------
@@ -79,6 +82,8 @@ class Escalation:
             return self.worker
         if self.store is None:
             raise RuntimeError("the quote feature needs a store")
+        self.phone_region = settings.default_region
+        self.reply_hours = settings.lab_reply_hours
         transport = transport or build_transport(settings)
         self._quotes = (
             QuoteStore.sharing(self.store)

@@ -3,8 +3,8 @@
 ``door`` translates updates to the engine's ``Inbound`` and replies to messages, ``service``
 builds and runs the PTB ``Application`` (polling or ``webhook``), ``ratelimit`` keeps within
 Telegram's limits and waits out 429s, ``render`` does HTML and splitting, ``cli`` backs
-``python -m bot run`` and ``backup-db``, ``fakeapi`` is the fake Bot API server the tests and
-``bench`` talk to. Nothing here holds conversation state: the engine does.
+``python -m bot run`` and ``backup-db``. The fake Bot API the tests and ``bench`` talk to is in
+the test kit (``bot/testing/fakeapi.py``). Nothing here holds conversation state: the engine does.
 """
 
 import os as _os

@@ -3,7 +3,7 @@
 * ``TelegramFileFetcher`` — the quote feature's ``FileFetcher``: downloads a photo the user
   sent (``getFile`` + the file URL), refusing files over Telegram's 20 MB download limit.
 * ``attach_features(service, runtime, settings)`` — called by ``python -m bot run`` before
-  the service starts: the agents' desk (``bot.agents.tg_gateway.attach_agents``: its PTB
+  the service starts: the agents' desk (``bot.tg.agents_gateway.attach_agents``: its PTB
   handler goes in before the door's) and the quote outbox worker
   (``bot.escalation.attach_escalation``) with Telegram alerters: the agents' chat (through
   the desk) and the lab chat (``LAB_CHAT_ID``, through the door). Both start after getMe
@@ -64,7 +64,7 @@ async def attach_features(service: Any, runtime: Any, settings: Any) -> None:
     """Wire the agents' desk and the quote outbox worker into a TelegramService."""
     desk = None
     try:
-        from bot.agents.tg_gateway import attach_agents
+        from bot.tg.agents_gateway import attach_agents
     except ImportError:
         log.info("agents feature not installed")
     else:

@@ -1,6 +1,6 @@
 """The fake Telegram Bot API for tests, and a harness that runs the real bot against it.
 
-The server itself has one implementation, ``bot/tg/fakeapi.py`` (the benchmark uses it
+The server itself has one implementation, ``bot/testing/fakeapi.py`` (the benchmark uses it
 outside the test suite); it is re-exported here. ``running_bot(runtime)`` starts the real
 PTB ``Application`` + door (``bot.tg.service.TelegramService``) against a fresh fake, in
 polling or webhook mode, and yields a ``BotUnderTest`` whose helpers push an update and
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.config import Settings
-from bot.tg.fakeapi import (
+from bot.testing.fakeapi import (
     KNOWN_METHODS,
     SEND_METHODS,
     ApiError,
@@ -93,6 +93,11 @@ class BotUnderTest:
         """Queue a raw update and wait until the door has handled it."""
         await self.wait_handled(self.fake.push(update))
 
+    async def settled(self, timeout: float = 5.0) -> None:
+        """Wait until the door's outgoing queue is empty (everything queued was sent)."""
+        sender = self.door.sender
+        await self.fake.wait_for(lambda: sender.pending() == 0, timeout, "outgoing queue empty")
+
 
 @asynccontextmanager
 async def running_bot(
@@ -140,6 +145,7 @@ async def running_bot(
         )
         bot = BotUnderTest(fake, service, runtime, mode)
         service.door.listeners.append(bot._on_done)
+        service.door.sender.listeners.append(fake.notify)
         async with service:
             yield bot
     finally:

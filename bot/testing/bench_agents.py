@@ -33,30 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Settings
+from bot.testing.phrases import COMPLAINTS, TYPED
 
 log = logging.getLogger(__name__)
 
 GROUP = -1001000000001
-PHRASES = (
-    "my icloud storage is full",
-    "backup failed",
-    "the backup is stuck at 20%",
-    "backup shows 0 KB",
-    "last backup was weeks ago",
-    "restore from icloud doesn't work",
-    "wifi keeps dropping during backup",
-    "apple id keeps asking for my password",
-    "is icloud down?",
-    "how do I check my backup",
-    "how can I free up space",
-    "which icloud plan should I get",
-    "back up to my mac",
-    "I deleted photos by accident",
-    "my iphone fell in water and won't turn on",
-    "forgot my passcode",
-    "what does recovery cost",
-)
-TYPED = ("50 GB", "no", "yes", "it still fails", "ok", "thanks", "200gb", "I don't know")
 
 
 def _fake_process(conn: Connection, scale: float) -> None:
@@ -72,7 +53,7 @@ def _fake_process(conn: Connection, scale: float) -> None:
 
 
 async def _fake_main(conn: Connection, scale: float) -> None:
-    from bot.tg.fakeapi import FakeBotAPI, RateLimitPolicy, is_group_chat
+    from bot.testing.fakeapi import FakeBotAPI, RateLimitPolicy, is_group_chat
 
     fake = FakeBotAPI()
     await fake.start()
@@ -119,15 +100,14 @@ async def _run(
     seed: int,
     catchup: bool = True,
 ) -> RunResult:
+    from bot.agents import commands as agent_cmds
+    from bot.agents.desk import AgentDesk, DeskOptions
+    from bot.agents.limiter import GroupLimiter
+    from bot.agents.ports import ScaledClock
     from bot.core.engine import Engine
     from bot.core.messages import EventKind, Inbound, Reply
     from bot.plugins import plugin_actions, plugin_commands
     from bot.store import SQLiteStore
-
-    from . import commands as agent_cmds
-    from .desk import AgentDesk, DeskOptions
-    from .limiter import GroupLimiter
-    from .ports import ScaledClock
 
     result = RunResult()
     clock = ScaledClock(scale)
@@ -149,7 +129,7 @@ async def _run(
                 from telegram import Bot
                 from telegram.request import HTTPXRequest
 
-                from .tg_gateway import PTBGateway
+                from bot.tg.agents_gateway import PTBGateway
 
                 ctx = multiprocessing.get_context("spawn")
                 conn, theirs = ctx.Pipe()
@@ -188,7 +168,7 @@ async def _run(
                 for n in range(turns):
                     buttons = [b for r in last for b in r.buttons]
                     if n == 0:
-                        inbound = Inbound(cid, EventKind.TEXT, text=rng.choice(PHRASES), user_name=f"User{i}")
+                        inbound = Inbound(cid, EventKind.TEXT, text=rng.choice(COMPLAINTS), user_name=f"User{i}")
                     elif n == turns // 2 and rng.random() < 0.08:
                         inbound = Inbound(cid, EventKind.TEXT, text="I want to talk to a person")
                     elif buttons and rng.random() < 0.85:

@@ -2,7 +2,7 @@
 
 ``python -m bot bench --telegram`` calls ``bench_telegram(settings)``. The bot runs in this
 process exactly as ``python -m bot run`` does (PTB long polling, the door, the engine, a
-temporary SQLite file). Telegram's side — the fake Bot API (``bot.tg.fakeapi``) and 200
+temporary SQLite file). Telegram's side — the fake Bot API (``bot.testing.fakeapi``) and 200
 simulated users — runs in a child process, as Telegram's servers would not share the
 bot's CPU. The users type messages, press buttons and restart; each waits until the bot
 has finished its previous turn (the door reports finished updates over a pipe) before the
@@ -39,34 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Settings
+from bot.testing.phrases import ANY_MESSAGE
 
 log = logging.getLogger(__name__)
 
-PHRASES = (
-    "my icloud storage is full",
-    "backup failed",
-    "the backup is stuck at 20%",
-    "backup shows 0 KB",
-    "last backup was weeks ago",
-    "restore from icloud doesn't work",
-    "wifi keeps dropping during backup",
-    "apple id keeps asking for my password",
-    "is icloud down?",
-    "how do I check my backup",
-    "how can I free up space",
-    "which icloud plan should I get",
-    "back up to my mac",
-    "I deleted photos by accident",
-    "my iphone fell in water and won't turn on",
-    "forgot my passcode",
-    "thanks",
-    "hello",
-    "what does recovery cost",
-    "I want to talk to a person",
-    "50 GB",
-    "no",
-    "yes",
-)
 _DONE = struct.Struct("<q")
 
 
@@ -117,9 +93,9 @@ class _Users:
                 msg = self.fake.last_keyboard(chat)
                 update = self.fake.press(chat, message_id=msg.message_id, index=self.rng.randrange(len(msg.buttons)))
             else:
-                update = self.fake.send_text(chat, self.rng.choice(PHRASES))
+                update = self.fake.send_text(chat, self.rng.choice(ANY_MESSAGE))
         except LookupError:  # no keyboard on show right now: type instead
-            update = self.fake.send_text(chat, self.rng.choice(PHRASES))
+            update = self.fake.send_text(chat, self.rng.choice(ANY_MESSAGE))
         uid = update["update_id"]
         fut = asyncio.get_running_loop().create_future()
         self.done[uid] = fut
@@ -130,7 +106,7 @@ class _Users:
 async def _telegram_side(
     conn: Connection, users: int, rate: float, paced_seconds: float, capacity_rounds: int, seed: int
 ) -> dict[str, Any]:
-    from .fakeapi import FakeBotAPI
+    from bot.testing.fakeapi import FakeBotAPI
 
     loop = asyncio.get_running_loop()
     async with FakeBotAPI() as fake:
@@ -220,9 +196,8 @@ async def bench_telegram(
     max_parallel: int = 16,
 ) -> dict[str, float]:
     from bot.runtime import open_runtime
-
-    from .ratelimit import RateLimits
-    from .service import TelegramService
+    from bot.tg.ratelimit import RateLimits
+    from bot.tg.service import TelegramService
 
     for name in ("telegram", "httpx", "httpcore", "bot.tg"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,9 +1,9 @@
 """A fake Telegram Bot API server on 127.0.0.1 — the test double the door talks HTTP to.
 
 Tests and the benchmark point the real python-telegram-bot ``Application`` at it with
-``base_url``; nothing needs the internet or a real token. It lives in the bot package
-because ``python -m bot bench --telegram`` runs outside the test suite;
-``tests/support/fake_botapi.py`` re-exports it.
+``base_url``; nothing needs the internet or a real token. It lives in the bot's test kit
+(``bot/testing``, never imported by the running bot) because ``python -m bot bench
+--telegram`` runs outside the test suite; ``tests/support/fake_botapi.py`` re-exports it.
 
 What it does (see ``FakeBotAPI``):
 

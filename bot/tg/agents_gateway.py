@@ -1,7 +1,8 @@
 """The agents feature on python-telegram-bot: the ``GroupGateway`` implementation, the update
 handler for the agents' group, and ``attach_agents`` — what the Telegram service calls.
 
-The only module of bot/agents that imports ``telegram``. ``install`` adds one handler in its
+It lives in the Telegram door (the only package that imports ``telegram``); the desk in
+bot/agents sees it only as a ``GroupGateway``. ``install`` adds one handler in its
 own PTB group (``AGENTS_GROUP``, before the door's): updates from the agents' chat, and agent
 commands sent to the bot privately, are queued for the desk and stop there
 (``ApplicationHandlerStop``); everything else goes on to the door untouched. A non-agent
@@ -31,9 +32,7 @@ from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 from telegram.ext import Application, ApplicationHandlerStop, ContextTypes, TypeHandler
 
-from bot.core.messages import Reply
-
-from .desk import (
+from bot.agents.desk import (
     AGENT_ONLY_COMMANDS,
     AgentCallback,
     AgentCommand,
@@ -41,7 +40,7 @@ from .desk import (
     AgentMessage,
     DeskOptions,
 )
-from .ports import (
+from bot.agents.ports import (
     GatewayError,
     MessageGone,
     NotModified,
@@ -50,6 +49,7 @@ from .ports import (
     ThreadNotFound,
     UserBlocked,
 )
+from bot.core.messages import Reply
 
 log = logging.getLogger(__name__)
 

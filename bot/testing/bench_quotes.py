@@ -17,12 +17,11 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.core.content import Content, load_content
-
-from .ports import QuoteFields
-from .smtpd import LocalInbox
-from .store import QuoteStore
-from .transport import SMTPTransport
-from .worker import OutboxWorker, RetryPolicy
+from bot.escalation.ports import QuoteFields
+from bot.escalation.store import QuoteStore
+from bot.escalation.transport import SMTPTransport
+from bot.escalation.worker import OutboxWorker, RetryPolicy
+from bot.testing.smtpd import LocalInbox
 
 log = logging.getLogger(__name__)
 

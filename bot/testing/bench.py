@@ -153,21 +153,21 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> int:
           f"p50 {e['engine_p50_ms']:.2f} ms, p99 {e['engine_p99_ms']:.2f} ms "
           "(target >= 500 turns/s, p99 <= 20 ms)")
     if getattr(args, "telegram", False):
-        from bot.tg.bench import bench_telegram
+        from bot.testing.bench_telegram import bench_telegram
 
         t = await bench_telegram(settings)
         result.update(t)
         print(f"telegram door: {t['telegram_updates_per_s']:.0f} updates/s, p99 {t['telegram_p99_ms']:.1f} ms "
               "(target >= 200 updates/s, p99 <= 100 ms)")
     if getattr(args, "quotes", False):
-        from bot.escalation.bench import bench_quotes
+        from bot.testing.bench_quotes import bench_quotes
 
         q = await bench_quotes(settings)
         result.update(q)
         print(f"quotes: drained in {q['quote_drain_s']:.1f} s, duplicates {q['quote_duplicates']} "
               "(target <= 60 s, 0)")
     if getattr(args, "agents", False):
-        from bot.agents.bench import bench_agents
+        from bot.testing.bench_agents import bench_agents
 
         a = await bench_agents(settings)
         result.update(a)
