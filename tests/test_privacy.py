@@ -215,3 +215,14 @@ def test_terminal_chat_says_where_an_undelivered_request_waits(tmp_path: Path) -
                    env={"MAILDIR": str(tmp_path / "md"), "LOG_LEVEL": "ERROR"})
     assert "Sent!" in fine.stdout and "not delivered" not in fine.stderr, fine.stderr
     assert list((tmp_path / "md" / "new").iterdir())
+
+
+def test_a_door_that_stores_updates_first_stores_them_gated() -> None:
+    from bot.core.redact import redact_payload, screen
+
+    raw = {"update_id": 9, "message": {"text": "pw: Kitten77", "entities": [{"type": "bold"}],
+                                       "reply_to_message": {"caption": "pin 739104 on the sticker"}}}
+    stored = redact_payload(raw)
+    assert "Kitten77" not in str(stored) and "739104" not in str(stored) and stored["update_id"] == 9
+    inbound, warned = screen(Inbound("tg:9", EventKind.TEXT, text=stored["message"]["text"]))
+    assert warned and inbound.text == "pw: [redacted]"  # the engine still tells the user

@@ -80,6 +80,8 @@ class Vocabulary:
     year_context: frozenset[str]
     # before "code": an error message, not a secret ("error code 4013", "restore fails with code 9")
     error_context: frozenset[str]
+    # right before "code": not a secret's code ("country code", "zip code", "promo code")
+    other_codes: frozenset[str]
     # after a number: units and currencies ("50 GB", "20 euros")
     units: frozenset[str]
     # "X is my password": the words between X and the keyword
@@ -173,6 +175,10 @@ VOCABULARY = Vocabulary(
     error_context=_words(
         "error errors err fehler fehlermeldung erreur failed fails fail failing failure fehlgeschlagen "
         "message meldung says said shows showed zeigt displays itunes finder"
+    ),
+    other_codes=_words(
+        "country area zip postal post promo discount gift coupon voucher qr bar source status region "
+        "dialling dialing calling telephone phone landes vorwahl postleit país pais pays postal"
     ),
     units=_words(
         "gb mb tb kb gig gigs gigabytes megabytes terabytes % percent prozent € $ euro euros eur usd "
@@ -301,7 +307,10 @@ class Redactor:
         return None
 
     def _error_context(self, toks: list[_Tok], i: int) -> bool:
-        """A plain "code" that belongs to an error message ("error code 4013", "fails with code 9")."""
+        """A plain "code" that belongs to an error message ("error code 4013", "fails with code 9")
+        or names another kind of code ("country code", "zip code")."""
+        if i > 0 and not toks[i - 1].clause_end and toks[i - 1].low in self.v.other_codes:
+            return True
         for j in range(i - 1, max(-1, i - 5), -1):
             if toks[j].sentence_end:
                 return False
@@ -403,7 +412,7 @@ class Redactor:
         v = self.v
         prev = toks[first - 1].low if first > 0 and not toks[first - 1].clause_end else ""
         after = toks[last + 1].low if last + 1 < len(toks) and not toks[last].clause_end else ""
-        if prev in v.number_context or after in v.units:
+        if prev in v.number_context or after in v.units or prev.startswith("+"):  # +44 7700 900123
             return True
         word = toks[first].text
         if len(word) == 4 and word[:2] in ("19", "20") and prev in v.year_context:
