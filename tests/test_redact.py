@@ -40,3 +40,12 @@ def test_no_false_positive(text: str) -> None:
 def test_odd_input_never_breaks(text: str) -> None:
     out, _ = redact(text)
     assert isinstance(out, str) and redact(out)[0] == out
+
+
+def test_the_fast_path_never_skips_a_keyword() -> None:
+    """A text without any stem is let through unread: every keyword must contain one."""
+    from bot.core.redact import _STEMS, VOCABULARY
+
+    words = (VOCABULARY.strong | VOCABULARY.weak | VOCABULARY.code | VOCABULARY.unlock | VOCABULARY.fuzzy
+             | VOCABULARY.phrases)
+    assert [w for w in sorted(words) if not _STEMS.search(w)] == []

@@ -95,7 +95,7 @@ def _words(text: str) -> frozenset[str]:
 
 VOCABULARY = Vocabulary(
     strong=_words(
-        "password passwords passwort passwörter kennwort passcode passcodes passwd pwd pw pword "
+        "password passwords passwort passwörter kennwort passcode passcodes passwd pwd pw pword psw "
         "contraseña contrasena contraseñas clave mdp passe-partout motdepasse codesecret"
     ),
     fuzzy=_words("password passwort kennwort passcode contraseña contrasena"),
@@ -485,7 +485,7 @@ _DEFAULT = Redactor()
 
 # Every keyword (and every keyword with one typo) contains one of these: a text without any
 # is let through at once (most messages; the log filter sees every line).
-_STEMS = re.compile(r"pas|pw|wor|kenn|cod|códig|pin|contr|señ|sen|clav|mdp|lock|sperr|bloq|verrou", re.IGNORECASE)
+_STEMS = re.compile(r"pas|pw|psw|wor|kenn|cod|códig|pin|contr|señ|sen|clav|mdp|lock|sperr|bloq|verrou", re.IGNORECASE)
 
 
 def redact(text: str) -> tuple[str, bool]:
