@@ -33,8 +33,6 @@ def setup_logging(level: str, settings: Settings | None = None) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)
         logging.getLogger("httpcore").setLevel(logging.WARNING)
     s = settings or Settings()
-    if not s.log_user_text:  # it prints every SQL statement with its values (what users wrote)
-        logging.getLogger("aiosqlite").setLevel(logging.INFO)
     logsafe.install((s.telegram_token, s.smtp_password, s.webhook_secret), user_text=s.log_user_text)
 
 

@@ -5,7 +5,8 @@ token, the SMTP password or the webhook secret (also URL-encoded), nor a secret 
 (the redaction gate, ``bot.core.redact``); and, unless ``LOG_USER_TEXT=1``, none contains what
 users wrote: the values of text-like fields in the Bot API payloads that python-telegram-bot,
 httpx and aiohttp print at DEBUG (``'text': '…'``, ``"caption": "…"``, names, phone numbers)
-are replaced by ``…``. Tracebacks are formatted and masked the same way.
+are replaced by ``…``, and aiosqlite's DEBUG lines (every SQL statement with its values) are
+dropped. Tracebacks are formatted and masked the same way.
 
 The filter sits on the root logger's handlers (a filter on the logger itself does not see
 records that other loggers propagate to it) and on the root logger; ``python -m bot`` installs
@@ -26,16 +27,19 @@ USER_FIELDS = (
     "text", "caption", "first_name", "last_name", "username", "phone_number", "email", "name",
     "title", "file_name", "vcard", "question", "address", "query", "quote", "message_text",
 )
+_VALUE = r"""(?P<val>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+# 'text': '…' / "text": "…" (dicts, JSON) and text='…' (PTB's object reprs)
 _FIELD = re.compile(
-    r"""(?P<key>(?P<q>['"])(?:FIELDS)(?P=q)\s*:\s*)(?P<val>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""".replace(
-        "FIELDS", "|".join(USER_FIELDS)
-    )
+    r"""(?P<key>(?:(?P<q>['"])(?:FIELDS)(?P=q)\s*:|\b(?:FIELDS)=)\s*)""".replace("FIELDS", "|".join(USER_FIELDS))
+    + _VALUE
 )
 _FORMATTER = logging.Formatter()
+SQL_TRACES = "aiosqlite"
 
 
 class SecretFilter(logging.Filter):
-    """Masks secrets (and user texts) in a record's message and traceback; never drops a record."""
+    """Masks secrets (and user texts) in a record's message and traceback. The only records it
+    drops are SQL traces (aiosqlite at DEBUG) while user texts are not to be logged."""
 
     def __init__(self, secrets: Iterable[str] = (), *, user_text: bool = False) -> None:
         super().__init__()
@@ -53,10 +57,12 @@ class SecretFilter(logging.Filter):
             if s in text:
                 text = text.replace(s, HIDDEN)
         if not self.user_text:
-            text = _FIELD.sub(lambda m: m.group("key") + m.group("q") + "…" + m.group("q"), text)
+            text = _FIELD.sub(lambda m: m.group("key") + m.group("val")[0] + "…" + m.group("val")[0], text)
         return redact(text)[0]
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not self.user_text and record.levelno < logging.INFO and record.name.startswith(SQL_TRACES):
+            return False
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # a bad format string: keep what there is

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from bot import logsafe
 from bot.config import Settings
 from bot.escalation.service import attach_escalation
@@ -40,8 +42,8 @@ LOGGERS = ("", "telegram", "httpx", "httpcore", "aiohttp", "bot")
 
 
 @contextmanager
-def debug_log(secrets: tuple[str, ...]) -> Iterator[io.StringIO]:
-    """Every logger at DEBUG into a buffer, through the bot's filter (user texts shown)."""
+def debug_log(secrets: tuple[str, ...], user_text: bool) -> Iterator[io.StringIO]:
+    """Every logger at DEBUG into a buffer, through the bot's filter."""
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -50,7 +52,7 @@ def debug_log(secrets: tuple[str, ...]) -> Iterator[io.StringIO]:
     root.addHandler(handler)
     for name in LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG)
-    flt = logsafe.install(secrets, user_text=True)
+    flt = logsafe.install(secrets, user_text=user_text)
     try:
         yield buf
     finally:
@@ -74,7 +76,10 @@ def mail_texts(raw: bytes) -> str:
     return "\n".join(parts)
 
 
-async def test_secrets_typed_everywhere_are_found_nowhere(knowledge: Knowledge, tmp_path: Path) -> None:
+@pytest.mark.parametrize("user_text", [True, False], ids=["LOG_USER_TEXT=1", "LOG_USER_TEXT=0"])
+async def test_secrets_typed_everywhere_are_found_nowhere(
+    knowledge: Knowledge, tmp_path: Path, user_text: bool
+) -> None:
     inbox = LocalInbox()
     await inbox.start()
     texts = list(SECRETS)
@@ -82,7 +87,7 @@ async def test_secrets_typed_everywhere_are_found_nowhere(knowledge: Knowledge, 
         settings = replace(Settings(), smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_tls="none",
                            smtp_password="smtp-Pa55word-xyz", mail_from="bot@example.org",
                            lab_emails=("lab@example.com",))
-        with debug_log((agents.fake.token, settings.smtp_password)) as log:
+        with debug_log((agents.fake.token, settings.smtp_password), user_text) as log:
             hub = await attach_escalation(agents.runtime, settings, policy=FAST)
             try:
                 first = await agents.user_says(USER, texts[0], first_name="Greta")
@@ -119,7 +124,12 @@ async def test_secrets_typed_everywhere_are_found_nowhere(knowledge: Knowledge, 
         bot_messages = "\n".join(m.source + m.text for chat in agents.fake.messages.values()
                                  for m in chat.values() if m.from_bot)
         logged = log.getvalue()
-        assert "telegram.ext.ExtBot" in logged and "Greta" in logged  # the libraries logged at DEBUG
+        assert "telegram.ext.ExtBot" in logged  # the libraries logged at DEBUG
+        said = ("Greta", "vielleicht hilft das", "verification failed")  # what the user wrote, no secret
+        if user_text:  # shown, down to every SQL statement
+            assert all(s in logged for s in said) and "aiosqlite" in logged
+        else:
+            assert [s for s in said if s in logged] == [], [ln[:300] for ln in logged.splitlines() if "Greta" in ln]
         leaks = {
             "tables": table_hits(store.path, secrets),
             "raw bytes": byte_hits(store.path, secrets),
