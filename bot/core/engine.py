@@ -28,7 +28,7 @@ from .content import Content
 from .flows import MENU, FlowSet, Step
 from .messages import Button, EventKind, Hint, Inbound, MatchResult, Reply
 from .ports import ConversationStore, Direction, Entry, State
-from .redact import redact
+from .redact import screen, strip_secrets
 from .values import MAX_TEXT, clean_text, parse_email, parse_size_gb, parse_text, phone_candidate
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_PHOTO_BYTES = 20 * 1024 * 1024  # what a bot may download from Telegram
 MAX_HOPS = 40  # a flow that goes on without input this many times is a content bug
 LABEL_MATCH = 88  # typed text this close to a button label counts as pressing it
+SECRET_WARNED = "keep_secret_warned"  # the user was told their secret was removed (once)
 
 #: The replies of the turn being saved, readable inside ``store.save_turn``: a door that keeps
 #: its outgoing messages in the same database writes them in the turn's own transaction.
@@ -80,6 +81,7 @@ class Turn:
     replies: list[Reply] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    secret: bool = False  # the redaction gate removed a secret from this turn's inbound
 
     # -- saying things -------------------------------------------------------------
     def say(self, key: str, values: Mapping[str, str] | None = None, notice: str = "") -> None:
@@ -154,12 +156,15 @@ class Engine:
         return lock
 
     async def handle(self, inbound: Inbound) -> tuple[Reply, ...]:
+        # The one redaction gate: nothing below (state, transcript, unmatched, listeners that
+        # mirror or mail, logs) ever sees a secret the user typed.
+        inbound, secret = screen(inbound)
         lock = self.lock_for(inbound.conversation_id)
         async with lock:
             state = await self.store.load_state(inbound.conversation_id)
             if state is None:
                 state = State(inbound.conversation_id, user_name=inbound.user_name)
-            turn = Turn(self, state, inbound)
+            turn = Turn(self, state, inbound, secret=secret)
             await self._dispatch(turn)
             replies = tuple(turn.replies)
             for r in replies:
@@ -167,7 +172,7 @@ class Engine:
                                           flow=turn.state.flow, step=turn.state.step))
             saving = SAVING_REPLIES.set(replies)
             try:
-                await self.store.save_turn(turn.state, turn.entries)
+                await self.store.save_turn(turn.state, turn.entries, tuple(turn.events))
             finally:
                 SAVING_REPLIES.reset(saving)
             record = TurnRecord(inbound.conversation_id, inbound, tuple(turn.entries), replies,
@@ -191,7 +196,7 @@ class Engine:
             turn.state = replace(turn.state, active=True)
         if turn.state.paused:
             # a person has taken over: record what the user said, let the agent answer
-            text, _ = redact(clean_text(inbound.text or inbound.payload or ""))
+            text = clean_text(inbound.text or inbound.payload or "")
             kind = inbound.kind.value
             if inbound.kind is EventKind.COMMAND:
                 text = f"/{inbound.text} {inbound.arg}".strip()
@@ -202,6 +207,9 @@ class Engine:
             turn.entries.append(Entry(Direction.IN, text, kind=kind, flow=turn.state.flow, step=turn.state.step))
             turn.event("paused_message")
             return
+        if turn.secret and not turn.state.values.get(SECRET_WARNED):  # told once, kept over /restart
+            turn.say("engine.password_warning")
+            turn.set_values([(SECRET_WARNED, "1")])
         if inbound.kind is EventKind.COMMAND:
             name = inbound.text.lower().lstrip("/").split("@")[0]
             turn.entries.append(Entry(Direction.IN, f"/{name} {inbound.arg}".strip(), kind="command"))
@@ -387,6 +395,12 @@ class Engine:
 
     # -- media ---------------------------------------------------------------------
     async def _on_media(self, turn: Turn) -> None:
+        step = self.flows.step(turn.state.ref) if turn.state.ref and self.flows.has(turn.state.ref) else None
+        takes_photos = bool(step and step.ask and step.ask.type == "photos")
+        if turn.inbound.text.strip() and not takes_photos:
+            # a screenshot captioned "icloud storage full" says what the same text says
+            await self._on_text(turn, turn.inbound.text)
+            return
         kinds = ",".join(a.kind for a in turn.inbound.attachments) or "media"
         turn.entries.append(Entry(Direction.IN, f"[{kinds}] {turn.inbound.text}".strip(), kind="media",
                                   flow=turn.state.flow, step=turn.state.step))
@@ -416,7 +430,7 @@ class Engine:
         text = clean_text(raw)
         if len(text) > MAX_TEXT * 10:
             text = text[: MAX_TEXT * 10]
-        safe, had_secret = redact(text)
+        safe, had_secret = text, turn.secret  # already through the gate (handle)
         state = turn.state
         step = self.flows.step(state.ref) if state.ref and self.flows.has(state.ref) else None
         if not text or not any(ch.isalnum() for ch in text):
@@ -427,8 +441,6 @@ class Engine:
                 turn.say("engine.empty_message")
                 await self._reprompt(turn)
                 return
-        if had_secret:
-            turn.say("engine.password_warning")
         # 1. a button label typed out (not a number on an ask step: "-5 GB" is a value to
         # check, not the "5 GB" button)
         numeric_answer = bool(step and step.ask and not state.offer and any(ch.isdigit() for ch in text))
@@ -449,7 +461,9 @@ class Engine:
         card_first = bool(step and step.ask and step.ask.type == "text" and self.matcher.answer(safe[:MAX_TEXT]))
         if step and step.ask and not card_first:  # an answer to the question wins over a pending offer
             value, note = self._parse_value(step.ask.type, text)
-            if value is not None and not (had_secret and step.ask.type == "text"):
+            if value is not None and had_secret and step.ask.type == "text":
+                value = strip_secrets(value) or None  # "iPhone 13, code 5566" -> "iPhone 13"
+            if value is not None:
                 turn.entries.append(Entry(Direction.IN, safe, flow=state.flow, step=state.step))
                 if note:
                     turn.say("engine.truncated")
@@ -462,6 +476,8 @@ class Engine:
         result = self.matcher.match(safe[:MAX_TEXT])
         hit = self.matcher.answer(safe[:MAX_TEXT], None if card_first or result.decision != "accept"
                                   else result.intent)
+        if hit is not None and not card_first and await self._flow_answers(turn, result, hit, safe):
+            hit = None  # the topic's own flow answers this very message (its row, or one question)
         small = self.matcher.smalltalk(safe[:MAX_TEXT]) if result.decision != "accept" and not hit else None
         turn.entries.append(Entry(
             Direction.IN, safe, intent=hit.card.intent if hit else result.intent,
@@ -481,10 +497,8 @@ class Engine:
             await self._accepted(turn, result.intent, safe, step, in_flow)
             return
         if step and step.ask:
-            count = len([v for v in turn.state.values.get(step.ask.var, "").split(",") if v])
-            turn.say(step.ask.invalid or "engine.not_understood_step", {"count": str(count)})
-            turn.state = replace(turn.state, offer=())
-            self._show_buttons(turn, step)
+            self._say_invalid(turn, step)
+            await self._reprompt_buttons_only(turn)
             return
         if result.decision == "suggest":
             turn.state = replace(turn.state, misses=0)
@@ -500,6 +514,21 @@ class Engine:
         else:
             turn.say("engine.not_understood")
             await self.goto(turn, MENU, remember=False)
+
+    async def _flow_answers(self, turn: Turn, result: MatchResult, hit: AnswerHit, text: str) -> bool:
+        """Whether the accepted intent is the card's and its flow starts by answering this very
+        message: its ``do:`` action finds something in the words (a plan's or a damage's row, or
+        a question when they fit several rows) rather than its "none" branch."""
+        if result.decision != "accept" or result.intent != hit.card.intent:
+            return False
+        flow = self.flows.flow_for_intent(hit.card.intent)
+        start = self.flows.step(f"{flow.id}.start") if flow is not None else None
+        if start is None or not start.do:
+            return False
+        fn, _ = self.actions[start.do]
+        values = {**turn.state.values, "trigger_text": text[:300]}
+        found = await fn(ActionContext(turn.state.conversation_id, values, self.content))
+        return found.branch != "none"
 
     async def _answer(self, turn: Turn, hit: AnswerHit, result: MatchResult, in_flow: bool) -> None:
         """Say the card's answer; in a flow show the current step again, else offer what's next."""
@@ -541,6 +570,12 @@ class Engine:
             if score > best_score:
                 best, best_score = flow.id, score
         return best if best_score >= LABEL_MATCH else None
+
+    def _say_invalid(self, turn: Turn, step: Step) -> None:
+        """The ask step's "that's not an answer" line (with how many items are picked so far)."""
+        assert step.ask is not None
+        count = len([v for v in turn.state.values.get(step.ask.var, "").split(",") if v])
+        turn.say(step.ask.invalid or "engine.not_understood_step", {"count": str(count)})
 
     async def _reprompt_buttons_only(self, turn: Turn) -> None:
         step = self.flows.step(turn.state.ref)
@@ -639,11 +674,9 @@ class Engine:
         turn.state = replace(turn.state, misses=0)
         if in_flow and step is not None:
             if flow.id == step.flow:
-                if step.ask:  # on topic but not a value ("-5 GB"): say what is expected
-                    count = len([v for v in turn.state.values.get(step.ask.var, "").split(",") if v])
-                    turn.say(step.ask.invalid or "engine.not_understood_step", {"count": str(count)})
-                    turn.state = replace(turn.state, offer=())
-                    self._show_buttons(turn, step)
+                if step.ask:  # about this very step but not a usable answer ("-5 GB"): say why
+                    self._say_invalid(turn, step)
+                    await self._reprompt_buttons_only(turn)
                     return
                 await self._reprompt(turn)
                 return

@@ -1,4 +1,4 @@
-"""Learned examples: what agents taught the matcher (table ``learned_examples``, migration 5).
+"""Learned examples: what agents taught the matcher (table ``learned_examples``, migration 6).
 
 Contract: :meth:`LearnedStore.add` stores (text, intent) once (the text redacted first:
 a password typed in a message never becomes an example); ``intent`` is an intent id or

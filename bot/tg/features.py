@@ -2,6 +2,9 @@
 
 * ``TelegramFileFetcher`` — the quote feature's ``FileFetcher``: downloads a photo the user
   sent (``getFile`` + the file URL), refusing files over Telegram's 20 MB download limit.
+  It only ever downloads over HTTP(S) from the configured file API: a ``file_path`` that is
+  absolute, climbs out (``..``) or names another host is refused — never read from disk
+  (PTB's own ``download`` would read a local path that happens to exist).
 * ``attach_features(service, runtime, settings)`` — called by ``python -m bot run`` before
   the service starts: the agents' desk (``bot.tg.agents_gateway.attach_agents``: its PTB
   handler goes in before the door's) and the quote outbox worker
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 from typing import Any
+from urllib.parse import quote
 
 from telegram.error import BadRequest, TelegramError
 
@@ -55,9 +59,31 @@ class TelegramFileFetcher:
             return None
         if file.file_size and file.file_size > self.limit:
             raise _too_large()(f"file {file_id} is {file.file_size} bytes")
-        data = bytes(await file.download_as_bytearray())
-        mime = mimetypes.guess_type(file.file_path or "")[0] or "application/octet-stream"
+        # PTB prefixes a relative file_path with the file API's URL, but leaves one that names
+        # an existing local file as it is (and its download() would read that file)
+        prefix = f"{self.bot.base_file_url}/"
+        full = file.file_path or ""
+        path = full[len(prefix) :] if full.startswith(prefix) else ""
+        if not safe_file_path(path):
+            log.warning("getFile %s answered a file path that is not a plain relative path: refused", file_id)
+            return None
+        url = prefix + quote(path)
+        try:
+            data = bytes(await self.bot.request.retrieve(url))
+        except TelegramError as exc:
+            log.warning("downloading %s failed: %s", file_id, exc)
+            return None
+        if len(data) > self.limit:
+            raise _too_large()(f"file {file_id} is {len(data)} bytes")
+        mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
         return data, mime
+
+
+def safe_file_path(path: str) -> bool:
+    """A Bot API ``file_path`` we download: relative, no ``..``, no scheme, no backslashes."""
+    if not path or path.startswith(("/", "~")) or "\\" in path or ":" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 async def attach_features(service: Any, runtime: Any, settings: Any) -> None:
