@@ -200,7 +200,6 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> int:
               f"{t['telegram_capacity_per_s']:.0f}/s, a bare PTB echo bot {t['telegram_bare_capacity_per_s']:.0f}/s: "
               f"telegram_vs_bare {t['telegram_vs_bare']:.2f} (target >= 0.6)")
     if getattr(args, "telegram", False) and getattr(args, "kill", False):
-        import tempfile
         from pathlib import Path
 
         from bot.testing.kill_telegram import kill_run
