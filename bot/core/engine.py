@@ -380,6 +380,12 @@ class Engine:
 
     # -- media ---------------------------------------------------------------------
     async def _on_media(self, turn: Turn) -> None:
+        step = self.flows.step(turn.state.ref) if turn.state.ref and self.flows.has(turn.state.ref) else None
+        takes_photos = bool(step and step.ask and step.ask.type == "photos")
+        if turn.inbound.text.strip() and not takes_photos:
+            # a screenshot captioned "icloud storage full" says what the same text says
+            await self._on_text(turn, turn.inbound.text)
+            return
         kinds = ",".join(a.kind for a in turn.inbound.attachments) or "media"
         turn.entries.append(Entry(Direction.IN, f"[{kinds}] {turn.inbound.text}".strip(), kind="media",
                                   flow=turn.state.flow, step=turn.state.step))
