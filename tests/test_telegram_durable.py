@@ -24,7 +24,8 @@ from bot.runtime import Knowledge, Runtime
 from bot.tg.features import TelegramFileFetcher
 from bot.tg.ratelimit import RateLimits
 from bot.tg.render import visible
-from tests.support.fake_botapi import FakeBotAPI, running_bot
+from bot.testing.fakeapi import TotalRateLimit
+from tests.support.fake_botapi import FakeBotAPI, RateLimitPolicy, is_group_chat, running_bot
 from tests.test_telegram_door import _runtime, runtime, tg_knowledge  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,6 +159,8 @@ async def test_after_a_restart_the_previous_keyboard_is_retired(runtime: Runtime
 async def test_the_agents_mirror_under_load_never_delays_a_users_answer(runtime: Runtime) -> None:
     limits = RateLimits(overall=(20, 1.0), private=(3, 2.0), group=None)
     async with running_bot(runtime, limits=limits) as bot:
+        bot.fake.policies.append(TotalRateLimit(20, 1.0))  # Telegram's side enforces it too
+        bot.fake.policies.append(RateLimitPolicy(3, 2.0, chats=lambda c: not is_group_chat(c)))
         await bot.command(2007, "start")
         # the agents' gateway mirrors many topics at once, straight through PTB: 3 s of budget
         mirror = asyncio.gather(*(bot.door.bot.send_message(-100555, f"mirror line {i}") for i in range(60)))
@@ -279,6 +282,15 @@ async def test_a_file_path_naming_a_local_file_is_never_read(tmp_path: Path) -> 
             fake.files["photos/ok.jpg"] = b"\xff\xd8 jpeg"
             got = await fetcher.fetch("photos/ok.jpg")
             assert got is not None and got[0] == b"\xff\xd8 jpeg"
+
+
+async def test_a_stop_during_the_polling_back_off_is_quick(runtime: Runtime) -> None:
+    async with running_bot(runtime) as bot:
+        bot.fake.fail("getUpdates", status=502, times=1000)  # Telegram is down: back-off grows
+        await bot.fake.wait_for(
+            lambda: len([c for c in bot.fake.calls_of("getUpdates") if c.status == 502]) >= 3, timeout=10, what="backing off"
+        )
+        await asyncio.wait_for(bot.service.stop(), 10)  # exits within 10 s, not after the back-off
 
 
 # -- the stop -----------------------------------------------------------------------------------------
