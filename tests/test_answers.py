@@ -147,3 +147,20 @@ def test_knowledge_loads_cards_into_the_matcher(knowledge: Knowledge) -> None:
     hit = knowledge.matcher.answer("where is the back up now button?")
     assert hit is not None and hit.card.id == "where_back_up_now"
     assert knowledge.matcher.answer("my backup is stuck") is None
+
+
+async def test_a_cost_question_in_the_middle_of_a_flow_is_answered_and_the_step_stays(chat: ChatDriver) -> None:
+    await chat.command("/start recover_deleted")
+    before = await chat.engine.state_of("test:1")
+    await chat.say("how long does a chip-off recovery take?")
+    assert chat.keys[0] == "answers.cost_logic_board"
+    after = await chat.engine.state_of("test:1")
+    assert (after.flow, after.step) == (before.flow, before.step)
+
+
+async def test_deleting_an_album_is_answered_with_recently_deleted_not_the_backup_flow(chat: ChatDriver) -> None:
+    await chat.command("/start")
+    await chat.say("I accidentally deleted a whole album")
+    assert chat.keys[0] == "answers.recently_deleted"
+    assert "Recently Deleted" in chat.text and "30 days" in chat.text
+    assert "intent:recover_deleted" in chat.button_ids

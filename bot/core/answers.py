@@ -9,9 +9,10 @@ Contract:
   question shared by two cards, follow-ups that point nowhere.
 * :meth:`AnswerBook.find` says which card answers a message, or None. It answers only a
   message that reads as a question (question mark, or it opens like one: how, what, where,
-  can I, is it...) and only when the best card is close enough and clearly ahead of the
-  second. Closeness blends MiniLM similarity to the card's question phrasings (when the
-  model runs; the matcher's encoder is shared) with rapidfuzz token scores on normalised text.
+  can I, is it...), or a statement that is a card's question almost word for word, and only
+  when the best card is close enough and clearly ahead of the second. Closeness blends MiniLM
+  similarity to the card's question phrasings (when the model runs; the matcher's encoder is
+  shared) with rapidfuzz token scores on normalised text.
 * Cards are rendered once at load: the engine says ``card.answer`` as it is.
 """
 
@@ -44,6 +45,7 @@ ANSWER_MIN = 62.0  # best card score needed to answer
 ANSWER_LEAD = 6.0  # ... and its lead over the second card (unless the two point at each other)
 CARD_OVER_INTENT = 75.0  # a card this close answers even when the matcher is sure of another topic
 ANSWER_MIN_NO_MODEL = 70.0  # without the model (rapidfuzz only) be stricter
+ANSWER_STATEMENT = 88.0  # a message that is no question: on our sets 4 of 922 reach it, all on topic
 
 _QUESTION_OPENERS = (
     "how", "what", "whats", "where", "wheres", "when", "why", "which", "who", "is", "are", "can",
@@ -237,14 +239,16 @@ class AnswerBook:
         if not isinstance(text, str) or not text.strip():
             return None
         question = is_question(text)
-        if not question:
-            return None
         sc = self.scores(text)
         ranked = sorted(sc.items(), key=lambda kv: -kv[1])
         if not ranked:
             return None
         best_id, best = ranked[0]
         second = ranked[1][1] if len(ranked) > 1 else 0.0
+        # a statement is answered only when it says a card's question almost word for word
+        # ("I accidentally deleted a whole album": Recently Deleted, not the deleted-backup flow)
+        if not question and best < ANSWER_STATEMENT:
+            return None
         if best < self.answer_min or best - second < ANSWER_LEAD and not self._related(best_id, ranked[1][0]):
             return None
         if accepted and accepted != self.cards[best_id].intent and best < CARD_OVER_INTENT:

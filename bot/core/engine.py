@@ -476,7 +476,8 @@ class Engine:
         result = self.matcher.match(safe[:MAX_TEXT])
         hit = self.matcher.answer(safe[:MAX_TEXT], None if card_first or result.decision != "accept"
                                   else result.intent)
-        if hit is not None and not card_first and await self._flow_answers(turn, result, hit, safe):
+        waiting = step is not None and step.flow != "main_menu" and step.waits
+        if hit is not None and not card_first and not waiting and await self._flow_answers(turn, result, hit, safe):
             hit = None  # the topic's own flow answers this very message (its row, or one question)
         small = self.matcher.smalltalk(safe[:MAX_TEXT]) if result.decision != "accept" and not hit else None
         turn.entries.append(Entry(
