@@ -32,18 +32,20 @@ def setup_logging(level: str) -> None:
 
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.escalation import attach_escalation
+    from bot.features import standard_features
     from bot.runtime import open_runtime
     from bot.terminal import chat
 
     with tempfile.TemporaryDirectory(prefix="bot-chat-") as tmp:
         db = args.db or str(Path(tmp) / "chat.db")
-        runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang)
+        features = standard_features(settings, desk=False)  # no agents' group in a terminal
+        runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
+                                     features=features.all)
         try:
             # the same outbox worker as on Telegram: a quote sent here reaches the same inbox
-            hub = await attach_escalation(runtime, settings)
+            await runtime.start()
             banner = (f"Terminal chat (database: {db}). Type your problem; numbers press buttons; "
-                      f"/help for commands, /quit to leave.\n{hub.delivery_note()}")
+                      f"/help for commands, /quit to leave.\n{features.quotes.delivery_note()}")
             await chat(runtime.engine, f"term:{args.user}", banner=banner)
         finally:
             await runtime.close()
@@ -74,9 +76,11 @@ def _intents(settings: Settings) -> int:
 
 
 def _check(settings: Settings) -> int:
-    from bot.runtime import check, plugin_branches
+    from bot.features import standard_features
+    from bot.runtime import check
 
-    knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches())
+    knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang,
+                                standard_features(settings).all)
     for p in problems:
         print(p, file=sys.stderr)
     if problems or knowledge is None:

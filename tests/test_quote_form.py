@@ -13,8 +13,8 @@ from bot.core.messages import Attachment, EventKind, Inbound
 from bot.escalation.form import FORM_KEYS, next_missing
 from bot.escalation.ports import TELEGRAM_DOWNLOAD_LIMIT
 from bot.escalation.reference import ALPHABET, normalize_reference
-from bot.escalation.service import escalation_for
 from bot.escalation.store import QuoteStore
+from bot.features import Features
 from bot.store import SQLiteStore
 from tests.support.chat import ChatDriver
 
@@ -163,7 +163,7 @@ async def test_status_before_during_and_after(chat: ChatDriver) -> None:
 
 
 async def test_a_second_send_of_the_same_draft_makes_no_second_request(
-    chat: ChatDriver, engine: Engine, store: SQLiteStore
+    chat: ChatDriver, engine: Engine, store: SQLiteStore, features: Features
 ) -> None:
     await fill(chat)
     summary_buttons = chat.buttons
@@ -173,7 +173,7 @@ async def test_a_second_send_of_the_same_draft_makes_no_second_request(
     await chat.press_payload(summary_buttons[0].id)
     assert "engine.stale_button" in chat.keys
     # the send action itself is idempotent per draft (e.g. the turn failed after storing)
-    hub = escalation_for(store)
+    hub = features.quotes
     send, _ = engine.actions["quote_send"]
     from bot.core.actions import ActionContext
 
@@ -195,7 +195,7 @@ async def test_a_second_send_of_the_same_draft_makes_no_second_request(
     assert r1.branch == r2.branch == "sent"
     assert dict(r1.set)["q_ref"] == dict(r2.set)["q_ref"] != ref
     assert len(await stored(store)) == 2
-    assert hub is escalation_for(store)
+    assert engine.actions["quote_send"][0] is send and hub.store is store
 
 
 async def test_edit_one_field_returns_to_the_summary(chat: ChatDriver) -> None:
@@ -493,10 +493,11 @@ def test_references_read_out_on_the_phone() -> None:
 
 
 def test_content_keys_of_the_flow_exist(tmp_path: Path) -> None:
-    from bot.runtime import check, plugin_branches
+    from bot.features import standard_features
+    from bot.runtime import check
 
     root = Path(__file__).resolve().parents[1]
-    knowledge, problems = check(root / "content", root / "flows", "en", plugin_branches())
+    knowledge, problems = check(root / "content", root / "flows", "en", standard_features().all)
     mine = [p for p in problems if "quote" in str(p)]
     assert mine == []
     assert knowledge is not None and "quote" in knowledge.flows.flows

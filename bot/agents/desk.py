@@ -232,17 +232,7 @@ class AgentCallback:
 def conversation_lock(engine: Engine, conversation_id: str) -> asyncio.Lock:
     """The engine's own per-conversation lock: flipping ``paused`` under it means no turn can
     load the old value and save it back over ours."""
-    getter = getattr(engine, "lock_for", None)
-    if callable(getter):
-        lock = getter(conversation_id)
-        assert isinstance(lock, asyncio.Lock)
-        return lock
-    locks = engine._locks  # same dictionary Engine.handle uses
-    lock = locks.get(conversation_id)
-    if lock is None:
-        lock = asyncio.Lock()
-        locks[conversation_id] = lock
-    return lock
+    return engine.lock_for(conversation_id)
 
 
 class AgentDesk:
@@ -372,7 +362,6 @@ class AgentDesk:
         await self._reconcile_pauses()
         if self.on_turn not in self.engine.listeners:
             self.engine.listeners.append(self.on_turn)
-        privacy.add_forget_watcher(self)
         self._spawn(self._recorder(), "agents-recorder")
         self._spawn(self._timers(), "agents-timers")
         if self.enabled:
@@ -393,7 +382,6 @@ class AgentDesk:
         self._started = False
         with contextlib.suppress(ValueError):
             self.engine.listeners.remove(self.on_turn)
-        privacy.remove_forget_watcher(self)
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -548,7 +536,7 @@ class AgentDesk:
         for key in [k for k in self._flag_times if k[0] == cid]:
             del self._flag_times[key]
 
-    # forget watchers (bot.agents.privacy calls these around a deletion)
+    # around a deletion (the feature's /forget and our own): nothing of it is posted meanwhile
     def forgetting(self, conversation_id: str) -> None:
         self._forgotten[conversation_id] = math.inf
         self._drop(conversation_id)
@@ -1844,12 +1832,12 @@ class AgentDesk:
 
     async def forget(self, conversation_id: str) -> None:
         """Erase one conversation everywhere (database, its topic) — an agent's /forget."""
-        privacy.notify_forgetting(conversation_id)
+        self.forgetting(conversation_id)
         try:
             async with conversation_lock(self.engine, conversation_id):
                 await privacy.forget_conversation(self.store.db, conversation_id, lock=self._tx_lock)
         finally:
-            privacy.notify_forgotten(conversation_id, await self.reg.max_message_id())
+            self.forgotten(conversation_id, await self.reg.max_message_id())
 
 
 def _unhtml(h: Html) -> str:

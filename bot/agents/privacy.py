@@ -8,7 +8,8 @@ tables keyed by ``chat_id`` / ``user_id`` lose that id's rows too. Freed pages a
 (``secure_delete``) and the WAL is truncated, so the text is not left in the file either.
 
 Forum topics on Telegram are not deleted here: their thread ids go to ``agent_trash`` and
-the desk deletes them (it owns the group's rate limit).
+the desk deletes them (it owns the group's rate limit). Who must be told around a deletion
+(the desk) is told by the caller (``feature.Agents.forgetting`` / ``forgotten``).
 """
 
 from __future__ import annotations
@@ -16,50 +17,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiosqlite
 
 log = logging.getLogger(__name__)
 
 _OWN = ("agent_trash", "agent_meta", "sqlite_sequence")
-
-
-class ForgetWatcher(Protocol):
-    """Told around a deletion, so nothing of the conversation is posted meanwhile (the desk)."""
-
-    def forgetting(self, conversation_id: str) -> None: ...
-    def forgotten(self, conversation_id: str, upto_id: int) -> None: ...
-
-
-_WATCHERS: list[ForgetWatcher] = []
-
-
-def add_forget_watcher(watcher: ForgetWatcher) -> None:
-    if watcher not in _WATCHERS:
-        _WATCHERS.append(watcher)
-
-
-def remove_forget_watcher(watcher: ForgetWatcher) -> None:
-    if watcher in _WATCHERS:
-        _WATCHERS.remove(watcher)
-
-
-def notify_forgetting(conversation_id: str) -> None:
-    for w in list(_WATCHERS):
-        try:
-            w.forgetting(conversation_id)
-        except Exception:
-            log.exception("forget watcher failed")
-
-
-def notify_forgotten(conversation_id: str, upto_id: int) -> None:
-    """The deletion is complete: rows of the conversation up to ``upto_id`` are gone."""
-    for w in list(_WATCHERS):
-        try:
-            w.forgotten(conversation_id, upto_id)
-        except Exception:
-            log.exception("forget watcher failed")
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,11 @@ class SQLiteStore:
         rows = await self.db.execute_fetchall(sql, args)
         return [MessageRow(*r) for r in rows]
 
+    async def last_message_id(self) -> int:
+        """The newest transcript row's id (0 for none): a cursor for readers of the transcript."""
+        row = await self.fetchone("SELECT COALESCE(MAX(id), 0) FROM messages")
+        return int(row[0]) if row else 0
+
     async def unmatched(self, limit: int = 50) -> list[tuple[float, str, str, str, list[Any]]]:
         rows = await self.db.execute_fetchall(
             "SELECT ts, conversation_id, text, decision, candidates_json FROM unmatched ORDER BY id DESC LIMIT ?",

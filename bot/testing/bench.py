@@ -38,10 +38,12 @@ def _messy(text: str, rng: random.Random) -> str:
 
 
 def bench_startup(settings: Settings) -> float:
-    from bot.runtime import check, plugin_branches
+    from bot.features import standard_features
+    from bot.runtime import check
 
     t0 = time.perf_counter()
-    knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches())
+    knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang,
+                                standard_features(settings).all)
     elapsed = time.perf_counter() - t0
     if problems or knowledge is None:
         raise SystemExit(f"content has problems; run `python -m bot check` ({len(problems)} found)")
@@ -74,11 +76,12 @@ def bench_matcher(settings: Settings, rounds: int = 3) -> dict[str, float]:
 
 
 async def bench_engine(settings: Settings, users: int = 200, turns: int = 8, workers: int = 2) -> dict[str, float]:
+    from bot.features import standard_features
     from bot.runtime import open_runtime
 
     with tempfile.TemporaryDirectory(prefix="bot-bench-") as tmp:
         rt = await open_runtime(str(Path(tmp) / "bench.db"), settings.content_dir, settings.flows_dir,
-                                settings.lang)
+                                settings.lang, features=standard_features(settings).all)
         try:
             rng = random.Random(11)
             complaints = [p for ex in rt.knowledge.matcher.examples().values() for p in ex]

@@ -195,6 +195,7 @@ async def bench_telegram(
     seed: int = 7,
     max_parallel: int = 16,
 ) -> dict[str, float]:
+    from bot.features import standard_features
     from bot.runtime import open_runtime
     from bot.tg.ratelimit import RateLimits
     from bot.tg.service import TelegramService
@@ -218,7 +219,10 @@ async def bench_telegram(
         _, token, base_url, base_file_url = msg
         with tempfile.TemporaryDirectory(prefix="bot-bench-tg-") as tmp:
             db = str(Path(tmp) / "bench.db")
-            runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang)
+            # as ``python -m bot run`` without an agents' group or a worker: the door's own figure
+            features = standard_features(settings, desk=False, deliver=False)
+            runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
+                                         features=features.all)
             try:
                 tg_settings = Settings(
                     db_path=db,

@@ -1,0 +1,38 @@
+"""The features this bot ships with, wired to each other: what every door, benchmark and test
+passes to ``bot.runtime.open_runtime``.
+
+    features = standard_features(settings)
+    runtime = await open_runtime(db, content_dir, flows_dir, features=features.all)
+    await runtime.start(Ports(..., alerter=features.agents if <agents' group> else None))
+
+Order matters once: the agents' desk starts before the quote worker (a delivery failure
+found at start is posted to the agents' group), and stops after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.agents.feature import Agents
+from bot.config import Settings
+from bot.escalation.service import Escalation
+from bot.runtime import Feature
+
+
+@dataclass(frozen=True)
+class Features:
+    quotes: Escalation
+    agents: Agents
+
+    @property
+    def all(self) -> tuple[Feature, ...]:
+        return (self.agents, self.quotes)
+
+
+def standard_features(
+    settings: Settings | None = None, *, desk: bool = True, deliver: bool = True
+) -> Features:
+    """The quote request and the agents' feature. ``desk=False``: no agents' desk (the
+    terminal chat, most tests); ``deliver=False``: no outbox worker."""
+    settings = settings or Settings()
+    return Features(quotes=Escalation(settings, deliver=deliver), agents=Agents(settings, desk=desk))
