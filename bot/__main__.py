@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import logging
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 from bot.config import ConfigError, Settings
 from bot.core.errors import ContentError
@@ -36,20 +35,30 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     from bot.runtime import open_runtime
     from bot.terminal import chat
 
-    with tempfile.TemporaryDirectory(prefix="bot-chat-") as tmp:
-        db = args.db or str(Path(tmp) / "chat.db")
-        features = standard_features(settings, desk=False)  # no agents' group in a terminal
-        runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
-                                     features=features.all)
-        try:
-            # the same outbox worker as on Telegram: a quote sent here reaches the same inbox
-            await runtime.start()
-            banner = (f"Terminal chat (database: {db}). Type your problem; numbers press buttons; "
-                      f"/help for commands, /quit to leave.\n{features.quotes.delivery_note()}")
-            await chat(runtime.engine, f"term:{args.user}", banner=banner)
-        finally:
-            await runtime.close()
+    # the same database as `run` and `outbox` (BOT_DB): a quote sent here stays in the outbox
+    # until delivered, and `python -m bot outbox` shows it
+    db = args.db or settings.db_path
+    features = standard_features(settings, desk=False)  # no agents' group in a terminal
+    runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
+                                 features=features.all)
+    try:
+        # the same outbox worker as on Telegram: a quote sent here reaches the same inbox
+        await runtime.start()
+        banner = (f"Terminal chat (database: {db}). Type your problem; numbers press buttons; "
+                  f"/help for commands, /restart to start over, /quit to leave.\n{features.quotes.delivery_note()}")
+        await chat(runtime.engine, f"term:{args.user}", banner=banner)
+    finally:
+        await runtime.close()
     return 0
+
+
+def _utf8_streams() -> None:
+    """stdin read as UTF-8 with invalid bytes replaced (U+FFFD), stdout written as UTF-8,
+    whatever the locale: one bad byte neither stops `match`/`chat` nor makes their output
+    invalid UTF-8."""
+    for stream in (sys.stdin, sys.stdout):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(encoding="utf-8", errors="replace")
 
 
 def _match(settings: Settings) -> int:
@@ -85,7 +94,7 @@ def _check(settings: Settings) -> int:
         print(p, file=sys.stderr)
     if problems or knowledge is None:
         print(f"check failed: {len(problems)} problem(s)", file=sys.stderr)
-        return 1
+        return 2  # content is configuration: systemd's RestartPreventExitStatus=2 stops the loop
     steps = sum(len(f.steps) for f in knowledge.flows.flows.values())
     print(f"ok: {len(knowledge.flows.flows)} flows, {steps} steps, {len(knowledge.content.texts)} texts, "
           f"{len(knowledge.matcher.intents)} intents")
@@ -96,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
     p_chat = sub.add_parser("chat", help="talk to the bot in the terminal")
-    p_chat.add_argument("--db", help="SQLite file (default: a fresh temporary one)")
+    p_chat.add_argument("--db", help="SQLite file (default: BOT_DB, like run and outbox)")
     p_chat.add_argument("--user", default="local", help="who is talking (default: local)")
     sub.add_parser("match", help="match stdin lines to intents, JSON lines out")
     sub.add_parser("intents", help="print the matcher's example phrases, JSON lines")
@@ -131,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    # whatever the umask: the database, backups, exports and the Maildir hold users' words
+    os.umask(os.umask(0o077) | 0o077)
     # the terminal chat shares the screen with the log: only problems, unless asked for more
     quiet = command in ("chat", "match", "intents") and "LOG_LEVEL" not in os.environ
     setup_logging("WARNING" if quiet else settings.log_level)
+    if command in ("chat", "match"):
+        _utf8_streams()
     try:
         if command == "chat":
             return asyncio.run(_chat(settings, args))
@@ -172,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             from bot.testing.bench import run_bench
 
             return asyncio.run(run_bench(settings, args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     except ContentError as exc:
         print(f"content error (run `python -m bot check`):\n{exc}", file=sys.stderr)
         return 2

@@ -5,8 +5,9 @@ passes to ``bot.runtime.open_runtime``.
     runtime = await open_runtime(db, content_dir, flows_dir, features=features.all)
     await runtime.start(Ports(..., alerter=features.agents if <agents' group> else None))
 
-Order matters once: the agents' desk starts before the quote worker (a delivery failure
-found at start is posted to the agents' group), and stops after it.
+Order: the quote worker starts first and stops last; the agents' desk stops first (as
+``python -m bot run`` always did: the desk must not be mid-write when the worker releases its
+claims). An alert the worker raises before the desk is up waits for it (``Agents.alert``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Features:
 
     @property
     def all(self) -> tuple[Feature, ...]:
-        return (self.agents, self.quotes)
+        return (self.quotes, self.agents)
 
 
 def standard_features(

@@ -33,7 +33,7 @@ def to_inbound(conversation_id: str, line: str, buttons: Sequence[Button]) -> In
     if text.startswith("/") and len(text) > 1 and not text[1].isspace():
         name, _, arg = text[1:].partition(" ")
         return Inbound(conversation_id, EventKind.COMMAND, text=name, arg=arg.strip())
-    if text.isdigit() and buttons and 1 <= int(text) <= len(buttons):
+    if text.isdecimal() and len(text) <= 6 and buttons and 1 <= int(text) <= len(buttons):
         return Inbound(conversation_id, EventKind.BUTTON, payload=buttons[int(text) - 1].id)
     for b in buttons:
         if text.casefold() == b.label.casefold().lstrip("✓ "):

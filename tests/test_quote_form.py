@@ -4,19 +4,29 @@ resume, the summary, the stored request, and bad input (long, HTML, injection, e
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from bot.config import ConfigError, Settings
+from bot.core.content import Content
 from bot.core.engine import Engine, TurnRecord
 from bot.core.messages import Attachment, EventKind, Inbound
+from bot.core.ports import State
 from bot.escalation.form import FORM_KEYS, next_missing
-from bot.escalation.ports import TELEGRAM_DOWNLOAD_LIMIT
+from bot.escalation.ports import TELEGRAM_DOWNLOAD_LIMIT, QuoteFields, QuoteRecord
 from bot.escalation.reference import ALPHABET, normalize_reference
+from bot.escalation.render import SMTP_POLICY, build_email, html_body, lab_chat_text, text_body
 from bot.escalation.store import QuoteStore
 from bot.features import Features
+from bot.runtime import Knowledge
 from bot.store import SQLiteStore
 from tests.support.chat import ChatDriver
+
+
+def engine_content(chat: ChatDriver) -> Content:
+    return chat.engine.content
 
 
 async def fill(
@@ -29,11 +39,14 @@ async def fill(
     email: str | None = "anna@example.com",
     phone: str | None = "+44 7700 900123",
     consent: bool = True,
+    description: str = "reset it to factory settings by accident, the photos of my daughter are gone",
 ) -> None:
     """Walk the form from the start to the summary."""
     await chat.command("/start quote")
     await chat.say(device)
     await chat.press(damage)
+    if damage in ("reset", "other"):
+        await chat.say(description)
     await chat.press(passcode)
     if passcode != "yes":
         await chat.press("go_on")
@@ -53,6 +66,19 @@ async def fill(
     await chat.press("done")
     if consent:
         await chat.press("yes")
+
+
+async def to_contact(chat: ChatDriver, damage: str = "water") -> None:
+    """Walk the form up to the e-mail question."""
+    await chat.command("/start quote")
+    await chat.say("iPhone 13 Pro")
+    await chat.press(damage)
+    await chat.press("yes")
+    await chat.press("m_photos")
+    await chat.press("m__done")
+    await chat.press("none")
+    await chat.say("Lena Graf")
+    assert (await chat.state()).step == "ask_email"
 
 
 async def stored(store: SQLiteStore) -> list[dict[str, object]]:
@@ -242,8 +268,8 @@ async def test_edit_contact_cannot_remove_both(chat: ChatDriver) -> None:
     await chat.press("edit")
     await chat.press("email")
     await chat.press("skip")  # no e-mail, and no phone either
-    assert "quote.contact_missing" in chat.keys and (await chat.state()).step == "ask_email"
-    await chat.press("skip")
+    assert "quote.contact_missing" in chat.keys and chat.last_buttons == ["email", "phone"]
+    await chat.press("phone")
     await chat.say("+49 151 12345678")
     assert chat.keys[-1] == "quote.summary"
     assert "E-mail:** —" in chat.text and "+4915112345678" in chat.text
@@ -534,3 +560,207 @@ async def test_sending_raises_the_quote_sent_event_for_the_agents(chat: ChatDriv
     assert not any("quote_sent" in ev for ev in seen)
     await chat.press("send")
     assert "quote_sent" in seen[-1]
+
+
+# -- contact details through phonenumbers and email-validator (issue 10, item 8) -------------
+def _record(**kw: object) -> QuoteRecord:
+    base: dict[str, object] = dict(
+        device="iPhone 12", damage="water", passcode="yes", passcode_go_on=False, data=("photos",),
+        backup="none", name="Lena Graf", email="lena@example.com", phone="", photos=(), consent_at=1.7e9,
+    )
+    base.update(kw)
+    return QuoteRecord("Q-ABCDE", "tg:1", 1.7e9, QuoteFields(**base), ())  # type: ignore[arg-type]
+
+
+async def test_a_phone_number_with_the_trunk_zero_in_brackets_is_stored_right(chat: ChatDriver) -> None:
+    await fill(chat, phone="+49 (0)151 2345678")
+    assert chat.keys[-1] == "quote.summary"
+    assert "+491512345678" in chat.text and "+4901512345678" not in chat.text
+
+
+async def test_a_national_number_needs_the_default_region(chat: ChatDriver, features: Features) -> None:
+    await to_contact(chat)
+    await chat.say("lena@example.com")
+    await chat.say("0151 2345678")  # no DEFAULT_REGION: asked again, with the country code
+    assert (await chat.state()).step == "phone_again" and "quote.ask_phone_invalid" in chat.keys
+    features.quotes.phone_region = "DE"
+    await chat.say("0151 2345678")
+    await chat.press("done")
+    await chat.press("yes")
+    assert chat.keys[-1] == "quote.summary" and "+491512345678" in chat.text
+
+
+@pytest.mark.parametrize("typed", ["+49 151", "12345", "0151 2345678 call after 6"])
+async def test_numbers_that_cannot_be_called_are_asked_again(
+    chat: ChatDriver, features: Features, typed: str
+) -> None:
+    features.quotes.phone_region = "DE"
+    await to_contact(chat)
+    await chat.say("lena@example.com")
+    await chat.say(typed)
+    assert (await chat.state()).step in ("ask_phone", "phone_again")
+    assert "quote.ask_phone_invalid" in chat.keys
+
+
+async def test_an_internationalised_domain_is_an_e_mail_address(chat: ChatDriver) -> None:
+    await fill(chat, email="lena@bücher.de")
+    assert chat.keys[-1] == "quote.summary" and "lena@bücher.de" in chat.text
+
+
+async def test_a_trailing_dot_is_not_an_e_mail_address(chat: ChatDriver) -> None:
+    await to_contact(chat)
+    await chat.say("lena@example.com.")
+    assert (await chat.state()).step == "ask_email" and "quote.ask_email_invalid" in chat.keys
+
+
+def test_the_labs_reply_to_uses_the_ascii_form_of_the_domain(knowledge: Knowledge) -> None:
+    msg = build_email(_record(email="lena@bücher.de"), knowledge.content, message_id="<a@b>",
+                      mail_from="bot@example.org", to=("lab@example.org",))
+    assert [a.addr_spec for a in msg["Reply-To"].addresses] == ["lena@xn--bcher-kva.de"]
+    assert all(b < 128 for b in msg.as_bytes(policy=SMTP_POLICY))
+
+
+def test_default_region_and_reply_hours_are_checked_at_start() -> None:
+    s = Settings.from_env({"DEFAULT_REGION": "de", "LAB_REPLY_HOURS": "48"})
+    assert (s.default_region, s.lab_reply_hours) == ("DE", 48)
+    assert (Settings.from_env({}).default_region, Settings.from_env({}).lab_reply_hours) == ("", 24)
+    with pytest.raises(ConfigError, match="DEFAULT_REGION"):
+        Settings.from_env({"DEFAULT_REGION": "Germany"})
+    with pytest.raises(ConfigError, match="LAB_REPLY_HOURS"):
+        Settings.from_env({"LAB_REPLY_HOURS": "0"})
+
+
+# -- the lab can act on every request (issue 10, item 9) --------------------------------------
+@pytest.mark.parametrize("damage", ["reset", "other"])
+async def test_reset_and_something_else_ask_for_a_description(
+    chat: ChatDriver, store: SQLiteStore, damage: str
+) -> None:
+    words = "wiped it to sell it, forgot the voice memos from my late dad were only on there"
+    await fill(chat, damage=damage, description=words)
+    assert chat.keys[-1] == "quote.summary" and words in chat.text
+    await chat.press("send")
+    [req] = await stored(store)
+    assert req["fields"].description == words  # type: ignore[attr-defined]
+    rec = QuoteRecord("Q-ABCDE", "tg:1", 1.7e9, req["fields"], ())  # type: ignore[arg-type]
+    content = engine_content(chat)
+    assert words in text_body(rec, content, (), "q.json")
+    assert words in lab_chat_text(rec, content)
+
+
+async def test_a_description_that_says_nothing_is_asked_again(chat: ChatDriver) -> None:
+    await chat.command("/start quote")
+    await chat.say("iPhone SE")
+    await chat.press("other")
+    assert (await chat.state()).step == "ask_description"
+    await chat.say("ok")
+    assert (await chat.state()).step == "description_again"
+    await chat.say("the screen went green and then it wont turn on at all")
+    assert (await chat.state()).step == "ask_passcode"
+
+
+async def test_choosing_water_after_something_else_drops_the_description(chat: ChatDriver) -> None:
+    await fill(chat, damage="other", description="it just died overnight while charging")
+    await chat.press("edit")
+    await chat.press("damage")
+    await chat.press("water")
+    assert chat.keys[-1] == "quote.summary" and "died overnight" not in chat.text
+
+
+@pytest.mark.parametrize("typed", ["yes", "?", "ok", "idk", "Yep!", "which one?", "no", "iPhone?"])
+async def test_a_non_answer_is_not_a_device_model(chat: ChatDriver, typed: str) -> None:
+    await chat.command("/start quote")
+    await chat.say(typed)
+    state = await chat.state()
+    assert state.step == "device_again" and not state.values.get("q_device")
+    assert "quote.ask_device_invalid" in chat.keys
+    await chat.say("iphone 11, the purple one")
+    assert (await chat.state()).step == "ask_damage"
+
+
+@pytest.mark.parametrize("typed", ["X", "7", "SE 2020", "not sure, the one with 3 cameras", "12 pro max?"])
+async def test_short_or_unsure_models_are_still_models(chat: ChatDriver, typed: str) -> None:
+    await chat.command("/start quote")
+    await chat.say(typed)
+    assert (await chat.state()).step == "ask_damage"
+
+
+async def test_a_re_entered_e_mail_does_not_ask_the_phone_again(chat: ChatDriver) -> None:
+    await to_contact(chat)
+    await chat.press("skip")
+    await chat.press("skip")  # skipped both: "which one?"
+    assert chat.keys[-1] == "quote.contact_missing"
+    await chat.press("email")
+    await chat.say("lena.graf@example.com")
+    assert (await chat.state()).step == "ask_photos"
+    assert "quote.ask_phone" not in chat.keys
+
+
+async def test_a_phone_only_request_does_not_tell_the_lab_to_reply_by_mail(knowledge: Knowledge) -> None:
+    rec = _record(email="", phone="+491512345678")
+    msg = build_email(rec, knowledge.content, message_id="<a@b>", mail_from="bot@example.org",
+                      to=("lab@example.org",))
+    body = text_body(rec, knowledge.content, (), "q.json")
+    assert msg["Reply-To"] is None
+    assert "Reply to this e-mail" not in body and "+491512345678" in body.split("\n\n")[1]
+    assert "does not reach them" in html_body(rec, knowledge.content, (), "q.json")
+    with_mail = text_body(_record(), knowledge.content, (), "q.json")
+    assert "Reply to this e-mail" in with_mail
+
+
+async def test_what_happens_next_says_when_the_lab_answers(chat: ChatDriver, features: Features) -> None:
+    await fill(chat)
+    await chat.press("send")
+    assert "within 24 hours" in chat.text.replace("**", "")
+    features.quotes.reply_hours = 48
+    await fill(chat, device="iPhone 8")
+    await chat.press("send")
+    assert "within 48 hours" in chat.text.replace("**", "")
+
+
+# -- what the troubleshooting established is not asked again (issue 15, item 5) ---------------
+async def _established(store: SQLiteStore, **values: str) -> None:
+    await store.save_turn(State("test:1", flow="main_menu", step="start", values=values), [])
+
+
+async def test_the_form_starts_from_what_the_troubleshooting_established(
+    chat: ChatDriver, store: SQLiteStore
+) -> None:
+    await _established(store, damage_kind="water", backup_state="none", data_at_risk="photos,messages")
+    await chat.command("/quote")
+    assert chat.keys[:2] == ["quote.intro", "quote.prefilled"]
+    assert "Water damage" in chat.text and "No backup" in chat.text and "Photos and videos" in chat.text
+    await chat.say("iPhone 13 mini")
+    assert (await chat.state()).step == "ask_passcode"  # not "what happened?"
+    await chat.press("yes")
+    assert (await chat.state()).step == "ask_name"  # neither the data nor the backup
+    await chat.say("Lena")
+    await chat.say("lena@example.com")
+    await chat.press("skip")
+    await chat.press("done")
+    await chat.press("yes")
+    assert chat.keys[-1] == "quote.summary"
+    assert "Water damage" in chat.text and "No backup" in chat.text and "Photos and videos, Messages" in chat.text
+    await chat.press("edit")  # and it can still be changed
+    await chat.press("backup")
+    await chat.press("computer")
+    assert chat.keys[-1] == "quote.summary" and "On a computer" in chat.text
+
+
+async def test_unknown_established_values_are_asked_as_usual(chat: ChatDriver, store: SQLiteStore) -> None:
+    await _established(store, damage_kind="drop", backup_state="maybe", data_at_risk="yes")
+    await chat.command("/quote")
+    assert "quote.prefilled" not in chat.keys
+    await chat.say("iPhone 13 mini")
+    assert (await chat.state()).step == "ask_damage"
+
+
+async def test_a_resumed_form_takes_what_was_established_since(chat: ChatDriver, store: SQLiteStore) -> None:
+    await chat.command("/start quote")
+    await chat.say("iPhone 14")
+    await chat.command("/cancel")
+    state = await chat.state()
+    await store.save_turn(replace(state, values={**state.values, "damage_kind": "logic_board"}), [])
+    await chat.command("/quote")
+    assert "2 of 10" in chat.text
+    await chat.press("continue")
+    assert (await chat.state()).step == "ask_passcode"

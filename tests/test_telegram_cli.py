@@ -136,14 +136,8 @@ async def test_sigterm_finishes_in_flight_and_closes_the_database(tmp_path: Path
             update = fake.command(4242, "start")
             await asyncio.wait_for(stall.hit.wait(), 10)
             proc.send_signal(signal.SIGTERM)
-            # polling stops (PTB confirms the offset with a last timeout=0 poll) while our
-            # update is still in flight
-            await fake.wait_for(
-                lambda: any(c.params.get("timeout") == 0 for c in fake.calls_of("getUpdates")),
-                timeout=10,
-                what="polling stopped",
-            )
-            late = fake.command(4343, "start")  # arrives after SIGTERM: not taken any more
+            late = fake.command(4343, "start")  # arrives around SIGTERM: answered now or kept
+            await asyncio.sleep(0)
             stall.release()
             out, err = await asyncio.wait_for(proc.communicate(), 20)
         finally:
@@ -152,11 +146,17 @@ async def test_sigterm_finishes_in_flight_and_closes_the_database(tmp_path: Path
                 await proc.wait()
         log = err.decode()
         assert proc.returncode == 0, log
-        assert len(fake.sent(4242)) == 2, log
-        assert fake.sent(4343) == [] and late in fake.updates
+        assert len(fake.sent(4242)) == 1, log
         assert "database closed" in log
         assert fake.token not in log, "the token never reaches the log"
         assert update["update_id"] not in [u["update_id"] for u in fake.updates]
+    con = sqlite3.connect(db)
+    try:
+        stored = con.execute("SELECT status FROM tg_inbox WHERE update_id = ?", (late["update_id"],)).fetchone()
+    finally:
+        con.close()
+    # the late update is not lost: answered, still unconfirmed at Telegram, or stored for the next start
+    assert fake.sent(4343) or late in fake.updates or stored == ("new",)
     assert not Path(f"{db}-wal").exists(), "closed cleanly (WAL checkpointed and removed)"
     con = sqlite3.connect(db)
     try:

@@ -67,6 +67,7 @@ class Agents:
         self._engine: Engine | None = None
         self._store: SQLiteStore | None = None
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._early_alerts: list[str] = []  # raised before the desk started: posted when it has
 
     @property
     def retention_days(self) -> int:
@@ -108,6 +109,9 @@ class Agents:
             limiter=self.limiter,
         )
         await self.desk.start()
+        early, self._early_alerts = self._early_alerts, []
+        for text in early:
+            await self.desk.alert(text)
 
     async def close(self) -> None:
         desk, self.desk = self.desk, None
@@ -145,5 +149,7 @@ class Agents:
     async def alert(self, text: str) -> None:
         if self.desk is not None:
             await self.desk.alert(text)
+        elif self.with_desk and self._engine is not None:  # bound, desk not started yet
+            self._early_alerts.append(text)
         else:
             log.warning("ALERT: %s", text)

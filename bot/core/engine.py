@@ -12,6 +12,7 @@ comes from an earlier step and gets the "earlier step" answer, never a wrong tra
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import weakref
@@ -26,13 +27,17 @@ from .flows import MENU, FlowSet, Step
 from .messages import Button, EventKind, Hint, Inbound, MatchResult, Reply
 from .ports import ConversationStore, Direction, Entry, State
 from .redact import redact
-from .values import MAX_TEXT, clean_text, parse_email, parse_phone, parse_size_gb, parse_text
+from .values import MAX_TEXT, clean_text, parse_email, parse_size_gb, parse_text, phone_candidate
 
 log = logging.getLogger(__name__)
 
 MAX_PHOTO_BYTES = 20 * 1024 * 1024  # what a bot may download from Telegram
 MAX_HOPS = 40  # a flow that goes on without input this many times is a content bug
 LABEL_MATCH = 88  # typed text this close to a button label counts as pressing it
+
+#: The replies of the turn being saved, readable inside ``store.save_turn``: a door that keeps
+#: its outgoing messages in the same database writes them in the turn's own transaction.
+SAVING_REPLIES: contextvars.ContextVar[tuple[Reply, ...]] = contextvars.ContextVar("saving_replies", default=())
 
 
 class MatcherPort:
@@ -153,7 +158,11 @@ class Engine:
             for r in replies:
                 turn.entries.append(Entry(Direction.OUT, r.text, kind="reply",
                                           flow=turn.state.flow, step=turn.state.step))
-            await self.store.save_turn(turn.state, turn.entries)
+            saving = SAVING_REPLIES.set(replies)
+            try:
+                await self.store.save_turn(turn.state, turn.entries)
+            finally:
+                SAVING_REPLIES.reset(saving)
             record = TurnRecord(inbound.conversation_id, inbound, tuple(turn.entries), replies,
                                 turn.state, tuple(turn.events))
         for listener in self.listeners:
@@ -289,7 +298,7 @@ class Engine:
         seq_s, _, bid = payload.partition(":")
         turn.entries.append(Entry(Direction.IN, self._label_for(turn.state, bid) or bid, kind="button",
                                   flow=turn.state.flow, step=turn.state.step))
-        if not seq_s.isdigit() or int(seq_s) != turn.state.seq:
+        if not _is_number(seq_s) or int(seq_s) != turn.state.seq:
             turn.say("engine.stale_button", notice=self.content.raw("engine.stale_button"))
             await self._reprompt(turn)
             return
@@ -405,8 +414,10 @@ class Engine:
                 return
         if had_secret:
             turn.say("engine.password_warning")
-        # 1. a button label typed out
-        bid = self._typed_button(turn.state, step, text)
+        # 1. a button label typed out (not a number on an ask step: "-5 GB" is a value to
+        # check, not the "5 GB" button)
+        numeric_answer = bool(step and step.ask and not state.offer and any(ch.isdigit() for ch in text))
+        bid = None if numeric_answer else self._typed_button(turn.state, step, text)
         if bid is not None:
             turn.entries.append(Entry(Direction.IN, safe, kind="text", flow=state.flow, step=state.step))
             await self._press(turn, bid)
@@ -470,7 +481,7 @@ class Engine:
         if kind == "email":
             return parse_email(text), False
         if kind == "phone":
-            return parse_phone(text), False
+            return phone_candidate(text), False
         if kind == "text":
             parsed = parse_text(text)
             return (parsed[0], parsed[1]) if parsed else (None, False)
@@ -488,7 +499,7 @@ class Engine:
         typed = _norm(text)
         if not typed:
             return None
-        if typed.isdigit() and 1 <= int(typed) <= len(options) and not (step and step.ask and not state.offer):
+        if _is_number(typed) and 1 <= int(typed) <= len(options) and not (step and step.ask and not state.offer):
             return options[int(typed) - 1][0]
         best, best_score = None, 0.0
         for bid, label in options:
@@ -603,6 +614,11 @@ class Engine:
         turn.state = replace(turn.state, flow="", step="", history=(), offer=(), values=values)
         turn.say("engine.cancelled")
         await self.goto(turn, MENU, remember=False)
+
+
+def _is_number(text: str) -> bool:
+    """Decimal digits only: "²" and "①" are digits to ``isdigit`` but not to ``int``."""
+    return text.isdecimal() and len(text) <= 6
 
 
 def _in_progress(step: Step) -> bool:

@@ -15,10 +15,12 @@ import logging
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bot.config import Settings
 from bot.core.content import load_content
 
+from .ports import OutboxRow
 from .reference import normalize_reference
 from .store import QuoteStore
 from .transport import build_transport, recipients
@@ -43,13 +45,31 @@ def _ts(value: float | None) -> str:
 
 
 async def outbox_command(settings: Settings, args: argparse.Namespace) -> int:
-    qs = await QuoteStore.open(args.db or settings.db_path)
+    # the same default as `run` and `chat` (BOT_DB); a missing file is a typo, not a new database
+    db = args.db or settings.db_path
+    if db != ":memory:" and not Path(db).is_file():
+        print(f"no database at {db} (set BOT_DB or use --db)", file=sys.stderr)
+        return 2
+    qs = await QuoteStore.open(db)
     try:
         if args.action == "retry":
             return await _retry(settings, qs, args)
         return await _list(qs, args.all)
     finally:
         await qs.close()
+
+
+def _when(r: OutboxRow, now: float) -> str:
+    """When the row goes out: never a time in the past (a due row is due now)."""
+    if r.status == "delivered":
+        return f"delivered {_ts(r.delivered_at)}"
+    if r.status == "sending":
+        return f"sending (held by {r.owner})" if r.owner else "sending"
+    if r.status == "failed":
+        return "no automatic retry (outbox retry REF)"
+    if r.next_attempt_at <= now:
+        return "next: due now"
+    return f"next {_ts(r.next_attempt_at)}"
 
 
 async def _list(qs: QuoteStore, everything: bool) -> int:
@@ -59,13 +79,9 @@ async def _list(qs: QuoteStore, everything: bool) -> int:
         f"outbox: {counts.get('pending', 0)} pending, {counts.get('sending', 0)} sending, "
         f"{counts.get('failed', 0)} failed, {counts.get('delivered', 0)} delivered"
     )
+    now = time.time()
     for r in rows:
-        when = (
-            f"delivered {_ts(r.delivered_at)}"
-            if r.status == "delivered"
-            else f"next {_ts(r.next_attempt_at)}"
-        )
-        line = f"{r.ref}  {r.channel:<8}  {r.status:<9}  attempts={r.attempts}  {when}"
+        line = f"{r.ref}  {r.channel:<8}  {r.status:<9}  attempts={r.attempts}  {_when(r, now)}"
         if r.status == "failed" and r.alert_state:
             line += f"  alert={r.alert_state}"
         if r.last_error and r.status != "delivered":

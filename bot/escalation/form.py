@@ -5,12 +5,20 @@ imports this.
 All answers live in the conversation's values under ``q_`` (one form per conversation).
 ``quote_next`` is the router every answer returns to: it sends the user to the first
 question still open — so a new form runs in order, a resumed one continues where it
-stopped, and an edited answer goes straight back to the summary.
+stopped, and an edited answer goes straight back to the summary. It also checks the typed
+answers the engine cannot judge alone: a device model that is no model ("yes", "?"), a
+description that says nothing, a national phone number (completed with DEFAULT_REGION).
+
+What the troubleshooting already established is not asked again: a new form starts from
+the flow values ``damage_kind``, ``backup_state`` and ``data_at_risk`` the troubleshooting
+flows set (flows/README.md, "Values the quote form reads") and says so; the summary lets
+the user change them.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import uuid
 from collections.abc import Mapping
@@ -21,6 +29,7 @@ from bot.core.actions import ActionContext, ActionFn, ActionResult
 from bot.core.content import Content
 from bot.core.engine import CommandFn, Turn
 from bot.core.flows import MENU
+from bot.core.values import parse_phone
 from bot.store import StoreError
 
 from .ports import QuoteFields
@@ -43,9 +52,11 @@ log = logging.getLogger(__name__)
 FLOW = "quote"
 MAX_PHOTOS = 10
 QUESTIONS = 10  # device, damage, passcode, data, backup, name, e-mail, phone, photos, consent
+NEEDS_DESCRIPTION = ("reset", "other")  # the lab cannot act on these without a few words more
 FORM_KEYS = (
     "q_device",
     "q_damage",
+    "q_description",
     "q_passcode",
     "q_passcode_ok",
     "q_data",
@@ -60,6 +71,7 @@ FORM_KEYS = (
     "q_photos_note",
     "q_consent",
     "q_consent_at",
+    "q_prefilled",
 )
 SHOW_KEYS = (
     "q_show_device",
@@ -75,7 +87,10 @@ SHOW_KEYS = (
 )
 ROUTES = (
     "device",
+    "device_again",
     "damage",
+    "description",
+    "description_again",
     "passcode",
     "passcode_warn",
     "data",
@@ -83,6 +98,7 @@ ROUTES = (
     "name",
     "email",
     "phone",
+    "phone_again",
     "contact_missing",
     "photos",
     "consent",
@@ -104,12 +120,21 @@ def _list(value: str | None, allowed: tuple[str, ...] | None = None) -> list[str
     return [x for x in items if x in allowed] if allowed else items
 
 
+def _needs_description(v: Mapping[str, str]) -> bool:
+    return v.get("q_damage") in NEEDS_DESCRIPTION
+
+
+def total_questions(v: Mapping[str, str]) -> int:
+    return QUESTIONS + (1 if _needs_description(v) else 0)
+
+
 def answered(v: Mapping[str, str]) -> int:
-    """How many of the ten questions have an answer (for the resume offer)."""
+    """How many of the questions have an answer (for the resume offer)."""
     return sum(
         [
             bool(v.get("q_device")),
             v.get("q_damage") in DAMAGE_IDS,
+            _needs_description(v) and bool(v.get("q_description")),
             v.get("q_passcode") in PASSCODE_IDS,
             bool(_list(v.get("q_data"), DATA_IDS)),
             v.get("q_backup") in BACKUP_IDS,
@@ -128,6 +153,8 @@ def next_missing(v: Mapping[str, str]) -> str:
         return "device"
     if v.get("q_damage") not in DAMAGE_IDS:
         return "damage"
+    if _needs_description(v) and not v.get("q_description"):
+        return "description"
     if v.get("q_passcode") not in PASSCODE_IDS:
         return "passcode"
     if v.get("q_passcode") != "yes" and v.get("q_passcode_ok") != "1":
@@ -151,6 +178,84 @@ def next_missing(v: Mapping[str, str]) -> str:
     return "summary"
 
 
+_WORDS_RE = re.compile(r"[^\w]+")
+
+
+def says_something(text: str, non_answers: tuple[str, ...]) -> bool:
+    """Whether a typed answer carries information: not "yes", "ok", "?" or another of
+    ``non_answers`` (content: quote.non_answers and the engine's yes/no words), and not a
+    bare question ("which one?") without a number or the word iPhone in it."""
+    norm = " ".join(_WORDS_RE.sub(" ", text.lower().replace("'", "").replace("\u2019", "")).split())
+    if not norm or norm in non_answers:
+        return False
+    return not (text.strip().endswith("?") and not re.search(r"\d|iphone", norm))
+
+
+def _non_answers(content: Content) -> tuple[str, ...]:
+    return (
+        content.words("quote.non_answers")
+        + content.words("engine.yes_words")
+        + content.words("engine.no_words")
+    )
+
+
+def checked(v: Mapping[str, str], content: Content, region: str) -> tuple[dict[str, str], str | None]:
+    """The typed answers the engine could not judge: (values to set, route to re-ask or None).
+
+    A device or description that says nothing is cleared and asked again; a national phone
+    number is completed with ``region`` (DEFAULT_REGION) to E.164, or cleared and asked again.
+    """
+    fix: dict[str, str] = {}
+    if v.get("q_device") and not says_something(v["q_device"], _non_answers(content)):
+        return {"q_device": ""}, "device_again"
+    desc = v.get("q_description", "")
+    if desc and _needs_description(v) and not says_something(desc, _non_answers(content)):
+        return {"q_description": ""}, "description_again"
+    phone = v.get("q_phone", "")
+    if phone and not phone.startswith("+"):
+        e164 = parse_phone(phone, region)
+        if e164 is None:
+            return {"q_phone": ""}, "phone_again"
+        fix["q_phone"] = e164
+    return fix, None
+
+
+# The flow values the troubleshooting flows set when they have established a fact
+# (flows/README.md): damage_kind -> q_damage, backup_state -> q_backup, and data_at_risk ->
+# q_data when it names the kinds of data ("photos,messages"; a plain "yes" names none).
+KNOWN = (("damage_kind", "q_damage", DAMAGE_IDS), ("backup_state", "q_backup", BACKUP_IDS))
+
+
+def prefill(v: Mapping[str, str]) -> dict[str, str]:
+    """Answers taken from what the conversation already established, for questions still open."""
+    out: dict[str, str] = {}
+    for known, field, ids in KNOWN:
+        if v.get(known) in ids and v.get(field) not in ids:
+            out[field] = v[known]
+    data = _list(v.get("data_at_risk"), DATA_IDS)
+    if data and not _list(v.get("q_data"), DATA_IDS):
+        out["q_data"] = ",".join(dict.fromkeys(data))
+    return out
+
+
+def prefill_note(pairs: Mapping[str, str], content: Content) -> str:
+    """"What happened: Water damage; Backup: No backup" for the answers ``prefill`` took."""
+    labels = field_labels(
+        content,
+        damage=pairs.get("q_damage", ""),
+        passcode="",
+        passcode_go_on=False,
+        data=_list(pairs.get("q_data"), DATA_IDS),
+        backup=pairs.get("q_backup", ""),
+    )
+    parts = [
+        f"{content.raw(f'quote.field.{name}')}: {labels[name]}"
+        for name, key in (("damage", "q_damage"), ("data", "q_data"), ("backup", "q_backup"))
+        if pairs.get(key)
+    ]
+    return "; ".join(parts)
+
+
 def fields_from_values(v: Mapping[str, str], now: float) -> QuoteFields:
     return QuoteFields(
         device=v.get("q_device", ""),
@@ -164,6 +269,7 @@ def fields_from_values(v: Mapping[str, str], now: float) -> QuoteFields:
         phone=v.get("q_phone", ""),
         photos=tuple(_list(v.get("q_photos"))[:MAX_PHOTOS]),
         consent_at=float(v.get("q_consent_at") or now),
+        description=v.get("q_description", "") if _needs_description(v) else "",
     )
 
 
@@ -189,9 +295,13 @@ def summary_values(v: Mapping[str, str], content: Content) -> dict[str, str]:
         if row
         else content.text("quote.price_unknown")
     )
+    damage = shown(labels["damage"])
+    if _needs_description(v) and v.get("q_description"):
+        damage = content.text("quote.value.damage_described",
+                              {"label": damage, "description": shown(v["q_description"], 200)})
     return {
         "q_show_device": shown(v.get("q_device", "")),
-        "q_show_damage": labels["damage"],
+        "q_show_damage": damage,
         "q_show_passcode": labels["passcode"],
         "q_show_data": labels["data"],
         "q_show_backup": labels["backup"],
@@ -213,27 +323,39 @@ def make_actions(hub: Escalation) -> dict[str, tuple[ActionFn, tuple[str, ...]]]
     async def quote_begin(ctx: ActionContext) -> ActionResult:
         n = answered(ctx.values)
         if n == 0:
-            return _result("fresh", {**_cleared(), "q_draft": uuid.uuid4().hex[:12]})
+            known = prefill(ctx.values)
+            pairs = {**_cleared(), **known, "q_draft": uuid.uuid4().hex[:12]}
+            if known:
+                pairs["q_prefilled"] = prefill_note(known, ctx.content)
+                return _result("prefilled", pairs)
+            return _result("fresh", pairs)
         draft = ctx.values.get("q_draft") or uuid.uuid4().hex[:12]
+        known = prefill(ctx.values)  # established since the draft was started
+        merged = {**ctx.values, **known}
         return _result(
-            "resume", {"q_answered": str(n), "q_total": str(QUESTIONS), "q_draft": draft}
+            "resume",
+            {
+                **known,
+                "q_answered": str(answered(merged)),
+                "q_total": str(total_questions(merged)),
+                "q_draft": draft,
+            },
         )
 
     async def quote_reset(ctx: ActionContext) -> ActionResult:
         return _result("ok", {**_cleared(), "q_draft": uuid.uuid4().hex[:12]})
 
     async def quote_next(ctx: ActionContext) -> ActionResult:
-        v = ctx.values
+        pairs, again = checked(ctx.values, ctx.content, hub.phone_region)
+        if again:
+            return _result(again, pairs)
+        v = {**ctx.values, **pairs}
         route = next_missing(v)
-        pairs: dict[str, str] = {}
         if not v.get("q_draft"):
             pairs["q_draft"] = uuid.uuid4().hex[:12]
         if v.get("q_consent") == "yes" and not v.get("q_consent_at"):
             pairs["q_consent_at"] = f"{hub.clock():.3f}"
         return _result(route, pairs)
-
-    async def quote_contact_reset(ctx: ActionContext) -> ActionResult:
-        return _result("ok", {"q_email_skip": "", "q_phone_skip": ""})
 
     async def quote_photos_done(ctx: ActionContext) -> ActionResult:
         # photos over Telegram's 20 MB download limit never get here: the engine refuses them
@@ -293,6 +415,7 @@ def make_actions(hub: Escalation) -> dict[str, tuple[ActionFn, tuple[str, ...]]]
             "q_ref": ref,
             "q_sent_where": where,
             "q_sent_contact": ctx.content.raw(contact),
+            "q_reply_hours": str(hub.reply_hours),
         }
         return _result("sent", pairs, events=("quote_sent",))
 
@@ -300,10 +423,9 @@ def make_actions(hub: Escalation) -> dict[str, tuple[ActionFn, tuple[str, ...]]]
         return _result("ok", {**_cleared(), "q_draft": ""})
 
     return {
-        "quote_begin": (quote_begin, ("fresh", "resume")),
+        "quote_begin": (quote_begin, ("fresh", "prefilled", "resume")),
         "quote_reset": (quote_reset, ("ok",)),
         "quote_next": (quote_next, ROUTES),
-        "quote_contact_reset": (quote_contact_reset, ("ok",)),
         "quote_photos_done": (quote_photos_done, ("ok", "noted")),
         "quote_summary": (quote_summary, ("ok", "incomplete")),
         "quote_send": (quote_send, ("sent", "incomplete", "error")),

@@ -81,6 +81,7 @@ class QuoteFields:
     phone: str
     photos: tuple[str, ...]  # the door's file ids
     consent_at: float  # when the user agreed to be contacted and to the processing
+    description: str = ""  # the user's words for "reset" and "other" (empty otherwise)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from bot.core.content import Content, CostRow
-from bot.core.values import parse_email
+from bot.core.values import email_ascii
 
 from .ports import PhotoPart, QuoteRecord
 
@@ -125,6 +125,7 @@ def request_dict(rec: QuoteRecord, content: Content) -> dict[str, object]:
         "conversation_id": rec.conversation_id,
         "device_model": f.device,
         "damage": {"id": f.damage, "label": labels["damage"]},
+        "description": f.description or None,
         "passcode_known": f.passcode,
         "passcode_warning_acknowledged": f.passcode_go_on,
         "data_wanted": [{"id": d, "label": _label(content, f"quote.data.{d}", d)} for d in f.data],
@@ -176,6 +177,7 @@ def field_rows(rec: QuoteRecord, content: Content) -> list[tuple[str, str]]:
         (L("received"), _when(rec.created_at)),
         (L("device"), f.device),
         (L("damage"), labels["damage"]),
+        *([(L("description"), f.description)] if f.description else []),
         (L("passcode"), labels["passcode"]),
         (L("data"), labels["data"]),
         (L("backup"), labels["backup"]),
@@ -207,13 +209,25 @@ def _who(content: Content, direction: str) -> str:
     return _label(content, f"quote.mail.who.{direction}", direction)
 
 
+def intro(rec: QuoteRecord, content: Content) -> str:
+    """Who asks and how to answer them: "reply to this e-mail" only when a reply reaches them."""
+    f = rec.fields
+    if reply_to(rec) is not None:
+        how = content.raw("quote.mail.answer_reply")
+    elif f.email:  # an address that cannot go into a header (non-ASCII before the @)
+        how = content.text("quote.mail.answer_address", {"email": one_line(f.email)})
+    else:
+        how = content.text("quote.mail.answer_phone", {"phone": f.phone})
+    return plain(content.raw("quote.mail.intro") + " " + how)
+
+
 def text_body(
     rec: QuoteRecord, content: Content, photos: Sequence[PhotoPart], json_name: str
 ) -> str:
     out = [
         plain(content.text("quote.mail.heading", {"ref": rec.ref})),
         "",
-        plain(content.raw("quote.mail.intro")),
+        intro(rec, content),
         "",
     ]
     rows = field_rows(rec, content)
@@ -247,7 +261,7 @@ def html_body(
         '<html><head><meta charset="utf-8"></head>',
         '<body style="font-family:Helvetica,Arial,sans-serif;font-size:14px;color:#222">',
         f"<h2>{e(plain(content.text('quote.mail.heading', {'ref': rec.ref})))}</h2>",
-        f"<p>{e(plain(content.raw('quote.mail.intro')))}</p>",
+        f"<p>{e(intro(rec, content))}</p>",
         '<table cellpadding="4" style="border-collapse:collapse">',
     ]
     for k, v in field_rows(rec, content):
@@ -292,7 +306,8 @@ def subject(rec: QuoteRecord, content: Content) -> str:
 
 
 def reply_to(rec: QuoteRecord) -> Address | None:
-    addr = parse_email(header_text(rec.fields.email, 254))
+    """The user as Reply-To (the domain in its ASCII form), or None without a usable address."""
+    addr = email_ascii(header_text(rec.fields.email, 254)) if rec.fields.email else None
     if not addr:
         return None
     local, _, domain = addr.partition("@")
@@ -360,9 +375,13 @@ def lab_chat_text(rec: QuoteRecord, content: Content) -> str:
         else content.raw("quote.mail.price_none")
     )
     contact = ", ".join(x for x in (f.email, f.phone) if x)
+    damage = labels["damage"]
+    if f.description:
+        damage = content.text("quote.value.damage_described",
+                              {"label": damage, "description": shown(f.description, 200)})
     values: Mapping[str, str] = {
         "ref": rec.ref,
-        "damage": labels["damage"],
+        "damage": damage,
         "device": shown(f.device, 120),
         "passcode": labels["passcode"],
         "backup": labels["backup"],

@@ -82,6 +82,9 @@ class Escalation:
         self.worker: OutboxWorker | None = None
         self.channels: tuple[str, ...] = ("email",)
         self.maildir: str | None = None  # set when delivery goes to a Maildir
+        # the form's settings (DEFAULT_REGION, LAB_REPLY_HOURS)
+        self.phone_region = self.settings.default_region
+        self.reply_hours = self.settings.lab_reply_hours
         self._quotes: QuoteStore | None = None
 
     # -- the feature seam ----------------------------------------------------------------
@@ -151,6 +154,8 @@ class Escalation:
             return self.worker
         if self.store is None:
             raise RuntimeError("the quote feature needs a store")
+        self.phone_region = settings.default_region
+        self.reply_hours = settings.lab_reply_hours
         transport = transport or build_transport(settings)
         self._quotes = (
             QuoteStore.sharing(self.store)

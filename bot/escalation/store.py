@@ -80,6 +80,7 @@ def fields_from_json(raw: str) -> QuoteFields:
         phone=str(d.get("phone", "")),
         photos=tuple(d.get("photos", ())),
         consent_at=float(d.get("consent_at", 0.0)),
+        description=str(d.get("description", "")),
     )
 
 

@@ -156,4 +156,38 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 4: the Telegram door's durable intake and replies (bot/tg/queue.py): every update is
+    # stored before Telegram is told it arrived, and marked done in its turn's transaction;
+    # the turn's messages wait in tg_outbox until Telegram has them; tg_keyboards is the
+    # message per chat that carries the live keyboard (retired when a newer one is sent).
+    """
+    CREATE TABLE tg_inbox (
+        update_id   INTEGER PRIMARY KEY,
+        body        TEXT NOT NULL,
+        status      TEXT NOT NULL DEFAULT 'new',
+        received_at REAL NOT NULL,
+        done_at     REAL
+    );
+    CREATE INDEX tg_inbox_by_status ON tg_inbox (status, update_id);
+    CREATE TABLE tg_outbox (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        chat_id     INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        priority    INTEGER NOT NULL DEFAULT 0,
+        body        TEXT NOT NULL,
+        update_id   INTEGER,
+        status      TEXT NOT NULL DEFAULT 'pending',
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT NOT NULL DEFAULT '',
+        message_id  INTEGER,
+        created_at  REAL NOT NULL,
+        sent_at     REAL
+    );
+    CREATE INDEX tg_outbox_by_status ON tg_outbox (status, id);
+    CREATE TABLE tg_keyboards (
+        chat_id    INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL,
+        ts         REAL NOT NULL
+    );
+    """,
 ]

@@ -8,11 +8,13 @@ file surface as StoreError naming the path, never as a traceback to a user.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,12 @@ log = logging.getLogger(__name__)
 
 
 UPDATE_MEMORY_S = 7 * 24 * 3600  # how long a Telegram update id is remembered
+
+TurnWrites = Callable[[aiosqlite.Connection, State], Awaitable[None]]
+#: Extra writes of the turn being saved, set by a door around ``Engine.handle`` (the Telegram
+#: door: its outgoing messages, the update marked done). ``save_turn`` awaits it inside its
+#: transaction just before COMMIT; if it raises, the whole turn is rolled back.
+TURN_WRITES: contextvars.ContextVar[TurnWrites | None] = contextvars.ContextVar("turn_writes", default=None)
 
 
 class StoreError(Exception):
@@ -59,6 +67,23 @@ class MessageRow:
     decision: str | None
 
 
+def _create_private(path: str) -> None:
+    """Create the database's folder and an empty file readable by the owner only, whatever
+    the umask (SQLite gives the -wal and -shm files the database file's permissions)."""
+    target = Path(path).expanduser()
+    try:
+        target.resolve().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the folder for the database {path}: {exc.strerror}") from exc
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create the database {path}: {exc.strerror}") from exc
+    os.chmod(target, 0o600)  # the umask may have removed bits only; make it exactly owner-only
+
+
 class SQLiteStore:
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self.db = db
@@ -73,11 +98,7 @@ class SQLiteStore:
     async def open(cls, path: str | Path, timeout: float = 5.0) -> SQLiteStore:
         p = str(path)
         if p != ":memory:":
-            parent = Path(p).expanduser().resolve().parent
-            try:
-                parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create the folder for the database {p}: {exc.strerror}") from exc
+            _create_private(p)
         try:
             db = await aiosqlite.connect(p, timeout=timeout, isolation_level=None)
         except sqlite3.Error as exc:
@@ -89,12 +110,18 @@ class SQLiteStore:
                 await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
+            if p != ":memory:":
+                await store._check_intact()
             await store._migrate()
+            await store._check_writable()
         except sqlite3.OperationalError as exc:
             await db.close()
             msg = str(exc)
             if "locked" in msg or "busy" in msg:
                 raise StoreError(f"the database {p} is locked by another process; stop it or use --db") from exc
+            if "readonly" in msg:
+                raise StoreError(f"the database {p} is read-only for this user (uid {os.getuid()}): "
+                                 "give the bot's user write access to the file and its folder") from exc
             raise StoreError(f"cannot use the database {p}: {msg}") from exc
         except sqlite3.DatabaseError as exc:
             await db.close()
@@ -116,6 +143,23 @@ class SQLiteStore:
         rows = await self.db.execute_fetchall(sql, args)
         return rows[0] if rows else None
 
+    async def _check_intact(self) -> None:
+        """``PRAGMA quick_check`` at start: a damaged file is refused by name, not met mid-turn."""
+        rows = await self.db.execute_fetchall("PRAGMA quick_check(5)")
+        problems = [str(r[0]) for r in rows if r[0] != "ok"]
+        if problems:
+            raise StoreError(f"the database {self.path} is damaged (quick_check: {'; '.join(problems)}); "
+                             "restore a backup (python -m bot backup-db) or move the file away")
+
+    async def _check_writable(self) -> None:
+        """A write that changes nothing, rolled back: a read-only file fails here, at start."""
+        row = await self.fetchone("PRAGMA user_version")
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            await self.db.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
+        finally:
+            await self.db.execute("ROLLBACK")
+
     async def _migrate(self) -> None:
         row = await self.fetchone("PRAGMA user_version")
         version = int(row[0]) if row else 0
@@ -131,7 +175,8 @@ class SQLiteStore:
             )
 
     async def backup_to(self, target: str | Path) -> None:
-        """SQLite's online backup API: a consistent copy while the bot runs."""
+        """SQLite's online backup API: a consistent copy (owner-only) while the bot runs."""
+        _create_private(str(target))
         dest = await aiosqlite.connect(str(target))
         try:
             await self.db.backup(dest)
@@ -201,6 +246,9 @@ class SQLiteStore:
                         [(state.conversation_id, now, e.text, e.decision or "",
                           json.dumps([[c, s] for c, s in e.candidates])) for e in unmatched],
                     )
+            extra = TURN_WRITES.get()
+            if extra is not None:
+                await extra(db, state)
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -281,4 +329,4 @@ class SQLiteStore:
         return [(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
 
-__all__ = ["SQLiteStore", "StoreError", "ConversationRow", "MessageRow", "Direction"]
+__all__ = ["TURN_WRITES", "SQLiteStore", "StoreError", "ConversationRow", "MessageRow", "Direction"]

@@ -120,8 +120,13 @@ async def backup_db(db_path: str, target: str, *, force: bool = False) -> int:
         print(f"no database at {src} (set BOT_DB to the bot's database file)", file=sys.stderr)
         return 1
     dest = Path(target)
-    if dest.is_dir():
-        dest = dest / f"{src.stem}-{time.strftime('%Y%m%d-%H%M%S')}.db"
+    if target.endswith(("/", os.sep)) or dest.is_dir():  # a folder (created if needed): a new dated file
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest = dest / f"{src.stem}-{stamp}.db"
+        n = 1
+        while dest.exists():  # two backups within a second
+            n += 1
+            dest = dest.with_name(f"{src.stem}-{stamp}-{n}.db")
     if dest.exists() and not force:
         print(f"{dest} exists; choose another path or add --force", file=sys.stderr)
         return 1

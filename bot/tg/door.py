@@ -1,26 +1,32 @@
-"""The Telegram door: PTB updates in, one ``Inbound`` each; the engine's replies out as messages.
+"""The Telegram door: stored updates in, one ``Inbound`` each; each turn's replies out as one
+durable message.
 
-A thin translator on the seam, like the terminal door. It holds no conversation state: the
-engine owns the conversation (and detects stale button presses itself). What it keeps in
-memory is presentation only and safe to lose on restart: which message last carried a
-keyboard (to retire it when a new one is shown), which chats blocked the bot (to stop
-sending), which groups it already told it only works in private chats.
+A thin translator on the seam, like the terminal door. The engine owns the conversation;
+the door owns what Telegram needs: the intake is stored before it is confirmed
+(``bot.tg.intake``), and a turn's messages are written to the outgoing queue
+(``bot.tg.queue``) **in the turn's own transaction** together with "this update is done"
+(through ``TURN_WRITES``: ``SQLiteStore.save_turn`` calls the door inside its transaction,
+where ``SAVING_REPLIES`` holds the replies). ``bot.tg.sender`` delivers them. A kill at any
+moment therefore loses no update and repeats no turn.
 
-Handling one update (``_on_update``, called by PTB strictly one after another):
-  classify it synchronously (no awaits, so the order of arrival is kept), then chain a task
-  behind the previous task of the same chat: one chat is handled strictly in order, many
-  chats run in parallel (at most ``max_parallel`` at once; at most ``max_pending`` queued,
-  which pushes back on PTB's update fetcher). Each task: ``store.mark_update`` (a duplicate
-  update is ignored) -> ``engine.handle`` -> answer the button press -> retire the pressed
-  keyboard -> send the replies. An exception goes to PTB's one error handler (``on_error``):
-  logged with the update id, the user gets a polite text; the engine saved nothing for the
-  failed turn, other chats never notice.
+Handling one update (``_on_update``, called by PTB strictly one after another): classify it
+synchronously (no awaits, so the order of arrival is kept), then chain a task behind the
+previous task of the same chat: one chat is handled strictly in order, many chats run in
+parallel (at most ``max_parallel`` at once).
 
-Sending: HTML, everything escaped, ``**x**`` bold; long texts split at paragraphs, buttons on
-the last part. 429s are waited out by the rate limiter (``ratelimit``); 403 marks the
-conversation inactive and stops sending to it (no retries); 400 on edits is logged and
-ignored; 5xx and timeouts are retried twice with a short backoff.
+What one turn sends (the budget is ~1 message/s per chat, ~30/s overall):
+* typed text: one message — the replies joined, the keyboard on it; an older keyboard is
+  retired later, as housekeeping, when the budget has room;
+* a press: the toast (``answerCallbackQuery``, not a message), the answer as one message,
+  and one edit of the pressed message showing the choice without the keyboard
+  (housekeeping). When the answer is the pressed message again with new buttons (a
+  multi-select step), that message is edited in place instead — one call;
+* a stale press or a double tap: the toast only; the turn is discarded (nothing changes).
+
+Errors: an engine failure is logged with the update id and answered with the polite error
+text (the update is done: it is not retried forever). 403 marks the conversation inactive.
 """
+
 
 from __future__ import annotations
 
@@ -50,18 +56,21 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 from telegram.ext import Application, ContextTypes, TypeHandler
 
 from bot.core.content import Content
-from bot.core.engine import Engine
-from bot.core.messages import Attachment, Button, EventKind, Hint, Inbound, Reply
+from bot.core.engine import SAVING_REPLIES, Engine
+from bot.core.messages import Attachment, Button, EventKind, Inbound, Reply
+from bot.store.sqlite import TURN_WRITES
+
+from .queue import ANSWER, HOUSEKEEPING, Job, JobSpec, TelegramQueue
+from .sender import Sender
 
 from .render import (
     MAX_CALLBACK_ANSWER,
     MAX_MESSAGE,
     clip,
+    compose,
     fits_callback_data,
     keyboard_rows,
-    split_text,
     tg_len,
-    to_html,
     visible,
 )
 
@@ -82,16 +91,20 @@ MENU_COMMANDS: tuple[str, ...] = (
 ERROR_KEY = "engine.internal_error"
 EDITED_KEY = "telegram.edited_message"
 PRIVATE_ONLY_KEY = "telegram.private_only"
+STALE_KEY = "engine.stale_button"
 # Only for the error path, when content lacks ERROR_KEY (the error must still be answered).
 FALLBACK_ERROR = "Sorry, something went wrong on my side. Please try again, or send /restart to start over."
 CHOICE_MARK = "» "
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
-SEND_RETRIES = 2  # extra attempts after a 5xx / timeout / connection error
 DOOR_GROUP = 0  # PTB handler group; other features can register earlier groups
 
 
-class _Blocked(Exception):
-    """The chat refused our message (403): stop this turn's remaining sends."""
+class _StalePress(Exception):
+    """Raised inside the turn's transaction: a stale press or a double tap changes nothing."""
+
+    def __init__(self, notice: str) -> None:
+        super().__init__(notice)
+        self.notice = notice
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,7 @@ class Work:
     callback: CallbackQuery | None = None
     active: bool = True  # member: the bot's new standing in a private chat
     chat_type: str = Chat.PRIVATE
+    received: float = 0.0  # loop time the door got it (the typing indicator counts from here)
 
 
 def conversation_id(chat_id: int) -> str:
@@ -179,23 +193,28 @@ class TelegramDoor:
         max_parallel: int = 8,
         max_pending: int = 2000,
         send_retry_delay: float = 0.5,
+        typing_after: float = 1.0,
     ) -> None:
         self.engine = engine
-        self.store = store  # SQLiteStore: mark_update, set_flags
+        self.store = store  # SQLiteStore: set_flags, and the queue's connection
+        self.queue = TelegramQueue(store)
         self.content = content
         self.service_chats = frozenset(service_chats)  # agents'/lab chats: other features own them
         self.send_retry_delay = send_retry_delay
-        # (update_id, chat_id) once the door is done with an update, ignored ones included
+        self.typing_after = typing_after
+        # (update_id, chat_id) once the door is done with an update (its messages delivered)
         self.listeners: list[Callable[[int, int], None]] = []
         self.application: Application | None = None
+        self.sender: Sender | None = None
         self._active = asyncio.Semaphore(max_parallel)
         self._pending = asyncio.Semaphore(max_pending)
         self._tails: dict[int, asyncio.Task[None]] = {}
         self._inflight: set[asyncio.Task[None]] = set()
+        self._claimed: set[int] = set()
         self._blocked: set[int] = set()
         self._told_groups: set[int] = set()
-        self._last_keyboard: OrderedDict[int, int] = OrderedDict()
         self._answered: OrderedDict[str, None] = OrderedDict()
+        self._stopping = False
         self.bot_username = ""
 
     # -- wiring --------------------------------------------------------------
@@ -203,6 +222,14 @@ class TelegramDoor:
         self.application = application
         application.add_handler(TypeHandler(Update, self._on_update), group=DOOR_GROUP)
         application.add_error_handler(self.on_error)
+        self.sender = Sender(
+            application.bot,
+            self.queue,
+            application.bot.rate_limiter,
+            on_blocked=self.mark_blocked,
+            retry_delay=self.send_retry_delay,
+            typing_after=self.typing_after,
+        )
 
     @property
     def bot(self) -> Any:
@@ -212,6 +239,10 @@ class TelegramDoor:
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
+
+    def claimed(self, update_id: int) -> bool:
+        """True while the door handles ``update_id`` (it marks the update done itself)."""
+        return update_id in self._claimed
 
     async def set_commands(self) -> list[str]:
         """The command menu from content (``commands.<name>``); returns the names set."""
@@ -232,14 +263,33 @@ class TelegramDoor:
             log.warning("no commands.* texts in content: the command menu was not set")
         return [c.command for c in commands]
 
-    async def drain(self) -> None:
-        """Wait until every update handed to the door has been handled."""
+    async def start_sending(self) -> int:
+        assert self.sender is not None, "install() first"
+        return await self.sender.start()
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every turn handed to the door has finished (True), or ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while self._inflight:
-            await asyncio.wait(set(self._inflight))
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            await asyncio.wait(set(self._inflight), timeout=remaining)
+        return True
+
+    def stop_taking(self) -> None:
+        """Turns not yet started stay in the inbox for the next start."""
+        self._stopping = True
+
+    async def stop_sending(self, deadline: float) -> None:
+        if self.sender is not None:
+            await self.sender.stop(deadline)
 
     # -- intake --------------------------------------------------------------
     def classify(self, update: Update) -> Work | None:
         uid = update.update_id
+        now = asyncio.get_running_loop().time()
         if update.my_chat_member is not None:
             cmu = update.my_chat_member
             chat = cmu.chat
@@ -279,7 +329,7 @@ class TelegramDoor:
                 payload=cq.data,
                 user_name=cq.from_user.first_name if cq.from_user else "",
             )
-            return Work("turn", chat.id, uid, inbound=inbound, callback=cq)
+            return Work("turn", chat.id, uid, inbound=inbound, callback=cq, received=now)
         if update.edited_message is not None:
             chat = update.edited_message.chat
             return Work("edited", chat.id, uid) if chat.type == Chat.PRIVATE else None
@@ -294,18 +344,17 @@ class TelegramDoor:
         inbound = to_inbound(msg, self.bot_username)
         if inbound is None:
             return None
-        return Work("turn", chat.id, uid, inbound=inbound)
+        return Work("turn", chat.id, uid, inbound=inbound, received=now)
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         work = self.classify(update)
         if work is None:
             log.debug("update %s: nothing to do", update.update_id)
-            chat = update.effective_chat
-            self._notify(update.update_id, chat.id if chat else 0)
-            return
+            return  # the intake marks it done
+        self._claimed.add(work.update_id)
         await self._pending.acquire()
         prev = self._tails.get(work.chat_id)
-        task = asyncio.create_task(self._run(work, update, prev), name=f"tg-update-{work.update_id}")
+        task = asyncio.create_task(self._run(work, prev), name=f"tg-update-{work.update_id}")
         self._tails[work.chat_id] = task
         self._inflight.add(task)
         task.add_done_callback(lambda t, chat_id=work.chat_id: self._done(t, chat_id))
@@ -316,18 +365,34 @@ class TelegramDoor:
         if self._tails.get(chat_id) is task:
             del self._tails[chat_id]
 
-    async def _run(self, work: Work, update: Update, prev: asyncio.Task[None] | None) -> None:
-        if prev is not None and not prev.done():
-            await asyncio.wait({prev})  # the same chat's earlier update first (its errors are its own)
+    async def _run(self, work: Work, prev: asyncio.Task[None] | None) -> None:
+        jobs: list[Job] = []
         try:
+            if prev is not None and not prev.done():
+                await asyncio.wait({prev})  # the same chat's earlier update first (its errors are its own)
+            if self._stopping:
+                return  # not started: it stays in the inbox for the next start
             async with self._active:
+                if self._stopping:
+                    return
                 try:
-                    await self._process(work)
-                except Exception as exc:  # the one broad catch: PTB's error handler reports it
-                    assert self.application is not None
-                    await self.application.process_error(update, exc)
+                    jobs = await self._process(work)
+                except Exception as exc:  # the one broad catch: logged, the user gets the apology
+                    jobs = await self._failed(work, exc)
         finally:
+            self._claimed.discard(work.update_id)
+            self._notify_when_sent(work, jobs)
+
+    def _notify_when_sent(self, work: Work, jobs: Sequence[Job]) -> None:
+        fut = self.sender.done_future(jobs) if self.sender is not None and jobs else None
+        if fut is None:
             self._notify(work.update_id, work.chat_id)
+        else:
+            fut.add_done_callback(lambda _f: self._notify(work.update_id, work.chat_id))
+
+    def notify(self, update_id: int, chat_id: int) -> None:
+        """Tell the listeners an update is finished (the intake finishes those the door skips)."""
+        self._notify(update_id, chat_id)
 
     def _notify(self, update_id: int, chat_id: int) -> None:
         for listener in self.listeners:
@@ -336,67 +401,114 @@ class TelegramDoor:
             except Exception:  # an observer must never break the door
                 log.exception("door listener failed")
 
-    async def _process(self, work: Work) -> None:
-        if not await self._mark_update(work.update_id):
-            log.info("update %s was already handled: ignored", work.update_id)
-            return
+    def _queue(self, jobs: Sequence[Job]) -> None:
+        if self.sender is not None and jobs:
+            self.sender.add(jobs)
+
+    async def _process(self, work: Work) -> list[Job]:
         if work.kind == "turn":
-            await self._turn(work)
-        elif work.kind == "member":
-            await self._member(work)
-        elif work.kind == "edited":
-            await self._edited(work)
-        elif work.kind == "group":
-            await self._group(work)
-        elif work.kind == "answer" and work.callback is not None:
+            return await self._turn(work)
+        if work.kind == "member":
+            return await self._member(work)
+        if work.kind == "edited":
+            return await self._edited(work)
+        if work.kind == "group":
+            return await self._group(work)
+        jobs = await self.queue.finish(work.update_id)
+        if work.kind == "answer" and work.callback is not None:
             await self._answer(work.callback, "")
+        return jobs
 
-    async def _mark_update(self, update_id: int) -> bool:
-        """``store.mark_update``, retried when SQLite answers "database is locked" at once.
+    async def _failed(self, work: Work, exc: Exception) -> list[Job]:
+        log.error("update %s failed: %s: %s", work.update_id, type(exc).__name__, exc, exc_info=exc)
+        if work.callback is not None and not self.was_answered(work.callback.id):
+            await self._answer(work.callback, "")
+        specs = []
+        if work.kind == "turn" and work.chat_id not in self._blocked:
+            specs = self._messages(work.chat_id, (Reply(text=self.error_text(), key=ERROR_KEY),))
+        try:
+            jobs = await self.queue.finish(work.update_id, specs, status="failed")
+        except Exception as exc2:  # the database itself is failing: the update stays new
+            log.error("update %s: could not record the failure: %s", work.update_id, exc2)
+            return []
+        self._queue(jobs)
+        if self.sender is not None:
+            self.sender.answered(work.chat_id)
+        return jobs
 
-        That happens when another coroutine's read statement is still open on the shared
-        connection while a second connection (the quote outbox) holds the write lock:
-        SQLite then skips the busy timeout. Marking is idempotent, so a retry is safe.
-        """
-        for attempt in range(4):
-            try:
-                return bool(await self.store.mark_update(update_id))
-            except sqlite3.OperationalError as exc:
-                if attempt == 3 or "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                log.info("marking update %s: %s; retrying", update_id, exc)
-                await asyncio.sleep(0.05 * (attempt + 1))
-        return False  # pragma: no cover - the loop returns or raises
+    # -- what a turn sends --------------------------------------------------------------
+    def _messages(
+        self, chat_id: int, replies: Sequence[Reply], *, thread_id: int | None = None, priority: int | None = None
+    ) -> list[JobSpec]:
+        prio = priority if priority is not None else (ANSWER if chat_id > 0 else HOUSEKEEPING)
+        specs = []
+        for html_text, keyboard in compose(replies):
+            body: dict[str, Any] = {"html": html_text}
+            if keyboard:
+                body["keyboard"] = keyboard
+            if thread_id is not None:
+                body["thread_id"] = thread_id
+            specs.append(JobSpec(chat_id, "send", prio, body))
+        return specs
 
-    # -- the kinds of work --------------------------------------------------------------
-    async def _turn(self, work: Work) -> None:
+    def _plan(self, work: Work, replies: Sequence[Reply]) -> tuple[list[JobSpec], tuple[int, int] | None]:
+        """The jobs of one turn, and the (chat, message) whose keyboard it used up."""
+        cq = work.callback
+        if cq is None:
+            return self._messages(work.chat_id, replies), None
+        if replies and replies[0].key == STALE_KEY:
+            raise _StalePress(replies[0].notice or visible(replies[0].text))
+        msg = cq.message if isinstance(cq.message, Message) else None
+        composed = compose(replies)
+        if msg is None:
+            return self._messages(work.chat_id, replies), None
+        if len(composed) == 1 and composed[0][1] and msg.text and _same_text(replies, msg.text):
+            # the same step again with new buttons (a multi-select tap): edit it in place
+            html_text, keyboard = composed[0]
+            edit = {"message_id": msg.message_id, "html": html_text, "keyboard": keyboard}
+            return [JobSpec(work.chat_id, "edit", ANSWER, edit)], None
+        specs = self._messages(work.chat_id, replies)
+        specs.append(JobSpec(work.chat_id, "edit", HOUSEKEEPING, _choice_edit(msg, cq.data or "")))
+        return specs, (work.chat_id, msg.message_id)
+
+    async def _turn(self, work: Work) -> list[Job]:
         assert work.inbound is not None
         cq = work.callback
-        try:
-            self._blocked.discard(work.chat_id)  # they wrote to us: not (or no longer) blocked
-            log.debug(
-                "update %s: %s for %s",
-                work.update_id,
-                work.inbound.kind.value,
-                work.inbound.conversation_id,
-            )
-            replies = await self.engine.handle(work.inbound)
-            if cq is None:
-                await self.deliver(work.chat_id, replies)
-                return
-            notice = next((r.notice for r in replies if r.notice), "")
-            await self._answer(cq, notice)  # first: the button stops spinning
-            pressed = cq.message.message_id if isinstance(cq.message, Message) else None
-            # the pressed keyboard is edited while the replies go out (cosmetic, not in
-            # the way of the answer); both are done before the next update of this chat
-            await asyncio.gather(
-                self._spend_keyboard(work.chat_id, cq), self.deliver(work.chat_id, replies, pressed=pressed)
-            )
-        finally:
-            if cq is not None and not self.was_answered(cq.id):
-                await self._answer(cq, "")  # never leave a button spinning, even on errors
+        sender = self.sender
+        self._blocked.discard(work.chat_id)  # they wrote to us: not (or no longer) blocked
+        if sender is not None:
+            sender.expect(work.chat_id, work.received or None)
+        written: list[Job] = []
 
-    async def _member(self, work: Work) -> None:
+        async def writes(db: Any, state: Any) -> None:
+            specs, spent = self._plan(work, SAVING_REPLIES.get())
+            written.extend(await self.queue.write_turn(db, work.update_id, specs, spent=spent))
+
+        log.debug("update %s: %s for %s", work.update_id, work.inbound.kind.value, work.inbound.conversation_id)
+        hook = TURN_WRITES.set(writes)
+        try:
+            replies = await self.engine.handle(work.inbound)
+        except _StalePress as stale:
+            jobs = await self.queue.finish(work.update_id, status="stale")
+            if cq is not None:
+                await self._answer(cq, stale.notice)
+            if sender is not None:
+                sender.answered(work.chat_id)
+            return jobs
+        finally:
+            TURN_WRITES.reset(hook)
+        jobs = written
+        if not jobs and await self.queue.update_status(work.update_id) == "new":  # the engine saved nothing
+            specs, spent = self._plan(work, replies)
+            jobs = await self.queue.finish(work.update_id, specs, spent=spent)
+        self._queue(jobs)
+        if sender is not None and not any(j.priority == ANSWER for j in jobs):
+            sender.answered(work.chat_id)
+        if cq is not None:
+            await self._answer(cq, next((r.notice for r in replies if r.notice), ""))
+        return jobs
+
+    async def _member(self, work: Work) -> list[Job]:
         cid = conversation_id(work.chat_id)
         if work.active:
             self._blocked.discard(work.chat_id)
@@ -405,31 +517,40 @@ class TelegramDoor:
             self._blocked.add(work.chat_id)
             log.info("%s blocked the bot: conversation inactive", cid)
         await self.store.set_flags(cid, active=work.active)
+        return await self.queue.finish(work.update_id)
 
-    async def _edited(self, work: Work) -> None:
+    async def _edited(self, work: Work) -> list[Job]:
         # Choice (docs/telegram.md): an edit is not re-read — answering it as a new message
         # could feed a stale value into a step that already moved on. A short reason instead.
-        if not self.content.has(EDITED_KEY):
+        specs = []
+        if self.content.has(EDITED_KEY):
+            specs = self._messages(work.chat_id, (Reply(text=self.content.text(EDITED_KEY), key=EDITED_KEY),))
+        else:
             log.info("edited message in %s ignored (content has no %s)", work.chat_id, EDITED_KEY)
-            return
-        await self.deliver(work.chat_id, (Reply(text=self.content.text(EDITED_KEY), key=EDITED_KEY),))
+        jobs = await self.queue.finish(work.update_id, specs)
+        self._queue(jobs)
+        return jobs
 
-    async def _group(self, work: Work) -> None:
+    async def _group(self, work: Work) -> list[Job]:
         """The bot works in private chats only: say so once, then leave the group/channel."""
         if work.chat_id in self._told_groups:
-            return
+            return await self.queue.finish(work.update_id)
         self._told_groups.add(work.chat_id)
+        specs = []
         if work.chat_type != Chat.CHANNEL and self.content.has(PRIVATE_ONLY_KEY):
             text = self.content.text(PRIVATE_ONLY_KEY, {"bot": f"@{self.bot_username}"})
-            try:
-                await self._send(work.chat_id, to_html(text), None)
-            except (_Blocked, TelegramError) as exc:
-                log.info("could not tell group %s that it's private-only: %s", work.chat_id, exc)
+            specs = self._messages(work.chat_id, (Reply(text=text),), priority=ANSWER)
+        jobs = await self.queue.finish(work.update_id, specs)
+        self._queue(jobs)
+        fut = self.sender.done_future(jobs) if self.sender is not None and jobs else None
+        if fut is not None:
+            await fut  # the notice first, then leave
         try:
             await self.bot.leave_chat(work.chat_id)
             log.info("left %s %s (the bot answers in private chats only)", work.chat_type, work.chat_id)
         except TelegramError as exc:
             log.warning("could not leave %s: %s", work.chat_id, exc)
+        return []
 
     # -- button presses --------------------------------------------------------------
     def was_answered(self, query_id: str) -> bool:
@@ -444,52 +565,7 @@ class TelegramDoor:
         except TelegramError as exc:  # too old, already answered: the user sees nothing anyway
             log.info("answering button press %s failed: %s", cq.id, exc)
 
-    async def _spend_keyboard(self, chat_id: int, cq: CallbackQuery) -> int | None:
-        """Edit the pressed message: keyboard gone, the choice shown. Returns its id."""
-        msg = cq.message
-        if not isinstance(msg, Message):
-            return None
-        if self._last_keyboard.get(chat_id) == msg.message_id:
-            del self._last_keyboard[chat_id]
-        label = ""
-        for row in msg.reply_markup.inline_keyboard if msg.reply_markup else ():
-            for b in row:
-                if b.callback_data == cq.data:
-                    label = b.text
-        try:
-            if msg.text and label:
-                shown = f"{msg.text_html}\n\n{html.escape(CHOICE_MARK + label, quote=False)}"
-                if tg_len(msg.text) + tg_len(CHOICE_MARK + label) + 2 <= MAX_MESSAGE:
-                    await self.bot.edit_message_text(
-                        shown,
-                        chat_id=chat_id,
-                        message_id=msg.message_id,
-                        parse_mode=ParseMode.HTML,
-                        reply_markup=None,
-                        link_preview_options=NO_PREVIEW,
-                    )
-                    return msg.message_id
-            await self.bot.edit_message_reply_markup(chat_id=chat_id, message_id=msg.message_id, reply_markup=None)
-        except Forbidden:
-            self._blocked.add(chat_id)
-        except BadRequest as exc:  # not modified, not found, too old to edit: cosmetic only
-            log.info("editing pressed message %s in %s: %s", msg.message_id, chat_id, exc.message)
-        except TelegramError as exc:
-            log.warning("editing pressed message %s in %s failed: %s", msg.message_id, chat_id, exc)
-        return msg.message_id
-
-    async def _retire_keyboard(self, chat_id: int, old: int) -> None:
-        """A new keyboard replaces the last one: take the old one away."""
-        try:
-            await self.bot.edit_message_reply_markup(chat_id=chat_id, message_id=old, reply_markup=None)
-        except Forbidden:
-            self._blocked.add(chat_id)
-        except BadRequest as exc:
-            log.info("removing old keyboard %s in %s: %s", old, chat_id, exc.message)
-        except TelegramError as exc:
-            log.warning("removing old keyboard %s in %s failed: %s", old, chat_id, exc)
-
-    # -- sending --------------------------------------------------------------
+    # -- sending for other features --------------------------------------------------------------
     async def deliver(
         self,
         chat_id: int,
@@ -498,88 +574,19 @@ class TelegramDoor:
         pressed: int | None = None,
         thread_id: int | None = None,
     ) -> int:
-        """Send replies in order; returns how many messages went out. Stops at a 403."""
-        sent = 0
-        retiring: list[asyncio.Task[None]] = []
-        try:
-            for reply in replies:
-                if chat_id in self._blocked:
-                    log.info(
-                        "chat %s blocked the bot: %d repl(ies) not sent",
-                        chat_id,
-                        len(replies) - sent,
-                    )
-                    break
-                if reply.buttons and reply.hint is Hint.REPLACE_KEYBOARD:
-                    old = self._last_keyboard.pop(chat_id, None)  # now, before a new one
-                    if old is not None and old != pressed:  # edited while we send
-                        retiring.append(asyncio.create_task(self._retire_keyboard(chat_id, old)))
-                parts = split_text(reply.text)
-                if not parts:
-                    if not reply.buttons:
-                        continue
-                    parts = [visible(reply.key) or "…"]
-                markup = build_keyboard(reply.buttons)
-                for i, part in enumerate(parts):
-                    last = i == len(parts) - 1
-                    msg = await self._send(chat_id, to_html(part), markup if last else None, thread_id)
-                    if msg is not None:
-                        sent += 1
-                        if last and markup is not None:
-                            self._remember_keyboard(chat_id, msg.message_id)
-        except _Blocked:
-            pass
-        finally:
-            if retiring:
-                await asyncio.gather(*retiring, return_exceptions=True)
-        return sent
+        """Queue replies for ``chat_id`` as one message (durably); returns how many messages
+        were queued. For other features (the agents' hand-back, the lab chat)."""
+        if chat_id in self._blocked:
+            log.info("chat %s blocked the bot: %d repl(ies) not sent", chat_id, len(replies))
+            return 0
+        jobs = await self.queue.finish(None, self._messages(chat_id, replies, thread_id=thread_id))
+        self._queue(jobs)
+        return len(jobs)
 
     async def send_text(self, chat_id: int, text: str) -> int:
         """Send one plain text (``**bold**`` allowed) the door's way: for other features'
-        notices (the lab chat, alerts). Returns how many messages went out."""
+        notices (the lab chat, alerts). Returns how many messages were queued."""
         return await self.deliver(chat_id, (Reply(text=text),))
-
-    def _remember_keyboard(self, chat_id: int, message_id: int) -> None:
-        self._last_keyboard[chat_id] = message_id
-        self._last_keyboard.move_to_end(chat_id)
-        while len(self._last_keyboard) > 50_000:
-            self._last_keyboard.popitem(last=False)
-
-    async def _send(
-        self,
-        chat_id: int,
-        text_html: str,
-        markup: InlineKeyboardMarkup | None,
-        thread_id: int | None = None,
-    ) -> Message | None:
-        """One sendMessage. 429 is waited out below us (rate limiter); 403 raises _Blocked after
-        marking the conversation inactive; 400 is logged (None); 5xx/timeouts are retried."""
-        for attempt in range(SEND_RETRIES + 1):
-            try:
-                return await self.bot.send_message(
-                    chat_id,
-                    text_html,
-                    parse_mode=ParseMode.HTML,
-                    reply_markup=markup,
-                    link_preview_options=NO_PREVIEW,
-                    message_thread_id=thread_id,
-                )
-            except Forbidden as exc:
-                await self.mark_blocked(chat_id, exc)
-                raise _Blocked from exc
-            except BadRequest as exc:
-                log.error("Telegram refused a message to %s: %s", chat_id, exc.message)
-                return None
-            except RetryAfter:
-                log.error("message to %s dropped: still rate limited after retries", chat_id)
-                return None
-            except NetworkError as exc:  # 5xx, timeouts, connection errors
-                if attempt == SEND_RETRIES:
-                    log.error("message to %s not sent after %d attempts: %s", chat_id, attempt + 1, exc)
-                    raise
-                log.warning("sending to %s failed (%s); retrying", chat_id, exc)
-                await asyncio.sleep(self.send_retry_delay * (2**attempt))
-        return None  # pragma: no cover - the loop always returns or raises
 
     async def mark_blocked(self, chat_id: int, exc: Exception | None = None) -> None:
         """403: the user blocked the bot (or it was removed): inactive, nothing more is sent."""
@@ -602,19 +609,27 @@ class TelegramDoor:
             return FALLBACK_ERROR
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """PTB's error handler: log with the update id; tell the user politely; never raise."""
+        """PTB's error handler (errors outside the door's turns, e.g. other features'
+        handlers): logged with the update id; never raises."""
         err = context.error
         uid = update.update_id if isinstance(update, Update) else None
         log.error("update %s failed: %s: %s", uid, type(err).__name__, err, exc_info=err)
-        if not isinstance(update, Update):
-            return
-        chat = update.effective_chat
-        if chat is None or chat.type != Chat.PRIVATE or chat.id in self._blocked:
-            return
-        try:
-            cq = update.callback_query
-            if cq is not None and not self.was_answered(cq.id):
-                await self._answer(cq, "")
-            await self._send(chat.id, to_html(self.error_text()), None)
-        except Exception as exc:  # the apology failed too: logged, nothing else to do
-            log.warning("could not tell %s about the error: %s", chat.id, exc)
+
+
+def _same_text(replies: Sequence[Reply], shown: str) -> bool:
+    joined = "\n\n".join(r.text.strip("\n") for r in replies if r.text.strip())
+    return visible(joined).strip() == shown.strip()
+
+
+def _choice_edit(msg: Message, data: str) -> dict[str, Any]:
+    """The pressed message with the choice under it and no keyboard (one editMessageText), or
+    just without the keyboard when the label is unknown or the text would get too long."""
+    label = ""
+    for row in msg.reply_markup.inline_keyboard if msg.reply_markup else ():
+        for b in row:
+            if b.callback_data == data:
+                label = b.text
+    if msg.text and label and tg_len(msg.text) + tg_len(CHOICE_MARK + label) + 2 <= MAX_MESSAGE:
+        shown = f"{msg.text_html}\n\n{html.escape(CHOICE_MARK + label, quote=False)}"
+        return {"message_id": msg.message_id, "html": shown, "keyboard": None}
+    return {"message_id": msg.message_id, "html": None, "keyboard": None}

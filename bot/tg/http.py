@@ -130,3 +130,23 @@ class AiohttpRequest(BaseRequest):
             raise TimedOut from err
         except aiohttp.ClientError as err:
             raise NetworkError(f"aiohttp.{err.__class__.__name__}: {err}") from err
+
+
+def never_reached_server(exc: BaseException) -> bool:
+    """True when a failed request certainly did not reach the Bot API (no pool slot, no
+    connection), so sending it again cannot deliver it twice."""
+    if "Pool timeout" in str(exc):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return True
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - PTB depends on httpx
+        return False
+    return isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def server_refused(exc: BaseException) -> bool:
+    """True for an error the server answered with (5xx): the message was not delivered."""
+    return exc.__cause__ is None and not isinstance(exc, TimedOut)

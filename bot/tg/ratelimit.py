@@ -12,6 +12,13 @@ one set of limits:
   the same request is sent again (nothing is dropped), up to ``max_retries`` times.
 
 Other errors (403, 400, 5xx) pass through untouched: the caller decides.
+
+Priorities inside the bot-wide budget: a message that answers a user (``sendMessage`` to a
+private chat) is granted the next overall slot before housekeeping (edits, the agents' group,
+any other chat); housekeeping still gets one slot in every ``LOW_SHARE`` while answers wait,
+so it is slowed, never starved. The door's sender reserves its slots ahead with ``acquire``
+(it marks a message "sending" between the slot and the request) and passes
+``rate_limit_args=RESERVED`` so the request is not throttled twice.
 """
 
 from __future__ import annotations
@@ -45,11 +52,21 @@ UNTHROTTLED = frozenset(
         "leaveChat",
         "getChat",
         "getFile",
+        "sendChatAction",  # the typing indicator: the sender sends it at most every few seconds a chat
         "getChatMember",
         "logOut",
         "close",
     }
 )
+
+
+RESERVED = "reserved"  # rate_limit_args of a request whose slots were taken with acquire()
+ANSWER, HOUSEKEEPING = 0, 1
+LOW_SHARE = 5  # while answers wait, every 5th overall slot goes to housekeeping
+
+
+def priority_of(endpoint: str, chat_id: object) -> int:
+    return ANSWER if endpoint == "sendMessage" and isinstance(chat_id, int) and chat_id > 0 else HOUSEKEEPING
 
 
 @dataclass(frozen=True)
@@ -96,7 +113,7 @@ class _Window:
         self.slots.append(t)
 
 
-class DoorRateLimiter(BaseRateLimiter[None]):
+class DoorRateLimiter(BaseRateLimiter[str]):
     """Throttles sends per chat and overall; waits out 429s and retries."""
 
     def __init__(
@@ -112,6 +129,9 @@ class DoorRateLimiter(BaseRateLimiter[None]):
         self._chats: dict[object, _Window] = {}
         self._max_chats = max_chats
         self.waited_429 = 0  # how many 429s were waited out (for logs/tests)
+        self._waiters: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
+        self._granter: asyncio.Task[None] | None = None
+        self._answers_in_a_row = 0
 
     async def initialize(self) -> None:
         return None
@@ -156,6 +176,49 @@ class DoorRateLimiter(BaseRateLimiter[None]):
         so a chat throttled far ahead never holds back the others."""
         return self._take(self._overall, self._clock())
 
+    async def _overall_slot(self, priority: int) -> None:
+        """Wait for a bot-wide slot; answers first, housekeeping never starved."""
+        if self._overall is None:
+            return
+        if not self._waiters[ANSWER] and not self._waiters[HOUSEKEEPING]:
+            now = self._clock()
+            if self._overall.earliest(now) <= now:
+                self._overall.take(now)
+                return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[priority].append(fut)
+        if self._granter is None or self._granter.done():
+            self._granter = asyncio.create_task(self._grant(), name="tg-ratelimit-grant")
+        await fut
+
+    async def _grant(self) -> None:
+        assert self._overall is not None
+        high, low = self._waiters
+        while high or low:
+            now = self._clock()
+            t = self._overall.earliest(now)
+            if t > now:
+                await asyncio.sleep(t - now)
+                continue
+            if high and (not low or self._answers_in_a_row < LOW_SHARE - 1):
+                fut = high.popleft()
+                self._answers_in_a_row += 1
+            else:
+                fut = low.popleft()
+                self._answers_in_a_row = 0
+            if fut.done():  # the caller gave up (cancelled): the slot stays free
+                continue
+            self._overall.take(now)
+            fut.set_result(None)
+
+    async def acquire(self, chat_id: object | None, priority: int = ANSWER) -> None:
+        """Take this chat's next slot and a bot-wide one, waiting as needed (for callers that
+        then send with ``rate_limit_args=RESERVED``)."""
+        delay = self._reserve_chat(chat_id)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self._overall_slot(priority)
+
     def pause(self, chat_id: object | None, seconds: float) -> None:
         """Hold every later request for this chat (or everything, for ``None``)."""
         until = self._clock() + seconds
@@ -171,19 +234,16 @@ class DoorRateLimiter(BaseRateLimiter[None]):
         kwargs: dict[str, Any],
         endpoint: str,
         data: dict[str, Any],
-        rate_limit_args: None,
+        rate_limit_args: str | None,
     ) -> bool | dict[str, Any] | list[dict[str, Any]]:
         chat_id = data.get("chat_id")
         throttled = endpoint not in UNTHROTTLED
+        reserved = rate_limit_args == RESERVED
         attempt = 0
         while True:
-            if throttled:
-                delay = self._reserve_chat(chat_id)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                delay = self._reserve_overall()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            if throttled and not reserved:
+                await self.acquire(chat_id, priority_of(endpoint, chat_id))
+            reserved = False  # a retry after a 429 waits for fresh slots
             try:
                 return await callback(*args, **kwargs)
             except RetryAfter as exc:

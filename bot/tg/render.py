@@ -4,6 +4,7 @@ Reply text is plain text with ``**bold**`` as the only markup. For Telegram it b
 everything is escaped first (user text echoed back can never inject markup), then
 ``**x**`` becomes ``<b>x</b>``. Texts longer than Telegram's 4096-character limit are
 split at paragraph boundaries (then lines, then words); buttons go on the last part.
+``compose`` renders one turn's replies as one message (the texts joined, the keyboard on it).
 Nothing here imports ``telegram``: the door builds the PTB objects from these plain parts.
 """
 
@@ -13,7 +14,7 @@ import html
 import re
 from collections.abc import Sequence
 
-from bot.core.messages import Button
+from bot.core.messages import Button, Reply
 
 MAX_MESSAGE = 4096  # characters after entity parsing (counted in UTF-16 code units here)
 MAX_CALLBACK_DATA = 64  # bytes
@@ -115,3 +116,33 @@ def clip(text: str, limit: int) -> str:
     """Shorten plain text to ``limit`` characters with an ellipsis."""
     text = visible(text).strip()
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def keyboard_data(buttons: Sequence[Button]) -> list[list[list[str]]] | None:
+    """Buttons as JSON-able rows of ``[label, callback data]`` (those over 64 bytes left out:
+    Telegram would refuse the whole message; ``python -m bot check`` should catch them)."""
+    usable = [b for b in buttons if fits_callback_data(b.id)]
+    if not usable:
+        return None
+    return [[[b.label, b.id] for b in row] for row in keyboard_rows(usable)]
+
+
+def compose(replies: Sequence[Reply]) -> list[tuple[str, list[list[list[str]]] | None]]:
+    """One turn's replies as Telegram messages: the texts joined into one message (split only
+    past 4096 characters), the keyboard of the last reply that has one on the last part.
+    Returns ``(html, keyboard rows)`` pairs; empty when there is nothing to say."""
+    texts = [r.text.strip("\n") for r in replies if r.text.strip()]
+    buttons: Sequence[Button] = ()
+    for r in replies:
+        if r.buttons:
+            buttons = r.buttons
+    keyboard = keyboard_data(buttons) if buttons else None
+    parts = split_text("\n\n".join(texts))
+    if not parts:
+        if keyboard is None:
+            return []
+        last_key = next((r.key for r in reversed(replies) if r.buttons), "")
+        parts = [visible(last_key) or "…"]
+    out: list[tuple[str, list[list[list[str]]] | None]] = [(to_html(p), None) for p in parts]
+    out[-1] = (out[-1][0], keyboard)
+    return out

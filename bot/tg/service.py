@@ -2,15 +2,21 @@
 
 ``TelegramService(settings, runtime)`` is what ``python -m bot run`` starts, and what the
 tests and the benchmark start against the fake Bot API. Start: ``getMe`` (initialize), the
-command menu, then polling (``deleteWebhook`` + ``getUpdates`` with ``allowed_updates``) or
-the webhook server and ``setWebhook`` (secret token + ``allowed_updates``). Stop: take no
-more updates (stop polling / close the webhook server), let PTB hand over what it already
-fetched, wait for the door to finish every update in flight, then shut PTB down. The
-caller closes the database afterwards.
+command menu, the other features' start hooks, the sender (messages an earlier run left
+queued go out) and the intake (updates it stored but did not finish are handled first),
+then polling (``deleteWebhook`` + our own ``getUpdates`` loop, ``bot.tg.intake.Poller``) or
+the webhook server and ``setWebhook`` (secret token + ``allowed_updates``).
+
+Stop (bounded: ``settings.stop_drain_seconds`` + about 1 s): take no more updates (stop
+polling / close the webhook server), start no new turn (stored updates wait for the next
+start), finish the turns in flight until the drain deadline, let requests already on the
+wire finish, leave every unsent message queued, then run every stop hook (one failing does
+not keep the others from running) and shut PTB down. The caller closes the database.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import ipaddress
 import logging
@@ -20,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from telegram.error import Conflict, InvalidToken, TelegramError
+from telegram.error import InvalidToken
 from telegram.ext import Application, ApplicationBuilder
 from telegram.request import HTTPXRequest
 
@@ -28,6 +34,7 @@ from bot.config import Settings
 
 from .door import ALLOWED_UPDATES, TelegramDoor
 from .http import AiohttpRequest
+from .intake import Intake, Poller
 from .ratelimit import DoorRateLimiter, RateLimits
 from .webhook import WebhookServer
 
@@ -72,7 +79,7 @@ def build_application(
 ) -> Application:
     """The PTB Application: our transport (``http``: "aiohttp", or PTB's default "httpx"),
     our rate limiter, sequential update handling (the door parallelises across chats
-    itself), no updater in webhook mode."""
+    itself), no PTB updater (``bot.tg.intake`` polls)."""
     if trust_env is None:  # honour HTTP(S)_PROXY for Telegram, never for a local server
         trust_env = not is_loopback(settings.telegram_base_url)
     if http == "httpx":
@@ -106,18 +113,16 @@ def build_application(
         .base_url(settings.telegram_base_url)
         .base_file_url(settings.telegram_base_file_url)
         .request(request)
+        .get_updates_request(updates_request)
         .rate_limiter(DoorRateLimiter(limits))
         .concurrent_updates(False)
+        .updater(None)  # our own intake stores updates before confirming them
     )
-    if webhook:
-        builder = builder.updater(None)
-    else:
-        builder = builder.get_updates_request(updates_request)
     return builder.build()
 
 
 class TelegramService:
-    """One running bot: the Application, the door, and (webhook mode) the HTTP server."""
+    """One running bot: the Application, the door, the intake and (webhook mode) the HTTP server."""
 
     def __init__(
         self,
@@ -133,11 +138,13 @@ class TelegramService:
         on_fatal: Callable[[BaseException], None] | None = None,
         trust_env: bool | None = None,
         http: str = "aiohttp",
+        typing_after: float = 1.0,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
         self.webhook = webhook
         self.poll_timeout = poll_timeout
+        self.updates_read_timeout = updates_read_timeout
         self.on_fatal = on_fatal
         self.fatal: BaseException | None = None
         self._requests: list[Any] = []
@@ -158,16 +165,21 @@ class TelegramService:
             runtime.knowledge.content,
             service_chats=service_chats,
             max_parallel=max_parallel,
+            typing_after=typing_after,
         )
         self.door.install(self.application)
+        self.intake = Intake(
+            self.application, self.door.queue, self.door.claimed, on_done=lambda uid: self.door.notify(uid, 0)
+        )
+        self.poller: Poller | None = None
         self.server: WebhookServer | None = None
         self.webhook_secret = settings.webhook_secret
         self._webhook_port = settings.webhook_port if webhook_port is None else webhook_port
         self._initialized = False
         self._started = False
         # Other features' lifecycles (agents' desk, the quote outbox worker): ``on_start``
-        # runs after getMe and before the first update; ``on_stop`` after every update in
-        # flight has finished and before PTB shuts down (the bot can still send).
+        # runs after getMe and before the first update; ``on_stop`` after the turns in
+        # flight have finished and before PTB shuts down (the bot can still send).
         self.on_start: list[Callable[[], Awaitable[Any]]] = []
         self.on_stop: list[Callable[[], Awaitable[Any]]] = []
 
@@ -179,18 +191,23 @@ class TelegramService:
         await self.door.set_commands()
         for hook in self.on_start:
             await hook()
+        await app.start()
+        await self.door.start_sending()
+        await self.intake.start()
         if self.webhook:
             await self._start_webhook()
         else:
-            assert app.updater is not None
-            await app.updater.start_polling(
-                poll_interval=0.0,
+            await app.bot.delete_webhook(drop_pending_updates=False)
+            self.poller = Poller(
+                self._requests[1],
+                app.bot.base_url,
+                self.intake,
                 timeout=self.poll_timeout,
-                allowed_updates=list(ALLOWED_UPDATES),
-                drop_pending_updates=False,
-                error_callback=self._polling_error,
+                allowed_updates=ALLOWED_UPDATES,
+                on_fatal=self._fatal,
+                read_timeout=self.updates_read_timeout,
             )
-            await app.start()
+            await self.poller.start()
         self._started = True
         log.info(
             "Telegram bot @%s running (%s)",
@@ -207,13 +224,13 @@ class TelegramService:
             log.warning("WEBHOOK_SECRET is not set: using a random secret for this run")
         self.server = WebhookServer(
             self.application,
+            self.intake,
             listen=settings.webhook_listen,
             port=self._webhook_port,
             path=webhook_path(settings.webhook_url),
             secret=self.webhook_secret,
             health=self.health,
         )
-        await self.application.start()
         await self.server.start()  # listen first, then tell Telegram where
         await self.application.bot.set_webhook(
             settings.webhook_url,
@@ -223,22 +240,17 @@ class TelegramService:
             max_connections=40,
         )
 
-    def _polling_error(self, exc: TelegramError) -> None:
-        if isinstance(exc, InvalidToken):
-            log.critical("Telegram rejected the bot token while polling (401): stopping")
-            self.fatal = exc
-            if self.on_fatal:
-                self.on_fatal(exc)
-        elif isinstance(exc, Conflict):
-            log.error(
-                "polling conflict: another process polls with this token, or a webhook is set (%s)",
-                exc,
-            )
-        else:
-            log.warning("polling failed (%s: %s); retrying with backoff", type(exc).__name__, exc)
+    def _fatal(self, exc: BaseException) -> None:
+        self.fatal = exc
+        if self.on_fatal:
+            self.on_fatal(exc)
+
+    @property
+    def polling(self) -> bool:
+        return self.poller is not None and self.poller.running
 
     async def health(self) -> dict[str, Any]:
-        ok = self.application.running
+        ok = self.application.running and (self.webhook or self.polling)
         db = "ok"
         try:
             await self.runtime.store.db.execute_fetchall("SELECT 1")  # no cursor left open
@@ -249,32 +261,48 @@ class TelegramService:
             "mode": "webhook" if self.webhook else "polling",
             "db": db,
             "in_flight": self.door.in_flight,
+            "queued": self.door.sender.pending() if self.door.sender else 0,
         }
 
     # -- stop --------------------------------------------------------------
     async def stop(self) -> None:
-        """Stop taking updates, finish those in flight, shut PTB down. Safe to call twice."""
+        """Stop taking updates, finish the turns in flight (bounded), leave unsent messages
+        queued, run every stop hook, shut PTB down. Safe to call twice."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.stop_drain_seconds
         app = self.application
+        steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         if self.server is not None:
-            await self.server.stop()
-        if app.updater is not None and app.updater.running:
-            await app.updater.stop()
-        if app.running:
-            await app.stop()  # hands over updates already fetched/queued
-        await self.door.drain()
+            steps.append(("the webhook server", self.server.stop))
+        if self.poller is not None:
+            steps.append(("polling", self.poller.stop))
+        steps.append(("the intake", self.intake.stop))
+        for name, step in steps:
+            await self._step(name, step)
+        self.door.stop_taking()
+        if not await self.door.drain(timeout=max(0.0, deadline - loop.time())):
+            log.warning("%d turn(s) still running at the drain deadline; their updates stay stored", self.door.in_flight)
+        await self._step("the sender", lambda: self.door.stop_sending(min(deadline, loop.time() + 2.0)))
         hooks, self.on_stop = self.on_stop, []
         for hook in reversed(hooks):
-            try:
-                await hook()
-            except Exception:  # one feature failing to stop must not keep the rest open
-                log.exception("stopping %s failed", getattr(hook, "__qualname__", hook))
+            await self._step(getattr(hook, "__qualname__", str(hook)), hook)
+        if app.running:
+            await self._step("PTB", app.stop)
         if self._initialized:
             self._initialized = False
-            await app.shutdown()
+            await self._step("PTB shutdown", app.shutdown)
         else:  # start failed inside initialize (e.g. getMe refused): close the transports
             for request in self._requests:
-                await request.shutdown()
+                await self._step("a transport", request.shutdown)
         log.info("Telegram bot stopped")
+
+    @staticmethod
+    async def _step(name: str, fn: Callable[[], Awaitable[Any]]) -> None:
+        """One part of the stop; a failure is logged and the stop goes on."""
+        try:
+            await asyncio.wait_for(fn(), timeout=5.0)
+        except Exception:  # one part failing to stop must not keep the rest open
+            log.exception("stopping %s failed", name)
 
     async def __aenter__(self) -> TelegramService:
         try:

@@ -1,10 +1,12 @@
 """The webhook endpoint (aiohttp) for ``python -m bot run --webhook``.
 
 Telegram POSTs each update to the public URL; the reverse proxy forwards it here. Requests
-without the right ``X-Telegram-Bot-Api-Secret-Token`` get 403 and are never parsed. A good
-update is put on the PTB ``Application``'s update queue (the same path polling uses) and
-answered 200 at once; a body that is JSON but not an update is logged and answered 200
-too, so it cannot hold Telegram's queue. ``GET /healthz`` answers 200 with a small JSON
+without the right ``X-Telegram-Bot-Api-Secret-Token`` (missing, wrong, or not even ASCII) get
+403 and are never parsed. An update is stored in the inbox (``Intake.accept``, committed)
+and only then answered 200: a kill before that makes Telegram deliver it again, a repeat is
+ignored. A body that is JSON but has no usable ``update_id`` is logged and answered 200, so
+it cannot hold Telegram's queue; a database that cannot store it answers 500 (Telegram
+retries). ``GET /healthz`` answers 200 with a small JSON
 status while the bot runs and the database answers, 503 otherwise.
 """
 
@@ -13,12 +15,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from telegram import Update
 from telegram.ext import Application
+
+from .intake import Intake, update_id_of
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ class WebhookServer:
     def __init__(
         self,
         application: Application,
+        intake: Intake,
         *,
         listen: str,
         port: int,
@@ -39,6 +44,7 @@ class WebhookServer:
         if not secret:
             raise ValueError("a webhook needs a secret token")
         self.application = application
+        self.intake = intake
         self.listen = listen
         self.port = port
         self.path = path if path.startswith("/") else f"/{path}"
@@ -67,9 +73,15 @@ class WebhookServer:
             await self._runner.cleanup()
             self._runner = None
 
+    def _secret_ok(self, request: web.Request) -> bool:
+        try:  # aiohttp keeps undecodable header bytes as surrogates: they can never match
+            given = request.headers.get(SECRET_HEADER, "").encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return hmac.compare_digest(given, self._secret)
+
     async def _on_update(self, request: web.Request) -> web.Response:
-        given = request.headers.get(SECRET_HEADER, "").encode()
-        if not hmac.compare_digest(given, self._secret):
+        if not self._secret_ok(request):
             self.refused += 1
             log.warning("webhook request without the right secret token refused (from %s)", request.remote)
             return web.Response(status=403, text="forbidden")
@@ -79,13 +91,15 @@ class WebhookServer:
             return web.Response(status=400, text="body is not JSON")
         if not self.application.running:
             return web.Response(status=503, text="stopping")  # Telegram retries later
-        try:
-            update = Update.de_json(data, self.application.bot)
-        except Exception as exc:  # not an update: answering non-2xx would hold Telegram's queue
-            log.error("webhook body is not a valid update (%s): dropped", exc)
+        if update_id_of(data) is None:  # answering non-2xx would hold Telegram's queue
+            log.error("webhook body is not an update (no usable update_id): dropped")
             return web.Response(text="ignored")
+        try:
+            await self.intake.accept([data])
+        except sqlite3.Error as exc:
+            log.error("could not store an update (%s): Telegram will send it again", exc)
+            return web.Response(status=500, text="not stored")
         self.received += 1
-        await self.application.update_queue.put(update)
         return web.Response(text="ok")
 
     async def _on_health(self, request: web.Request) -> web.Response:

@@ -93,6 +93,11 @@ class BotUnderTest:
         """Queue a raw update and wait until the door has handled it."""
         await self.wait_handled(self.fake.push(update))
 
+    async def settled(self, timeout: float = 5.0) -> None:
+        """Wait until the door's outgoing queue is empty (everything queued was sent)."""
+        sender = self.door.sender
+        await self.fake.wait_for(lambda: sender.pending() == 0, timeout, "outgoing queue empty")
+
 
 @asynccontextmanager
 async def running_bot(
@@ -140,6 +145,7 @@ async def running_bot(
         )
         bot = BotUnderTest(fake, service, runtime, mode)
         service.door.listeners.append(bot._on_done)
+        service.door.sender.listeners.append(fake.notify)
         async with service:
             yield bot
     finally:

@@ -1,0 +1,316 @@
+"""Delivers the durable outgoing queue (``bot.tg.queue``) to Telegram, in order per chat.
+
+One worker per chat with something to send: answers first (``ANSWER`` jobs in id order), then
+housekeeping (the pressed message's "» choice" edit, an old keyboard's retirement). Each job
+takes its slots from the shared rate limiter first (``acquire``: the chat's ~1/s and the bot's
+~30/s, answers granted before housekeeping and the agents' group), is then marked ``sending``
+(committed), and only then leaves — with ``rate_limit_args=RESERVED`` so it is not throttled
+twice. When Telegram answers, the outcome is recorded (``settle``).
+
+Failures: 429 is waited out by the limiter; 403 means the user blocked the bot (the chat's
+jobs are dropped, the door marks the conversation inactive); 400 is logged and the job
+failed ("message is not modified" on an edit counts as done); a 5xx answer or a request that
+never reached the server (no connection) is sent again after a back-off; a request that may
+have reached Telegram (read timeout, connection lost mid-request) is **not** sent again blindly:
+it is ``unsure`` and logged.
+
+The typing indicator: while a chat waits for an answer (the door calls ``expect`` when a
+turn starts) longer than ``typing_after`` seconds — a slow turn, a full budget, a 429 —
+``sendChatAction(typing)`` is sent, again every ``TYPING_EVERY`` s while it still waits. It
+is not a message: it does not spend the message budget.
+
+``stop(deadline)``: no new job starts; requests already on the wire get until the deadline to
+finish; everything else stays queued in the database for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
+from telegram.constants import ChatAction, ParseMode
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+
+from .http import never_reached_server, server_refused
+from .queue import ANSWER, Job, TelegramQueue
+from .ratelimit import RESERVED
+
+log = logging.getLogger(__name__)
+
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+MAX_ATTEMPTS = 8  # a job refused (5xx / no connection) this often in a row is given up
+TYPING_EVERY = 4.5  # Telegram shows "typing…" for about 5 s
+
+
+def markup_of(rows: list[list[list[str]]] | None) -> InlineKeyboardMarkup | None:
+    if not rows:
+        return None
+    return InlineKeyboardMarkup([[InlineKeyboardButton(label, callback_data=data) for label, data in row] for row in rows])
+
+
+class Sender:
+    def __init__(
+        self,
+        bot: Any,
+        queue: TelegramQueue,
+        limiter: Any,
+        *,
+        on_blocked: Callable[[int, Exception], Any] | None = None,
+        retry_delay: float = 0.5,
+        typing_after: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bot = bot
+        self.queue = queue
+        self.limiter = limiter
+        self.on_blocked = on_blocked
+        self.retry_delay = retry_delay
+        self.typing_after = typing_after
+        self.clock = clock
+        self._jobs: dict[int, deque[Job]] = {}
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._on_wire: set[asyncio.Task[Any]] = set()
+        self._waiting: dict[int, asyncio.Future[None]] = {}  # job id -> done
+        self._current: dict[int, int] = {}  # chat -> the job on the wire
+        self._expect: dict[int, float] = {}  # chat -> since when an answer is awaited
+        self._typing_sent: dict[int, float] = {}
+        self._typing_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.listeners: list[Callable[[], None]] = []  # told whenever a job finished
+        self.sent = 0
+        self.typing = 0  # typing indicators sent (tests, bench)
+        self.unsure = 0
+
+    # -- lifecycle --------------------------------------------------------------
+    async def start(self) -> int:
+        """Load what an earlier run left queued; returns how many jobs that is."""
+        jobs, unsure = await self.queue.recover()
+        if unsure:
+            self.unsure += unsure
+            log.warning("%d message(s) were being sent when the bot stopped: not sent again (they may have arrived)", unsure)
+        self.add(jobs)
+        self._typing_task = asyncio.create_task(self._typing_loop(), name="tg-typing")
+        if jobs:
+            log.info("%d queued message(s) from the last run go out now", len(jobs))
+        return len(jobs)
+
+    async def stop(self, deadline: float) -> None:
+        """Start nothing new; let requests on the wire finish until ``deadline`` (clock time)."""
+        self._stopping = True
+        if self._typing_task is not None:
+            self._typing_task.cancel()
+        waiting = [t for t in self._workers.values() if not t.done()]
+        if self._on_wire:
+            remaining = max(0.0, deadline - self.clock())
+            await asyncio.wait(set(self._on_wire), timeout=remaining)
+        for task in waiting:
+            task.cancel()
+        if waiting:
+            await asyncio.wait(waiting, timeout=1.0)
+        if self._typing_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._typing_task
+        left = sum(len(q) for q in self._jobs.values())
+        if left:
+            log.info("%d message(s) stay queued for the next start", left)
+
+    # -- queueing --------------------------------------------------------------
+    def add(self, jobs: Iterable[Job]) -> None:
+        for job in jobs:
+            self._jobs.setdefault(job.chat_id, deque()).append(job)
+            if self._stopping:
+                continue
+            worker = self._workers.get(job.chat_id)
+            if worker is None or worker.done():
+                self._workers[job.chat_id] = asyncio.create_task(self._work(job.chat_id), name=f"tg-send-{job.chat_id}")
+
+    def done_future(self, jobs: Iterable[Job]) -> asyncio.Future[Any] | None:
+        """A future that completes when all ``jobs`` are finished (sent, failed or given up)."""
+        futs = []
+        for job in jobs:
+            fut = self._waiting.get(job.id)
+            if fut is None:
+                fut = self._waiting[job.id] = asyncio.get_running_loop().create_future()
+            futs.append(fut)
+        return asyncio.gather(*futs) if futs else None
+
+    def pending(self, chat_id: int | None = None) -> int:
+        if chat_id is not None:
+            return len(self._jobs.get(chat_id, ()))
+        return sum(len(q) for q in self._jobs.values())
+
+    def expect(self, chat_id: int, since: float | None = None) -> None:
+        """A user in ``chat_id`` waits for an answer (since ``since``)."""
+        self._expect.setdefault(chat_id, self.clock() if since is None else since)
+
+    def answered(self, chat_id: int) -> None:
+        if not any(j.priority == ANSWER for j in self._jobs.get(chat_id, ())):
+            self._expect.pop(chat_id, None)
+            self._typing_sent.pop(chat_id, None)
+
+    # -- the per-chat worker --------------------------------------------------------------
+    def _next(self, chat_id: int) -> Job | None:
+        q = self._jobs.get(chat_id)
+        if not q:
+            return None
+        for job in q:
+            if job.priority == ANSWER:
+                return job
+        return q[0]
+
+    def _finish(self, job: Job) -> None:
+        q = self._jobs.get(job.chat_id)
+        if q is not None:
+            with contextlib.suppress(ValueError):
+                q.remove(job)
+            if not q:
+                del self._jobs[job.chat_id]
+        fut = self._waiting.pop(job.id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        if job.priority == ANSWER:
+            self.answered(job.chat_id)
+        for listener in self.listeners:
+            listener()
+
+    async def _work(self, chat_id: int) -> None:
+        delay = self.retry_delay
+        while not self._stopping:
+            job = self._next(chat_id)
+            if job is None:
+                return
+            await self.limiter.acquire(chat_id, job.priority)
+            if self._stopping:
+                return
+            await self.queue.sending([job.id])
+            self._current[chat_id] = job.id
+            wire = asyncio.create_task(self._call(job))  # not cancelled by stop(): it finishes
+            self._on_wire.add(wire)
+            wire.add_done_callback(self._on_wire.discard)
+            status, message_id, error = await asyncio.shield(wire)
+            if status == "pending":
+                if job.attempts + 1 >= MAX_ATTEMPTS:
+                    status = "failed"
+                    log.error("message %s to %s given up after %d attempts: %s", job.id, chat_id, job.attempts + 1, error)
+                else:
+                    job = self._bump(job)
+            retire = await self.queue.settle([(job, status, message_id, error)])
+            if status == "pending":
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            delay = self.retry_delay
+            if status == "sent":
+                self.sent += 1
+            elif status == "unsure":
+                self.unsure += 1
+            if status == "blocked":
+                await self._blocked(chat_id, error)
+            self._finish(job)
+            self.add(retire)
+
+    def _bump(self, job: Job) -> Job:
+        q = self._jobs.get(job.chat_id)
+        bumped = Job(job.id, job.chat_id, job.kind, job.priority, job.body, job.update_id, job.attempts + 1, job.created_at)
+        if q is not None:
+            for i, j in enumerate(q):
+                if j.id == job.id:
+                    q[i] = bumped
+        return bumped
+
+    async def _blocked(self, chat_id: int, error: str) -> None:
+        for job in list(self._jobs.get(chat_id, ())):
+            if job.id != self._current.get(chat_id):
+                self._finish(job)
+        await self.queue.drop_chat(chat_id, "blocked")
+        if self.on_blocked is not None:
+            await self.on_blocked(chat_id, Forbidden(error))
+
+    async def _call(self, job: Job) -> tuple[str, int | None, str]:
+        """One Bot API call; (status, message id, error) — status: sent | pending | failed |
+        unsure | blocked."""
+        body = job.body
+        try:
+            if job.kind == "send":
+                msg = await self.bot.send_message(
+                    job.chat_id,
+                    body["html"],
+                    parse_mode=ParseMode.HTML,
+                    reply_markup=markup_of(body.get("keyboard")),
+                    link_preview_options=NO_PREVIEW,
+                    message_thread_id=body.get("thread_id"),
+                    rate_limit_args=RESERVED,
+                )
+                return "sent", int(msg.message_id), ""
+            if job.kind == "edit":
+                if body.get("html") is None:
+                    await self.bot.edit_message_reply_markup(
+                        chat_id=job.chat_id, message_id=body["message_id"], reply_markup=markup_of(body.get("keyboard")), rate_limit_args=RESERVED
+                    )
+                else:
+                    await self.bot.edit_message_text(
+                        body["html"],
+                        chat_id=job.chat_id,
+                        message_id=body["message_id"],
+                        parse_mode=ParseMode.HTML,
+                        reply_markup=markup_of(body.get("keyboard")),
+                        link_preview_options=NO_PREVIEW,
+                        rate_limit_args=RESERVED,
+                    )
+                return "sent", int(body["message_id"]), ""
+            if job.kind == "retire":
+                await self.bot.edit_message_reply_markup(
+                    chat_id=job.chat_id, message_id=body["message_id"], reply_markup=None, rate_limit_args=RESERVED
+                )
+                return "sent", int(body["message_id"]), ""
+            log.error("unknown outgoing job kind %r (job %s): dropped", job.kind, job.id)
+            return "failed", None, f"unknown kind {job.kind}"
+        except Forbidden as exc:
+            return "blocked", None, exc.message
+        except BadRequest as exc:
+            if job.kind != "send" and "not modified" in exc.message.lower():
+                return "sent", int(body["message_id"]), ""
+            level = logging.ERROR if job.kind == "send" else logging.INFO
+            log.log(level, "Telegram refused %s %s to %s: %s", job.kind, job.id, job.chat_id, exc.message)
+            return "failed", None, exc.message
+        except RetryAfter as exc:  # the limiter's retries are used up: later
+            return "pending", None, str(exc)
+        except NetworkError as exc:  # includes TimedOut
+            if never_reached_server(exc) or server_refused(exc):
+                log.warning("%s %s to %s failed (%s); retrying", job.kind, job.id, job.chat_id, exc)
+                return "pending", None, str(exc)
+            log.error(
+                "%s %s to %s: no answer from Telegram (%s); not sent again, it may have arrived", job.kind, job.id, job.chat_id, exc
+            )
+            return "unsure", None, str(exc)
+        except TelegramError as exc:
+            log.error("%s %s to %s failed: %s", job.kind, job.id, job.chat_id, exc)
+            return "failed", None, str(exc)
+
+    # -- typing --------------------------------------------------------------
+    async def _typing_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.25)
+            now = self.clock()
+            for chat_id, since in list(self._expect.items()):
+                if now - since < self.typing_after:
+                    continue
+                if now - self._typing_sent.get(chat_id, -1e9) < TYPING_EVERY:
+                    continue
+                self._typing_sent[chat_id] = now
+                task = asyncio.create_task(self._type(chat_id))
+                self._on_wire.add(task)
+                task.add_done_callback(self._on_wire.discard)
+
+    async def _type(self, chat_id: int) -> None:
+        try:
+            await self.bot.send_chat_action(chat_id, ChatAction.TYPING)
+            self.typing += 1
+        except TelegramError as exc:  # cosmetic
+            log.info("typing indicator for %s failed: %s", chat_id, exc)
