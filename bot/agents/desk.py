@@ -32,18 +32,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import html as _html
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import aiosqlite
+
 from bot.core.engine import Engine, TurnRecord
 from bot.core.errors import ContentError, Problem
 from bot.core.messages import EventKind, Inbound
 from bot.core.ports import Direction, Entry
+from bot.store import SQLiteStore
 
 from . import privacy, reports
 from .limiter import GroupLimiter
@@ -325,10 +330,6 @@ class AgentDesk:
         self._started = True
         path = getattr(self.store, "path", ":memory:")
         if path != ":memory:":
-            import aiosqlite
-
-            from bot.store import SQLiteStore
-
             own = await aiosqlite.connect(path, isolation_level=None)
             await own.execute("PRAGMA busy_timeout = 10000")
             await own.execute("PRAGMA foreign_keys = ON")
@@ -1841,7 +1842,4 @@ class AgentDesk:
 
 
 def _unhtml(h: Html) -> str:
-    import html as _html
-    import re
-
     return _html.unescape(re.sub(r"<[^>]+>", "", h.html))

@@ -49,6 +49,7 @@ from bot.agents.ports import (
     UserBlocked,
 )
 from bot.core.messages import Reply
+from bot.tg.render import keyboard_rows, split_text, to_html
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +233,6 @@ class PTBGateway:
         if self.deliver is not None:
             await self.deliver(chat_id, replies)
             return
-        from bot.tg.render import keyboard_rows, split_text, to_html
-
         for reply in replies:
             parts = split_text(reply.text) or ["…"]
             markup = None

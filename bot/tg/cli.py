@@ -56,6 +56,7 @@ def run_command(settings: Settings, *, webhook: bool = False) -> int:
 
 
 async def run(settings: Settings, *, webhook: bool = False, stop: asyncio.Event | None = None) -> int:
+    # deferred: `python -m bot backup-db` shares this module and must not load PTB and every feature
     from telegram.error import BadRequest, InvalidToken, NetworkError
 
     from bot.features import standard_features
@@ -113,7 +114,7 @@ def backup_command(settings: Settings, target: str, *, force: bool = False) -> i
 
 async def backup_db(db_path: str, target: str, *, force: bool = False) -> int:
     """Copy the live database with SQLite's online backup API (safe while the bot runs)."""
-    from bot.store import SQLiteStore
+    from bot.store import SQLiteStore  # deferred like run()'s imports: only this command needs it
 
     src = Path(db_path)
     if not src.is_file():
