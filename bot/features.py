@@ -36,4 +36,5 @@ def standard_features(
     """The quote request and the agents' feature. ``desk=False``: no agents' desk (the
     terminal chat, most tests); ``deliver=False``: no outbox worker."""
     settings = settings or Settings()
-    return Features(quotes=Escalation(settings, deliver=deliver), agents=Agents(settings, desk=desk))
+    quotes = Escalation(settings, deliver=deliver)
+    return Features(quotes=quotes, agents=Agents(settings, desk=desk, quotes=quotes))

@@ -5,7 +5,9 @@ A bad content file fails the same way everywhere: at start, with file and key na
 
 The feature seam. A feature (the quote request, the agents' desk) is an object with:
 
-* ``name`` — for logs;
+* ``name`` — for logs, and the owner of its tables;
+* ``migrations()`` — its own schema, in order (``Database.migrate(name, ...)``, run by
+  ``open_runtime`` before anything else touches the database);
 * ``actions()`` / ``commands()`` — the flow actions (``do:``) and slash commands it adds to
   the engine; ``required_texts()`` — content keys its code uses (``python -m bot check``);
 * ``bind(core)`` — called once by ``open_runtime`` with the engine and the store, before
@@ -77,6 +79,7 @@ class Ports:
 class Feature(Protocol):
     name: str
 
+    def migrations(self) -> Sequence[str]: ...
     def actions(self) -> Mapping[str, tuple[ActionFn, tuple[str, ...]]]: ...
     def commands(self) -> Mapping[str, CommandFn]: ...
     def required_texts(self) -> Sequence[str]: ...
@@ -172,6 +175,13 @@ async def open_runtime(db: str | Path | SQLiteStore, content_dir: Path, flows_di
     knowledge = knowledge or load_knowledge(content_dir, flows_dir, lang, features)
     owns = not isinstance(db, SQLiteStore)
     store = await SQLiteStore.open(db) if not isinstance(db, SQLiteStore) else db
+    try:
+        for f in features:
+            await store.database.migrate(f.name, f.migrations())
+    except BaseException:
+        if owns:
+            await store.close()
+        raise
     actions: dict[str, tuple[ActionFn, tuple[str, ...]]] = {}
     commands: dict[str, CommandFn] = {}
     for f in features:

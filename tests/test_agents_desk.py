@@ -47,8 +47,9 @@ async def open_agents(
 ) -> tuple[Runtime, Agents]:
     """The bot with the agents' feature (and the quotes', no worker), its desk started on ``gw``."""
     settings = Settings(agent_chat_id=GROUP, admin_ids=admin_ids)
-    agents = Agents(settings, options=options, clock=clock, limiter=limiter)
-    features = [agents, Escalation(settings, deliver=False)]
+    quotes = Escalation(settings, deliver=False)
+    agents = Agents(settings, options=options, clock=clock, limiter=limiter, quotes=quotes)
+    features = [quotes, agents]
     runtime = await open_runtime(db, ROOT / "content", ROOT / "flows", features=features, knowledge=knowledge)
     await runtime.start(Ports(agents_group=gw))
     return runtime, agents

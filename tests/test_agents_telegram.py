@@ -138,9 +138,9 @@ async def running_agents(
     )
     opts = options or DeskOptions(pause_seconds=600, digest_threshold=4)
     limiter = GroupLimiter(LIMIT, WINDOW, clock=SystemClock())
+    quotes = Escalation(settings, deliver=False)
     features = Features(
-        quotes=Escalation(settings, deliver=False),
-        agents=AgentsFeature(settings, options=opts, clock=clock, limiter=limiter),
+        quotes=quotes, agents=AgentsFeature(settings, options=opts, clock=clock, limiter=limiter, quotes=quotes)
     )
     runtime = await open_runtime(store, ROOT / "content", ROOT / "flows", features=features.all, knowledge=k)
     service = TelegramService(

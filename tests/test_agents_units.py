@@ -108,6 +108,11 @@ async def test_forget_follows_foreign_keys_and_other_tables(tmp_path: Path) -> N
     try:
         await store.save_turn(State("tg:5", user_name="Vera"), [Entry(Direction.IN, "secret-ish text")])
         await store.save_turn(State("tg:6", user_name="Walt"), [Entry(Direction.IN, "keep me")])
+        from bot.agents import schema as agents_schema
+        from bot.escalation import schema as quotes_schema
+
+        await store.database.migrate("quotes", quotes_schema.MIGRATIONS)  # what the features bring
+        await store.database.migrate("agents", agents_schema.MIGRATIONS)
         db = store.db
         await db.execute(
             "INSERT INTO quotes (ref, conversation_id, created_at, fields_json) VALUES "

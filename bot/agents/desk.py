@@ -58,6 +58,7 @@ from .ports import (
     GroupGateway,
     MessageGone,
     NotModified,
+    QuoteStates,
     RetryLater,
     SystemClock,
     ThreadNotFound,
@@ -252,6 +253,7 @@ class AgentDesk:
         options: DeskOptions | None = None,
         clock: Clock | None = None,
         limiter: GroupLimiter | None = None,
+        quotes: QuoteStates | None = None,
     ) -> None:
         problems = check_content(engine.content)
         if problems:
@@ -262,6 +264,7 @@ class AgentDesk:
         self.chat_id = chat_id
         self.admin_ids = frozenset(admin_ids)
         self.options = options or DeskOptions()
+        self.quotes = quotes  # the quote feature's port (None: no quote feature, no quote line)
         self.clock: Clock = clock or SystemClock()
         o = self.options
         self.limiter = limiter or GroupLimiter(o.group_limit, o.group_window, reserve=o.reserve)
@@ -1293,22 +1296,7 @@ class AgentDesk:
         return out
 
     async def _quote_state(self, cid: str) -> str:
-        try:
-            async with self.db.execute(
-                "SELECT o.status FROM quotes q JOIN outbox o ON o.ref = q.ref WHERE q.conversation_id = ? "
-                "AND q.created_at = (SELECT MAX(created_at) FROM quotes WHERE conversation_id = ?)",
-                (cid, cid),
-            ) as cur:
-                statuses = [str(r[0]) for r in await cur.fetchall()]
-        except Exception:  # no quote tables in this database
-            return ""
-        if not statuses:
-            return ""
-        if "failed" in statuses:
-            return "failed"
-        if all(s == "delivered" for s in statuses):
-            return "delivered"
-        return "sent"
+        return await self.quotes.quote_state(cid) if self.quotes is not None else ""
 
     # -- agents' input ----------------------------------------------------------------------------
     async def _agent_worker(self) -> None:
@@ -1495,8 +1483,7 @@ class AgentDesk:
 
     async def _reconcile_pauses(self) -> None:
         """After a restart: a paused conversation gets an expiry; without a group, none stays paused."""
-        async with self.store.db.execute("SELECT id FROM conversations WHERE paused = 1") as cur:
-            paused = [str(r[0]) for r in await cur.fetchall()]
+        paused = await self.store.paused_conversations()
         for cid in paused:
             if not self.enabled:
                 log.warning("agents: %s was paused but there is no agents' group: resuming the bot", cid)
@@ -1547,25 +1534,19 @@ class AgentDesk:
         return n
 
     async def _poll_quotes(self) -> None:
-        since = float(await self.reg.meta("quotes_seen_at") or 0.0)
-        try:
-            async with self.db.execute(
-                "SELECT q.conversation_id, o.status, o.updated_at FROM outbox o JOIN quotes q ON q.ref = o.ref "
-                "WHERE o.updated_at > ? ORDER BY o.updated_at",
-                (since,),
-            ) as cur:
-                rows = await cur.fetchall()
-        except Exception:  # no quote tables
+        if self.quotes is None:
             return
+        since = float(await self.reg.meta("quotes_seen_at") or 0.0)
+        rows = await self.quotes.quote_changes(since)
         if not rows:
             return
         for cid, status, _ in rows:
-            t = self._topics.get(str(cid))
+            t = self._topics.get(cid)
             if t is not None:
                 self._mark_card(t)
             if status == "failed" and since:
-                await self._flag(str(cid), t, "quote_failed")
-        await self.reg.set_meta("quotes_seen_at", max(float(r[2]) for r in rows))
+                await self._flag(cid, t, "quote_failed")
+        await self.reg.set_meta("quotes_seen_at", max(r[2] for r in rows))
         self._wake.set()
 
     # -- commands ---------------------------------------------------------------------------------

@@ -24,10 +24,11 @@ from bot.core.actions import ActionFn
 from bot.core.engine import CommandFn, Engine
 from bot.store import SQLiteStore
 
+from . import schema
 from .commands import agent_commands
 from .desk import REQUIRED_KEYS, AgentDesk, DeskOptions
 from .limiter import GroupLimiter
-from .ports import Clock
+from .ports import Clock, QuoteStates
 
 if TYPE_CHECKING:
     from bot.runtime import Core, Ports
@@ -56,6 +57,7 @@ class Agents:
         options: DeskOptions | None = None,
         clock: Clock | None = None,
         limiter: GroupLimiter | None = None,
+        quotes: QuoteStates | None = None,
     ) -> None:
         self.settings = settings or Settings()
         s = self.settings
@@ -63,6 +65,7 @@ class Agents:
         self.with_desk = desk
         self.clock = clock
         self.limiter = limiter
+        self.quotes = quotes  # the quote feature, asked for a request's status (the case card)
         self.desk: AgentDesk | None = None
         self._engine: Engine | None = None
         self._store: SQLiteStore | None = None
@@ -80,6 +83,9 @@ class Agents:
         return self._store
 
     # -- the feature seam -------------------------------------------------------------------------
+    def migrations(self) -> Sequence[str]:
+        return schema.MIGRATIONS
+
     def actions(self) -> Mapping[str, tuple[ActionFn, tuple[str, ...]]]:
         return {}
 
@@ -107,6 +113,7 @@ class Agents:
             options=self.options,
             clock=self.clock,
             limiter=self.limiter,
+            quotes=self.quotes,
         )
         await self.desk.start()
         early, self._early_alerts = self._early_alerts, []

@@ -25,7 +25,7 @@ from bot.core.actions import ActionFn
 from bot.core.content import Content
 from bot.core.engine import CommandFn
 
-from . import form
+from . import form, schema
 from .ports import Alerter, FileFetcher, LabNotifier
 from .store import QuoteStore
 from .transport import MaildirTransport, SMTPTransport, build_transport, recipients
@@ -88,6 +88,9 @@ class Escalation:
         self._quotes: QuoteStore | None = None
 
     # -- the feature seam ----------------------------------------------------------------
+    def migrations(self) -> Sequence[str]:
+        return schema.MIGRATIONS
+
     def actions(self) -> Mapping[str, tuple[ActionFn, tuple[str, ...]]]:
         return form.make_actions(self)
 
@@ -116,6 +119,17 @@ class Escalation:
             **self.worker_options,
         )
         log.info("%s", self.delivery_note())
+
+    # -- the agents' port (bot.agents.ports.QuoteStates): reads on the store's connection -------
+    async def quote_state(self, conversation_id: str) -> str:
+        if self.store is None:
+            return ""
+        return await QuoteStore.sharing(self.store).latest_state(conversation_id)
+
+    async def quote_changes(self, since: float) -> list[tuple[str, str, float]]:
+        if self.store is None:
+            return []
+        return await QuoteStore.sharing(self.store).changes_since(since)
 
     # -- connections -----------------------------------------------------------------
     @asynccontextmanager

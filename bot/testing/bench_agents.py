@@ -112,14 +112,20 @@ async def _run(
     clock = ScaledClock(scale)
     with tempfile.TemporaryDirectory(prefix="bot-bench-agents-") as tmp:
         settings = Settings(agent_chat_id=GROUP)
+        quotes = Escalation(settings, deliver=False)
         agents = Agents(
-            settings, desk=mirror, options=DeskOptions(), clock=clock, limiter=GroupLimiter(20, 60.0, clock=clock)
+            settings,
+            desk=mirror,
+            options=DeskOptions(),
+            clock=clock,
+            limiter=GroupLimiter(20, 60.0, clock=clock),
+            quotes=quotes,
         )
         runtime = await open_runtime(
             Path(tmp) / "bench.db",
             settings.content_dir,
             settings.flows_dir,
-            features=[agents, Escalation(settings, deliver=False)],
+            features=[quotes, agents],
             knowledge=knowledge,
         )
         engine, store = runtime.engine, runtime.store
