@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("diagram", help="print a Mermaid graph of every flow (docs/flows.md)")
     p_bench = sub.add_parser("bench", help="measure matcher and engine speed")
     p_bench.add_argument("--telegram", action="store_true", help="also the Telegram door end to end")
+    p_bench.add_argument("--kill", action="store_true",
+                         help="with --telegram: kill -9 the real bot 10 times per mode under 200 users")
     p_bench.add_argument("--quotes", action="store_true", help="also the quote outbox drain")
     p_bench.add_argument("--agents", action="store_true", help="also agents' mirroring")
     # -- Telegram door hooks (logic in bot/tg/cli.py) --

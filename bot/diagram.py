@@ -36,6 +36,10 @@ def mermaid(flows: FlowSet) -> str:
             shape = f"{step.name}(({step.name}))" if step.end else f"{step.name}[{step.name}]"
             if step.do:
                 shape = f"{step.name}{{{{{step.do}}}}}"
+            if step.risky:  # behind the safe-copy gate (bot/core/flows.py checks every path)
+                shape = f"{step.name}[\"⚠ {step.name} (risky: {', '.join(step.risky)})\"]"
+            elif step.passes:
+                shape = f"{step.name}{{{{\"{step.do}: passes {step.passes}\"}}}}"
             parts.append(f"    {shape}")
             for label, target in _edges(step):
                 node = _node(target, fid)

@@ -35,6 +35,7 @@ from bot.core.engine import CommandFn, Engine
 from bot.core.errors import ContentError, Problem
 from bot.core.flows import FlowSet, load_flows, validate_flows
 from bot.core.matcher import Matcher, validate_intents
+from bot.core.semantic import load_encoder
 from bot.store import SQLiteStore
 
 if TYPE_CHECKING:  # types only: the features' port protocols (no import at run time)
@@ -94,8 +95,12 @@ def feature_branches(features: Sequence[Feature]) -> dict[str, tuple[str, ...]]:
 
 
 def check(content_dir: Path, flows_dir: Path, lang: str = "en",
-          features: Sequence[Feature] = ()) -> tuple[Knowledge | None, list[Problem]]:
-    """Load and validate everything; return the loaded parts (if usable) and every problem."""
+          features: Sequence[Feature] = (), semantic: bool = False) -> tuple[Knowledge | None, list[Problem]]:
+    """Load and validate everything; return the loaded parts (if usable) and every problem.
+
+    ``semantic`` loads the MiniLM model into the matcher (the bot runs with it; ``check``
+    itself does not need it). A model that cannot load is logged and left out.
+    """
     content, problems = load_content(content_dir, lang)
     flows, flow_problems = load_flows(flows_dir)
     problems += flow_problems
@@ -105,7 +110,7 @@ def check(content_dir: Path, flows_dir: Path, lang: str = "en",
     matcher = None
     if not intent_problems:
         try:
-            matcher = Matcher.load(intents_path)
+            matcher = Matcher.load(intents_path, load_encoder() if semantic else None)
         except ContentError as exc:
             problems += exc.problems
     actions = {name: branches for name, (_, branches) in ACTIONS.items()}
@@ -122,7 +127,7 @@ def check(content_dir: Path, flows_dir: Path, lang: str = "en",
 
 def load_knowledge(content_dir: Path, flows_dir: Path, lang: str = "en",
                    features: Sequence[Feature] = ()) -> Knowledge:
-    knowledge, problems = check(content_dir, flows_dir, lang, features)
+    knowledge, problems = check(content_dir, flows_dir, lang, features, semantic=True)
     if problems or knowledge is None:
         raise ContentError(problems)
     return knowledge

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Check the deploy files with the tools an operator has: nginx -t on the nginx snippet,
-# systemd-analyze on the unit, the compose file through docker compose (or docker-compose),
-# and `docker build` when a Docker engine answers. Run from the repository root:
+# webhook mode behind that snippet end to end (deploy/verify_webhook.py), systemd-analyze on
+# the unit, the compose file through docker compose (or docker-compose), and `docker build`
+# and the container end to end (deploy/verify_container.py) when a Docker engine answers. Run from the repository root:
 #   sh deploy/verify.sh
 # Each check prints the tool's version and "ok" or the tool's complaint; a missing tool is
 # reported as "skipped", never as ok. Exit status: the number of failed checks.
@@ -32,6 +33,16 @@ if command -v nginx >/dev/null 2>&1; then
     fi
 else
     skip "nginx not installed (apt-get install nginx)"
+fi
+
+# -- nginx for real: webhook mode behind the snippet, end to end (python -m bot run --webhook)
+py=${PYTHON:-python3}
+[ -x .venv/bin/python ] && py=${PYTHON:-.venv/bin/python}
+if command -v nginx >/dev/null 2>&1 && "$py" -c "import aiohttp, telegram" >/dev/null 2>&1; then
+    if "$py" deploy/verify_webhook.py; then ok "webhook behind nginx, end to end"
+    else bad "deploy/verify_webhook.py"; fi
+else
+    skip "webhook behind nginx (needs nginx and the bot installed: pip install -e '.[dev]')"
 fi
 
 # -- systemd: verify the unit (the ExecStart= interpreter swapped for one that exists here)
@@ -66,10 +77,13 @@ else
     skip "neither docker compose nor docker-compose installed"
 fi
 
-# -- the image: only with a running Docker engine (and the base image reachable)
+# -- the image: only with a running Docker engine (and the base image reachable); then the
+#    container against a fake Telegram (deploy/verify_container.py)
 if docker info >/dev/null 2>&1; then
     if docker build -q -f deploy/Dockerfile -t backup-bot:verify . >/dev/null; then
         ok "$(docker version --format 'Docker engine {{.Server.Version}}'): docker build"
+        if "$py" deploy/verify_container.py backup-bot:verify --engine docker; then ok "the container, end to end"
+        else bad "deploy/verify_container.py"; fi
     else
         bad "docker build -f deploy/Dockerfile"
     fi

@@ -112,8 +112,8 @@ async def test_summary_shows_every_field_and_the_price_band(chat: ChatDriver) ->
         "Photos:** none",
         "$400 - $1,000",
         "3 - 7 days",
-        "No data, no fee",
-        "Diagnosis first",
+        "no data, no fee",
+        "its own terms",
     ):
         assert expected in text, expected
     assert chat.last_buttons == ["send", "edit", "cancel"]

@@ -450,10 +450,8 @@ class Engine:
             await self._accepted(turn, result.intent, safe, step, in_flow)
             return
         if step and step.ask:
-            count = len([v for v in turn.state.values.get(step.ask.var, "").split(",") if v])
-            turn.say(step.ask.invalid or "engine.not_understood_step", {"count": str(count)})
-            turn.state = replace(turn.state, offer=())
-            self._show_buttons(turn, step)
+            self._say_invalid(turn, step)
+            await self._reprompt_buttons_only(turn)
             return
         if result.decision == "suggest":
             turn.state = replace(turn.state, misses=0)
@@ -469,6 +467,12 @@ class Engine:
         else:
             turn.say("engine.not_understood")
             await self.goto(turn, MENU, remember=False)
+
+    def _say_invalid(self, turn: Turn, step: Step) -> None:
+        """The ask step's "that's not an answer" line (with how many items are picked so far)."""
+        assert step.ask is not None
+        count = len([v for v in turn.state.values.get(step.ask.var, "").split(",") if v])
+        turn.say(step.ask.invalid or "engine.not_understood_step", {"count": str(count)})
 
     async def _reprompt_buttons_only(self, turn: Turn) -> None:
         step = self.flows.step(turn.state.ref)
@@ -541,6 +545,10 @@ class Engine:
         turn.state = replace(turn.state, misses=0)
         if in_flow and step is not None:
             if flow.id == step.flow:
+                if step.ask:  # about this very step but not a usable answer ("-5 GB"): say why
+                    self._say_invalid(turn, step)
+                    await self._reprompt_buttons_only(turn)
+                    return
                 await self._reprompt(turn)
                 return
             if not _in_progress(step):  # a knowledge answer: nothing to lose, just switch

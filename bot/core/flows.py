@@ -25,8 +25,12 @@ MAX_LABEL_CHARS = 40
 # "<seq>:<id>": seq is a counter per conversation; 10 digits is a generous bound.
 SEQ_RESERVE = len("9999999999:")
 ASK_TYPES = ("size_gb", "text", "email", "phone", "photos")
-STEP_KEYS = {"say", "next", "buttons", "ask", "do", "branches", "end", "multi", "event"}
+STEP_KEYS = {"say", "next", "buttons", "ask", "do", "branches", "end", "multi", "event", "risky", "passes"}
 EVENTS = ("human_requested", "still_broken", "data_at_risk")
+GATE_VAR = "gate_to"  # set by the button that enters the gate: which caller the gate returns to
+GATE_RETURN = "gate_return"  # the action that leaves the gate (branches: one per caller, and "lost")
+DEFAULT_GATE = "safe_copy"  # what ``risky: true`` requires
+GATE_FLOW = "safe_copy"  # the one shared flow (flows/safe_copy.yaml) that may pass gates
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class Step:
     branches: tuple[tuple[str, str], ...] = ()
     end: bool = False
     event: str = ""  # an escalation event raised when the step is entered (see EVENTS)
+    risky: tuple[str, ...] = ()  # gates that must lie on every path into this step
+    passes: str = ""  # the gate this step completes (only in the one gate flow)
 
     @property
     def ref(self) -> str:
@@ -174,6 +180,17 @@ def _parse_step(flow_id: str, name: str, raw: Any, file: str, problems: list[Pro
             multi = MultiSpec(str(m["var"]), tuple(opts), str(m["done"]), _resolve(m["next"], flow_id),
                               str(m["invalid"]))
     branches = tuple((k, _resolve(v, flow_id)) for k, v in _pairs(raw.get("branches")))
+    risky_raw = raw.get("risky")
+    if risky_raw is True:
+        risky: tuple[str, ...] = (DEFAULT_GATE,)
+    elif isinstance(risky_raw, str):
+        risky = (risky_raw,)
+    elif isinstance(risky_raw, list) and all(isinstance(r, str) for r in risky_raw):
+        risky = tuple(risky_raw)
+    else:
+        risky = ()
+        if risky_raw not in (None, False):
+            problems.append(Problem(file, f"{where}.risky", "risky is true, a gate name or a list of gate names"))
     step = Step(
         flow=flow_id,
         name=name,
@@ -186,6 +203,8 @@ def _parse_step(flow_id: str, name: str, raw: Any, file: str, problems: list[Pro
         branches=branches,
         end=bool(raw.get("end", False)),
         event=str(raw.get("event") or ""),
+        risky=risky,
+        passes=str(raw.get("passes") or ""),
     )
     if step.event and step.event not in EVENTS:
         problems.append(Problem(file, f"{where}.event", f"unknown event {step.event!r}; known: {', '.join(EVENTS)}"))
@@ -323,13 +342,17 @@ def validate_flows(
                 if step.do not in actions:
                     problems.append(Problem(flow.file, f"{where}.do", f"unknown action {step.do!r}"))
                 else:
-                    declared = set(actions[step.do])
+                    declared = set(actions[step.do]) - {"*"}  # "*": the flow names more branches
                     given = {b for b, _ in step.branches}
+                    if "*" in actions[step.do]:
+                        given &= declared
                     for missing in sorted(declared - given):
                         problems.append(Problem(flow.file, f"{where}.branches.{missing}", "branch not handled"))
                     for extra in sorted(given - declared):
                         problems.append(Problem(flow.file, f"{where}.branches.{extra}", "action has no such branch"))
     problems += _unreachable(fs)
+    problems += check_gates(fs)
+    problems += check_loops(fs)
     return problems
 
 
@@ -351,3 +374,211 @@ def _unreachable(fs: FlowSet) -> list[Problem]:
             if step.ref not in seen:
                 out.append(Problem(flow.file, f"steps.{step.name}", "unreachable step"))
     return out
+
+
+# -- the safe-copy gate and loops ---------------------------------------------------------
+# A step marked ``risky`` can lose data or access (a network reset, signing out, an erase).
+# The gate is one shared flow whose steps marked ``passes: <gate>`` are reached only once
+# the person has a safe copy (or, for signing out, their password and a second factor).
+# A caller enters the gate with a button that sets ``gate_to``; the gate's ``gate_return``
+# steps branch on it back to the caller. The checks below prove, on the graph of all flows,
+# that no path from any flow's start reaches a risky step without a step that passes each
+# gate it needs, and that no cycle between flows sends someone back to a fix that failed.
+
+
+def _roots(fs: FlowSet) -> list[str]:
+    roots = [MENU] + [f"{fid}.start" for fid in fs.flows]  # any flow can be opened by a deep link
+    return [r for r in roots if fs.has(r)]
+
+
+def _gate_flow(fs: FlowSet) -> str | None:
+    return GATE_FLOW if GATE_FLOW in fs.flows else None
+
+
+def _gate_exits(fs: FlowSet, entry: str, key: str) -> tuple[list[str], list[Step]]:
+    """Where a trip into the gate at ``entry`` with ``gate_to`` = ``key`` can come out.
+
+    Returns the targets outside the gate flow, and the gate_return steps on the way that
+    have no branch for ``key`` (a content bug: the gate would not know the way back).
+    """
+    flow = entry.partition(".")[0]
+    seen: set[str] = set()
+    todo, exits, missing = [entry], [], []
+    while todo:
+        ref = todo.pop()
+        if ref in seen or not fs.has(ref):
+            continue
+        if not ref.startswith(flow + "."):
+            exits.append(ref)
+            continue
+        seen.add(ref)
+        step = fs.step(ref)
+        if step.do == GATE_RETURN:
+            target = dict(step.branches).get(key)
+            if target is None:
+                missing.append(step)
+            else:
+                todo.append(target)
+            continue
+        todo += [t for _, t in _targets(step)]
+    return exits, missing
+
+
+def _path(parent: dict[str, str | None], ref: str) -> str:
+    out = [ref]
+    while parent.get(out[-1]):
+        out.append(parent[out[-1]])  # type: ignore[arg-type]
+    return " → ".join(reversed(out))
+
+
+def check_gates(fs: FlowSet) -> list[Problem]:
+    """Every risky step lies behind the gates it names, on every path into it."""
+    problems: list[Problem] = []
+    gate_flow = _gate_flow(fs)
+    gates: set[str] = set()
+    for flow in fs.flows.values():
+        for step in flow.steps.values():
+            if step.passes:
+                gates.add(step.passes)
+                if flow.id != gate_flow:
+                    problems.append(Problem(flow.file, f"steps.{step.name}.passes",
+                                            f"the gate is one shared flow ({gate_flow}); no copy per flow"))
+    for flow in fs.flows.values():
+        for step in flow.steps.values():
+            for gate in step.risky:
+                if gate not in gates:
+                    problems.append(Problem(flow.file, f"steps.{step.name}.risky",
+                                            f"no step passes the gate {gate!r}"))
+            if gate_flow is None or flow.id == gate_flow:
+                continue
+            # entering the gate: the button names the caller, and the gate knows the way back
+            for i, b in enumerate(step.buttons):
+                if not b.goto.startswith(gate_flow + "."):
+                    continue
+                key = dict(b.set).get(GATE_VAR, "")
+                where = f"steps.{step.name}.buttons[{i}]"
+                if not key:
+                    problems.append(Problem(flow.file, f"{where}.set", f"a button into the gate sets {GATE_VAR}"))
+                    continue
+                for ret in _gate_exits(fs, b.goto, key)[1]:
+                    problems.append(Problem(flow.file, f"{where}.set.{GATE_VAR}",
+                                            f"{ret.ref} has no branch {key!r} back to the caller"))
+            for key, target in _targets(step):
+                if gate_flow and target.startswith(gate_flow + ".") and ".buttons[" not in key:
+                    problems.append(Problem(flow.file, key, f"only a button (setting {GATE_VAR}) enters the gate"))
+    for gate in sorted(gates):
+        parent: dict[str, str | None] = {}
+        todo: list[tuple[str, str | None]] = [(r, None) for r in _roots(fs)]
+        while todo:
+            ref, via = todo.pop(0)
+            if ref in parent or not fs.has(ref):
+                continue
+            step = fs.step(ref)
+            if step.passes == gate:
+                continue
+            parent[ref] = via
+            if gate in step.risky:
+                flow = fs.flows[step.flow]
+                problems.append(Problem(flow.file, f"steps.{step.name}.risky",
+                                        f"reachable without the {gate!r} gate: {_path(parent, ref)}"))
+                continue
+            todo += [(t, ref) for _, t in _targets(step)]
+    return problems
+
+
+def _loop_edges(fs: FlowSet, gate_flow: str | None) -> dict[str, list[tuple[str, bool]]]:
+    """Edges (target, is a "still not working" answer) between the steps that can loop.
+
+    Left out, because each is progress: the main menu (starting over), steps that collect a
+    value and buttons that record one (new information), and "yes, it works" answers (the
+    problem is solved). A trip through the gate is one edge from the caller to where the
+    gate returns it.
+    """
+    edges: dict[str, list[tuple[str, bool]]] = {}
+
+    def keep(ref: str) -> bool:
+        if not fs.has(ref):
+            return False
+        step = fs.step(ref)
+        return step.flow not in ("main_menu", gate_flow) and not step.ask and not step.multi
+
+    for flow in fs.flows.values():
+        for step in flow.steps.values():
+            if not keep(step.ref):
+                continue
+            out: list[tuple[str, bool]] = []
+            for b in step.buttons:
+                if gate_flow and b.goto.startswith(gate_flow + "."):
+                    key = dict(b.set).get(GATE_VAR, "")
+                    out += [(t, b.id == "no") for t in _gate_exits(fs, b.goto, key)[0]]
+                elif b.id != "yes" and not any(k != GATE_VAR for k, _ in b.set):
+                    out.append((b.goto, b.id == "no"))
+            out += [(t, False) for k, t in _targets(step) if ".buttons[" not in k]
+            edges[step.ref] = [(t, no) for t, no in out if keep(t)]
+    return edges
+
+
+def _sccs(edges: dict[str, list[tuple[str, bool]]]) -> list[set[str]]:
+    """Strongly connected components (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[set[str]] = []
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on.add(node)
+            succ = edges.get(node, [])
+            if i < len(succ):
+                work.append((node, i + 1))
+                nxt = succ[i][0]
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            if low[node] == index[node]:
+                comp = set()
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.add(w)
+                    if w == node:
+                        break
+                out.append(comp)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return out
+
+
+def check_loops(fs: FlowSet) -> list[Problem]:
+    """A cycle between flows that sends someone back to a fix they said failed is flagged.
+
+    "No progress": the cycle crosses flows, contains a "still not working" answer (a ``no``
+    button), and collects no new value and does not pass the main menu on the way round.
+    """
+    problems: list[Problem] = []
+    edges = _loop_edges(fs, _gate_flow(fs))
+    for comp in _sccs(edges):
+        flows = sorted({ref.partition(".")[0] for ref in comp})
+        if len(flows) < 2:
+            continue
+        for ref in sorted(comp):
+            step = fs.step(ref)
+            no = next((i for i, b in enumerate(step.buttons) if b.id == "no"), None)
+            if no is not None and any(t in comp and n for t, n in edges[ref]):
+                flow = fs.flows[step.flow]
+                cycle = ", ".join(sorted(comp))
+                problems.append(Problem(flow.file, f"steps.{step.name}.buttons[{no}].goto",
+                                        f"a loop between flows {', '.join(flows)} with no progress: "
+                                        f"'still not working' comes back round to the same fixes ({cycle})"))
+                break
+    return problems

@@ -5,7 +5,10 @@
     python -m bot outbox retry Q-7K3M9   deliver one again now (failed or waiting)
 
 A thin wrapper over QuoteStore and OutboxWorker. A retry claims the row like the running
-bot's worker does (a lease), so the two never send the same row at the same time.
+bot's worker does (a lease), so the two never send the same row at the same time. The
+database is BOT_DB (as for `run` and `chat`) or --db; one that does not exist is an error
+naming the path (exit 2), never a new empty database. Times shown are never in the past: a
+row already due is "due now".
 """
 
 from __future__ import annotations

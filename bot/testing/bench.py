@@ -162,6 +162,23 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> int:
         result.update(t)
         print(f"telegram door: {t['telegram_updates_per_s']:.0f} updates/s, p99 {t['telegram_p99_ms']:.1f} ms "
               "(target >= 200 updates/s, p99 <= 100 ms)")
+    if getattr(args, "telegram", False) and getattr(args, "kill", False):
+        import tempfile
+        from pathlib import Path
+
+        from bot.testing.kill_telegram import kill_run
+
+        lost = doubled = 0
+        for mode in ("polling", "webhook"):
+            with tempfile.TemporaryDirectory(prefix="bot-kill-") as tmp:
+                k = await kill_run(mode=mode, users=200, messages=5, kills=10, workdir=Path(tmp),
+                                   content_dir=settings.content_dir, flows_dir=settings.flows_dir)
+            lost += k["lost_turns"] + k["lost_replies"]
+            doubled += k["turns_twice"] + k["replies_twice"]
+            print(f"kill -9 ({mode}): {k['kills']} kills, {k['messages']} user messages; lost turns "
+                  f"{k['lost_turns']}, turns twice {k['turns_twice']}, lost replies {k['lost_replies']}, "
+                  f"replies twice {k['replies_twice']}, caught mid-send {k['unsure']}, integrity {k['integrity']}")
+        result.update(telegram_lost=lost, telegram_duplicates=doubled)
     if getattr(args, "quotes", False):
         from bot.testing.bench_quotes import bench_quotes
 

@@ -3,6 +3,9 @@ stop in ``run``.
 
 * ``TelegramFileFetcher`` — the quote feature's ``FileFetcher``: downloads a photo the user
   sent (``getFile`` + the file URL), refusing files over Telegram's 20 MB download limit.
+  It only ever downloads over HTTP(S) from the configured file API: a ``file_path`` that is
+  absolute, climbs out (``..``) or names another host is refused — never read from disk
+  (PTB's own ``download`` would read a local path that happens to exist).
 * ``telegram_ports(service, settings, features)`` — the ports: the photo fetcher, the lab
   chat (``LAB_CHAT_ID``, through the door), the agents' group (``AGENT_CHAT_ID``:
   ``agents_gateway.PTBGateway``) and, with a group, the agents' feature as the quote
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 from typing import Any
+from urllib.parse import quote
 
 from telegram.error import BadRequest, TelegramError
 
@@ -52,9 +56,31 @@ class TelegramFileFetcher:
             return None
         if file.file_size and file.file_size > self.limit:
             raise FileTooLarge(f"file {file_id} is {file.file_size} bytes")
-        data = bytes(await file.download_as_bytearray())
-        mime = mimetypes.guess_type(file.file_path or "")[0] or "application/octet-stream"
+        # PTB prefixes a relative file_path with the file API's URL, but leaves one that names
+        # an existing local file as it is (and its download() would read that file)
+        prefix = f"{self.bot.base_file_url}/"
+        full = file.file_path or ""
+        path = full[len(prefix) :] if full.startswith(prefix) else ""
+        if not safe_file_path(path):
+            log.warning("getFile %s answered a file path that is not a plain relative path: refused", file_id)
+            return None
+        url = prefix + quote(path)
+        try:
+            data = bytes(await self.bot.request.retrieve(url))
+        except TelegramError as exc:
+            log.warning("downloading %s failed: %s", file_id, exc)
+            return None
+        if len(data) > self.limit:
+            raise FileTooLarge(f"file {file_id} is {len(data)} bytes")
+        mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
         return data, mime
+
+
+def safe_file_path(path: str) -> bool:
+    """A Bot API ``file_path`` we download: relative, no ``..``, no scheme, no backslashes."""
+    if not path or path.startswith(("/", "~")) or "\\" in path or ":" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 def telegram_ports(service: Any, settings: Settings, features: Features) -> Ports:

@@ -21,6 +21,7 @@ time).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -62,9 +63,51 @@ class JobSpec:
     body: dict[str, Any]
 
 
+class _GroupCommit:
+    """Many small writes from many coroutines, one transaction: callers that arrive while a
+    batch is open join it (the sender marks and settles hundreds of messages a second)."""
+
+    def __init__(self, queue: TelegramQueue, write: Any, *, transaction: bool = True) -> None:
+        self.queue = queue
+        self.write = write  # async (db, items) -> dict[key, result]
+        self.transaction = transaction  # False: the write is one statement (its own transaction)
+        self.items: list[Any] = []
+        self.waiter: asyncio.Future[dict[Any, Any]] | None = None
+
+    async def add(self, item: Any) -> dict[Any, Any]:
+        self.items.append(item)
+        if self.waiter is None:
+            self.waiter = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().create_task(self._flush(self.waiter))
+        return await asyncio.shield(self.waiter)
+
+    async def _flush(self, waiter: asyncio.Future[dict[Any, Any]]) -> None:
+        await asyncio.sleep(0)  # let the callers of this loop turn join
+        async with self.queue.store.tx_lock:
+            items, self.items, self.waiter = self.items, [], None
+            db = self.queue.db
+            try:
+                if not self.transaction:
+                    result = await self.write(db, items)
+                else:
+                    await db.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = await self.write(db, items)
+                        await db.execute("COMMIT")
+                    except BaseException:
+                        await db.execute("ROLLBACK")
+                        raise
+            except Exception as exc:  # every caller of the batch sees it
+                waiter.set_exception(exc)
+                return
+        waiter.set_result(result)
+
+
 class TelegramQueue:
     def __init__(self, store: Any) -> None:
         self.store = store  # SQLiteStore: .db, .tx_lock
+        self._marks = _GroupCommit(self, self._write_marks, transaction=False)
+        self._settles = _GroupCommit(self, self._write_settles)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -89,31 +132,26 @@ class TelegramQueue:
             return []
         now = time.time()
 
-        async def write(db: aiosqlite.Connection) -> list[int]:
-            ids = [u for u, _ in updates]
-            marks = ",".join("?" * len(ids))
-            known = {r[0] for r in await db.execute_fetchall(f"SELECT update_id FROM tg_inbox WHERE update_id IN ({marks})", ids)}
-            fresh = [(u, body) for u, body in updates if u not in known]
-            if fresh:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO tg_inbox (update_id, body, received_at) VALUES (?, ?, ?)",
-                    [(u, body, now) for u, body in fresh],
-                )
-            if any(u % 1000 == 0 for u, _ in fresh):
-                await db.execute("DELETE FROM tg_inbox WHERE status != 'new' AND received_at < ?", (now - INBOX_MEMORY_S,))
-                await db.execute(
+        async with self.store.tx_lock:  # one statement: its own transaction
+            rows = await self.db.execute_fetchall(
+                "INSERT OR IGNORE INTO tg_inbox (update_id, body, received_at) "
+                "SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), ? FROM json_each(?) AS j "
+                "RETURNING update_id",
+                (now, json.dumps([[u, body] for u, body in updates], ensure_ascii=False)),
+            )
+            fresh = {int(r[0]) for r in rows}
+            if any(u % 1000 == 0 for u in fresh):
+                await self.db.execute("DELETE FROM tg_inbox WHERE status != 'new' AND received_at < ?", (now - INBOX_MEMORY_S,))
+                await self.db.execute(
                     "DELETE FROM tg_outbox WHERE status NOT IN ('pending', 'sending') AND created_at < ?",
                     (now - SENT_MEMORY_S,),
                 )
-            seen: set[int] = set()
-            out = []
-            for u, _ in fresh:
-                if u not in seen:
-                    seen.add(u)
-                    out.append(u)
-            return out
-
-        return list(await self._write(write))
+        out: list[int] = []
+        for u, _ in updates:
+            if u in fresh:
+                fresh.discard(u)
+                out.append(u)
+        return out
 
     async def new_updates(self) -> list[tuple[int, str]]:
         """Updates stored but not yet done (after a restart: the ones to process first)."""
@@ -135,14 +173,24 @@ class TelegramQueue:
         """Insert the turn's jobs and mark its update done. Call inside an open transaction.
         ``spent``: (chat, message id) whose keyboard the turn used up (a press)."""
         now = time.time()
+        specs = list(specs)
         jobs = []
-        for spec in specs:
-            body = json.dumps(spec.body, ensure_ascii=False)
-            cur = await db.execute(
-                "INSERT INTO tg_outbox (chat_id, kind, priority, body, update_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (spec.chat_id, spec.kind, spec.priority, body, update_id, now),
+        if specs:
+            rows = await db.execute_fetchall(
+                "INSERT INTO tg_outbox (chat_id, kind, priority, body, update_id, created_at) "
+                "SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), "
+                "json_extract(j.value, '$[3]'), ?, ? FROM json_each(?) AS j ORDER BY j.key RETURNING id",
+                (
+                    update_id,
+                    now,
+                    json.dumps(
+                        [[sp.chat_id, sp.kind, sp.priority, json.dumps(sp.body, ensure_ascii=False)] for sp in specs],
+                        ensure_ascii=False,
+                    ),
+                ),
             )
-            jobs.append(Job(int(cur.lastrowid or 0), spec.chat_id, spec.kind, spec.priority, spec.body, update_id, 0, now))
+            ids = sorted(int(r[0]) for r in rows)
+            jobs = [Job(i, sp.chat_id, sp.kind, sp.priority, sp.body, update_id, 0, now) for i, sp in zip(ids, specs, strict=True)]
         if spent is not None:
             await db.execute("DELETE FROM tg_keyboards WHERE chat_id = ? AND message_id = ?", spent)
         if update_id is not None:
@@ -179,47 +227,57 @@ class TelegramQueue:
 
     async def sending(self, job_ids: Sequence[int]) -> None:
         """Committed before the requests leave: after a kill these are not sent again."""
+        await self._marks.add(list(job_ids))
 
-        async def write(db: aiosqlite.Connection) -> None:
-            await db.executemany(
-                "UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id = ?", [(i,) for i in job_ids]
-            )
-
-        await self._write(write)
+    @staticmethod
+    async def _write_marks(db: aiosqlite.Connection, items: list[list[int]]) -> dict[Any, Any]:
+        ids = [i for batch in items for i in batch]
+        await db.execute(
+            "UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(ids),),
+        )
+        return {}
 
     async def settle(self, outcomes: Sequence[tuple[Job, str, int | None, str]]) -> list[Job]:
         """Record ``(job, status, message_id, error)`` outcomes: ``sent``, ``pending`` (try
         again), ``failed``, ``unsure``. A sent keyboard becomes the chat's live one; the one it
         replaces gets a ``retire`` job (returned)."""
+        done = await self._settles.add(list(outcomes))
+        return [r for job, *_ in outcomes for r in done.get(job.id, ())]
+
+    @staticmethod
+    async def _write_settles(db: aiosqlite.Connection, items: list[list[tuple[Job, str, int | None, str]]]) -> dict[Any, Any]:
         now = time.time()
-
-        async def write(db: aiosqlite.Connection) -> list[Job]:
-            retire = []
-            for job, status, message_id, error in outcomes:
-                # a finished message's text is not kept (the transcript has it, redacted)
+        retire: dict[int, list[Job]] = {}
+        outcomes = [o for batch in items for o in batch]
+        # a finished message's text is not kept (the transcript has it, redacted)
+        await db.execute(
+            "UPDATE tg_outbox SET status = json_extract(j.value, '$[1]'), message_id = json_extract(j.value, '$[2]'), "
+            "last_error = json_extract(j.value, '$[3]'), "
+            "sent_at = CASE WHEN json_extract(j.value, '$[1]') = 'sent' THEN ? END, "
+            "body = CASE WHEN json_extract(j.value, '$[1]') = 'pending' THEN body ELSE '{}' END "
+            "FROM json_each(?) AS j WHERE tg_outbox.id = json_extract(j.value, '$[0]')",
+            (now, json.dumps([[job.id, status, mid, error[:300]] for job, status, mid, error in outcomes])),
+        )
+        for job, status, message_id, _ in outcomes:
+            if status == "sent" and message_id is not None and job.body.get("keyboard") and job.kind == "send":
+                rows = await db.execute_fetchall("SELECT message_id FROM tg_keyboards WHERE chat_id = ?", (job.chat_id,))
                 await db.execute(
-                    "UPDATE tg_outbox SET status = ?, message_id = ?, last_error = ?, sent_at = ?, "
-                    "body = CASE WHEN ? = 'pending' THEN body ELSE '{}' END WHERE id = ?",
-                    (status, message_id, error[:300], now if status == "sent" else None, status, job.id),
+                    "INSERT INTO tg_keyboards (chat_id, message_id, ts) VALUES (?, ?, ?) "
+                    "ON CONFLICT(chat_id) DO UPDATE SET message_id = excluded.message_id, ts = excluded.ts",
+                    (job.chat_id, message_id, now),
                 )
-                if status == "sent" and message_id is not None and job.body.get("keyboard") and job.kind == "send":
-                    rows = await db.execute_fetchall("SELECT message_id FROM tg_keyboards WHERE chat_id = ?", (job.chat_id,))
-                    await db.execute(
-                        "INSERT INTO tg_keyboards (chat_id, message_id, ts) VALUES (?, ?, ?) "
-                        "ON CONFLICT(chat_id) DO UPDATE SET message_id = excluded.message_id, ts = excluded.ts",
-                        (job.chat_id, message_id, now),
+                old = rows[0][0] if rows else None
+                if old is not None and int(old) != message_id:
+                    body = {"message_id": int(old)}
+                    cur = await db.execute(
+                        "INSERT INTO tg_outbox (chat_id, kind, priority, body, created_at) VALUES (?, 'retire', ?, ?, ?)",
+                        (job.chat_id, HOUSEKEEPING, json.dumps(body), now),
                     )
-                    old = int(rows[0][0]) if rows else None
-                    if old is not None and old != message_id:
-                        body = {"message_id": old}
-                        cur = await db.execute(
-                            "INSERT INTO tg_outbox (chat_id, kind, priority, body, created_at) VALUES (?, 'retire', ?, ?, ?)",
-                            (job.chat_id, HOUSEKEEPING, json.dumps(body), now),
-                        )
-                        retire.append(Job(int(cur.lastrowid or 0), job.chat_id, "retire", HOUSEKEEPING, body, None, 0, now))
-            return retire
-
-        return list(await self._write(write))
+                    retire.setdefault(job.id, []).append(
+                        Job(int(cur.lastrowid or 0), job.chat_id, "retire", HOUSEKEEPING, body, None, 0, now)
+                    )
+        return retire
 
     async def drop_chat(self, chat_id: int, reason: str) -> int:
         """The chat blocked the bot: its pending jobs will never go out."""

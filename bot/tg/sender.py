@@ -188,7 +188,8 @@ class Sender:
             await self.limiter.acquire(chat_id, job.priority)
             if self._stopping:
                 return
-            await self.queue.sending([job.id])
+            if job.kind == "send":  # edits are idempotent: sent again after a kill, no harm
+                await self.queue.sending([job.id])
             self._current[chat_id] = job.id
             wire = asyncio.create_task(self._call(job))  # not cancelled by stop(): it finishes
             self._on_wire.add(wire)

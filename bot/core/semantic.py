@@ -1,0 +1,197 @@
+"""Sentence vectors (all-MiniLM-L6-v2, int8 ONNX) and nearest-neighbour class scores.
+
+Contract:
+
+* :func:`load_encoder` returns an :class:`Encoder`, or ``None`` when the model cannot be
+  used (``BOT_SEMANTIC=off``, ``onnxruntime``/``tokenizers`` not installed, the model file
+  missing or broken). It logs why ONCE per process and never raises: the matcher then runs
+  on its rapidfuzz/TF-IDF blend alone.
+* :class:`Encoder` turns texts into unit-length 384-d float32 vectors, one thread, no
+  network; the model and tokenizer come from ``bot/core/model/`` (committed, Apache-2.0).
+* :class:`SemanticIndex` holds the vectors of a library (text -> class index). The library's
+  vectors are cached on disk (``BOT_CACHE_DIR``, default ``~/.cache/backup-rescue-bot``) in a
+  file named by the hash of the model and the texts, so a warm start reads one file; a
+  cold start computes them in batches and says so in the log. :meth:`SemanticIndex.scores`
+  gives per class the mean cosine of the ``k`` nearest examples (0..1).
+  :meth:`SemanticIndex.add` appends examples at run time (agents' learned examples).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+MODEL_FILE = "minilm-l6-v2.int8.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+MAX_TOKENS = 128  # long stories: the first ~90 words carry the problem
+DIM = 384
+BATCH = 32
+
+_warned: set[str] = set()  # reasons already logged (say it once per process)
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        log.warning("semantic matcher off, rapidfuzz blend only: %s", reason)
+
+
+def cache_dir() -> Path:
+    raw = os.environ.get("BOT_CACHE_DIR", "").strip()
+    return Path(raw) if raw else Path.home() / ".cache" / "backup-rescue-bot"
+
+
+class Encoder:
+    """all-MiniLM-L6-v2 through onnxruntime (pooling and normalisation are in the graph)."""
+
+    def __init__(self, session: Any, tokenizer: Any, fingerprint: str) -> None:
+        self._session = session
+        self._tok = tokenizer
+        self.fingerprint = fingerprint
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        """Unit vectors, shape (len(texts), 384), float32."""
+        import numpy as np
+
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        # similar lengths together: less padding per batch
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), BATCH):
+            idx = order[start : start + BATCH]
+            enc = self._tok.encode_batch([texts[i] or " " for i in idx])
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            vec = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            out[idx] = vec
+        return out
+
+
+def load_encoder(model_dir: Path | None = None) -> Encoder | None:
+    """The encoder, or None (logged once) when it cannot run here."""
+    if os.environ.get("BOT_SEMANTIC", "on").strip().lower() in ("0", "off", "false", "no"):
+        _warn_once("BOT_SEMANTIC is off")
+        return None
+    model_dir = model_dir or MODEL_DIR
+    try:
+        import numpy  # noqa: F401
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        _warn_once(f"{exc.name or exc} is not installed")
+        return None
+    model = model_dir / MODEL_FILE
+    try:
+        data = model.read_bytes()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1  # one core per message: p99 stays flat under load
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        if names != {"input_ids", "attention_mask"}:
+            raise ValueError(f"unexpected model inputs {sorted(names)}")
+    except (OSError, ValueError, RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+            ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:
+        _warn_once(f"cannot load {model}: {type(exc).__name__}: {exc}")
+        return None
+    tok_path = model_dir / TOKENIZER_FILE
+    try:
+        tok = Tokenizer.from_file(str(tok_path))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad file
+        _warn_once(f"cannot load {tok_path}: {exc}")
+        return None
+    tok.enable_truncation(max_length=MAX_TOKENS)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    return Encoder(session, tok, hashlib.sha256(data).hexdigest()[:16])
+
+
+class SemanticIndex:
+    """Vectors of a library's examples; per class, the mean cosine of the k nearest."""
+
+    def __init__(self, encoder: Encoder, texts: Sequence[str], classes: Sequence[int], n_classes: int,
+                 *, k: int = 3, cache: Path | None = None) -> None:
+        import numpy as np
+
+        self._np = np
+        self.encoder = encoder
+        self.k = k
+        self.n_classes = n_classes
+        self._vecs = self._library_vectors(list(texts), cache)
+        self._cls = np.asarray(classes, dtype=np.int64)
+        self._rebuild_masks()
+
+    def _library_vectors(self, texts: list[str], cache: Path | None) -> Any:
+        np = self._np
+        key = hashlib.sha256(("\x00".join([self.encoder.fingerprint, *texts])).encode("utf-8")).hexdigest()[:24]
+        folder = cache if cache is not None else cache_dir()
+        path = folder / f"library-{key}.npy"
+        try:
+            vecs = np.load(path, allow_pickle=False)
+            if vecs.shape == (len(texts), DIM):
+                return vecs
+        except (OSError, ValueError):
+            pass
+        t0 = time.perf_counter()
+        log.warning("semantic matcher: computing %d library vectors (first start with this content)...",
+                    len(texts))
+        vecs = self.encoder.encode(texts)
+        log.warning("semantic matcher: %d vectors in %.1f s, cached in %s", len(texts),
+                    time.perf_counter() - t0, path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with tmp.open("wb") as fh:
+                np.save(fh, vecs, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only home: works, only slower at the next start
+            log.warning("semantic matcher: cannot cache vectors in %s: %s", folder, exc)
+        return vecs
+
+    def _rebuild_masks(self) -> None:
+        np = self._np
+        self._members = [np.flatnonzero(self._cls == c) for c in range(self.n_classes)]
+
+    def __len__(self) -> int:
+        return int(self._vecs.shape[0])
+
+    def vector(self, text: str) -> Any:
+        return self.encoder.encode([text])[0]
+
+    def scores(self, text: str, exclude: int | None = None) -> list[float]:
+        """Per class: mean cosine of the k nearest examples, clipped to 0..1."""
+        return self.scores_for(self.vector(text), exclude)
+
+    def scores_for(self, vec: Any, exclude: int | None = None) -> list[float]:
+        np = self._np
+        sims = self._vecs @ vec
+        if exclude is not None:
+            sims = sims.copy()
+            sims[exclude] = -1.0
+        out = [0.0] * self.n_classes
+        k = self.k
+        for c, idx in enumerate(self._members):
+            if idx.size == 0:
+                continue
+            s = sims[idx]
+            if s.size > k:
+                s = np.partition(s, s.size - k)[-k:]
+            out[c] = max(0.0, float(s.mean()))
+        return out
+
+    def add(self, texts: Sequence[str], classes: Sequence[int]) -> None:
+        """Append examples (learned at run time); vectors computed now, not cached."""
+        if not texts:
+            return
+        np = self._np
+        self._vecs = np.vstack([self._vecs, self.encoder.encode(list(texts))])
+        self._cls = np.concatenate([self._cls, np.asarray(classes, dtype=np.int64)])
+        self._rebuild_masks()
