@@ -15,6 +15,7 @@ the desk deletes them (it owns the group's rate limit). Who must be told around 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -122,7 +123,7 @@ async def forget_conversation(
         if scrub:
             try:  # the deleted text must not linger in the write-ahead log either
                 await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except Exception:  # busy readers only delay it to the next checkpoint
+            except sqlite3.OperationalError:  # busy readers only delay it to the next checkpoint
                 log.debug("wal checkpoint after forget did not complete", exc_info=True)
     log.info("forgot conversation %s (%d rows)", conversation_id, deleted)
     return deleted
@@ -171,6 +172,6 @@ async def stored_summary(db: aiosqlite.Connection, conversation_id: str) -> Stor
     try:
         async with db.execute("SELECT 1 FROM quotes WHERE conversation_id = ? LIMIT 1", (conversation_id,)) as cur:
             has_quote = await cur.fetchone() is not None
-    except Exception:  # no quotes table in this database
+    except sqlite3.OperationalError:  # no quotes table in this database (no quote feature)
         has_quote = False
     return StoredSummary(count, first, has_quote)
