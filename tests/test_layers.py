@@ -15,6 +15,7 @@ why it is deferred.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,3 +199,11 @@ def test_the_layer_test_sees_a_violation() -> None:
     mine, theirs = _layer(fake.module), _layer(fake.target)
     assert mine is not None and theirs is not None and theirs[0] > mine[0]
     assert any(i.module == "bot.tg.door" and i.target.startswith("telegram") for i in imports())
+
+
+def test_architecture_page_names_only_paths_that_exist() -> None:
+    """docs/ARCHITECTURE.md stays true: every file or folder it names is there."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`((?:bot|content|flows|tests|docs|deploy)/[\w./<>*-]*)`", text))
+    missing = [p for p in sorted(named) if "<" not in p and "*" not in p and not (ROOT / p.rstrip("/")).exists()]
+    assert named and missing == []
