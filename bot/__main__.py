@@ -13,7 +13,9 @@ import io
 import json
 import logging
 import os
+import sqlite3
 import sys
+import time
 
 from bot.config import ConfigError, Settings
 from bot.core.errors import ContentError
@@ -22,15 +24,24 @@ from bot.store import StoreError
 log = logging.getLogger("bot")
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, settings: Settings | None = None) -> None:
+    from bot import logsafe
+
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # httpx logs request URLs at INFO, and Bot API URLs contain the token
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    if level != "DEBUG":  # httpx logs every request at INFO: noise (the filter masks the token)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
+    s = settings or Settings()
+    logsafe.install((s.telegram_token, s.smtp_password, s.webhook_secret), user_text=s.log_user_text)
+
+
+UNDELIVERED_GRACE_S = 5.0  # on leaving the chat: how long the outbox may try to deliver first
 
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
+    """On leaving, a quote request of this chat that is still undelivered (the mail server is
+    down) gets a few seconds, then the operator is told it waits in the database, and where."""
     from bot.features import standard_features
     from bot.runtime import open_runtime
     from bot.terminal import chat
@@ -38,18 +49,48 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     # the same database as `run` and `outbox` (BOT_DB): a quote sent here stays in the outbox
     # until delivered, and `python -m bot outbox` shows it
     db = args.db or settings.db_path
+    undelivered: list[str] = []
     features = standard_features(settings, desk=False)  # no agents' group in a terminal
     runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
                                  features=features.all)
+    hub = features.quotes
     try:
         # the same outbox worker as on Telegram: a quote sent here reaches the same inbox
         await runtime.start()
         banner = (f"Terminal chat (database: {db}). Type your problem; numbers press buttons; "
-                  f"/help for commands, /restart to start over, /quit to leave.\n{features.quotes.delivery_note()}")
-        await chat(runtime.engine, f"term:{args.user}", banner=banner)
+                  f"/help for commands, /restart to start over, /quit to leave.\n{hub.delivery_note()}")
+        try:
+            await chat(runtime.engine, f"term:{args.user}", banner=banner)
+        finally:
+            try:
+                undelivered = await _deliver_first(hub, f"term:{args.user}")
+            except (OSError, StoreError, sqlite3.Error) as exc:  # unsure: say so, the file stays anyway
+                undelivered = [f"unknown ({exc})"]
     finally:
         await runtime.close()
+    if undelivered:  # never a silent loss: the requests wait in this file for a worker
+        print(f"\n{len(undelivered)} quote request(s) not delivered yet: {', '.join(undelivered)}. "
+              f"They are kept in the database\n  {db}\n"
+              f"and delivered by the next `python -m bot run` or `python -m bot chat` on it, or now with: "
+              f"python -m bot outbox retry <reference> --db {db}", file=sys.stderr)
     return 0
+
+
+async def _deliver_first(hub: object, conversation_id: str) -> list[str]:
+    """Give the outbox a few seconds to deliver what this chat queued; the references of the
+    chat's requests still waiting after that."""
+    from bot.escalation.service import Escalation
+
+    assert isinstance(hub, Escalation)
+    deadline = time.monotonic() + UNDELIVERED_GRACE_S
+    while True:
+        async with hub.quotes() as qs:
+            statuses = await qs.statuses_for(conversation_id, limit=50)
+        waiting = sorted(s.ref for s in statuses if s.status != "delivered")
+        if not waiting or hub.worker is None or time.monotonic() >= deadline:
+            return waiting
+        hub.kick()
+        await asyncio.sleep(0.2)  # the worker's pace; a terminal user is leaving anyway
 
 
 def _utf8_streams() -> None:
@@ -113,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("diagram", help="print a Mermaid graph of every flow (docs/flows.md)")
     p_bench = sub.add_parser("bench", help="measure matcher and engine speed")
     p_bench.add_argument("--telegram", action="store_true", help="also the Telegram door end to end")
+    p_bench.add_argument("--real-limits", action="store_true",
+                         help="with --telegram: 20 msgs/s for 30 s with Telegram's limits enforced")
     p_bench.add_argument("--kill", action="store_true",
                          help="with --telegram: kill -9 the real bot 10 times per mode under 200 users")
     p_bench.add_argument("--quotes", action="store_true", help="also the quote outbox drain")
@@ -146,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(os.umask(0o077) | 0o077)
     # the terminal chat shares the screen with the log: only problems, unless asked for more
     quiet = command in ("chat", "match", "intents") and "LOG_LEVEL" not in os.environ
-    setup_logging("WARNING" if quiet else settings.log_level)
+    setup_logging("WARNING" if quiet else settings.log_level, settings)
     if command in ("chat", "match"):
         _utf8_streams()
     try:

@@ -66,6 +66,7 @@ class Settings:
     flows_dir: Path = ROOT / "flows"
     lang: str = "en"
     log_level: str = "INFO"
+    log_user_text: bool = False  # LOG_USER_TEXT=1: library DEBUG lines may show what users wrote
     # Telegram
     telegram_token: str = field(default="", repr=False)
     telegram_base_url: str = "https://api.telegram.org/bot"
@@ -114,6 +115,9 @@ class Settings:
         level = env.get("LOG_LEVEL", d.log_level).strip().upper() or d.log_level
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        user_text = env.get("LOG_USER_TEXT", "").strip() or "0"
+        if user_text not in ("0", "1"):
+            raise ConfigError(f"LOG_USER_TEXT must be 0 or 1, got {user_text!r}")
         base = env.get("TELEGRAM_BASE_URL", "").strip()
         base_file = env.get("TELEGRAM_BASE_FILE_URL", "").strip()
         if base and not base.startswith(("http://", "https://")):
@@ -145,6 +149,7 @@ class Settings:
             flows_dir=Path(env.get("FLOWS_DIR", "").strip() or d.flows_dir),
             lang=env.get("BOT_LANG", "").strip() or d.lang,
             log_level=level,
+            log_user_text=user_text == "1",
             telegram_token=_secret(env, "TELEGRAM_BOT_TOKEN"),
             telegram_base_url=base or d.telegram_base_url,
             telegram_base_file_url=base_file or d.telegram_base_file_url,

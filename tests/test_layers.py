@@ -1,6 +1,6 @@
 """The layers of bot/, kept by reading every module's imports (docs/ARCHITECTURE.md):
 
-    core (bot.core, bot.config) <- store (bot.store) <- runtime (bot.runtime: the feature seam)
+    core (bot.core, bot.config, bot.logsafe) <- store (bot.store) <- runtime (bot.runtime: the feature seam)
       <- features (bot.escalation, bot.agents) <- the feature set (bot.features)
       <- doors (bot.tg, bot.terminal, bot.diagram) <- the top (bot.__main__, bot.testing)
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BOT = ROOT / "bot"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("bot.core", "bot.config"),
+    ("bot.core", "bot.config", "bot.logsafe"),
     ("bot.store",),
     ("bot.runtime",),
     ("bot.escalation", "bot.agents"),

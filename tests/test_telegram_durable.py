@@ -99,6 +99,21 @@ async def test_a_multi_select_step_edits_its_keyboard_in_place(runtime: Runtime)
         assert sum("✓" in label for label in picker.labels) == 3, "the same message shows the three picks"
 
 
+async def test_a_captioned_screenshot_is_read_like_the_same_text(runtime: Runtime, tg_knowledge: Knowledge, tmp_path: Path) -> None:
+    reference = await _runtime(tg_knowledge, tmp_path / "reference.db")
+    caption = "icloud storage full, it won't back up"
+    try:
+        expected = await reference.engine.handle(Inbound("tg:2011", EventKind.TEXT, text=caption, user_name="User2011"))
+        async with running_bot(runtime) as bot:
+            new = await bot.media(2011, "photo", caption=caption)
+            assert len(new) == 1
+            assert new[0].labels == [b.label for b in expected[-1].buttons]
+            state = await runtime.engine.state_of("tg:2011")
+            assert state is not None and state.flow == (await reference.engine.state_of("tg:2011")).flow  # type: ignore[union-attr]
+    finally:
+        await reference.close()
+
+
 # -- durable replies ---------------------------------------------------------------------------------
 async def test_502s_delay_the_answer_but_never_replace_it_with_an_apology(runtime: Runtime, tg_knowledge: Knowledge) -> None:
     async with running_bot(runtime) as bot:

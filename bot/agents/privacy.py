@@ -4,8 +4,9 @@ Deletion is generic over the schema so features added later are covered without 
 here: every table with a ``conversation_id`` column (plus ``conversations`` itself) loses
 that conversation's rows, and rows in tables that reference them by foreign key go first
 (e.g. a quote's outbox entries and photos). For a Telegram conversation (``tg:<id>``),
-tables keyed by ``chat_id`` / ``user_id`` lose that id's rows too. Freed pages are zeroed
-(``secure_delete``) and the WAL is truncated, so the text is not left in the file either.
+tables keyed by ``chat_id`` / ``user_id`` lose that id's rows too. Deleted content is zeroed
+(``secure_delete``), free pages go back to the file system and the WAL is truncated
+(``bot.store.sqlite.reclaim_space``), so the text is not left in the file either.
 
 Forum topics on Telegram are not deleted here: their thread ids go to ``agent_trash`` and
 the desk deletes them (it owns the group's rate limit). Who must be told around a deletion
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
+
+from bot.store.sqlite import reclaim_space
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,13 @@ async def _delete_where(
     return deleted + max(0, cur.rowcount)
 
 
+async def _reclaim(db: aiosqlite.Connection) -> None:
+    try:
+        await reclaim_space(db)
+    except sqlite3.OperationalError:  # busy: the next purge or checkpoint finishes it
+        log.info("reclaiming free pages after a deletion did not complete", exc_info=True)
+
+
 def telegram_user_id(conversation_id: str) -> int | None:
     prefix, _, rest = conversation_id.partition(":")
     if prefix == "tg" and rest.lstrip("-").isdigit():
@@ -91,8 +101,7 @@ async def forget_conversation(
     async with lock if lock is not None else _NoLock():
         tables = await _tables(db)
         uid = telegram_user_id(conversation_id)
-        if scrub:
-            await db.execute("PRAGMA secure_delete = ON")
+        await db.execute("PRAGMA secure_delete = ON")  # already on for the store's connections
         deleted = 0
         await db.execute("BEGIN IMMEDIATE")
         try:
@@ -117,14 +126,8 @@ async def forget_conversation(
         except BaseException:
             await db.execute("ROLLBACK")
             raise
-        finally:
-            if scrub:
-                await db.execute("PRAGMA secure_delete = OFF")
-        if scrub:
-            try:  # the deleted text must not linger in the write-ahead log either
-                await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.OperationalError:  # busy readers only delay it to the next checkpoint
-                log.debug("wal checkpoint after forget did not complete", exc_info=True)
+        if scrub:  # the deleted text must not linger in free pages or the write-ahead log
+            await _reclaim(db)
     log.info("forgot conversation %s (%d rows)", conversation_id, deleted)
     return deleted
 
@@ -138,6 +141,7 @@ async def purge_expired(
     tables = await _tables(db)
     async with db.execute("SELECT id FROM conversations WHERE updated_at < ?", (cutoff,)) as cur:
         stale = [r[0] for r in await cur.fetchall()]
+    await db.execute("PRAGMA secure_delete = ON")  # already on for the store's connections
     for table in ("messages", "unmatched"):
         if table not in tables:
             continue
@@ -150,6 +154,8 @@ async def purge_expired(
                 break
     for cid in stale:
         await forget_conversation(db, cid, scrub=False, lock=lock)
+    async with lock if lock is not None else _NoLock():
+        await _reclaim(db)
     if stale:
         log.info("retention: purged %d conversation(s) idle for more than %d days", len(stale), retention_days)
     return len(stale)

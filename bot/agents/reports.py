@@ -14,6 +14,8 @@ from typing import Any
 
 import aiosqlite
 
+from bot.store.counters import day_of
+
 from .registry import Line
 
 _NOT_SYMPTOMS = ("", "main_menu", "common")
@@ -23,11 +25,11 @@ _LABELS = {"in": "user", "out": "bot", "agent": "agent", "note": "note"}
 @dataclass(frozen=True)
 class Stats:
     since: float
-    conversations: int
-    resolved: int  # reached "resolved" with no agent message
-    escalated: int  # conversations with at least one escalation flag
+    conversations: int  # conversations active each day, summed over the days
+    resolved: int  # times the bot reached "resolved" ("that fixed it")
+    escalated: int  # escalations the desk recorded (person asked for, still broken, quote sent/failed...)
     quotes: int
-    top: tuple[tuple[str, int], ...]  # (flow id, conversations), most first
+    top: tuple[tuple[str, int], ...]  # (flow id, times entered), most first
     matched: int  # user messages the matcher judged
     rejected: int
     unsure: int
@@ -73,52 +75,25 @@ async def _has_table(db: aiosqlite.Connection, name: str) -> bool:
 
 
 async def stats(db: aiosqlite.Connection, since: float) -> Stats:
-    conversations = await _one(db, "SELECT COUNT(DISTINCT conversation_id) FROM messages WHERE ts >= ?", (since,))
-    resolved = await _one(
-        db,
-        """
-        SELECT COUNT(DISTINCT m.conversation_id) FROM messages m
-        WHERE m.ts >= ? AND m.direction = 'out' AND m.flow = 'common' AND m.step = 'resolved'
-          AND NOT EXISTS (SELECT 1 FROM messages a WHERE a.conversation_id = m.conversation_id
-                          AND a.direction = 'agent' AND a.ts >= ?)""",
-        (since, since),
-    )
-    escalated = await _one(
-        db,
-        "SELECT COUNT(DISTINCT conversation_id) FROM messages WHERE ts >= ? AND "
-        "direction = 'note' AND kind LIKE 'escalation:%'",
-        (since,),
-    )
-    if await _has_table(db, "quotes"):
-        quotes = await _one(db, "SELECT COUNT(*) FROM quotes WHERE created_at >= ?", (since,))
-    else:
-        quotes = await _one(
-            db,
-            "SELECT COUNT(*) FROM messages WHERE ts >= ? AND direction = 'note' AND kind = 'escalation:quote_sent'",
-            (since,),
-        )
+    """The figures since ``since``, from the anonymous counters (``bot/store/counters.py``): whole
+    local days, the day ``since`` falls in included. An erasure does not change them."""
+    if not await _has_table(db, "counters"):
+        return Stats(since, 0, 0, 0, 0, (), 0, 0, 0)
     async with db.execute(
-        f"""SELECT flow, COUNT(DISTINCT conversation_id) AS n FROM messages
-            WHERE ts >= ? AND direction = 'out' AND flow NOT IN ({",".join("?" * len(_NOT_SYMPTOMS))})
-            GROUP BY flow ORDER BY n DESC, flow LIMIT 5""",
-        (since, *_NOT_SYMPTOMS),
+        "SELECT name, SUM(n) FROM counters WHERE day >= ? GROUP BY name", (day_of(since),)
     ) as cur:
-        top = tuple((str(r[0]), int(r[1])) for r in await cur.fetchall())
-    async with db.execute(
-        "SELECT COUNT(*), COALESCE(SUM(decision = 'reject'), 0), COALESCE(SUM(decision = 'suggest'), 0) "
-        "FROM messages WHERE ts >= ? AND direction = 'in' AND decision IS NOT NULL",
-        (since,),
-    ) as cur:
-        row = await cur.fetchone()
-    matched, rejected, unsure = (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+        sums = {str(name): int(n) for name, n in await cur.fetchall()}
+    flows = [(k.removeprefix("flow:"), n) for k, n in sums.items() if k.startswith("flow:")]
+    top = tuple(sorted(((f, n) for f, n in flows if f not in _NOT_SYMPTOMS), key=lambda x: (-x[1], x[0]))[:5])
+    rejected, unsure = sums.get("match:reject", 0), sums.get("match:suggest", 0)
     return Stats(
         since,
-        int(conversations),
-        int(resolved),
-        int(escalated),
-        int(quotes),
+        sums.get("conversations", 0),
+        sums.get("resolved", 0),
+        sum(n for k, n in sums.items() if k.startswith("escalation:")),
+        sums.get("event:quote_sent", 0),
         top,
-        matched,
+        sums.get("match:accept", 0) + rejected + unsure,
         rejected,
         unsure,
     )

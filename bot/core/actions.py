@@ -137,12 +137,17 @@ async def cost_answer(ctx: ActionContext) -> ActionResult:
 
 
 async def damage_route(ctx: ActionContext) -> ActionResult:
-    """Which branch of the broken-iPhone flow the opening message already names."""
+    """Which branch of the broken-iPhone flow the opening message already names.
+
+    Also records what that flow establishes: the iPhone is broken (``phone_state``), and
+    the kind of damage when the words name one row of the cost table (or a reset).
+    """
+    broken = (("phone_state", "broken"),)
     group = read_damage(ctx.values.get("trigger_text", "") or "", ctx.content)
     if group is None:
-        return ActionResult("none")
+        return ActionResult("none", broken)
     sets = (("damage_kind", group),) if group in (*CLEAR_GROUPS, "reset") else ()
-    return ActionResult(group, sets)
+    return ActionResult(group, broken + sets)
 
 
 async def gate_return(ctx: ActionContext) -> ActionResult:
@@ -154,6 +159,12 @@ async def backup_state(ctx: ActionContext) -> ActionResult:
     """What the conversation knows about a copy of the data (``backup_state``)."""
     state = ctx.values.get("backup_state", "")
     return ActionResult(state if state in ("icloud", "computer", "none") else "unknown")
+
+
+async def phone_state(ctx: ActionContext) -> ActionResult:
+    """What the conversation knows about the iPhone that holds the data (``phone_state``)."""
+    state = ctx.values.get("phone_state", "")
+    return ActionResult(state if state in ("works", "broken", "gone") else "unknown")
 
 
 async def status_checked(ctx: ActionContext) -> ActionResult:
@@ -168,5 +179,6 @@ ACTIONS: dict[str, tuple[ActionFn, tuple[str, ...]]] = {
     "damage_route": (damage_route, (*CLEAR_GROUPS, *UNCLEAR_GROUPS, "reset", "none")),
     "gate_return": (gate_return, ("lost", "*")),  # "*": one branch per caller, named in the flow
     "status_checked": (status_checked, ("yes", "no")),
+    "phone_state": (phone_state, ("works", "broken", "gone", "unknown")),
     "backup_state": (backup_state, ("icloud", "computer", "none", "unknown")),
 }

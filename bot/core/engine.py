@@ -26,7 +26,7 @@ from .content import Content
 from .flows import MENU, FlowSet, Step
 from .messages import Button, EventKind, Hint, Inbound, MatchResult, Reply
 from .ports import ConversationStore, Direction, Entry, State
-from .redact import redact
+from .redact import screen, strip_secrets
 from .values import MAX_TEXT, clean_text, parse_email, parse_size_gb, parse_text, phone_candidate
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 MAX_PHOTO_BYTES = 20 * 1024 * 1024  # what a bot may download from Telegram
 MAX_HOPS = 40  # a flow that goes on without input this many times is a content bug
 LABEL_MATCH = 88  # typed text this close to a button label counts as pressing it
+SECRET_WARNED = "keep_secret_warned"  # the user was told their secret was removed (once)
 
 #: The replies of the turn being saved, readable inside ``store.save_turn``: a door that keeps
 #: its outgoing messages in the same database writes them in the turn's own transaction.
@@ -74,6 +75,7 @@ class Turn:
     replies: list[Reply] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    secret: bool = False  # the redaction gate removed a secret from this turn's inbound
 
     # -- saying things -------------------------------------------------------------
     def say(self, key: str, values: Mapping[str, str] | None = None, notice: str = "") -> None:
@@ -147,12 +149,15 @@ class Engine:
         return lock
 
     async def handle(self, inbound: Inbound) -> tuple[Reply, ...]:
+        # The one redaction gate: nothing below (state, transcript, unmatched, listeners that
+        # mirror or mail, logs) ever sees a secret the user typed.
+        inbound, secret = screen(inbound)
         lock = self.lock_for(inbound.conversation_id)
         async with lock:
             state = await self.store.load_state(inbound.conversation_id)
             if state is None:
                 state = State(inbound.conversation_id, user_name=inbound.user_name)
-            turn = Turn(self, state, inbound)
+            turn = Turn(self, state, inbound, secret=secret)
             await self._dispatch(turn)
             replies = tuple(turn.replies)
             for r in replies:
@@ -160,7 +165,7 @@ class Engine:
                                           flow=turn.state.flow, step=turn.state.step))
             saving = SAVING_REPLIES.set(replies)
             try:
-                await self.store.save_turn(turn.state, turn.entries)
+                await self.store.save_turn(turn.state, turn.entries, tuple(turn.events))
             finally:
                 SAVING_REPLIES.reset(saving)
             record = TurnRecord(inbound.conversation_id, inbound, tuple(turn.entries), replies,
@@ -184,7 +189,7 @@ class Engine:
             turn.state = replace(turn.state, active=True)
         if turn.state.paused:
             # a person has taken over: record what the user said, let the agent answer
-            text, _ = redact(clean_text(inbound.text or inbound.payload or ""))
+            text = clean_text(inbound.text or inbound.payload or "")
             kind = inbound.kind.value
             if inbound.kind is EventKind.COMMAND:
                 text = f"/{inbound.text} {inbound.arg}".strip()
@@ -195,6 +200,9 @@ class Engine:
             turn.entries.append(Entry(Direction.IN, text, kind=kind, flow=turn.state.flow, step=turn.state.step))
             turn.event("paused_message")
             return
+        if turn.secret and not turn.state.values.get(SECRET_WARNED):  # told once, kept over /restart
+            turn.say("engine.password_warning")
+            turn.set_values([(SECRET_WARNED, "1")])
         if inbound.kind is EventKind.COMMAND:
             name = inbound.text.lower().lstrip("/").split("@")[0]
             turn.entries.append(Entry(Direction.IN, f"/{name} {inbound.arg}".strip(), kind="command"))
@@ -372,6 +380,12 @@ class Engine:
 
     # -- media ---------------------------------------------------------------------
     async def _on_media(self, turn: Turn) -> None:
+        step = self.flows.step(turn.state.ref) if turn.state.ref and self.flows.has(turn.state.ref) else None
+        takes_photos = bool(step and step.ask and step.ask.type == "photos")
+        if turn.inbound.text.strip() and not takes_photos:
+            # a screenshot captioned "icloud storage full" says what the same text says
+            await self._on_text(turn, turn.inbound.text)
+            return
         kinds = ",".join(a.kind for a in turn.inbound.attachments) or "media"
         turn.entries.append(Entry(Direction.IN, f"[{kinds}] {turn.inbound.text}".strip(), kind="media",
                                   flow=turn.state.flow, step=turn.state.step))
@@ -401,7 +415,7 @@ class Engine:
         text = clean_text(raw)
         if len(text) > MAX_TEXT * 10:
             text = text[: MAX_TEXT * 10]
-        safe, had_secret = redact(text)
+        safe, had_secret = text, turn.secret  # already through the gate (handle)
         state = turn.state
         step = self.flows.step(state.ref) if state.ref and self.flows.has(state.ref) else None
         if not text or not any(ch.isalnum() for ch in text):
@@ -412,8 +426,6 @@ class Engine:
                 turn.say("engine.empty_message")
                 await self._reprompt(turn)
                 return
-        if had_secret:
-            turn.say("engine.password_warning")
         # 1. a button label typed out (not a number on an ask step: "-5 GB" is a value to
         # check, not the "5 GB" button)
         numeric_answer = bool(step and step.ask and not state.offer and any(ch.isdigit() for ch in text))
@@ -425,7 +437,9 @@ class Engine:
         # 2. a value for an ask step
         if step and step.ask:  # an answer to the question wins over a pending offer
             value, note = self._parse_value(step.ask.type, text)
-            if value is not None and not (had_secret and step.ask.type == "text"):
+            if value is not None and had_secret and step.ask.type == "text":
+                value = strip_secrets(value) or None  # "iPhone 13, code 5566" -> "iPhone 13"
+            if value is not None:
                 turn.entries.append(Entry(Direction.IN, safe, flow=state.flow, step=state.step))
                 if note:
                     turn.say("engine.truncated")

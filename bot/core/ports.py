@@ -56,6 +56,7 @@ class Entry:
 class ConversationStore(Protocol):
     async def load_state(self, conversation_id: str) -> State | None: ...
 
-    async def save_turn(self, state: State, entries: Sequence[Entry]) -> None:
-        """Write the new state and the turn's transcript lines in one transaction."""
+    async def save_turn(self, state: State, entries: Sequence[Entry], events: Sequence[str] = ()) -> None:
+        """Write the new state and the turn's transcript lines in one transaction (with the
+        anonymous counters for the turn's ``events``, e.g. ``quote_sent``)."""
         ...

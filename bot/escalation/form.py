@@ -398,7 +398,7 @@ def make_actions(hub: Escalation) -> dict[str, tuple[ActionFn, tuple[str, ...]]]
             log.info("quote %s stored for %s", ref, ctx.conversation_id)
         hub.kick()
         where = (
-            ctx.content.text("quote.sent_where_maildir", {"maildir": hub.maildir})
+            ctx.content.raw("quote.sent_where_maildir")  # never the folder: no server details to users
             if hub.maildir
             else ctx.content.raw("quote.sent_where_mail")
         )

@@ -57,4 +57,10 @@ MIGRATIONS: list[str] = [
         UNIQUE (ref, position)
     );
     """,
+    # 2: the anonymous day counters (the conversation store's step 5) learn the requests sent
+    # before they existed; a day already counted is left as it is
+    """
+    INSERT OR IGNORE INTO counters (day, name, n)
+        SELECT date(created_at, 'unixepoch', 'localtime'), 'event:quote_sent', COUNT(*) FROM quotes GROUP BY 1;
+    """,
 ]

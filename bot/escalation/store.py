@@ -35,7 +35,7 @@ from .reference import new_reference
 
 log = logging.getLogger(__name__)
 
-TRANSCRIPT_LINES = 300  # the last lines of the conversation that go with a request
+TRANSCRIPT_LINES = 300  # at most this many lines of the current case go with a request
 TRANSCRIPT_LINE_CHARS = 2000
 
 _OUTBOX_COLS = (
@@ -105,6 +105,29 @@ def owner_is_dead(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+async def _case_start(db: aiosqlite.Connection, conversation_id: str) -> float:
+    """Where the current case's transcript starts: after the turn that sent the conversation's
+    previous request (its transcript's last line, then the one turn after it — all lines of a
+    turn share one timestamp). Earlier requests, with their names and e-mails, never go again."""
+    async with db.execute(
+        "SELECT transcript_json FROM quotes WHERE conversation_id = ? ORDER BY created_at DESC LIMIT 1",
+        (conversation_id,),
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        return float("-inf")
+    try:
+        lines = json.loads(row[0] or "[]")
+        last = float(lines[-1]["ts"]) if lines else float("-inf")
+    except (ValueError, TypeError, KeyError, IndexError):
+        last = float("-inf")
+    async with db.execute(
+        "SELECT MIN(ts) FROM messages WHERE conversation_id = ? AND ts > ?", (conversation_id, last)
+    ) as cur:
+        sending = await cur.fetchone()
+    return float(sending[0]) if sending and sending[0] is not None else last
 
 
 class QuoteStore:
@@ -187,10 +210,11 @@ class QuoteStore:
                     row = await cur.fetchone()
                 if row is not None:
                     return str(row[0]), False
+            since = await _case_start(db, conversation_id)
             async with db.execute(
-                "SELECT ts, direction, kind, text FROM messages WHERE conversation_id = ? "
+                "SELECT ts, direction, kind, text FROM messages WHERE conversation_id = ? AND ts > ? "
                 "ORDER BY id DESC LIMIT ?",
-                (conversation_id, transcript_limit),
+                (conversation_id, since, transcript_limit),
             ) as cur:
                 lines = [
                     TranscriptLine(float(r[0]), r[1], r[2], str(r[3])[:TRANSCRIPT_LINE_CHARS])

@@ -120,4 +120,31 @@ MIGRATIONS: list[str] = [
         ts         REAL NOT NULL
     );
     """,
+    # 5: anonymous counters per local day (bot/store/counters.py): no ids, names or texts, so
+    # an erasure keeps the figures. Filled from what the file already holds, so the figures of
+    # an upgraded bot do not start again from zero. (Quotes sent are counted from the quote
+    # feature's own table by its migration 2: bot/escalation/schema.py.)
+    """
+    CREATE TABLE counters (
+        day  TEXT NOT NULL,
+        name TEXT NOT NULL,
+        n    INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, name)
+    ) WITHOUT ROWID;
+    INSERT INTO counters (day, name, n)
+        SELECT date(ts, 'unixepoch', 'localtime'), 'conversations', COUNT(DISTINCT conversation_id)
+        FROM messages GROUP BY 1;
+    INSERT INTO counters (day, name, n)
+        SELECT date(ts, 'unixepoch', 'localtime'), 'match:' || decision, COUNT(*)
+        FROM messages WHERE direction = 'in' AND decision IS NOT NULL GROUP BY 1, 2;
+    INSERT INTO counters (day, name, n)
+        SELECT date(ts, 'unixepoch', 'localtime'), 'resolved', COUNT(DISTINCT conversation_id)
+        FROM messages WHERE direction = 'out' AND flow = 'common' AND step = 'resolved' GROUP BY 1;
+    INSERT INTO counters (day, name, n)
+        SELECT date(ts, 'unixepoch', 'localtime'), 'flow:' || flow, COUNT(DISTINCT conversation_id)
+        FROM messages WHERE direction = 'out' AND flow NOT IN ('', 'main_menu', 'common') GROUP BY 1, 2;
+    INSERT INTO counters (day, name, n)
+        SELECT date(ts, 'unixepoch', 'localtime'), kind, COUNT(*)
+        FROM messages WHERE direction = 'note' AND kind LIKE 'escalation:%' GROUP BY 1, 2;
+    """,
 ]

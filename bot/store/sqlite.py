@@ -3,6 +3,12 @@
 One connection per process; aiosqlite serialises calls on its own thread. Each engine
 turn is one transaction (state + transcript lines + unmatched rows). Errors opening the
 file surface as StoreError naming the path, never as a traceback to a user.
+
+Deleted text does not stay readable in the file: every connection runs with
+``secure_delete`` (deleted content is overwritten with zeros), the file uses incremental
+auto-vacuum (an older file is converted once, with a VACUUM, when it is opened), and
+``reclaim()`` — called after erasures and purges — hands free pages back to the file system
+and truncates the write-ahead log, whose old frames still hold the text.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,7 @@ import aiosqlite
 
 from bot.core.ports import Direction, Entry, State
 
+from .counters import day_of, note_counts, turn_counts
 from .database import SQLiteDatabase, StoreError
 from .schema import MIGRATIONS
 
@@ -106,7 +113,9 @@ class SQLiteStore:
         store = cls(db, p)
         try:
             await db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            await db.execute("PRAGMA secure_delete = ON")
             if p != ":memory:":
+                await db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a new file: before any table
                 await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
@@ -114,6 +123,8 @@ class SQLiteStore:
                 await store._check_intact()
             await store._migrate()
             await store._check_writable()
+            if p != ":memory:":
+                await store._convert_to_incremental_vacuum()
         except sqlite3.OperationalError as exc:
             await db.close()
             msg = str(exc)
@@ -174,6 +185,24 @@ class SQLiteStore:
                 "BEGIN IMMEDIATE;\n" + MIGRATIONS[i] + f"\nPRAGMA user_version = {i + 1};\nCOMMIT;"
             )
 
+    async def _convert_to_incremental_vacuum(self) -> None:
+        """A file made before auto_vacuum was set: convert it once (VACUUM rewrites it)."""
+        row = await self.fetchone("PRAGMA auto_vacuum")
+        if row is None or int(row[0]) == 2:
+            return
+        log.info("converting %s to incremental auto-vacuum (a one-time VACUUM)", self.path)
+        try:
+            await self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            await self.db.execute("VACUUM")
+        except sqlite3.OperationalError as exc:  # another process reads it: next start
+            log.warning("could not convert %s to incremental auto-vacuum yet: %s", self.path, exc)
+
+    async def reclaim(self) -> None:
+        """After deleting personal data: give free pages back and empty the write-ahead log.
+        A checkpoint that other readers block is finished by a later one (logged)."""
+        async with self.tx_lock:
+            await reclaim_space(self.db)
+
     async def backup_to(self, target: str | Path) -> None:
         """SQLite's online backup API: a consistent copy (owner-only) while the bot runs."""
         _create_private(str(target))
@@ -207,7 +236,7 @@ class SQLiteStore:
             lang=extra.get("lang", "en"),
         )
 
-    async def save_turn(self, state: State, entries: Sequence[Entry]) -> None:
+    async def save_turn(self, state: State, entries: Sequence[Entry], events: Sequence[str] = ()) -> None:
         now = time.time()
         extra = json.dumps({
             "values": dict(state.values), "history": list(state.history), "offer": list(state.offer),
@@ -215,12 +244,17 @@ class SQLiteStore:
         }, ensure_ascii=False)
         db = self.db
         async with self.tx_lock:
-            await self._save_turn(db, state, entries, extra, now)
+            await self._save_turn(db, state, entries, extra, now, events)
 
     async def _save_turn(self, db: aiosqlite.Connection, state: State, entries: Sequence[Entry],
-                         extra: str, now: float) -> None:
+                         extra: str, now: float, events: Sequence[str] = ()) -> None:
         await db.execute("BEGIN IMMEDIATE")  # take the write lock first (busy timeout applies)
         try:
+            rows = await db.execute_fetchall(
+                "SELECT flow, step, updated_at FROM conversations WHERE id = ?", (state.conversation_id,)
+            )
+            previous = (str(rows[0][0]), str(rows[0][1]), float(rows[0][2])) if rows else None
+            await self._count(db, turn_counts(previous, state, entries, events, now), now)
             await db.execute(
                 """INSERT INTO conversations (id, flow, step, seq, state_json, active, paused, user_name,
                                               created_at, updated_at)
@@ -254,6 +288,16 @@ class SQLiteStore:
             await db.execute("ROLLBACK")
             raise
 
+    @staticmethod
+    async def _count(db: aiosqlite.Connection, counts: Mapping[str, int], now: float) -> None:
+        if counts:
+            day = day_of(now)
+            await db.executemany(
+                "INSERT INTO counters (day, name, n) VALUES (?, ?, ?) "
+                "ON CONFLICT (day, name) DO UPDATE SET n = n + excluded.n",
+                [(day, name, n) for name, n in counts.items()],
+            )
+
     # -- queries for tools and doors ------------------------------------------------
     async def set_flags(self, conversation_id: str, *, active: bool | None = None,
                         paused: bool | None = None) -> None:
@@ -271,13 +315,22 @@ class SQLiteStore:
                                   (*args, conversation_id))
 
     async def add_entries(self, conversation_id: str, entries: Sequence[Entry]) -> None:
-        """Transcript lines outside an engine turn (agent messages, notes)."""
+        """Transcript lines outside an engine turn (agent messages, notes); an escalation note
+        (kind ``escalation:<event>``) is counted in the same transaction."""
         now = time.time()
+        counts = note_counts(entries)
         async with self.tx_lock:
-            await self.db.executemany(
-                "INSERT INTO messages (conversation_id, ts, direction, kind, text) VALUES (?, ?, ?, ?, ?)",
-                [(conversation_id, now, e.direction.value, e.kind, e.text) for e in entries],
-            )
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.executemany(
+                    "INSERT INTO messages (conversation_id, ts, direction, kind, text) VALUES (?, ?, ?, ?, ?)",
+                    [(conversation_id, now, e.direction.value, e.kind, e.text) for e in entries],
+                )
+                await self._count(self.db, counts, now)
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
 
     async def mark_update(self, update_id: int) -> bool:
         """Record a Telegram update id; False if it was seen before (a duplicate).
@@ -333,4 +386,12 @@ class SQLiteStore:
         return [(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
 
-__all__ = ["TURN_WRITES", "SQLiteStore", "StoreError", "ConversationRow", "MessageRow", "Direction"]
+async def reclaim_space(db: aiosqlite.Connection) -> None:
+    """``SQLiteStore.reclaim`` on a bare connection (the caller holds the store's write lock)."""
+    await db.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page per call
+    rows = await db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+    if rows and rows[0][0]:
+        log.info("the write-ahead log could not be emptied yet (a reader is busy)")
+
+
+__all__ = ["reclaim_space", "TURN_WRITES", "SQLiteStore", "StoreError", "ConversationRow", "MessageRow", "Direction"]

@@ -104,12 +104,22 @@ class _Users:
 
 
 async def _telegram_side(
-    conn: Connection, users: int, rate: float, paced_seconds: float, capacity_rounds: int, seed: int
+    conn: Connection,
+    users: int,
+    rate: float,
+    paced_seconds: float,
+    capacity_rounds: int,
+    seed: int,
+    real_limits: bool = False,
 ) -> dict[str, Any]:
-    from bot.testing.fakeapi import FakeBotAPI
+    from bot.testing.fakeapi import SEND_METHODS, FakeBotAPI, RateLimitPolicy, TotalRateLimit, is_group_chat
 
     loop = asyncio.get_running_loop()
     async with FakeBotAPI() as fake:
+        if real_limits:  # Telegram's quotas, enforced with 429s as Telegram does
+            fake.policies.append(TotalRateLimit(30, 1.0))
+            fake.policies.append(RateLimitPolicy(3, 2.0, chats=lambda c: not is_group_chat(c)))
+            fake.policies.append(RateLimitPolicy(20, 60.0, chats=is_group_chat))
         sim = _Users(fake, users, seed)
         control: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -135,7 +145,7 @@ async def _telegram_side(
                     await sim.act(chat, step)
 
             await asyncio.gather(*(closed(c) for c in sim.chats))
-            capacity = (sim.handled - start_handled) / (time.perf_counter() - t0)
+            capacity = (sim.handled - start_handled) / max(1e-9, time.perf_counter() - t0)
             cap_p99 = _pct(sim.latencies, 0.99)
 
             interval = users / rate
@@ -154,9 +164,13 @@ async def _telegram_side(
                     step += 1
                     nxt += interval
 
+            paced_from = len(fake.calls)
             await asyncio.gather(*(paced(c) for c in sim.chats))
             elapsed = time.perf_counter() - t0
             lat = sim.latencies
+            paced_updates = sim.handled - start_handled
+            throttled = sum(1 for c in fake.calls[paced_from:] if c.method in SEND_METHODS and c.status == 200)
+            refused = sum(1 for c in fake.calls[paced_from:] if c.status == 429)
             result = {
                 "updates_per_s": (sim.handled - start_handled) / elapsed,
                 "updates": sim.handled - start_handled,
@@ -164,6 +178,8 @@ async def _telegram_side(
                 "p99_ms": _pct(lat, 0.99),
                 "max_ms": max(lat, default=0.0),
                 "capacity_per_s": capacity,
+                "calls_per_turn": throttled / max(1, paced_updates),
+                "refused_429": refused,
                 "capacity_p99_ms": cap_p99,
                 "calls": collections.Counter(c.method for c in fake.calls).most_common(),
             }
@@ -172,6 +188,43 @@ async def _telegram_side(
             return result
         finally:
             loop.remove_reader(conn.fileno())
+
+
+# -- the yardstick: a bare python-telegram-bot echo bot -------------------------------------------
+async def _bare_bot(token: str, base_url: str, base_file_url: str, done: Any) -> Any:
+    """PTB as its documentation shows it: long polling, one handler echoing text and answering
+    presses, no database. Returns the running Application."""
+    from telegram import Update
+    from telegram.ext import ApplicationBuilder, CallbackQueryHandler, ContextTypes, MessageHandler, filters
+    from telegram.request import HTTPXRequest
+
+    app = (
+        ApplicationBuilder()
+        .token(token)
+        .base_url(base_url)
+        .base_file_url(base_file_url)
+        .request(HTTPXRequest(connection_pool_size=32, httpx_kwargs={"trust_env": False}))
+        .get_updates_request(HTTPXRequest(httpx_kwargs={"trust_env": False}))
+        .build()
+    )
+
+    async def echo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if update.effective_message is not None:
+            await update.effective_message.reply_text(update.effective_message.text or "?")
+        done(update.update_id)
+
+    async def press(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.callback_query is not None
+        await update.callback_query.answer()
+        done(update.update_id)
+
+    app.add_handler(MessageHandler(filters.ALL, echo))
+    app.add_handler(CallbackQueryHandler(press))
+    await app.initialize()
+    assert app.updater is not None
+    await app.updater.start_polling(poll_interval=0.0, timeout=10)
+    await app.start()
+    return app
 
 
 def _telegram_process(conn: Connection, *args: Any) -> None:
@@ -185,7 +238,7 @@ def _telegram_process(conn: Connection, *args: Any) -> None:
 
 
 # -- the bot's side (this process) ---------------------------------------------------------
-async def bench_telegram(
+async def run_telegram(
     settings: Settings,
     *,
     users: int = 200,
@@ -194,7 +247,11 @@ async def bench_telegram(
     capacity_rounds: int = 6,
     seed: int = 7,
     max_parallel: int = 16,
-) -> dict[str, float]:
+    real_limits: bool = False,
+    bare: bool = False,
+) -> dict[str, Any]:
+    """One run against a fresh fake: the door (default) or ``bare`` — a bare PTB echo bot.
+    ``real_limits``: the shipped rate limits on our side and Telegram's enforced by the fake."""
     from bot.features import standard_features
     from bot.runtime import open_runtime
     from bot.tg.ratelimit import RateLimits
@@ -208,7 +265,7 @@ async def bench_telegram(
         target=_telegram_process,
         name="fake-telegram",
         daemon=True,
-        args=(theirs, users, rate, paced_seconds, capacity_rounds, seed),
+        args=(theirs, users, rate, paced_seconds, capacity_rounds, seed, real_limits),
     )
     proc.start()
     theirs.close()
@@ -217,37 +274,50 @@ async def bench_telegram(
         if msg[0] != "ready":
             raise RuntimeError(f"the fake Bot API did not start: {msg}")
         _, token, base_url, base_file_url = msg
-        with tempfile.TemporaryDirectory(prefix="bot-bench-tg-") as tmp:
-            db = str(Path(tmp) / "bench.db")
-            # as ``python -m bot run`` without an agents' group or a worker: the door's own figure
-            features = standard_features(settings, desk=False, deliver=False)
-            runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
-                                         features=features.all)
+        if bare:
+            app = await _bare_bot(token, base_url, base_file_url, lambda uid: ours.send_bytes(_DONE.pack(uid)))
             try:
-                tg_settings = Settings(
-                    db_path=db,
-                    content_dir=settings.content_dir,
-                    flows_dir=settings.flows_dir,
-                    lang=settings.lang,
-                    telegram_token=token,
-                    telegram_base_url=base_url,
-                    telegram_base_file_url=base_file_url,
-                )
-                async with TelegramService(
-                    tg_settings,
-                    runtime,
-                    limits=RateLimits.unlimited(),
-                    poll_timeout=10,
-                    trust_env=False,
-                    max_parallel=max_parallel,
-                ) as service:
-                    service.door.listeners.append(lambda uid, chat: ours.send_bytes(_DONE.pack(uid)))
-                    ours.send_bytes(b"go")
-                    kind, result = await asyncio.to_thread(ours.recv)
+                ours.send_bytes(b"go")
+                kind, result = await asyncio.to_thread(ours.recv)
+            finally:
+                assert app.updater is not None
+                await app.updater.stop()
+                await app.stop()
+                await app.shutdown()
                 with contextlib.suppress(OSError):
                     ours.send_bytes(b"stop")
-            finally:
-                await runtime.close()
+        else:
+            with tempfile.TemporaryDirectory(prefix="bot-bench-tg-") as tmp:
+                db = str(Path(tmp) / "bench.db")
+                # as ``python -m bot run`` without an agents' group or a worker: the door's own figure
+                features = standard_features(settings, desk=False, deliver=False)
+                runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
+                                             features=features.all)
+                try:
+                    tg_settings = Settings(
+                        db_path=db,
+                        content_dir=settings.content_dir,
+                        flows_dir=settings.flows_dir,
+                        lang=settings.lang,
+                        telegram_token=token,
+                        telegram_base_url=base_url,
+                        telegram_base_file_url=base_file_url,
+                    )
+                    async with TelegramService(
+                        tg_settings,
+                        runtime,
+                        limits=RateLimits() if real_limits else RateLimits.unlimited(),
+                        poll_timeout=10,
+                        trust_env=False,
+                        max_parallel=max_parallel,
+                    ) as service:
+                        service.door.listeners.append(lambda uid, chat: ours.send_bytes(_DONE.pack(uid)))
+                        ours.send_bytes(b"go")
+                        kind, result = await asyncio.to_thread(ours.recv)
+                    with contextlib.suppress(OSError):
+                        ours.send_bytes(b"stop")
+                finally:
+                    await runtime.close()
         if kind != "result":
             raise RuntimeError(f"telegram bench failed on the fake's side: {result}")
     finally:
@@ -256,9 +326,11 @@ async def bench_telegram(
         if proc.is_alive():  # pragma: no cover - only if the child hangs
             proc.kill()
     log.warning(
-        "telegram bench: %d users; capacity %.0f updates/s (p99 %.0f ms with all %d in flight); "
+        "telegram bench (%s%s): %d users; capacity %.0f updates/s (p99 %.0f ms with all %d in flight); "
         "paced, %.0f offered: %.1f updates/s, p50 %.1f ms, p99 %.1f ms, max %.1f ms over %d "
-        "updates; Bot API calls: %s",
+        "updates; %.2f throttled calls per update, %d answered 429; Bot API calls: %s",
+        "bare PTB echo bot" if bare else "the door",
+        ", real limits" if real_limits else "",
         users,
         result["capacity_per_s"],
         result["capacity_p99_ms"],
@@ -269,9 +341,34 @@ async def bench_telegram(
         result["p99_ms"],
         result["max_ms"],
         result["updates"],
+        result["calls_per_turn"],
+        result["refused_429"],
         ", ".join(f"{m} {n}" for m, n in result["calls"]),
     )
+    return result
+
+
+async def bench_telegram(settings: Settings, **kw: Any) -> dict[str, float]:
+    """The door, then a bare PTB echo bot against the same kind of fake (the yardstick)."""
+    door = await run_telegram(settings, **kw)
+    bare = await run_telegram(settings, bare=True, **kw)
     return {
-        "telegram_updates_per_s": round(result["updates_per_s"], 1),
-        "telegram_p99_ms": round(result["p99_ms"], 1),
+        "telegram_updates_per_s": round(door["updates_per_s"], 1),
+        "telegram_p99_ms": round(door["p99_ms"], 1),
+        "telegram_capacity_per_s": round(door["capacity_per_s"], 1),
+        "telegram_bare_capacity_per_s": round(bare["capacity_per_s"], 1),
+        "telegram_vs_bare": round(door["capacity_per_s"] / max(1e-9, bare["capacity_per_s"]), 2),
+    }
+
+
+async def bench_telegram_real_limits(settings: Settings, *, rate: float = 20.0, seconds: float = 30.0) -> dict[str, float]:
+    """200 users offering ``rate`` messages/s for ``seconds`` with the shipped limits, the fake
+    enforcing Telegram's (30/s overall, ~1/s per chat, 20/min per group)."""
+    r = await run_telegram(settings, rate=rate, paced_seconds=seconds, capacity_rounds=0, real_limits=True)
+    return {
+        "telegram_real_limits_p99_ms": round(r["p99_ms"], 1),
+        "telegram_real_limits_p50_ms": round(r["p50_ms"], 1),
+        "telegram_real_limits_updates_per_s": round(r["updates_per_s"], 1),
+        "telegram_calls_per_turn": round(r["calls_per_turn"], 2),
+        "telegram_real_limits_429": r["refused_429"],
     }

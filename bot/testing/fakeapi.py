@@ -331,6 +331,30 @@ class RateLimitPolicy:
         return None
 
 
+class TotalRateLimit:
+    """Refuse with 429 when more than ``limit`` sends (any chat) arrive in ``period`` s — the
+    bot-wide quota (``fake.policies.append(TotalRateLimit(30, 1.0))``)."""
+
+    def __init__(self, limit: int, period: float, methods: Iterable[str] = SEND_METHODS) -> None:
+        self.limit = limit
+        self.period = period
+        self.methods = frozenset(methods)
+        self.hits: deque[float] = deque()
+        self.refused = 0
+
+    def __call__(self, fake: FakeBotAPI, call: Call) -> ApiError | None:
+        if call.method not in self.methods:
+            return None
+        now = fake.clock()
+        while self.hits and self.hits[0] <= now - self.period:
+            self.hits.popleft()
+        if len(self.hits) >= self.limit:
+            self.refused += 1
+            return ApiError(429, "Too Many Requests: retry after 1", retry_after=1)
+        self.hits.append(now)
+        return None
+
+
 def is_group_chat(chat_id: Any) -> bool:
     return not (isinstance(chat_id, int) and chat_id > 0)
 

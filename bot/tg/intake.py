@@ -28,6 +28,8 @@ from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, Tel
 from telegram.request import BaseRequest, RequestData
 from telegram.request._requestparameter import RequestParameter
 
+from bot.core.redact import redact_payload
+
 from .queue import TelegramQueue
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ class Intake:
             highest = max(highest, uid)
             if isinstance(raw.get("update_id"), str):
                 raw = {**raw, "update_id": uid}
-            rows.append((uid, json.dumps(raw, ensure_ascii=False)))
+            rows.append((uid, json.dumps(redact_payload(raw), ensure_ascii=False)))  # no secret is stored
         fresh = set(await self.queue.add_updates(rows))
         self.stored += len(fresh)
         for uid, body in rows:

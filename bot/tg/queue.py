@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,13 @@ ANSWER = 0  # a user is waiting for it
 HOUSEKEEPING = 1  # edits that only tidy up (the pressed keyboard, an old keyboard), other chats
 INBOX_MEMORY_S = 7 * 24 * 3600  # done updates are remembered this long (Telegram keeps ~24 h)
 SENT_MEMORY_S = 2 * 24 * 3600  # finished outgoing rows are kept this long (for `stats`/tests)
+
+
+async def in_db_thread(db: aiosqlite.Connection, fn: Any, *args: Any) -> Any:
+    """Run ``fn(sqlite3_connection, *args)`` on aiosqlite's own thread: several statements for
+    one hand-over between threads (each hand-over waits for the GIL; under load that, not
+    SQLite, is what a statement costs). Uses aiosqlite's thread hand-over (``_execute``)."""
+    return await db._execute(fn, db._conn, *args)
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ class TelegramQueue:
     def __init__(self, store: Any) -> None:
         self.store = store  # SQLiteStore: .db, .tx_lock
         self._marks = _GroupCommit(self, self._write_marks, transaction=False)
-        self._settles = _GroupCommit(self, self._write_settles)
+        self._settles = _GroupCommit(self, self._write_settles, transaction=False)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -172,31 +180,11 @@ class TelegramQueue:
     ) -> list[Job]:
         """Insert the turn's jobs and mark its update done. Call inside an open transaction.
         ``spent``: (chat, message id) whose keyboard the turn used up (a press)."""
-        now = time.time()
         specs = list(specs)
-        jobs = []
-        if specs:
-            rows = await db.execute_fetchall(
-                "INSERT INTO tg_outbox (chat_id, kind, priority, body, update_id, created_at) "
-                "SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), "
-                "json_extract(j.value, '$[3]'), ?, ? FROM json_each(?) AS j ORDER BY j.key RETURNING id",
-                (
-                    update_id,
-                    now,
-                    json.dumps(
-                        [[sp.chat_id, sp.kind, sp.priority, json.dumps(sp.body, ensure_ascii=False)] for sp in specs],
-                        ensure_ascii=False,
-                    ),
-                ),
-            )
-            ids = sorted(int(r[0]) for r in rows)
-            jobs = [Job(i, sp.chat_id, sp.kind, sp.priority, sp.body, update_id, 0, now) for i, sp in zip(ids, specs, strict=True)]
-        if spent is not None:
-            await db.execute("DELETE FROM tg_keyboards WHERE chat_id = ? AND message_id = ?", spent)
-        if update_id is not None:
-            # the raw update (the user's words) is not kept once handled: only its id, for repeats
-            await db.execute("UPDATE tg_inbox SET status = ?, done_at = ?, body = '' WHERE update_id = ?", (status, now, update_id))
-        return jobs
+        now = time.time()
+        rows = [(sp.chat_id, sp.kind, sp.priority, json.dumps(sp.body, ensure_ascii=False)) for sp in specs]
+        ids = await in_db_thread(db, _write_turn, rows, update_id, now, spent, status)
+        return [Job(i, sp.chat_id, sp.kind, sp.priority, sp.body, update_id, 0, now) for i, sp in zip(ids, specs, strict=True)]
 
     async def finish(self, update_id: int | None, specs: Iterable[JobSpec] = (), *, status: str = "done", spent: tuple[int, int] | None = None) -> list[Job]:
         """``write_turn`` in a transaction of its own (updates that are not engine turns)."""
@@ -247,36 +235,12 @@ class TelegramQueue:
 
     @staticmethod
     async def _write_settles(db: aiosqlite.Connection, items: list[list[tuple[Job, str, int | None, str]]]) -> dict[Any, Any]:
-        now = time.time()
-        retire: dict[int, list[Job]] = {}
         outcomes = [o for batch in items for o in batch]
-        # a finished message's text is not kept (the transcript has it, redacted)
-        await db.execute(
-            "UPDATE tg_outbox SET status = json_extract(j.value, '$[1]'), message_id = json_extract(j.value, '$[2]'), "
-            "last_error = json_extract(j.value, '$[3]'), "
-            "sent_at = CASE WHEN json_extract(j.value, '$[1]') = 'sent' THEN ? END, "
-            "body = CASE WHEN json_extract(j.value, '$[1]') = 'pending' THEN body ELSE '{}' END "
-            "FROM json_each(?) AS j WHERE tg_outbox.id = json_extract(j.value, '$[0]')",
-            (now, json.dumps([[job.id, status, mid, error[:300]] for job, status, mid, error in outcomes])),
-        )
-        for job, status, message_id, _ in outcomes:
-            if status == "sent" and message_id is not None and job.body.get("keyboard") and job.kind == "send":
-                rows = await db.execute_fetchall("SELECT message_id FROM tg_keyboards WHERE chat_id = ?", (job.chat_id,))
-                await db.execute(
-                    "INSERT INTO tg_keyboards (chat_id, message_id, ts) VALUES (?, ?, ?) "
-                    "ON CONFLICT(chat_id) DO UPDATE SET message_id = excluded.message_id, ts = excluded.ts",
-                    (job.chat_id, message_id, now),
-                )
-                old = rows[0][0] if rows else None
-                if old is not None and int(old) != message_id:
-                    body = {"message_id": int(old)}
-                    cur = await db.execute(
-                        "INSERT INTO tg_outbox (chat_id, kind, priority, body, created_at) VALUES (?, 'retire', ?, ?, ?)",
-                        (job.chat_id, HOUSEKEEPING, json.dumps(body), now),
-                    )
-                    retire.setdefault(job.id, []).append(
-                        Job(int(cur.lastrowid or 0), job.chat_id, "retire", HOUSEKEEPING, body, None, 0, now)
-                    )
+        rows = [(job.id, job.chat_id, job.kind, bool(job.body.get("keyboard")), status, mid, error[:300]) for job, status, mid, error in outcomes]
+        made = await in_db_thread(db, _write_settles, rows, time.time())
+        retire: dict[int, list[Job]] = {}
+        for owner, rid, chat, body, now in made:
+            retire.setdefault(owner, []).append(Job(rid, chat, "retire", HOUSEKEEPING, body, None, 0, now))
         return retire
 
     async def drop_chat(self, chat_id: int, reason: str) -> int:
@@ -299,3 +263,59 @@ class TelegramQueue:
     async def counts(self) -> dict[str, int]:
         rows = await self.db.execute_fetchall("SELECT status, COUNT(*) FROM tg_outbox GROUP BY status")
         return {str(r[0]): int(r[1]) for r in rows}
+
+
+# -- run on aiosqlite's thread (one hand-over each) ---------------------------------------------
+def _write_turn(
+    con: sqlite3.Connection, rows: list[tuple[int, str, int, str]], update_id: int | None, now: float, spent: tuple[int, int] | None, status: str
+) -> list[int]:
+    ids = []
+    for chat_id, kind, priority, body in rows:
+        cur = con.execute(
+            "INSERT INTO tg_outbox (chat_id, kind, priority, body, update_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (chat_id, kind, priority, body, update_id, now),
+        )
+        ids.append(int(cur.lastrowid or 0))
+    if spent is not None:
+        con.execute("DELETE FROM tg_keyboards WHERE chat_id = ? AND message_id = ?", spent)
+    if update_id is not None:
+        # the raw update (the user's words) is not kept once handled: only its id, for repeats
+        con.execute("UPDATE tg_inbox SET status = ?, done_at = ?, body = '' WHERE update_id = ?", (status, now, update_id))
+    return ids
+
+
+def _write_settles(
+    con: sqlite3.Connection, rows: list[tuple[int, int, str, bool, str, int | None, str]], now: float
+) -> list[tuple[int, int, int, dict[str, Any], float]]:
+    """Outcomes in one transaction: status (a finished message's text is not kept — the
+    transcript has it, redacted); a sent keyboard becomes the chat's live one and the one it
+    replaces gets a retire job (returned as (owner job, id, chat, body, created))."""
+    made = []
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        for job_id, chat_id, kind, has_keyboard, status, mid, error in rows:
+            con.execute(
+                "UPDATE tg_outbox SET status = ?, message_id = ?, last_error = ?, sent_at = ?, "
+                "body = CASE WHEN ? = 'pending' THEN body ELSE '{}' END WHERE id = ?",
+                (status, mid, error, now if status == "sent" else None, status, job_id),
+            )
+            if status != "sent" or mid is None or kind != "send" or not has_keyboard:
+                continue
+            old = con.execute("SELECT message_id FROM tg_keyboards WHERE chat_id = ?", (chat_id,)).fetchone()
+            con.execute(
+                "INSERT INTO tg_keyboards (chat_id, message_id, ts) VALUES (?, ?, ?) "
+                "ON CONFLICT(chat_id) DO UPDATE SET message_id = excluded.message_id, ts = excluded.ts",
+                (chat_id, mid, now),
+            )
+            if old is not None and int(old[0]) != mid:
+                body = {"message_id": int(old[0])}
+                cur = con.execute(
+                    "INSERT INTO tg_outbox (chat_id, kind, priority, body, created_at) VALUES (?, 'retire', ?, ?, ?)",
+                    (chat_id, HOUSEKEEPING, json.dumps(body), now),
+                )
+                made.append((job_id, int(cur.lastrowid or 0), chat_id, body, now))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return made

@@ -211,6 +211,17 @@ class DoorRateLimiter(BaseRateLimiter[str]):
             self._overall.take(now)
             fut.set_result(None)
 
+    def idle(self) -> bool:
+        """True when the bot-wide budget has room to spare: nothing waits for a slot and at most
+        half of the window is used (housekeeping that can wait, waits for this)."""
+        if self._overall is None:
+            return True
+        if self._waiters[ANSWER] or self._waiters[HOUSEKEEPING]:
+            return False
+        now = self._clock()
+        used = sum(1 for t in self._overall.slots if t > now - self._overall.period)
+        return used <= self._overall.limit // 2
+
     async def acquire(self, chat_id: object | None, priority: int = ANSWER) -> None:
         """Take this chat's next slot and a bot-wide one, waiting as needed (for callers that
         then send with ``rate_limit_args=RESERVED``)."""

@@ -5,7 +5,8 @@ housekeeping (the pressed message's "» choice" edit, an old keyboard's retireme
 takes its slots from the shared rate limiter first (``acquire``: the chat's ~1/s and the bot's
 ~30/s, answers granted before housekeeping and the agents' group), is then marked ``sending``
 (committed), and only then leaves — with ``rate_limit_args=RESERVED`` so it is not throttled
-twice. When Telegram answers, the outcome is recorded (``settle``).
+twice. When Telegram answers, the outcome is recorded (``settle``). Retiring an old keyboard
+is the laziest job: it waits until the bot-wide budget is at most half used.
 
 Failures: 429 is waited out by the limiter; 403 means the user blocked the bot (the chat's
 jobs are dropped, the door marks the conversation inactive); 400 is logged and the job
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 MAX_ATTEMPTS = 8  # a job refused (5xx / no connection) this often in a row is given up
 TYPING_EVERY = 4.5  # Telegram shows "typing…" for about 5 s
+TYPING_PER_TICK = 5  # indicators per 0.25 s at most
+LAZY_WAIT = 1.0  # how often a deferred keyboard retirement looks for spare budget
 
 
 def markup_of(rows: list[list[list[str]]] | None) -> InlineKeyboardMarkup | None:
@@ -78,6 +82,7 @@ class Sender:
         self._on_wire: set[asyncio.Task[Any]] = set()
         self._waiting: dict[int, asyncio.Future[None]] = {}  # job id -> done
         self._current: dict[int, int] = {}  # chat -> the job on the wire
+        self._nudge: dict[int, asyncio.Event] = {}  # chat -> set when a job is added
         self._expect: dict[int, float] = {}  # chat -> since when an answer is awaited
         self._typing_sent: dict[int, float] = {}
         self._typing_task: asyncio.Task[None] | None = None
@@ -122,8 +127,13 @@ class Sender:
 
     # -- queueing --------------------------------------------------------------
     def add(self, jobs: Iterable[Job]) -> None:
+        loop = asyncio.get_running_loop()
         for job in jobs:
             self._jobs.setdefault(job.chat_id, deque()).append(job)
+            self._waiting.setdefault(job.id, loop.create_future())
+            nudge = self._nudge.get(job.chat_id)
+            if nudge is not None:
+                nudge.set()
             if self._stopping:
                 continue
             worker = self._workers.get(job.chat_id)
@@ -132,12 +142,7 @@ class Sender:
 
     def done_future(self, jobs: Iterable[Job]) -> asyncio.Future[Any] | None:
         """A future that completes when all ``jobs`` are finished (sent, failed or given up)."""
-        futs = []
-        for job in jobs:
-            fut = self._waiting.get(job.id)
-            if fut is None:
-                fut = self._waiting[job.id] = asyncio.get_running_loop().create_future()
-            futs.append(fut)
+        futs = [f for f in (self._waiting.get(job.id) for job in jobs) if f is not None]  # missing: done
         return asyncio.gather(*futs) if futs else None
 
     def pending(self, chat_id: int | None = None) -> int:
@@ -171,6 +176,7 @@ class Sender:
                 q.remove(job)
             if not q:
                 del self._jobs[job.chat_id]
+                self._nudge.pop(job.chat_id, None)
         fut = self._waiting.pop(job.id, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -180,11 +186,23 @@ class Sender:
             listener()
 
     async def _work(self, chat_id: int) -> None:
+        while not self._stopping:
+            try:
+                await self._work_once(chat_id)
+                return
+            except sqlite3.Error as exc:  # the database is busy or failing: the jobs stay queued
+                log.error("sending to %s paused: %s", chat_id, exc)
+                await asyncio.sleep(1.0)
+
+    async def _work_once(self, chat_id: int) -> None:
         delay = self.retry_delay
         while not self._stopping:
             job = self._next(chat_id)
             if job is None:
                 return
+            if job.kind == "retire" and not self.limiter.idle():
+                await self._nudged(chat_id, LAZY_WAIT)  # an old keyboard can wait for spare budget
+                continue
             await self.limiter.acquire(chat_id, job.priority)
             if self._stopping:
                 return
@@ -201,7 +219,7 @@ class Sender:
                     log.error("message %s to %s given up after %d attempts: %s", job.id, chat_id, job.attempts + 1, error)
                 else:
                     job = self._bump(job)
-            retire = await self.queue.settle([(job, status, message_id, error)])
+            retire = await self._settle(job, status, message_id, error)
             if status == "pending":
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -215,6 +233,23 @@ class Sender:
                 await self._blocked(chat_id, error)
             self._finish(job)
             self.add(retire)
+
+    async def _settle(self, job: Job, status: str, message_id: int | None, error: str) -> list[Job]:
+        """Record the outcome; the request is done, so a busy database is waited out, never
+        answered by sending again."""
+        while True:
+            try:
+                return await self.queue.settle([(job, status, message_id, error)])
+            except sqlite3.Error as exc:
+                log.error("recording message %s failed (%s); retrying", job.id, exc)
+                await asyncio.sleep(0.5)
+
+    async def _nudged(self, chat_id: int, timeout: float) -> None:
+        """Wait until a job is added for this chat, or ``timeout``."""
+        ev = self._nudge.setdefault(chat_id, asyncio.Event())
+        ev.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout)
 
     def _bump(self, job: Job) -> Job:
         q = self._jobs.get(job.chat_id)
@@ -299,12 +334,16 @@ class Sender:
         while not self._stopping:
             await asyncio.sleep(0.25)
             now = self.clock()
+            budget = TYPING_PER_TICK  # cosmetic: never more than ~20 a second, even when overloaded
             for chat_id, since in list(self._expect.items()):
+                if budget <= 0:
+                    break
                 if now - since < self.typing_after:
                     continue
                 if now - self._typing_sent.get(chat_id, -1e9) < TYPING_EVERY:
                     continue
                 self._typing_sent[chat_id] = now
+                budget -= 1
                 task = asyncio.create_task(self._type(chat_id))
                 self._on_wire.add(task)
                 task.add_done_callback(self._on_wire.discard)
