@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from bot.core.messages import EventKind, Inbound
+from bot.features import Features
 from bot.learning import export_yaml, import_jsonl
 from bot.runtime import open_runtime
 from bot.store import SQLiteStore
@@ -25,9 +26,9 @@ async def _say(runtime, cid: str, text: str):  # noqa: ANN001, ANN202
     return await runtime.engine.state_of(cid)
 
 
-async def test_a_taught_example_takes_effect_in_the_running_bot(tmp_path: Path) -> None:
+async def test_a_taught_example_takes_effect_in_the_running_bot(tmp_path: Path, features: Features) -> None:
     db = tmp_path / "bot.db"
-    runtime = await open_runtime(str(db), ROOT / "content", ROOT / "flows")
+    runtime = await open_runtime(str(db), ROOT / "content", ROOT / "flows", features=features.all)
     try:
         before = await _say(runtime, "u:1", TAUGHT)
         assert before.flow != "recover_deleted"
@@ -45,9 +46,9 @@ async def test_a_taught_example_takes_effect_in_the_running_bot(tmp_path: Path) 
         await runtime.close()
 
 
-async def test_the_bot_polls_for_new_examples_by_itself(tmp_path: Path) -> None:
+async def test_the_bot_polls_for_new_examples_by_itself(tmp_path: Path, features: Features) -> None:
     db = tmp_path / "bot.db"
-    runtime = await open_runtime(str(db), ROOT / "content", ROOT / "flows")
+    runtime = await open_runtime(str(db), ROOT / "content", ROOT / "flows", features=features.all)
     try:
         await runtime.learning.stop()
         runtime.learning.poll_s = 0.02
