@@ -219,8 +219,8 @@ class Sender:
                     log.error("message %s to %s given up after %d attempts: %s", job.id, chat_id, job.attempts + 1, error)
                 else:
                     job = self._bump(job)
-            retire = await self._settle(job, status, message_id, error)
             if status == "pending":
+                await self._settle(job, status, message_id, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
@@ -230,8 +230,20 @@ class Sender:
             elif status == "unsure":
                 self.unsure += 1
             if status == "blocked":
+                self.add(await self._settle(job, status, message_id, error))
                 await self._blocked(chat_id, error)
+                self._finish(job)
+                continue
+            # the outcome is recorded in the background (the next message need not wait for
+            # it); a stop waits for it — if it is cut short the row stays "sending": not resent
+            record = asyncio.create_task(self._record(job, status, message_id, error))
+            self._on_wire.add(record)
+            record.add_done_callback(self._on_wire.discard)
             self._finish(job)
+
+    async def _record(self, job: Job, status: str, message_id: int | None, error: str) -> None:
+        retire = await self._settle(job, status, message_id, error)
+        if not self._stopping:
             self.add(retire)
 
     async def _settle(self, job: Job, status: str, message_id: int | None, error: str) -> list[Job]:
