@@ -95,6 +95,7 @@ class Sender:
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> int:
         """Load what an earlier run left queued; returns how many jobs that is."""
+        await self.queue.open_marks()
         jobs, unsure = await self.queue.recover()
         if unsure:
             self.unsure += unsure
@@ -121,6 +122,7 @@ class Sender:
         if self._typing_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._typing_task
+        await self.queue.close()
         left = sum(len(q) for q in self._jobs.values())
         if left:
             log.info("%d message(s) stay queued for the next start", left)
