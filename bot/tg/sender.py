@@ -6,7 +6,7 @@ takes its slots from the shared rate limiter first (``acquire``: the chat's ~1/s
 ~30/s, answers granted before housekeeping and the agents' group), is then marked ``sending``
 (committed), and only then leaves — with ``rate_limit_args=RESERVED`` so it is not throttled
 twice. When Telegram answers, the outcome is recorded (``settle``). Retiring an old keyboard
-is the laziest job: it waits until the bot-wide budget is at most half used.
+is the laziest job: it waits until the bot-wide budget is at most a quarter used.
 
 Failures: 429 is waited out by the limiter; 403 means the user blocked the bot (the chat's
 jobs are dropped, the door marks the conversation inactive); 400 is logged and the job
