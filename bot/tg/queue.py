@@ -234,9 +234,11 @@ class TelegramQueue:
     async def sending(self, job_ids: Sequence[int]) -> None:
         """Committed before the requests leave: after a kill these are not sent again."""
         if self._marks_db is not None:
-            await self._marks_db.execute(
-                "UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(job_ids)),),
+            # BEGIN IMMEDIATE: an autocommit UPDATE reads first, and upgrading that read to a
+            # write after another connection committed fails at once ("database is locked")
+            ids = ",".join(str(int(i)) for i in job_ids)  # integers only: safe to inline
+            await self._marks_db.executescript(
+                f"BEGIN IMMEDIATE; UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN ({ids}); COMMIT;"
             )
             return
         await self._marks.add(list(job_ids))
