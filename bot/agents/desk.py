@@ -45,7 +45,7 @@ from bot.core.errors import ContentError, Problem
 from bot.core.messages import EventKind, Inbound
 from bot.core.ports import Direction, Entry
 
-from . import privacy, reports
+from . import labelling, privacy, reports
 from .limiter import GroupLimiter
 from .ports import (
     Clock,
@@ -1685,6 +1685,14 @@ class AgentDesk:
         assert self.gateway is not None
         gw = self.gateway
         data = cb.data or ""
+        if data.startswith(labelling.PREFIX):  # an agent labelled an unmatched message
+            toast, html = await labelling.on_press(self.store, self.texts, data, cb.user_name)
+            with contextlib.suppress(GatewayError):
+                await gw.answer_callback(cb.callback_id, toast)
+            if html:
+                with contextlib.suppress(NotModified, MessageGone, GatewayError):
+                    await gw.edit(cb.message_id, html)
+            return
         if not data.startswith(CALLBACK_PREFIX):
             with contextlib.suppress(GatewayError):
                 await gw.answer_callback(cb.callback_id)
@@ -1797,6 +1805,11 @@ class AgentDesk:
             cands = ", ".join(f"{i} {s:.0f}" for i, s in u.candidates[:3]) or "-"
             rows.append(Html.text(f"• “{clip(one_line(u.text), 150)}” — {u.decision}: {cands}"))
         await self._reply(c, join(rows[: 1 + pack(rows[1:], MAX_VISIBLE - rows[0].visible - 1)]))
+        if not c.private and self.gateway is not None:  # label them: one message each, with buttons
+            gw, thread = self.gateway, c.thread_id
+            for html, buttons in await labelling.offers(self.store, self.texts):
+                self._urgent.append(lambda h=html, b=buttons: gw.send(thread, h, b))
+            self._wake.set()
 
     async def _cmd_find(self, c: AgentCommand) -> None:
         query = c.arg.strip()

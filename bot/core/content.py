@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "engine.internal_error",  # a door's error handler: something went wrong, try /restart
     "engine.yes_words",  # comma-separated words that mean "yes" to a yes/no step
     "engine.no_words",  # comma-separated words that mean "no"
+    "engine.exact_words",  # yes/no words that count only as the whole message ("ok", not "ok but...")
     "engine.smalltalk.greeting",
     "engine.smalltalk.thanks",
     "engine.smalltalk.bye",
@@ -79,6 +80,7 @@ class Facts:
     plans: tuple[Plan, ...]
     costs: tuple[CostRow, ...]
     links: dict[str, str]
+    numbers: dict[str, str] = field(default_factory=dict)  # single figures by key (answer cards)
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,24 @@ class Content:
         ]
         out = {"plans_table": "\n".join(plan_rows), "costs_table": "\n".join(cost_rows)}
         out.update(self.facts.links)
+        out.update(fact_values(self.facts))
         _RENDER_CACHE[id(self)] = out
         return out
 
 
 _RENDER_CACHE: dict[int, dict[str, str]] = {}
+
+
+def fact_values(facts: Facts) -> dict[str, str]:
+    """Every single fact by key: plan_<id>_{name,storage,price}, cost_<id>_{price,days}, numbers."""
+    out: dict[str, str] = {}
+    for p in facts.plans:
+        out.update({f"plan_{p.id}_name": p.name, f"plan_{p.id}_storage": p.storage,
+                    f"plan_{p.id}_price": p.price})
+    for c in facts.costs:
+        out.update({f"cost_{c.id}_price": c.price, f"cost_{c.id}_days": c.days})
+    out.update(facts.numbers)
+    return out
 
 
 class _SafeDict(dict[str, str]):
@@ -171,7 +186,7 @@ def _load_facts(path: Path, problems: list[Problem]) -> Facts:
     links: dict[str, str] = {}
     if not isinstance(data, dict):
         problems.append(Problem(str(path), "-", "must be a mapping"))
-        return Facts((), (), {})
+        return Facts((), (), {}, {})
     for i, row in enumerate(data.get("plans") or []):
         try:
             plans.append(
@@ -187,13 +202,23 @@ def _load_facts(path: Path, problems: list[Problem]) -> Facts:
             problems.append(Problem(str(path), f"recovery_costs[{i}]", f"bad cost row: {exc}"))
     for k, v in (data.get("links") or {}).items():
         links[str(k)] = str(v)
+    numbers: dict[str, str] = {}
+    raw_numbers = data.get("numbers") or {}
+    if not isinstance(raw_numbers, dict):
+        problems.append(Problem(str(path), "numbers", "must be a mapping of key: value"))
+        raw_numbers = {}
+    for k, v in raw_numbers.items():
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool) or not str(v).strip():
+            problems.append(Problem(str(path), f"numbers.{k}", "must be a non-empty value"))
+            continue
+        numbers[str(k)] = str(v)
     if not plans:
         problems.append(Problem(str(path), "plans", "no storage plans"))
     if [p.gb for p in plans] != sorted(p.gb for p in plans):
         problems.append(Problem(str(path), "plans", "plans must be listed smallest first"))
     if not costs:
         problems.append(Problem(str(path), "recovery_costs", "no recovery cost rows"))
-    return Facts(tuple(plans), tuple(costs), links)
+    return Facts(tuple(plans), tuple(costs), links, numbers)
 
 
 def load_content(root: Path, lang: str = "en") -> tuple[Content, list[Problem]]:
@@ -206,7 +231,7 @@ def load_content(root: Path, lang: str = "en") -> tuple[Content, list[Problem]]:
     if not lang_dir.is_dir():
         problems.append(Problem(str(lang_dir), "-", "language folder missing"))
     for path in sorted(lang_dir.glob("*.yaml")) if lang_dir.is_dir() else ():
-        if path.name == "intents.yaml":
+        if path.name in ("intents.yaml", "answers.yaml"):  # the matcher's and the answer cards' own files
             continue
         data = _load_yaml(path, problems)
         if data is None:

@@ -20,8 +20,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from rapidfuzz import fuzz
+from rapidfuzz.distance import OSA
 
 from .actions import ACTIONS, ActionContext, ActionFn
+from .answers import AnswerHit, Card
 from .content import Content
 from .flows import MENU, FlowSet, Step
 from .messages import Button, EventKind, Hint, Inbound, MatchResult, Reply
@@ -47,6 +49,10 @@ class MatcherPort:
     def match(self, text: str) -> MatchResult: ...  # pragma: no cover
 
     def smalltalk(self, text: str) -> str | None: ...  # pragma: no cover
+
+    def answer(self, text: str, accepted: str | None = None) -> AnswerHit | None: ...  # pragma: no cover
+
+    def answer_card(self, card_id: str) -> Card | None: ...  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,7 @@ class Engine:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._yes = tuple(_norm(w) for w in content.words("engine.yes_words"))
         self._no = tuple(_norm(w) for w in content.words("engine.no_words"))
+        self._exact = frozenset(_norm(w) for w in content.words("engine.exact_words"))
 
     # -- the seam ------------------------------------------------------------------
     def lock_for(self, conversation_id: str) -> asyncio.Lock:
@@ -370,6 +377,14 @@ class Engine:
         if kind == "other":
             await self.goto(turn, MENU)
             return
+        if kind == "card":
+            card = self.matcher.answer_card(arg)
+            if card is not None:
+                turn.replies.append(Reply(text=card.answer, key=f"answers.{card.id}"))
+                buttons = self._card_buttons(card)
+                turn.attach(buttons)
+                turn.state = replace(turn.state, offer=tuple(b for b, _ in buttons))
+                return
         await self._reprompt(turn)  # "stay"
 
     def _offer(self, turn: Turn, key: str, buttons: list[tuple[str, str]],
@@ -434,8 +449,17 @@ class Engine:
             turn.entries.append(Entry(Direction.IN, safe, kind="text", flow=state.flow, step=state.step))
             await self._press(turn, bid)
             return
-        # 2. a value for an ask step
-        if step and step.ask:  # an answer to the question wins over a pending offer
+        # 1b. a topic's label typed out ("check my last backup"), from any step
+        flow_id = None if bid is not None else self._typed_title(text)
+        if flow_id is not None and not (step and step.flow == flow_id):
+            turn.entries.append(Entry(Direction.IN, safe, kind="text", flow=state.flow, step=state.step))
+            in_flow = step is not None and step.flow != "main_menu" and step.waits
+            intent = self.flows.flows[flow_id].intents[0]
+            await self._accepted(turn, intent, safe, step, in_flow)
+            return
+        # 2. a value for an ask step; free text that asks one of the cards' questions is no value
+        card_first = bool(step and step.ask and step.ask.type == "text" and self.matcher.answer(safe[:MAX_TEXT]))
+        if step and step.ask and not card_first:  # an answer to the question wins over a pending offer
             value, note = self._parse_value(step.ask.type, text)
             if value is not None and had_secret and step.ask.type == "text":
                 value = strip_secrets(value) or None  # "iPhone 13, code 5566" -> "iPhone 13"
@@ -450,15 +474,25 @@ class Engine:
         if len(text) > MAX_TEXT:
             turn.say("engine.truncated")
         result = self.matcher.match(safe[:MAX_TEXT])
-        small = self.matcher.smalltalk(safe[:MAX_TEXT]) if result.decision != "accept" else None
+        hit = self.matcher.answer(safe[:MAX_TEXT], None if card_first or result.decision != "accept"
+                                  else result.intent)
+        waiting = step is not None and step.flow != "main_menu" and step.waits
+        if hit is not None and not card_first and not waiting and await self._flow_answers(turn, result, hit, safe):
+            hit = None  # the topic's own flow answers this very message (its row, or one question)
+        small = self.matcher.smalltalk(safe[:MAX_TEXT]) if result.decision != "accept" and not hit else None
         turn.entries.append(Entry(
-            Direction.IN, safe, intent=result.intent, score=result.score, decision=result.decision,
+            Direction.IN, safe, intent=hit.card.intent if hit else result.intent,
+            score=hit.score if hit else result.score, decision="accept" if hit else result.decision,
             candidates=tuple((c.intent, c.score) for c in result.candidates),
             flow=state.flow, step=state.step,
         ))
         in_flow = step is not None and step.flow != "main_menu" and step.waits
         if small:
             await self._smalltalk(turn, small, in_flow)
+            return
+        if hit is not None:
+            turn.state = replace(turn.state, misses=0)
+            await self._answer(turn, hit, result, in_flow)
             return
         if result.decision == "accept" and result.intent:
             await self._accepted(turn, result.intent, safe, step, in_flow)
@@ -481,6 +515,62 @@ class Engine:
         else:
             turn.say("engine.not_understood")
             await self.goto(turn, MENU, remember=False)
+
+    async def _flow_answers(self, turn: Turn, result: MatchResult, hit: AnswerHit, text: str) -> bool:
+        """Whether the accepted intent is the card's and its flow starts by answering this very
+        message: its ``do:`` action finds something in the words (a plan's or a damage's row, or
+        a question when they fit several rows) rather than its "none" branch."""
+        if result.decision != "accept" or result.intent != hit.card.intent:
+            return False
+        flow = self.flows.flow_for_intent(hit.card.intent)
+        start = self.flows.step(f"{flow.id}.start") if flow is not None else None
+        if start is None or not start.do:
+            return False
+        fn, _ = self.actions[start.do]
+        values = {**turn.state.values, "trigger_text": text[:300]}
+        found = await fn(ActionContext(turn.state.conversation_id, values, self.content))
+        return found.branch != "none"
+
+    async def _answer(self, turn: Turn, hit: AnswerHit, result: MatchResult, in_flow: bool) -> None:
+        """Say the card's answer; in a flow show the current step again, else offer what's next."""
+        card = hit.card
+        turn.replies.append(Reply(text=card.answer, key=f"answers.{card.id}"))
+        if in_flow:
+            await self._reprompt(turn)
+            return
+        buttons = self._card_buttons(card, result)
+        turn.attach(buttons)
+        turn.state = replace(turn.state, offer=tuple(b for b, _ in buttons))
+        turn.set_values([("pending_text", turn.inbound.text[:300])])
+
+    def _card_buttons(self, card: Card, result: MatchResult | None = None) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        follow = list(card.then)
+        # a complaint with a question: the answer, and the offer of the complaint's fix flow
+        if (result is not None and result.decision == "accept" and result.intent
+                and result.intent != card.intent and result.intent not in follow):
+            follow.insert(0, result.intent)
+        for t in follow:
+            if t.startswith("card:"):
+                out.append((t, self._offer_label(t)))
+            elif self.flows.flow_for_intent(t):
+                out.append((f"intent:{t}", self._offer_label(f"intent:{t}")))
+        out.append(("other", self.content.raw("engine.something_else")))
+        return out[:4]
+
+    def _typed_title(self, text: str) -> str | None:
+        """The flow whose menu title the user typed ("check my last backup"), if any."""
+        typed = _norm(text)
+        if not typed or len(typed) > 60:
+            return None
+        best, best_score = None, 0.0
+        for flow in self.flows.flows.values():
+            if not flow.intents or not self.content.has(flow.title):
+                continue
+            score = fuzz.ratio(typed, _norm(self.content.raw(flow.title)))
+            if score > best_score:
+                best, best_score = flow.id, score
+        return best if best_score >= LABEL_MATCH else None
 
     def _say_invalid(self, turn: Turn, step: Step) -> None:
         """The ask step's "that's not an answer" line (with how many items are picked so far)."""
@@ -526,11 +616,34 @@ class Engine:
                 best, best_score = bid, score
         if best is not None and best_score >= LABEL_MATCH:
             return best
+        answer = self._yes_no(typed)
+        if answer is None:
+            return None
         ids = {bid for bid, _ in options}
-        for bid, words in (("yes", self._yes), ("no", self._no)):
-            if bid in ids and _says(typed, words):
-                return bid
+        if answer in ids:
+            return answer
+        if state.offer:  # the person typed off-script, then answered: yes / no still mean something
+            switch = next((b for b in state.offer if b.startswith("switch:")), None)
+            if switch is not None:
+                return switch if answer == "yes" else ("stay" if "stay" in ids else None)
+            if step and any(b.id == answer for b in step.buttons):
+                return answer  # the step's own yes / no (pressing it drops the offer)
         return None
+
+    def _yes_no(self, typed: str) -> str | None:
+        """"yes", "no" or None for a normalised message ("yep", "nope still broken", "yse", "nooo")."""
+        squeezed = _squeeze(typed)
+        hits = [a for a, words in (("yes", self._yes), ("no", self._no))
+                if _says(typed, words, self._exact) or _says(squeezed, words, self._exact)]
+        if len(hits) == 1:
+            return hits[0]
+        if hits or " " in squeezed or len(squeezed) < 3:
+            return None
+        # one short word with a typo: one edit (or swap) from exactly one of the words
+        near = {a for a, words in (("yes", self._yes), ("no", self._no))
+                for w in words if " " not in w and len(w) >= 3 and w not in self._exact
+                and OSA.distance(squeezed, w) <= 1}
+        return near.pop() if len(near) == 1 else None
 
     def _offer_label(self, bid: str) -> str:
         kind, _, arg = bid.partition(":")
@@ -539,6 +652,9 @@ class Engine:
             return self.content.raw(flow.title) if flow else arg
         if kind == "other":
             return self.content.raw("engine.something_else")
+        if kind == "card":
+            card = self.matcher.answer_card(arg)
+            return card.title if card else arg
         return self.content.raw("engine.switch_no")
 
     async def _smalltalk(self, turn: Turn, kind: str, in_flow: bool) -> None:
@@ -652,14 +768,23 @@ _NORM_RE = re.compile(r"[^\w%]+")
 SHORT_ANSWER_WORDS = 6  # "nope still broken": a short message that starts with a yes/no word
 
 
-def _says(typed: str, words: tuple[str, ...]) -> bool:
-    """Whether a normalised message is, or short and starts with, one of ``words``."""
+def _says(typed: str, words: tuple[str, ...], exact: frozenset[str] = frozenset()) -> bool:
+    """Whether a normalised message is, or short and starts with, one of ``words``
+    (those in ``exact`` count only as the whole message: "ok", not "ok but still broken")."""
     if typed in words:
         return True
     tokens = typed.split()
     if len(tokens) > SHORT_ANSWER_WORDS:
         return False
-    return any(tokens[: len(w.split())] == w.split() for w in words)
+    return any(tokens[: len(w.split())] == w.split() for w in words if w not in exact)
+
+
+_REPEAT_RE = re.compile(r"(\w)\1{2,}")
+
+
+def _squeeze(text: str) -> str:
+    """Letters typed three or more times in a row once ("yesss", "nooo" -> "yes", "no")."""
+    return _REPEAT_RE.sub(r"\1", text)
 
 
 def _norm(text: str) -> str:

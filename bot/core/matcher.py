@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 from rapidfuzz import fuzz, process
 
+from bot.core.answers import AnswerBook, AnswerHit, Card
 from bot.core.errors import ContentError, Problem
 from bot.core.messages import MatchCandidate, MatchResult
 from bot.core.normalize import STOPWORDS, Normalizer
@@ -105,6 +106,7 @@ SEMANTIC_THRESHOLDS = Thresholds(30.0, 10.0, 10.0, 15.0, 8.0)
 # A message this long is a story: never rejected while an in-scope intent leads "none"
 # (real people tell what happened, with battery, Google, the shop inside): the top 3 are offered.
 LONG_MESSAGE_WORDS = 20
+LEARNED_SCORE = 100.0  # a message that is (normalised) exactly a learned example
 
 _SMALLTALK_MAX_TOKENS = 8
 
@@ -458,6 +460,8 @@ class Matcher:
             SemanticIndex(encoder, ex_raw, ex_cls, n_cls, k=SEM_K, cache=cache) if encoder else None
         )
         self.thresholds = SEMANTIC_THRESHOLDS if self._sem is not None else BLEND_THRESHOLDS
+        self._answers: AnswerBook | None = None
+        self._learned: dict[str, int] = {}  # normalised text -> class, taught by agents (see learn)
 
         # word TF-IDF (per example, inverted index; binary term weights)
         ex_words = [set(_word_features(c)) for c in ex_content]
@@ -732,13 +736,83 @@ class Matcher:
         """Whether the MiniLM score is part of the blend."""
         return self._sem is not None
 
+    @property
+    def encoder(self) -> Encoder | None:
+        return self._sem.encoder if self._sem is not None else None
+
+    # -- learned examples ---------------------------------------------------------------
+
+    def learn(self, items: Iterable[tuple[str, str]]) -> int:
+        """Add examples taught by agents (intent id or "none"), effective for the next message.
+
+        Each joins the word index, the rapidfuzz shortlist and the semantic neighbours of its
+        class; a message whose normalised text IS a learned example gets that class outright.
+        Unknown intent ids and empty texts are skipped. Returns how many were added.
+        """
+        texts: list[str] = []
+        classes: list[int] = []
+        for text, intent in items:
+            if intent not in self._classes or not isinstance(text, str):
+                continue
+            toks = self._norm.tokens(text)
+            if not toks:
+                continue
+            cls = self._classes.index(intent)
+            key = " ".join(toks)
+            self._learned[key] = cls
+            content = [t for t in toks if t not in STOPWORDS] or toks
+            ei = len(self._ex_cls)
+            self._ex_cls.append(cls)
+            self._ex_raw.append(text)
+            self._ex_norm.append(key)
+            feats = set(_word_features(content))
+            weights = {f: self._widf.get(f, self._widf_unknown) for f in feats}
+            inv = 1.0 / (math.sqrt(sum(w * w for w in weights.values())) or 1.0)
+            for f, w in weights.items():
+                self._wpost[f] = self._wpost.get(f, ()) + ((ei, w * inv),)
+            texts.append(text)
+            classes.append(cls)
+        if self._sem is not None and texts:
+            self._sem.add(texts, classes)
+        return len(texts)
+
+    def normalize(self, text: str) -> str:
+        """The text as the matcher reads it (case, typos, synonyms folded)."""
+        return " ".join(self._norm.tokens(text))
+
+    def learned_class(self, text: str) -> str | None:
+        """The class a text was taught as, if it was (after normalisation)."""
+        cls = self._learned.get(" ".join(self._norm.tokens(text)))
+        return None if cls is None else self._classes[cls]
+
+    # -- answer cards -----------------------------------------------------------------
+
+    def attach_answers(self, book: AnswerBook) -> None:
+        """Answer direct questions from these cards (see :meth:`answer`)."""
+        self._answers = book
+
+    def answer(self, text: str, accepted: str | None = None) -> AnswerHit | None:
+        """The answer card for a direct question, or None (no cards, not a question, not close).
+
+        ``accepted``: the intent :meth:`match` accepted, if any (see AnswerBook.find).
+        """
+        return self._answers.find(text, accepted) if self._answers is not None else None
+
+    def answer_card(self, card_id: str) -> Card | None:
+        return self._answers.cards.get(card_id) if self._answers is not None else None
+
     def library_items(self) -> list[tuple[str, str]]:
         """(class id or "none", example text) for every example, in index order."""
         return [(self._classes[c], t) for c, t in zip(self._ex_cls, self._ex_raw, strict=True)]
 
     def scores(self, text: str, exclude: int | None = None) -> list[float]:
         """Blended score 0-100 per class (intents in library order, then "none")."""
-        return self.blend(self.features(text, exclude))
+        sc = self.blend(self.features(text, exclude))
+        if self._learned and exclude is None:
+            cls = self._learned.get(" ".join(self._norm.tokens(text if isinstance(text, str) else "")))
+            if cls is not None:  # taught by an agent: this text means exactly that
+                sc[cls] = max(sc[cls], LEARNED_SCORE)
+        return sc
 
     def blend(self, f: dict[str, list[float]]) -> list[float]:
         """Component scores (see :meth:`features`) -> one score 0-100 per class."""

@@ -3,11 +3,12 @@
 Contract:
 
 * :func:`load_encoder` returns an :class:`Encoder`, or ``None`` when the model cannot be
-  used (``BOT_SEMANTIC=off``, ``onnxruntime``/``tokenizers`` not installed, the model file
+  used (``BOT_SEMANTIC=off``, ``onnxruntime`` not installed, the model file
   missing or broken). It logs why ONCE per process and never raises: the matcher then runs
   on its rapidfuzz/TF-IDF blend alone.
 * :class:`Encoder` turns texts into unit-length 384-d float32 vectors, one thread, no
-  network; the model and tokenizer come from ``bot/core/model/`` (committed, Apache-2.0).
+  network; the model and tokenizer come from ``bot/core/model/`` (committed, Apache-2.0);
+  the WordPiece step is plain Python (bot/core/wordpiece.py), so no ``tokenizers``.
 * :class:`SemanticIndex` holds the vectors of a library (text -> class index). The library's
   vectors are cached on disk (``BOT_CACHE_DIR``, default ``~/.cache/backup-rescue-bot``) in a
   file named by the hash of the model and the texts, so a warm start reads one file; a
@@ -25,6 +26,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .wordpiece import WordPiece
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,17 @@ class Encoder:
         self._session = session
         self._tok = tokenizer
         self.fingerprint = fingerprint
+        self._recent: dict[str, Any] = {}  # the last few messages: matcher and cards share one run
+
+    def encode_one(self, text: str) -> Any:
+        """One message's vector; the last few are remembered (intent and card match reuse it)."""
+        vec = self._recent.get(text)
+        if vec is None:
+            vec = self.encode([text])[0]
+            if len(self._recent) >= 8:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[text] = vec
+        return vec
 
     def encode(self, texts: Sequence[str]) -> Any:
         """Unit vectors, shape (len(texts), 384), float32."""
@@ -66,9 +80,13 @@ class Encoder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), BATCH):
             idx = order[start : start + BATCH]
-            enc = self._tok.encode_batch([texts[i] or " " for i in idx])
-            ids = np.array([e.ids for e in enc], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            enc = [self._tok.encode(texts[i], MAX_TOKENS) for i in idx]
+            width = max(len(e) for e in enc)
+            ids = np.zeros((len(enc), width), dtype=np.int64)
+            mask = np.zeros((len(enc), width), dtype=np.int64)
+            for row, e in enumerate(enc):
+                ids[row, : len(e)] = e
+                mask[row, : len(e)] = 1
             vec = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
             out[idx] = vec
         return out
@@ -83,7 +101,6 @@ def load_encoder(model_dir: Path | None = None) -> Encoder | None:
     try:
         import numpy  # noqa: F401
         import onnxruntime as ort
-        from tokenizers import Tokenizer
     except ImportError as exc:
         _warn_once(f"{exc.name or exc} is not installed")
         return None
@@ -105,13 +122,40 @@ def load_encoder(model_dir: Path | None = None) -> Encoder | None:
         return None
     tok_path = model_dir / TOKENIZER_FILE
     try:
-        tok = Tokenizer.from_file(str(tok_path))
-    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad file
-        _warn_once(f"cannot load {tok_path}: {exc}")
+        tok = WordPiece.from_file(tok_path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError includes bad JSON
+        _warn_once(f"cannot load {tok_path}: {type(exc).__name__}: {exc}")
         return None
-    tok.enable_truncation(max_length=MAX_TOKENS)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
     return Encoder(session, tok, hashlib.sha256(data).hexdigest()[:16])
+
+
+def cached_vectors(encoder: Encoder, texts: Sequence[str], cache: Path | None = None) -> Any:
+    """The vectors of ``texts``, from the disk cache when the model and texts are unchanged."""
+    import numpy as np
+
+    texts = list(texts)
+    key = hashlib.sha256(("\x00".join([encoder.fingerprint, *texts])).encode("utf-8")).hexdigest()[:24]
+    folder = cache if cache is not None else cache_dir()
+    path = folder / f"library-{key}.npy"
+    try:
+        vecs = np.load(path, allow_pickle=False)
+        if vecs.shape == (len(texts), DIM):
+            return vecs
+    except (OSError, ValueError):
+        pass
+    t0 = time.perf_counter()
+    log.warning("semantic matcher: computing %d library vectors (first start with this content)...", len(texts))
+    vecs = encoder.encode(texts)
+    log.warning("semantic matcher: %d vectors in %.1f s, cached in %s", len(texts), time.perf_counter() - t0, path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            np.save(fh, vecs, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only home: works, only slower at the next start
+        log.warning("semantic matcher: cannot cache vectors in %s: %s", folder, exc)
+    return vecs
 
 
 class SemanticIndex:
@@ -130,41 +174,24 @@ class SemanticIndex:
         self._rebuild_masks()
 
     def _library_vectors(self, texts: list[str], cache: Path | None) -> Any:
-        np = self._np
-        key = hashlib.sha256(("\x00".join([self.encoder.fingerprint, *texts])).encode("utf-8")).hexdigest()[:24]
-        folder = cache if cache is not None else cache_dir()
-        path = folder / f"library-{key}.npy"
-        try:
-            vecs = np.load(path, allow_pickle=False)
-            if vecs.shape == (len(texts), DIM):
-                return vecs
-        except (OSError, ValueError):
-            pass
-        t0 = time.perf_counter()
-        log.warning("semantic matcher: computing %d library vectors (first start with this content)...",
-                    len(texts))
-        vecs = self.encoder.encode(texts)
-        log.warning("semantic matcher: %d vectors in %.1f s, cached in %s", len(texts),
-                    time.perf_counter() - t0, path)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with tmp.open("wb") as fh:
-                np.save(fh, vecs, allow_pickle=False)
-            os.replace(tmp, path)
-        except OSError as exc:  # a read-only home: works, only slower at the next start
-            log.warning("semantic matcher: cannot cache vectors in %s: %s", folder, exc)
-        return vecs
+        return cached_vectors(self.encoder, texts, cache)
 
     def _rebuild_masks(self) -> None:
         np = self._np
-        self._members = [np.flatnonzero(self._cls == c) for c in range(self.n_classes)]
+        members = [np.flatnonzero(self._cls == c) for c in range(self.n_classes)]
+        width = max(1, max(len(m) for m in members))
+        pad = len(self._cls)  # points at a -inf appended to the similarities
+        self._pad = np.full((self.n_classes, width), pad, dtype=np.int64)
+        for c, m in enumerate(members):
+            self._pad[c, : len(m)] = m
+        self._kk = min(self.k, width)
+        self._count = np.array([min(self.k, len(m)) for m in members], dtype=np.float32)
 
     def __len__(self) -> int:
         return int(self._vecs.shape[0])
 
     def vector(self, text: str) -> Any:
-        return self.encoder.encode([text])[0]
+        return self.encoder.encode_one(text)
 
     def scores(self, text: str, exclude: int | None = None) -> list[float]:
         """Per class: mean cosine of the k nearest examples, clipped to 0..1."""
@@ -172,20 +199,15 @@ class SemanticIndex:
 
     def scores_for(self, vec: Any, exclude: int | None = None) -> list[float]:
         np = self._np
-        sims = self._vecs @ vec
+        # einsum, not "@": BLAS would wake its thread pool for a 1 000 x 384 product, which
+        # costs more than the product itself on a busy machine
+        sims = np.einsum("ij,j->i", self._vecs, vec)
         if exclude is not None:
-            sims = sims.copy()
-            sims[exclude] = -1.0
-        out = [0.0] * self.n_classes
-        k = self.k
-        for c, idx in enumerate(self._members):
-            if idx.size == 0:
-                continue
-            s = sims[idx]
-            if s.size > k:
-                s = np.partition(s, s.size - k)[-k:]
-            out[c] = max(0.0, float(s.mean()))
-        return out
+            sims[exclude] = -np.inf
+        grid = np.append(sims, -np.inf)[self._pad]  # classes x widest class
+        top = np.partition(grid, grid.shape[1] - self._kk, axis=1)[:, -self._kk :]
+        top = np.where(np.isfinite(top), top, 0.0).sum(axis=1) / np.maximum(self._count, 1.0)
+        return [max(0.0, float(x)) for x in top]
 
     def add(self, texts: Sequence[str], classes: Sequence[int]) -> None:
         """Append examples (learned at run time); vectors computed now, not cached."""

@@ -218,4 +218,16 @@ MIGRATIONS: list[str] = [
     INSERT INTO counters (day, name, n)
         SELECT date(created_at, 'unixepoch', 'localtime'), 'event:quote_sent', COUNT(*) FROM quotes GROUP BY 1;
     """,
+    # 6: examples agents taught the matcher (bot/store/learned.py): a message and the intent it
+    # means ("none" = out of scope); read by the running bot at once, exported for review.
+    """
+    CREATE TABLE learned_examples (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        text       TEXT NOT NULL,
+        intent     TEXT NOT NULL,
+        source     TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        UNIQUE (text, intent)
+    );
+    """,
 ]
