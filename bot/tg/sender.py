@@ -69,8 +69,10 @@ class Sender:
         retry_delay: float = 0.5,
         typing_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        max_on_wire: int = 24,
     ) -> None:
         self.bot = bot
+        self._wire_slots = asyncio.Semaphore(max_on_wire)
         self.queue = queue
         self.limiter = limiter
         self.on_blocked = on_blocked
@@ -205,16 +207,20 @@ class Sender:
             if job.kind == "retire" and not self.limiter.idle():
                 await self._nudged(chat_id, LAZY_WAIT)  # an old keyboard can wait for spare budget
                 continue
-            await self.limiter.acquire(chat_id, job.priority)
-            if self._stopping:
-                return
-            if job.kind == "send":  # edits are idempotent: sent again after a kill, no harm
-                await self.queue.sending([job.id])
-            self._current[chat_id] = job.id
-            wire = asyncio.create_task(self._call(job))  # not cancelled by stop(): it finishes
-            self._on_wire.add(wire)
-            wire.add_done_callback(self._on_wire.discard)
-            status, message_id, error = await asyncio.shield(wire)
+            # a connection first (fewer requests at once than the transport has connections),
+            # then the rate-limit slot, then the mark: a marked request leaves at once — it
+            # never waits for a connection, so a kill finds few "sending" that had not left
+            async with self._wire_slots:
+                await self.limiter.acquire(chat_id, job.priority)
+                if self._stopping:
+                    return
+                if job.kind == "send":  # edits are idempotent: sent again after a kill, no harm
+                    await self.queue.sending([job.id])
+                self._current[chat_id] = job.id
+                wire = asyncio.create_task(self._call(job))  # not cancelled by stop(): it finishes
+                self._on_wire.add(wire)
+                wire.add_done_callback(self._on_wire.discard)
+                status, message_id, error = await asyncio.shield(wire)
             if status == "pending":
                 if job.attempts + 1 >= MAX_ATTEMPTS:
                     status = "failed"
