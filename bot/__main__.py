@@ -43,7 +43,7 @@ UNDELIVERED_GRACE_S = 5.0  # on leaving the chat: how long the outbox may try to
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     """On leaving, a quote request of this chat that is still undelivered (the mail server is
     down) gets a few seconds, then the operator is told it waits in the database, and where."""
-    from bot.escalation import attach_escalation
+    from bot.features import standard_features
     from bot.runtime import open_runtime
     from bot.terminal import chat
 
@@ -51,10 +51,13 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     # until delivered, and `python -m bot outbox` shows it
     db = args.db or settings.db_path
     undelivered: list[str] = []
-    runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang)
+    features = standard_features(settings, desk=False)  # no agents' group in a terminal
+    runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
+                                 features=features.all)
+    hub = features.quotes
     try:
         # the same outbox worker as on Telegram: a quote sent here reaches the same inbox
-        hub = await attach_escalation(runtime, settings)
+        await runtime.start()
         banner = (f"Terminal chat (database: {db}). Type your problem; numbers press buttons; "
                   f"/help for commands, /restart to start over, /quit to leave.\n{hub.delivery_note()}")
         try:
@@ -112,9 +115,11 @@ async def _learned_rows(db: str) -> list:
 
 
 def _match(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.runtime import load_knowledge, plugin_branches
+    from bot.features import standard_features
+    from bot.runtime import load_knowledge
 
-    matcher = load_knowledge(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches()).matcher
+    matcher = load_knowledge(settings.content_dir, settings.flows_dir, settings.lang,
+                             standard_features(settings).all).matcher
     if args.db:  # what agents taught, as the running bot uses it
         matcher.learn((r.text, r.intent) for r in asyncio.run(_learned_rows(args.db)))
     for line in sys.stdin:
@@ -176,9 +181,11 @@ def _intents(settings: Settings) -> int:
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.runtime import check, plugin_branches
+    from bot.features import standard_features
+    from bot.runtime import check
 
-    knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches())
+    knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang,
+                                standard_features(settings).all)
     db = args.db
     if db and knowledge is not None:  # a text agents taught under two intents
         from bot.learning import conflicts

@@ -1,25 +1,49 @@
-"""Assembles the parts: content + flows + matcher (validated), the store, the engine.
+"""Assembles the parts: content + flows + matcher (validated), the store, the engine, and the
+features — the one runtime factory every door, benchmark and test starts the bot with.
 
-Every door (terminal, Telegram, benchmarks, tests) starts the bot through here, so a
-bad content file fails the same way everywhere: at start, with file and key named.
+A bad content file fails the same way everywhere: at start, with file and key named.
+
+The feature seam. A feature (the quote request, the agents' desk) is an object with:
+
+* ``name`` — for logs, and the owner of its tables;
+* ``migrations()`` — its own schema, in order (``Database.migrate(name, ...)``, run by
+  ``open_runtime`` before anything else touches the database);
+* ``actions()`` / ``commands()`` — the flow actions (``do:``) and slash commands it adds to
+  the engine; ``required_texts()`` — content keys its code uses (``python -m bot check``);
+* ``bind(core)`` — called once by ``open_runtime`` with the engine and the store, before
+  any turn: from then on its actions and commands work (nothing runs in the background);
+* ``start(ports)`` — its background work (the outbox worker, the desk's mirror), with what
+  the door running the bot offers (``Ports``); ``close()`` — stops it. ``Runtime.start`` /
+  ``Runtime.close`` call them in order / in reverse order.
+
+A feature owns its state: there are no module-level registries; two runtimes in one
+process (tests) share nothing. Features that need each other are wired by whoever builds
+the list (``bot.features.standard_features``), never looked up.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
-from bot.core.actions import ACTIONS
+from bot.core.actions import ACTIONS, ActionFn
 from bot.core.answers import AnswerBook, load_answers
 from bot.core.content import Content, load_content
-from bot.core.engine import Engine
+from bot.core.engine import CommandFn, Engine
 from bot.core.errors import ContentError, Problem
 from bot.core.flows import FlowSet, load_flows, validate_flows
 from bot.core.matcher import Matcher, validate_intents
 from bot.core.semantic import load_encoder
+from bot.learning import LearnedSync
 from bot.store import SQLiteStore
+from bot.store.learned import LearnedStore
+
+if TYPE_CHECKING:  # types only: the features' port protocols (no import at run time)
+    from bot.agents.ports import GroupGateway
+    from bot.escalation.ports import Alerter, FileFetcher, LabNotifier
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +57,48 @@ class Knowledge:
     matcher: Matcher
 
 
+@dataclass(frozen=True)
+class Core:
+    """What a feature is bound to: the engine (and through it content and flows), the store."""
+
+    engine: Engine
+    store: SQLiteStore
+
+    @property
+    def content(self) -> Content:
+        return self.engine.content
+
+
+@dataclass(frozen=True)
+class Ports:
+    """What the door running the bot offers the features; None where it has none (the
+    terminal has no Telegram). Built by the door, passed to ``Runtime.start``."""
+
+    file_fetcher: FileFetcher | None = None  # downloads a photo a user sent (quotes)
+    lab_chat: LabNotifier | None = None  # the lab's Telegram chat (quotes, LAB_CHAT_ID)
+    alerter: Alerter | None = None  # where delivery failures go (the agents' chat; else the log)
+    agents_group: GroupGateway | None = None  # the agents' forum group (AGENT_CHAT_ID)
+
+
+class Feature(Protocol):
+    name: str
+
+    def migrations(self) -> Sequence[str]: ...
+    def actions(self) -> Mapping[str, tuple[ActionFn, tuple[str, ...]]]: ...
+    def commands(self) -> Mapping[str, CommandFn]: ...
+    def required_texts(self) -> Sequence[str]: ...
+    def bind(self, core: Core) -> None: ...
+    async def start(self, ports: Ports) -> None: ...
+    async def close(self) -> None: ...
+
+
+def feature_branches(features: Sequence[Feature]) -> dict[str, tuple[str, ...]]:
+    """Every feature action's declared branches (what ``check`` validates flows against)."""
+    return {name: branches for f in features for name, (_, branches) in f.actions().items()}
+
+
 def check(content_dir: Path, flows_dir: Path, lang: str = "en",
-          extra_actions: dict[str, tuple[str, ...]] | None = None,
-          semantic: bool = False) -> tuple[Knowledge | None, list[Problem]]:
+          features: Sequence[Feature] = (), semantic: bool = False) -> tuple[Knowledge | None, list[Problem]]:
     """Load and validate everything; return the loaded parts (if usable) and every problem.
 
     ``semantic`` loads the MiniLM model into the matcher (the bot runs with it; ``check``
@@ -59,23 +122,20 @@ def check(content_dir: Path, flows_dir: Path, lang: str = "en",
         if not card_problems:
             matcher.attach_answers(AnswerBook(cards, matcher.encoder))
     actions = {name: branches for name, (_, branches) in ACTIONS.items()}
-    actions.update(extra_actions or {})
+    actions.update(feature_branches(features))
     if matcher is not None:
         problems += validate_flows(flows, content, matcher.intents, actions)
+    for f in features:
+        problems += [Problem(f"content/{lang}/", key, f"required text missing (used by the {f.name} feature)")
+                     for key in f.required_texts() if not content.has(key)]
     if matcher is None:
         return None, problems
     return Knowledge(content, flows, matcher), problems
 
 
-def plugin_branches() -> dict[str, tuple[str, ...]]:
-    from bot.plugins import plugin_actions
-
-    return {name: branches for name, (_, branches) in plugin_actions().items()}
-
-
 def load_knowledge(content_dir: Path, flows_dir: Path, lang: str = "en",
-                   extra_actions: dict[str, tuple[str, ...]] | None = None) -> Knowledge:
-    knowledge, problems = check(content_dir, flows_dir, lang, extra_actions, semantic=True)
+                   features: Sequence[Feature] = ()) -> Knowledge:
+    knowledge, problems = check(content_dir, flows_dir, lang, features, semantic=True)
     if problems or knowledge is None:
         raise ContentError(problems)
     return knowledge
@@ -86,30 +146,72 @@ class Runtime:
     knowledge: Knowledge
     store: SQLiteStore
     engine: Engine
-    closers: list = field(default_factory=list)
-    learning: Any = None  # bot.learning.LearnedSync: agents' examples, read live
+    features: tuple[Feature, ...] = ()
+    owns_store: bool = True
+    _started: list[Feature] = field(default_factory=list)
+    learning: LearnedSync | None = None  # agents' examples (learn import, /unmatched), read live
+
+    async def start(self, ports: Ports | None = None) -> None:
+        """Start the features' background work, in order (a door calls this once it can offer
+        its ports). If one fails, those already started are closed again."""
+        ports = ports or Ports()
+        for f in self.features:
+            if f in self._started:
+                continue
+            try:
+                await f.start(ports)
+            except BaseException:
+                await self.stop()
+                raise
+            self._started.append(f)
+
+    async def stop(self) -> None:
+        """Stop the features' background work, in reverse order (the store stays open)."""
+        started, self._started = self._started, []
+        for f in reversed(started):
+            try:
+                await f.close()
+            except Exception:  # one feature failing to stop must not keep the others running
+                log.exception("stopping the %s feature failed", f.name)
 
     async def close(self) -> None:
-        for closer in reversed(self.closers):
-            await closer()
-        await self.store.close()
+        await self.stop()
+        if self.learning is not None:
+            await self.learning.stop()
+        if self.owns_store:
+            await self.store.close()
 
 
-async def open_runtime(db_path: str, content_dir: Path, flows_dir: Path, lang: str = "en") -> Runtime:
-    from bot.plugins import plugin_actions, plugin_commands
-
-    knowledge = load_knowledge(content_dir, flows_dir, lang, plugin_branches())
-    store = await SQLiteStore.open(db_path)
+async def open_runtime(db: str | Path | SQLiteStore, content_dir: Path, flows_dir: Path, lang: str = "en", *,
+                       features: Sequence[Feature] = (), knowledge: Knowledge | None = None) -> Runtime:
+    """The bot, assembled: knowledge loaded and validated (or ``knowledge`` as given), the
+    store opened (or ``db`` itself when it is an open store: the caller closes it), the engine
+    with every feature's actions and commands, each feature bound. Nothing runs in the
+    background until ``Runtime.start``."""
+    knowledge = knowledge or load_knowledge(content_dir, flows_dir, lang, features)
+    owns = not isinstance(db, SQLiteStore)
+    store = await SQLiteStore.open(db) if not isinstance(db, SQLiteStore) else db
+    try:
+        for f in features:
+            await store.database.migrate(f.name, f.migrations())
+    except BaseException:
+        if owns:
+            await store.close()
+        raise
+    actions: dict[str, tuple[ActionFn, tuple[str, ...]]] = {}
+    commands: dict[str, CommandFn] = {}
+    for f in features:
+        actions.update(f.actions())
+        commands.update(f.commands())
     engine = Engine(knowledge.content, knowledge.flows, knowledge.matcher, store,
-                    extra_actions=plugin_actions(store), commands=plugin_commands(store))
-    runtime = Runtime(knowledge, store, engine)
+                    extra_actions=actions, commands=commands)
+    core = Core(engine, store)
+    for f in features:
+        f.bind(core)
+    runtime = Runtime(knowledge, store, engine, tuple(features), owns_store=owns)
     # examples agents taught (python -m bot learn import, the group's /unmatched): live
-    from bot.learning import LearnedSync
-    from bot.store.learned import LearnedStore
-
     sync = LearnedSync(LearnedStore(store), knowledge.matcher)
     await sync.refresh()
     sync.start()
-    runtime.closers.append(sync.stop)
     runtime.learning = sync
     return runtime

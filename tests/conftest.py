@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.config import Settings
 from bot.core.engine import Engine
-from bot.runtime import Knowledge, load_knowledge, plugin_branches
+from bot.features import Features, standard_features
+from bot.runtime import Knowledge, Runtime, load_knowledge, open_runtime
 from bot.store import SQLiteStore
 from tests.support.chat import ChatDriver
 
@@ -22,7 +24,7 @@ os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 @pytest.fixture(scope="session")
 def knowledge() -> Knowledge:
-    return load_knowledge(ROOT / "content", ROOT / "flows", "en", plugin_branches())
+    return load_knowledge(ROOT / "content", ROOT / "flows", "en", standard_features().all)
 
 
 @pytest.fixture
@@ -33,11 +35,24 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 @pytest.fixture
-def engine(knowledge: Knowledge, store: SQLiteStore) -> Engine:
-    from bot.plugins import plugin_actions, plugin_commands
+def features() -> Features:
+    """The bot's features, no background work: no agents' desk, no outbox worker (a test
+    that needs the worker starts it: ``features.quotes.start_worker(...)``)."""
+    return standard_features(Settings(), desk=False, deliver=False)
 
-    return Engine(knowledge.content, knowledge.flows, knowledge.matcher, store,
-                  extra_actions=plugin_actions(store), commands=plugin_commands(store))
+
+@pytest.fixture
+async def runtime(knowledge: Knowledge, store: SQLiteStore, features: Features) -> AsyncIterator[Runtime]:
+    rt = await open_runtime(store, ROOT / "content", ROOT / "flows", features=features.all, knowledge=knowledge)
+    yield rt
+    await rt.stop()
+    await features.quotes.close()
+    await features.agents.close()
+
+
+@pytest.fixture
+def engine(runtime: Runtime) -> Engine:
+    return runtime.engine
 
 
 @pytest.fixture

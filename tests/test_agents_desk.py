@@ -9,14 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from bot.agents import commands as agent_cmds
 from bot.agents.desk import AgentCallback, AgentCommand, AgentDesk, AgentMessage, DeskOptions
+from bot.agents.feature import Agents
 from bot.agents.limiter import GroupLimiter
 from bot.agents.memory import MemoryGateway
-from bot.agents.ports import ManualClock, SystemClock
+from bot.agents.ports import Clock, ManualClock, SystemClock
+from bot.config import Settings
 from bot.core.engine import Engine
 from bot.core.messages import EventKind, Inbound, Reply
-from bot.runtime import Knowledge, check, plugin_branches
+from bot.escalation import Escalation
+from bot.features import standard_features
+from bot.runtime import Knowledge, Ports, Runtime, check, open_runtime
 from bot.store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,32 +29,42 @@ AGENT = 777
 
 @pytest.fixture(scope="module")
 def agent_knowledge() -> Knowledge:
-    knowledge, problems = check(ROOT / "content", ROOT / "flows", "en", plugin_branches())
+    knowledge, problems = check(ROOT / "content", ROOT / "flows", "en", standard_features().all)
     if knowledge is None:
         pytest.skip(f"content does not load: {problems[:3]}")
     return knowledge
 
 
-def make_engine(knowledge: Knowledge, store: SQLiteStore) -> Engine:
-    from bot.plugins import plugin_actions, plugin_commands
-
-    commands = dict(plugin_commands(store))
-    commands.update(agent_cmds.agent_commands(store, retention_days=90))
-    return Engine(
-        knowledge.content,
-        knowledge.flows,
-        knowledge.matcher,
-        store,
-        extra_actions=plugin_actions(store),
-        commands=commands,
-    )
+async def open_agents(
+    knowledge: Knowledge,
+    db: Path,
+    gw: MemoryGateway,
+    *,
+    options: DeskOptions,
+    clock: Clock,
+    limiter: GroupLimiter,
+    admin_ids: tuple[int, ...] = (),
+) -> tuple[Runtime, Agents]:
+    """The bot with the agents' feature (and the quotes', no worker), its desk started on ``gw``."""
+    settings = Settings(agent_chat_id=GROUP, admin_ids=admin_ids)
+    quotes = Escalation(settings, deliver=False)
+    agents = Agents(settings, options=options, clock=clock, limiter=limiter, quotes=quotes)
+    features = [quotes, agents]
+    runtime = await open_runtime(db, ROOT / "content", ROOT / "flows", features=features, knowledge=knowledge)
+    await runtime.start(Ports(agents_group=gw))
+    return runtime, agents
 
 
 class Rig:
     def __init__(
-        self, engine: Engine, store: SQLiteStore, desk: AgentDesk, gw: MemoryGateway, clock: ManualClock
+        self, engine: Engine, store: SQLiteStore, agents: Agents, gw: MemoryGateway, clock: ManualClock
     ) -> None:
-        self.engine, self.store, self.desk, self.gw, self.clock = engine, store, desk, gw, clock
+        self.engine, self.store, self.agents, self.gw, self.clock = engine, store, agents, gw, clock
+
+    @property
+    def desk(self) -> AgentDesk:
+        assert self.agents.desk is not None
+        return self.agents.desk
 
     async def say(self, uid: int, text: str, name: str = "Anna") -> tuple[Reply, ...]:
         return await self.engine.handle(Inbound(f"tg:{uid}", EventKind.TEXT, text=text, user_name=name))
@@ -96,28 +109,22 @@ class Rig:
 
 @pytest.fixture
 async def rig(agent_knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Rig]:
-    store = await SQLiteStore.open(tmp_path / "agents.db")
-    engine = make_engine(agent_knowledge, store)
     clock = ManualClock()
     gw = MemoryGateway()
     limiter = GroupLimiter(10_000, 1.0, clock=SystemClock(), spread=False)
-    desk = AgentDesk(
-        engine,
-        store,
+    runtime, agents = await open_agents(
+        agent_knowledge,
+        tmp_path / "agents.db",
         gw,
-        chat_id=GROUP,
-        admin_ids=[42],
+        admin_ids=(42,),
         options=DeskOptions(pause_seconds=600, digest_threshold=4),
         clock=clock,
         limiter=limiter,
     )
-    await desk.start()
     try:
-        yield Rig(engine, store, desk, gw, clock)
+        yield Rig(runtime.engine, runtime.store, agents, gw, clock)
     finally:
-        await desk.close()
-        await agent_cmds.wait_cleanups()
-        await store.close()
+        await runtime.close()
 
 
 # -- mirroring, naming, cards --------------------------------------------------------------------
@@ -346,20 +353,18 @@ async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowled
 
     from bot.agents.ports import ScaledClock
 
-    store = await SQLiteStore.open(tmp_path / "load.db")
-    engine = make_engine(agent_knowledge, store)
     fast = ScaledClock(200.0)  # 60 s window = 0.3 s
     gw = MemoryGateway(clock=fast, limit=20, window=60.0)
-    desk = AgentDesk(
-        engine,
-        store,
+    runtime, agents = await open_agents(
+        agent_knowledge,
+        tmp_path / "load.db",
         gw,
-        chat_id=GROUP,
         clock=fast,
         limiter=GroupLimiter(20, 60.0, clock=fast),
         options=DeskOptions(digest_threshold=4),
     )
-    await desk.start()
+    engine, store, desk = runtime.engine, runtime.store, agents.desk
+    assert desk is not None
     try:
 
         async def user(i: int) -> None:
@@ -387,8 +392,7 @@ async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowled
             for s in said:  # nothing twice in the topic
                 assert text.count(f"👤 {s}\n") + text.endswith(f"👤 {s}") <= said.count(s) + 1
     finally:
-        await desk.close()
-        await store.close()
+        await runtime.close()
 
 
 # -- privacy -------------------------------------------------------------------------------------
@@ -420,7 +424,7 @@ async def test_user_forget_leaves_nothing(rig: Rig) -> None:
     await rig.settle()
     replies = await rig.command(14, "forget")
     assert replies[0].key == "agents.forgotten"
-    await agent_cmds.wait_cleanups()
+    await rig.agents.wait_cleanups()
     await rig.settle()
     assert await _rows_mentioning(rig.store, "tg:14") == []
     assert await _rows_mentioning(rig.store, "marker-zq93") == []
@@ -502,38 +506,33 @@ async def test_non_agent_private_command_gets_nothing(rig: Rig) -> None:
 
 
 async def test_restart_continues_without_repeats(agent_knowledge: Knowledge, tmp_path: Path) -> None:
-    store = await SQLiteStore.open(tmp_path / "restart.db")
-    engine = make_engine(agent_knowledge, store)
     gw = MemoryGateway()
     opts = DeskOptions(digest_threshold=4)
-
-    def new_desk() -> AgentDesk:
-        return AgentDesk(
-            engine,
-            store,
-            gw,
-            chat_id=GROUP,
-            options=opts,
-            clock=ManualClock(),
-            limiter=GroupLimiter(10_000, 1.0, spread=False),
-        )
-
-    desk = new_desk()
-    await desk.start()
+    runtime, agents = await open_agents(
+        agent_knowledge,
+        tmp_path / "restart.db",
+        gw,
+        options=opts,
+        clock=ManualClock(),
+        limiter=GroupLimiter(10_000, 1.0, spread=False),
+    )
+    engine = runtime.engine
+    desk = agents.desk
+    assert desk is not None
     await engine.handle(Inbound("tg:50", EventKind.TEXT, text="my icloud backup failed", user_name="R"))
     await desk.settle(10, full=True)
-    await desk.close()
+    await runtime.stop()
     await engine.handle(Inbound("tg:50", EventKind.TEXT, text="while it was down", user_name="R"))
-    desk = new_desk()
-    await desk.start()
+    await runtime.start(Ports(agents_group=gw))  # a new desk, from what the first one stored
+    desk = agents.desk
+    assert desk is not None
     await desk.settle(10, full=True)
     t = desk.topic_of("tg:50")
     assert t is not None
     text = gw.topic_text(t.thread_id)
     assert text.count("👤 my icloud backup failed") == 1 and text.count("👤 while it was down") == 1
     assert len([n for n in gw.topics.values() if n.startswith("R ·")]) == 1
-    await desk.close()
-    await store.close()
+    await runtime.close()
 
 
 async def test_busy_times_offer_open_and_open_brings_the_topic(agent_knowledge: Knowledge, tmp_path: Path) -> None:
@@ -541,20 +540,18 @@ async def test_busy_times_offer_open_and_open_brings_the_topic(agent_knowledge: 
 
     from bot.agents.ports import ScaledClock
 
-    store = await SQLiteStore.open(tmp_path / "busy.db")
-    engine = make_engine(agent_knowledge, store)
     fast = ScaledClock(300.0)
     gw = MemoryGateway(clock=fast, limit=20, window=60.0)
-    desk = AgentDesk(
-        engine,
-        store,
+    runtime, agents = await open_agents(
+        agent_knowledge,
+        tmp_path / "busy.db",
         gw,
-        chat_id=GROUP,
         clock=ManualClock(),
         limiter=GroupLimiter(20, 60.0, clock=fast),
         options=DeskOptions(digest_threshold=2),
     )
-    await desk.start()
+    engine, desk = runtime.engine, agents.desk
+    assert desk is not None
     try:
 
         async def user(i: int) -> None:
@@ -593,5 +590,4 @@ async def test_busy_times_offer_open_and_open_brings_the_topic(agent_knowledge: 
         await desk.settle(30)
         assert "⚠️ Quote request Q-1 could not be delivered" in gw.topic_text(esc)
     finally:
-        await desk.close()
-        await store.close()
+        await runtime.close()

@@ -17,16 +17,17 @@ from typing import Any
 
 import pytest
 
-from bot.agents import commands as agent_cmds
 from bot.agents.desk import AgentDesk, DeskOptions
+from bot.agents.feature import Agents as AgentsFeature
 from bot.agents.limiter import GroupLimiter
 from bot.agents.ports import Clock, ManualClock, SystemClock
 from bot.config import Settings
-from bot.core.engine import Engine
-from bot.runtime import Knowledge, Runtime, check, plugin_branches
+from bot.escalation import Escalation
+from bot.features import Features, standard_features
+from bot.runtime import Knowledge, Runtime, check, open_runtime
 from bot.store import SQLiteStore
 from bot.testing.fakeapi import FakeBotAPI, RateLimitPolicy, SentMessage, is_group_chat
-from bot.tg.agents_gateway import attach_agents
+from bot.tg.features import attach_features
 from bot.tg.ratelimit import RateLimits
 from bot.tg.service import TelegramService
 
@@ -40,27 +41,24 @@ LIMIT = 20
 
 @pytest.fixture(scope="module")
 def knowledge() -> Knowledge:
-    k, problems = check(ROOT / "content", ROOT / "flows", "en", plugin_branches())
+    k, problems = check(ROOT / "content", ROOT / "flows", "en", standard_features().all)
     if k is None:
         pytest.skip(f"content does not load: {problems[:3]}")
     return k
-
-
-def make_engine(k: Knowledge, store: SQLiteStore) -> Engine:
-    from bot.plugins import plugin_actions, plugin_commands
-
-    commands = dict(plugin_commands(store))
-    commands.update(agent_cmds.agent_commands(store, retention_days=90))
-    return Engine(k.content, k.flows, k.matcher, store, extra_actions=plugin_actions(store), commands=commands)
 
 
 @dataclass
 class Agents:
     fake: FakeBotAPI
     service: TelegramService
-    desk: AgentDesk
+    feature: AgentsFeature
     runtime: Runtime
     policy: RateLimitPolicy
+
+    @property
+    def desk(self) -> AgentDesk:
+        assert self.feature.desk is not None, "the desk starts with the service"
+        return self.feature.desk
 
     # -- users (private chats) --------------------------------------------------------------------
     async def user_says(self, uid: int, text: str, *, first_name: str | None = None) -> list[SentMessage]:
@@ -124,7 +122,6 @@ async def running_agents(
     k: Knowledge, tmp_path: Path, *, clock: Clock | None = None, options: DeskOptions | None = None
 ) -> AsyncIterator[Agents]:
     store = await SQLiteStore.open(tmp_path / "agents-e2e.db")
-    runtime = Runtime(k, store, make_engine(k, store))
     fake = FakeBotAPI()
     await fake.start()
     fake.make_forum(GROUP)
@@ -139,6 +136,13 @@ async def running_agents(
         admin_ids=(ADMIN,),
         pause_minutes=10,
     )
+    opts = options or DeskOptions(pause_seconds=600, digest_threshold=4)
+    limiter = GroupLimiter(LIMIT, WINDOW, clock=SystemClock())
+    quotes = Escalation(settings, deliver=False)
+    features = Features(
+        quotes=quotes, agents=AgentsFeature(settings, options=opts, clock=clock, limiter=limiter, quotes=quotes)
+    )
+    runtime = await open_runtime(store, ROOT / "content", ROOT / "flows", features=features.all, knowledge=k)
     service = TelegramService(
         settings,
         runtime,
@@ -146,28 +150,14 @@ async def running_agents(
         poll_timeout=1.0,
         trust_env=False,
     )
-    opts = options or DeskOptions(pause_seconds=600, digest_threshold=4)
-    limiter = GroupLimiter(LIMIT, WINDOW, clock=SystemClock())
-    desk = getattr(service, "desk", None)
-    if desk is None:  # the service does not wire the desk (yet): do what it will do
-        desk = attach_agents(
-            service.application, runtime, settings, door=service.door, options=opts, clock=clock, limiter=limiter
-        )
-    else:
-        desk.options, desk.limiter = opts, limiter
-        if clock is not None:
-            desk.clock = clock
-    h = Agents(fake, service, desk, runtime, policy)
+    await attach_features(service, runtime, settings, features)
+    h = Agents(fake, service, features.agents, runtime, policy)
     service.door.listeners.append(lambda update_id, chat_id: (h._done.add(update_id), fake._changed()))
     try:
         async with service:
-            await desk.start()
-            try:
-                yield h
-            finally:
-                await desk.close()
-                await agent_cmds.wait_cleanups()
+            yield h
     finally:
+        await runtime.stop()
         await fake.stop()
         await store.close()
 
@@ -437,7 +427,7 @@ async def test_forget_leaves_nothing_of_the_user(agents: Agents) -> None:
     await agents.settle()
     got = await agents.user_command(1010, "forget")
     assert "deleted this conversation" in got[-1].text and "stay with the lab" in got[-1].text
-    await agent_cmds.wait_cleanups()
+    await agents.feature.wait_cleanups()
     await agents.settle()
     db = agents.runtime.store.db
     async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cur:

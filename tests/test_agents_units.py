@@ -108,6 +108,11 @@ async def test_forget_follows_foreign_keys_and_other_tables(tmp_path: Path) -> N
     try:
         await store.save_turn(State("tg:5", user_name="Vera"), [Entry(Direction.IN, "secret-ish text")])
         await store.save_turn(State("tg:6", user_name="Walt"), [Entry(Direction.IN, "keep me")])
+        from bot.agents import schema as agents_schema
+        from bot.escalation import schema as quotes_schema
+
+        await store.database.migrate("quotes", quotes_schema.MIGRATIONS)  # what the features bring
+        await store.database.migrate("agents", agents_schema.MIGRATIONS)
         db = store.db
         await db.execute(
             "INSERT INTO quotes (ref, conversation_id, created_at, fields_json) VALUES "
@@ -230,11 +235,16 @@ def test_cli_without_database_says_so(tmp_path: Path, capsys: pytest.CaptureFixt
 # -- the desk without an agents' group -----------------------------------------------------------
 
 
-async def test_desk_without_group_records_escalations_for_stats(engine, store: SQLiteStore) -> None:  # noqa: ANN001
-    from bot.agents.desk import AgentDesk
+async def test_desk_without_group_records_escalations_for_stats(knowledge: Knowledge, store: SQLiteStore) -> None:
+    from bot.agents.feature import Agents
+    from bot.runtime import Ports, open_runtime
 
-    desk = AgentDesk(engine, store, None, chat_id=None, clock=ManualClock())
-    await desk.start()
+    agents = Agents(clock=ManualClock())
+    runtime = await open_runtime(store, Path("content"), Path("flows"), features=[agents], knowledge=knowledge)
+    engine = runtime.engine
+    await runtime.start(Ports())  # no agents' group from the door
+    desk = agents.desk
+    assert desk is not None
     try:
         await engine.handle(Inbound("term:x", EventKind.TEXT, text="I want to talk to a human", user_name="X"))
         await desk.settle(5)
@@ -242,7 +252,7 @@ async def test_desk_without_group_records_escalations_for_stats(engine, store: S
         assert s.escalated == 1
         assert not desk.enabled
     finally:
-        await desk.close()
+        await runtime.stop()
 
 
 def test_content_has_every_text_the_desk_needs(knowledge: Knowledge) -> None:

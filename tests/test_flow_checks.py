@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.runtime import check, plugin_branches
+from bot.features import standard_features
+from bot.runtime import check
 
 ROOT = Path(__file__).resolve().parent.parent
 Edit = Callable[[dict[str, dict]], None]
@@ -34,7 +35,7 @@ def _broken(tmp_path: Path, edits: dict[str, Edit]) -> Path:
 
 
 def _problems(flows: Path) -> list[str]:
-    _, problems = check(ROOT / "content", flows, "en", plugin_branches())
+    _, problems = check(ROOT / "content", flows, "en", standard_features().all)
     return [str(p) for p in problems]
 
 

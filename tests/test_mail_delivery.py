@@ -20,10 +20,10 @@ from bot.core.content import Content
 from bot.core.engine import Engine
 from bot.escalation.ports import FileTooLarge, QuoteFields, QuoteRecord
 from bot.escalation.render import SMTP_POLICY, build_email, header_text
-from bot.escalation.service import escalation_for
 from bot.escalation.store import QuoteStore
 from bot.escalation.transport import DeliveryError, MaildirTransport, SMTPTransport
 from bot.escalation.worker import OutboxWorker, RetryPolicy
+from bot.features import Features
 from bot.runtime import Knowledge
 from bot.store import SQLiteStore
 from bot.testing.smtpd import LocalInbox
@@ -349,17 +349,18 @@ async def test_permanent_refusal_keeps_the_request_and_alerts_a_person(
     inbox: LocalInbox,
     knowledge: Knowledge,
     tmp_path: Path,
+    features: Features,
 ) -> None:
     inbox.permfail = True
     agents = FakeChat()
-    hub = escalation_for(store)
+    hub = features.quotes
     settings = Settings(
         mail_from="bot@example.org",
         lab_emails=LABS,
         maildir=str(tmp_path / "md"),
         agent_chat_id=-100,
     )
-    await hub.start(
+    await hub.start_worker(
         settings,
         knowledge.content,
         alerter=agents,
@@ -444,12 +445,12 @@ async def test_smtp_password_is_never_logged(
 
 # -- the Maildir default, the lab chat, the runtime hook ----------------------------------------
 async def test_maildir_default_and_no_duplicate_file(
-    chat: ChatDriver, store: SQLiteStore, knowledge: Knowledge, tmp_path: Path
+    chat: ChatDriver, store: SQLiteStore, knowledge: Knowledge, tmp_path: Path, features: Features
 ) -> None:
     maildir = tmp_path / "lab-maildir"
     settings = Settings(maildir=str(maildir))  # no SMTP_HOST: the embedded default
-    hub = escalation_for(store)
-    await hub.start(settings, knowledge.content, policy=FAST)
+    hub = features.quotes
+    await hub.start_worker(settings, knowledge.content, policy=FAST)
     try:
         from tests.test_quote_form import fill
 
@@ -478,12 +479,12 @@ async def test_maildir_default_and_no_duplicate_file(
 
 
 async def test_lab_chat_gets_a_summary(
-    chat: ChatDriver, store: SQLiteStore, inbox: LocalInbox, knowledge: Knowledge, tmp_path: Path
+    chat: ChatDriver, store: SQLiteStore, inbox: LocalInbox, knowledge: Knowledge, tmp_path: Path, features: Features
 ) -> None:
     lab = FakeChat()
     settings = Settings(mail_from="bot@example.org", lab_emails=LABS, lab_chat_id=-2002)
-    hub = escalation_for(store)
-    await hub.start(
+    hub = features.quotes
+    await hub.start_worker(
         settings,
         knowledge.content,
         lab_notifier=lab,
@@ -512,13 +513,14 @@ async def test_lab_chat_gets_a_summary(
 
 
 async def test_runtime_hook_starts_and_stops_the_worker(tmp_path: Path) -> None:
-    from bot.escalation import attach_escalation
+    from bot.escalation import Escalation
     from bot.runtime import open_runtime
 
     root = Path(__file__).resolve().parents[1]
-    runtime = await open_runtime(str(tmp_path / "rt.db"), root / "content", root / "flows")
     settings = Settings(maildir=str(tmp_path / "md"))
-    hub = await attach_escalation(runtime, settings, policy=FAST)
+    hub = Escalation(settings, policy=FAST)
+    runtime = await open_runtime(str(tmp_path / "rt.db"), root / "content", root / "flows", features=[hub])
+    await runtime.start()
     assert hub.worker is not None and "Maildir" in hub.delivery_note()
     chat = ChatDriver(runtime.engine, conversation_id="term:local")
     from tests.test_quote_form import fill

@@ -2,7 +2,7 @@
 delivered; a new process's worker delivers it: exactly one message in the lab's inbox.
 
 The child is a real bot process: the runtime, the engine, the quote form driven to "send",
-and the outbox worker (attach_escalation) pointed at a mail server that accepts TCP but
+and the outbox worker (the quote feature's) pointed at a mail server that accepts TCP but
 never greets — so the child has claimed the row and is mid-delivery when it dies.
 """
 
@@ -30,18 +30,18 @@ CHILD = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
     from bot.config import Settings
-    from bot.escalation import attach_escalation
+    from bot.escalation import Escalation
     from bot.runtime import open_runtime
     from tests.support.chat import ChatDriver
     from tests.test_quote_form import fill
 
     async def main(db, port, with_worker):
         root = Path.cwd()
-        runtime = await open_runtime(db, root / "content", root / "flows")
-        if with_worker == "1":
-            settings = Settings(smtp_host="127.0.0.1", smtp_port=int(port), smtp_tls="none",
-                                mail_from="bot@example.org", lab_emails=("lab@example.com",))
-            await attach_escalation(runtime, settings)
+        settings = Settings(smtp_host="127.0.0.1", smtp_port=int(port), smtp_tls="none",
+                            mail_from="bot@example.org", lab_emails=("lab@example.com",))
+        quotes = Escalation(settings, deliver=with_worker == "1")
+        runtime = await open_runtime(db, root / "content", root / "flows", features=[quotes])
+        await runtime.start()
         chat = ChatDriver(runtime.engine, conversation_id="tg:777")
         await fill(chat)
         await chat.press("send")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bot.core.engine import Engine
 from bot.core.messages import Attachment, EventKind, Inbound
+from bot.features import Features
 from bot.store import SQLiteStore
 from tests.support.chat import ChatDriver
 from tests.support.scan import byte_hits, table_hits
@@ -171,8 +172,7 @@ def test_log_lines_never_show_secrets_and_user_text_only_when_asked() -> None:
 # -- the quote mail: the current case only ---------------------------------------------------------
 
 
-async def test_second_quote_transcript_holds_nothing_of_the_first(chat: ChatDriver, store: SQLiteStore) -> None:
-    from bot.escalation.service import escalation_for
+async def test_second_quote_transcript_holds_nothing_of_the_first(chat: ChatDriver, features: Features) -> None:
     from tests.test_quote_form import fill
 
     await chat.say("my phone went swimming in the lake, is the data gone?")
@@ -184,7 +184,7 @@ async def test_second_quote_transcript_holds_nothing_of_the_first(chat: ChatDriv
     await chat.press("send")
     second = (await chat.state()).values["q_ref"]
     assert first != second
-    async with escalation_for(store).quotes() as qs:
+    async with features.quotes.quotes() as qs:
         rec1, rec2 = await qs.quote(first), await qs.quote(second)
     assert rec1 is not None and rec2 is not None
     text2 = json.dumps([line.text for line in rec2.transcript])

@@ -21,7 +21,7 @@ import pytest
 
 from bot import logsafe
 from bot.config import Settings
-from bot.escalation.service import attach_escalation
+from bot.escalation.service import Escalation
 from bot.runtime import Knowledge
 from bot.testing.smtpd import LocalInbox
 from tests.support.scan import byte_hits, table_hits
@@ -88,7 +88,8 @@ async def test_secrets_typed_everywhere_are_found_nowhere(
                            smtp_password="smtp-Pa55word-xyz", mail_from="bot@example.org",
                            lab_emails=("lab@example.com",))
         with debug_log((agents.fake.token, settings.smtp_password), user_text) as log:
-            hub = await attach_escalation(agents.runtime, settings, policy=FAST)
+            hub = next(f for f in agents.runtime.features if isinstance(f, Escalation))
+            await hub.start_worker(settings, agents.runtime.knowledge.content, policy=FAST)
             try:
                 first = await agents.user_says(USER, texts[0], first_name="Greta")
                 assert any("took out" in m.text for m in first)  # told, once

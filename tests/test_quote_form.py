@@ -18,8 +18,8 @@ from bot.escalation.form import FORM_KEYS, next_missing
 from bot.escalation.ports import TELEGRAM_DOWNLOAD_LIMIT, QuoteFields, QuoteRecord
 from bot.escalation.reference import ALPHABET, normalize_reference
 from bot.escalation.render import SMTP_POLICY, build_email, html_body, lab_chat_text, text_body
-from bot.escalation.service import escalation_for
 from bot.escalation.store import QuoteStore
+from bot.features import Features
 from bot.runtime import Knowledge
 from bot.store import SQLiteStore
 from tests.support.chat import ChatDriver
@@ -189,7 +189,7 @@ async def test_status_before_during_and_after(chat: ChatDriver) -> None:
 
 
 async def test_a_second_send_of_the_same_draft_makes_no_second_request(
-    chat: ChatDriver, engine: Engine, store: SQLiteStore
+    chat: ChatDriver, engine: Engine, store: SQLiteStore, features: Features
 ) -> None:
     await fill(chat)
     summary_buttons = chat.buttons
@@ -199,7 +199,7 @@ async def test_a_second_send_of_the_same_draft_makes_no_second_request(
     await chat.press_payload(summary_buttons[0].id)
     assert "engine.stale_button" in chat.keys
     # the send action itself is idempotent per draft (e.g. the turn failed after storing)
-    hub = escalation_for(store)
+    hub = features.quotes
     send, _ = engine.actions["quote_send"]
     from bot.core.actions import ActionContext
 
@@ -221,7 +221,7 @@ async def test_a_second_send_of_the_same_draft_makes_no_second_request(
     assert r1.branch == r2.branch == "sent"
     assert dict(r1.set)["q_ref"] == dict(r2.set)["q_ref"] != ref
     assert len(await stored(store)) == 2
-    assert hub is escalation_for(store)
+    assert engine.actions["quote_send"][0] is send and hub.store is store
 
 
 async def test_edit_one_field_returns_to_the_summary(chat: ChatDriver) -> None:
@@ -519,10 +519,11 @@ def test_references_read_out_on_the_phone() -> None:
 
 
 def test_content_keys_of_the_flow_exist(tmp_path: Path) -> None:
-    from bot.runtime import check, plugin_branches
+    from bot.features import standard_features
+    from bot.runtime import check
 
     root = Path(__file__).resolve().parents[1]
-    knowledge, problems = check(root / "content", root / "flows", "en", plugin_branches())
+    knowledge, problems = check(root / "content", root / "flows", "en", standard_features().all)
     mine = [p for p in problems if "quote" in str(p)]
     assert mine == []
     assert knowledge is not None and "quote" in knowledge.flows.flows
@@ -577,12 +578,12 @@ async def test_a_phone_number_with_the_trunk_zero_in_brackets_is_stored_right(ch
     assert "+491512345678" in chat.text and "+4901512345678" not in chat.text
 
 
-async def test_a_national_number_needs_the_default_region(chat: ChatDriver, store: SQLiteStore) -> None:
+async def test_a_national_number_needs_the_default_region(chat: ChatDriver, features: Features) -> None:
     await to_contact(chat)
     await chat.say("lena@example.com")
     await chat.say("0151 2345678")  # no DEFAULT_REGION: asked again, with the country code
     assert (await chat.state()).step == "phone_again" and "quote.ask_phone_invalid" in chat.keys
-    escalation_for(store).phone_region = "DE"
+    features.quotes.phone_region = "DE"
     await chat.say("0151 2345678")
     await chat.press("done")
     await chat.press("yes")
@@ -591,9 +592,9 @@ async def test_a_national_number_needs_the_default_region(chat: ChatDriver, stor
 
 @pytest.mark.parametrize("typed", ["+49 151", "12345", "0151 2345678 call after 6"])
 async def test_numbers_that_cannot_be_called_are_asked_again(
-    chat: ChatDriver, store: SQLiteStore, typed: str
+    chat: ChatDriver, features: Features, typed: str
 ) -> None:
-    escalation_for(store).phone_region = "DE"
+    features.quotes.phone_region = "DE"
     await to_contact(chat)
     await chat.say("lena@example.com")
     await chat.say(typed)
@@ -706,11 +707,11 @@ async def test_a_phone_only_request_does_not_tell_the_lab_to_reply_by_mail(knowl
     assert "Reply to this e-mail" in with_mail
 
 
-async def test_what_happens_next_says_when_the_lab_answers(chat: ChatDriver, store: SQLiteStore) -> None:
+async def test_what_happens_next_says_when_the_lab_answers(chat: ChatDriver, features: Features) -> None:
     await fill(chat)
     await chat.press("send")
     assert "within 24 hours" in chat.text.replace("**", "")
-    escalation_for(store).reply_hours = 48
+    features.quotes.reply_hours = 48
     await fill(chat, device="iPhone 8")
     await chat.press("send")
     assert "within 48 hours" in chat.text.replace("**", "")

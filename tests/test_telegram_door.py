@@ -23,9 +23,8 @@ from bot.config import Settings
 from bot.core.content import load_content
 from bot.core.engine import Engine
 from bot.core.messages import Button, EventKind, Hint, Inbound, Reply
-from bot.plugins import plugin_actions, plugin_commands
-from bot.runtime import Knowledge, Runtime, load_knowledge, plugin_branches
-from bot.store import SQLiteStore
+from bot.features import standard_features
+from bot.runtime import Knowledge, Runtime, load_knowledge, open_runtime
 from bot.tg.door import ALLOWED_UPDATES, MENU_COMMANDS
 from bot.tg.ratelimit import RateLimits
 from bot.tg.render import visible
@@ -76,20 +75,12 @@ def tg_knowledge(tmp_path_factory: pytest.TempPathFactory) -> Knowledge:
         (content / "en" / "zz_telegram_test.yaml").write_text(
             yaml.safe_dump(nested, allow_unicode=True), encoding="utf-8"
         )
-    return load_knowledge(content, ROOT / "flows", "en", plugin_branches())
+    return load_knowledge(content, ROOT / "flows", "en", standard_features().all)
 
 
 async def _runtime(knowledge: Knowledge, path: Path) -> Runtime:
-    store = await SQLiteStore.open(path)
-    engine = Engine(
-        knowledge.content,
-        knowledge.flows,
-        knowledge.matcher,
-        store,
-        extra_actions=plugin_actions(store),
-        commands=plugin_commands(store),
-    )
-    return Runtime(knowledge, store, engine)
+    features = standard_features(Settings(), desk=False, deliver=False)
+    return await open_runtime(path, ROOT / "content", ROOT / "flows", features=features.all, knowledge=knowledge)
 
 
 @pytest.fixture

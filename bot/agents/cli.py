@@ -22,10 +22,12 @@ import datetime as dt
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
 from bot.config import Settings
+from bot.store import SQLiteStore
 
 from . import privacy, reports
 from .registry import Line
@@ -68,9 +70,7 @@ def run_command(command: str, settings: Settings, args: argparse.Namespace) -> i
     return asyncio.run(_run(command, db_path, settings, args, sys.stdout))
 
 
-async def _open(db_path: str):  # noqa: ANN202 - SQLiteStore
-    from bot.store import SQLiteStore
-
+async def _open(db_path: str) -> SQLiteStore:
     return await SQLiteStore.open(db_path)
 
 
@@ -165,8 +165,6 @@ async def _render(db, cid: str, fmt: str) -> str:  # noqa: ANN001
 
 
 async def _stats(db, args: argparse.Namespace, out: TextIO) -> int:  # noqa: ANN001
-    import time
-
     now = time.time()
     today = await reports.stats(db, reports.start_of_day(now))
     period = await reports.stats(db, now - args.days * 86400)

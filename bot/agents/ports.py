@@ -58,6 +58,18 @@ class Sent:
     thread_id: int | None = None
 
 
+class QuoteStates(Protocol):
+    """What the desk asks the quote feature (``bot.escalation.Escalation``) for the case card."""
+
+    async def quote_state(self, conversation_id: str) -> str:
+        """failed / delivered / sent for the newest request, "" for none."""
+        ...
+
+    async def quote_changes(self, since: float) -> list[tuple[str, str, float]]:
+        """(conversation id, status, when) of deliveries that changed after ``since``."""
+        ...
+
+
 class GroupGateway(Protocol):
     """Everything the desk does on Telegram. HTML text, already escaped by the caller.
 

@@ -9,7 +9,8 @@ tables keyed by ``chat_id`` / ``user_id`` lose that id's rows too. Deleted conte
 (``bot.store.sqlite.reclaim_space``), so the text is not left in the file either.
 
 Forum topics on Telegram are not deleted here: their thread ids go to ``agent_trash`` and
-the desk deletes them (it owns the group's rate limit).
+the desk deletes them (it owns the group's rate limit). Who must be told around a deletion
+(the desk) is told by the caller (``feature.Agents.forgetting`` / ``forgotten``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiosqlite
 
@@ -27,43 +28,6 @@ from bot.store.sqlite import reclaim_space
 log = logging.getLogger(__name__)
 
 _OWN = ("agent_trash", "agent_meta", "sqlite_sequence")
-
-
-class ForgetWatcher(Protocol):
-    """Told around a deletion, so nothing of the conversation is posted meanwhile (the desk)."""
-
-    def forgetting(self, conversation_id: str) -> None: ...
-    def forgotten(self, conversation_id: str, upto_id: int) -> None: ...
-
-
-_WATCHERS: list[ForgetWatcher] = []
-
-
-def add_forget_watcher(watcher: ForgetWatcher) -> None:
-    if watcher not in _WATCHERS:
-        _WATCHERS.append(watcher)
-
-
-def remove_forget_watcher(watcher: ForgetWatcher) -> None:
-    if watcher in _WATCHERS:
-        _WATCHERS.remove(watcher)
-
-
-def notify_forgetting(conversation_id: str) -> None:
-    for w in list(_WATCHERS):
-        try:
-            w.forgetting(conversation_id)
-        except Exception:
-            log.exception("forget watcher failed")
-
-
-def notify_forgotten(conversation_id: str, upto_id: int) -> None:
-    """The deletion is complete: rows of the conversation up to ``upto_id`` are gone."""
-    for w in list(_WATCHERS):
-        try:
-            w.forgotten(conversation_id, upto_id)
-        except Exception:
-            log.exception("forget watcher failed")
 
 
 @dataclass(frozen=True)
@@ -214,6 +178,6 @@ async def stored_summary(db: aiosqlite.Connection, conversation_id: str) -> Stor
     try:
         async with db.execute("SELECT 1 FROM quotes WHERE conversation_id = ? LIMIT 1", (conversation_id,)) as cur:
             has_quote = await cur.fetchone() is not None
-    except Exception:  # no quotes table in this database
+    except sqlite3.OperationalError:  # no quotes table in this database (no quote feature)
         has_quote = False
     return StoredSummary(count, first, has_quote)

@@ -1,14 +1,14 @@
 """Escalation: the data-recovery quote request and its durable delivery to the lab.
 
-Behind the engine's seam. ``form`` holds the quote flow's actions and commands (plugged in
-by bot/plugins.py); ``store`` the quotes/outbox tables; ``worker`` the background outbox
-worker; ``transport`` SMTP and the Maildir default; ``render`` the lab's e-mail; ``service``
-the hub a door starts with ``attach_escalation``; ``cli`` ``python -m bot outbox``.
+A feature behind the runtime's seam: ``service.Escalation`` is the feature object (passed to
+``open_runtime``); ``form`` holds the quote flow's actions and commands; ``store`` the
+quotes/outbox tables; ``worker`` the background outbox worker; ``transport`` SMTP and the
+Maildir default; ``render`` the lab's e-mail; ``cli`` ``python -m bot outbox``.
 See docs/quotes.md.
 """
 
 from .ports import Alerter, ChatAlerter, FileFetcher, FileTooLarge, LabNotifier, LoggingAlerter
-from .service import Escalation, attach_escalation, escalation_for
+from .service import Escalation
 from .worker import OutboxWorker, RetryPolicy
 
 __all__ = [
@@ -21,6 +21,4 @@ __all__ = [
     "LoggingAlerter",
     "OutboxWorker",
     "RetryPolicy",
-    "attach_escalation",
-    "escalation_for",
 ]

@@ -1,5 +1,6 @@
 """The quote form's actions and commands: what flows/quote.yaml calls (``do:``) and /quote,
-/status. Plugged into the engine through bot/plugins.py; the engine never imports this.
+/status. The quote feature (``service.Escalation``) hands them to the engine; the engine never
+imports this.
 
 All answers live in the conversation's values under ``q_`` (one form per conversation).
 ``quote_next`` is the router every answer returns to: it sends the user to the first
@@ -22,6 +23,7 @@ import sqlite3
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from bot.core.actions import ActionContext, ActionFn, ActionResult
 from bot.core.content import Content
@@ -41,7 +43,9 @@ from .render import (
     field_labels,
     shown,
 )
-from .service import Escalation, escalation_for
+
+if TYPE_CHECKING:
+    from .service import Escalation
 
 log = logging.getLogger(__name__)
 
@@ -476,17 +480,9 @@ def make_commands(hub: Escalation) -> dict[str, CommandFn]:
     return {"quote": cmd_quote, "status": cmd_status}
 
 
-def plugin_parts(
-    store: object | None,
-) -> tuple[dict[str, tuple[ActionFn, tuple[str, ...]]], dict[str, CommandFn]]:
-    hub = escalation_for(store)
-    return make_actions(hub), make_commands(hub)
-
-
 __all__ = [
     "make_actions",
     "make_commands",
-    "plugin_parts",
     "next_missing",
     "answered",
     "FORM_KEYS",

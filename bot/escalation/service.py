@@ -1,11 +1,14 @@
-"""The quote feature's per-store hub: which connection to use, the running outbox worker,
-and what the runtime/doors must call to start and stop it.
+"""The quote feature: the quote form's actions and commands (``form``), the connection its
+store uses, and the outbox worker that delivers requests to the lab.
 
-The engine's actions and commands (bot.escalation.form) find the hub through the store
-they were given (``escalation_for(store)``). Without ``start()`` requests are still stored
-and queued (tests, ``python -m bot check``); ``start()`` adds the background worker::
+One ``Escalation`` per runtime, passed to ``open_runtime(features=[...])``. After ``bind``
+(done by ``open_runtime``) requests are stored and queued — enough for tests and
+``python -m bot check``; ``start(ports)`` (``Runtime.start``) adds the background worker,
+with the door's photo fetcher, the lab chat and the alerter from ``Ports``::
 
-    esc = await attach_escalation(runtime, settings, fetcher=..., alerter=..., lab_notifier=...)
+    quotes = Escalation(settings)
+    runtime = await open_runtime(db, content_dir, flows_dir, features=[quotes])
+    await runtime.start(Ports(file_fetcher=..., lab_chat=..., alerter=...))
     ...                                   # runtime.close() stops the worker
 """
 
@@ -13,37 +16,120 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
+from bot.core.actions import ActionFn
 from bot.core.content import Content
+from bot.core.engine import CommandFn
 
+from . import form, schema
 from .ports import Alerter, FileFetcher, LabNotifier
 from .store import QuoteStore
 from .transport import MaildirTransport, SMTPTransport, build_transport, recipients
 from .worker import OutboxWorker, RetryPolicy
 
 if TYPE_CHECKING:
-    from bot.runtime import Runtime
+    from bot.runtime import Core, Ports
     from bot.store import SQLiteStore
 
 log = logging.getLogger(__name__)
 
+# texts the feature's code uses directly (flows/quote.yaml's are checked with the flows)
+REQUIRED_TEXTS = (
+    "quote.photos_too_many",
+    "quote.price_unknown",
+    "quote.sent_where_mail",
+    "quote.sent_where_maildir",
+    "quote.sent_contact_both",
+    "quote.sent_contact_email",
+    "quote.sent_contact_phone",
+    "quote.status_delivered",
+    "quote.status_queued",
+    "quote.status_failed",
+    "quote.status_failed_alerted",
+    "quote.status_draft",
+    "quote.status_none",
+    "quote.value.no_photos",
+    "quote.value.not_given",
+    "quote.value.photos",
+)
+
 
 class Escalation:
-    def __init__(self, store: SQLiteStore | None, clock: Callable[[], float] = time.time) -> None:
-        self.store = store
+    """The quote feature (``bot.runtime.Feature``). ``deliver=False``: no outbox worker on
+    ``start`` (requests stay queued for another process, or a test starts one itself);
+    ``worker_options`` go to ``start_worker`` (``policy``, ``transport``, timings)."""
+
+    name = "quotes"
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        deliver: bool = True,
+        clock: Callable[[], float] = time.time,
+        **worker_options: Any,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.deliver = deliver
+        self.worker_options = worker_options
+        self.store: SQLiteStore | None = None
+        self.content: Content | None = None
         self.clock = clock
         self.worker: OutboxWorker | None = None
         self.channels: tuple[str, ...] = ("email",)
         self.maildir: str | None = None  # set when delivery goes to a Maildir
-        # the form's settings (DEFAULT_REGION, LAB_REPLY_HOURS); the defaults until start()
-        self.phone_region = Settings.default_region
-        self.reply_hours = Settings.lab_reply_hours
+        # the form's settings (DEFAULT_REGION, LAB_REPLY_HOURS)
+        self.phone_region = self.settings.default_region
+        self.reply_hours = self.settings.lab_reply_hours
         self._quotes: QuoteStore | None = None
+
+    # -- the feature seam ----------------------------------------------------------------
+    def migrations(self) -> Sequence[str]:
+        return schema.MIGRATIONS
+
+    def actions(self) -> Mapping[str, tuple[ActionFn, tuple[str, ...]]]:
+        return form.make_actions(self)
+
+    def commands(self) -> Mapping[str, CommandFn]:
+        return form.make_commands(self)
+
+    def required_texts(self) -> Sequence[str]:
+        return REQUIRED_TEXTS
+
+    def bind(self, core: Core) -> None:
+        self.store = core.store
+        self.content = core.content
+
+    async def start(self, ports: Ports) -> None:
+        """The outbox worker (unless ``deliver`` is off), with the door's ports."""
+        if not self.deliver:
+            return
+        if self.content is None:
+            raise RuntimeError("the quote feature is not bound to a runtime (open_runtime binds it)")
+        await self.start_worker(
+            self.settings,
+            self.content,
+            fetcher=ports.file_fetcher,
+            alerter=ports.alerter,
+            lab_notifier=ports.lab_chat,
+            **self.worker_options,
+        )
+        log.info("%s", self.delivery_note())
+
+    # -- the agents' port (bot.agents.ports.QuoteStates): reads on the store's connection -------
+    async def quote_state(self, conversation_id: str) -> str:
+        if self.store is None:
+            return ""
+        return await QuoteStore.sharing(self.store).latest_state(conversation_id)
+
+    async def quote_changes(self, since: float) -> list[tuple[str, str, float]]:
+        if self.store is None:
+            return []
+        return await QuoteStore.sharing(self.store).changes_since(since)
 
     # -- connections -----------------------------------------------------------------
     @asynccontextmanager
@@ -64,7 +150,7 @@ class Escalation:
             await qs.close()
 
     # -- the worker ------------------------------------------------------------------
-    async def start(
+    async def start_worker(
         self,
         settings: Settings,
         content: Content,
@@ -126,45 +212,3 @@ class Escalation:
         if self.worker is None:
             return "Quote requests are stored; no delivery worker runs in this process."
         return f"Quote requests go to: {self.worker.transport.description}"
-
-    # -- photos over Telegram's download limit ------------------------------------------
-
-
-_HUBS: weakref.WeakKeyDictionary[object, Escalation] = weakref.WeakKeyDictionary()
-_NO_STORE = Escalation(None)
-
-
-def escalation_for(store: object | None) -> Escalation:
-    """The hub of ``store`` (one per store object), created on first use."""
-    if store is None:
-        return _NO_STORE
-    hub = _HUBS.get(store)
-    if hub is None:
-        hub = Escalation(store)  # type: ignore[arg-type]
-        _HUBS[store] = hub
-    return hub
-
-
-async def attach_escalation(
-    runtime: Runtime,
-    settings: Settings,
-    *,
-    fetcher: FileFetcher | None = None,
-    alerter: Alerter | None = None,
-    lab_notifier: LabNotifier | None = None,
-    **options: object,
-) -> Escalation:
-    """What a door calls after ``open_runtime``: starts the outbox worker, lets the hub see
-    photo sizes, and registers the stop with ``runtime.close()``."""
-    hub = escalation_for(runtime.store)
-    await hub.start(
-        settings,
-        runtime.knowledge.content,
-        fetcher=fetcher,
-        alerter=alerter,
-        lab_notifier=lab_notifier,
-        **options,
-    )  # type: ignore[arg-type]
-    runtime.closers.append(hub.close)
-    log.info("%s", hub.delivery_note())
-    return hub

@@ -29,6 +29,7 @@ import aiosqlite
 
 from bot.store import SQLiteStore
 
+from . import schema
 from .ports import OutboxRow, QuoteFields, QuoteRecord, QuoteStatus, TranscriptLine
 from .reference import new_reference
 
@@ -145,6 +146,11 @@ class QuoteStore:
     async def open(cls, path: str | Path) -> QuoteStore:
         """Own connection to the file; migrations run as for the main store."""
         base = await SQLiteStore.open(path)
+        try:
+            await base.database.migrate(schema.OWNER, schema.MIGRATIONS)
+        except BaseException:
+            await base.close()
+            raise
         return cls(base.db, base.path, base.close)
 
     @classmethod
@@ -292,6 +298,32 @@ class QuoteStore:
             shown = {"delivered": "delivered", "failed": "failed"}.get(status, "queued")
             out.append(QuoteStatus(ref, float(created), shown, delivered_at, alert_state == "sent"))
         return out
+
+    async def latest_state(self, conversation_id: str) -> str:
+        """Where the conversation's newest request stands, for the agents' case card:
+        failed (a channel gave up), delivered (every channel), sent (on its way), "" (none)."""
+        rows = await self._fetchall(
+            "SELECT o.status FROM quotes q JOIN outbox o ON o.ref = q.ref WHERE q.conversation_id = ? "
+            "AND q.created_at = (SELECT MAX(created_at) FROM quotes WHERE conversation_id = ?)",
+            (conversation_id, conversation_id),
+        )
+        statuses = [str(r[0]) for r in rows]
+        if not statuses:
+            return ""
+        if "failed" in statuses:
+            return "failed"
+        if all(s == "delivered" for s in statuses):
+            return "delivered"
+        return "sent"
+
+    async def changes_since(self, since: float) -> list[tuple[str, str, float]]:
+        """(conversation id, status, when) of every outbox row changed after ``since``, oldest first."""
+        rows = await self._fetchall(
+            "SELECT q.conversation_id, o.status, o.updated_at FROM outbox o JOIN quotes q ON q.ref = o.ref "
+            "WHERE o.updated_at > ? ORDER BY o.updated_at",
+            (since,),
+        )
+        return [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
 
     async def counts(self) -> dict[str, int]:
         rows = await self._fetchall("SELECT status, COUNT(*) FROM outbox GROUP BY status")

@@ -1,6 +1,11 @@
-"""The database schema as an ordered list of migrations (append only, never edit one).
+"""The conversation store's schema (and the Telegram door's queue): an ordered list of
+migrations, append only — a new table here is a new entry at the end.
 
-``PRAGMA user_version`` records how many have run; each runs in its own transaction.
+``PRAGMA user_version`` records how many have run; each runs in its own transaction. A
+feature's tables are the feature's own list (``Feature.migrations()``, recorded per owner in
+``schema_versions``): bot/escalation/schema.py, bot/agents/schema.py. Steps 2 and 3 created
+those tables before they moved; a database made then has them, and the features' first
+migrations (``IF NOT EXISTS``) find them in place.
 """
 
 from __future__ import annotations
@@ -49,55 +54,15 @@ MIGRATIONS: list[str] = [
         ts        REAL NOT NULL
     );
     """,
-    # 2: quote requests to the lab, their durable outbox, device photos (bot/escalation)
+    # 2: (quote requests: their tables moved to the quote feature's own migrations,
+    # bot/escalation/schema.py; this step stays, empty, so the numbers of the others hold)
     """
-    CREATE TABLE quotes (
-        ref             TEXT PRIMARY KEY,
-        conversation_id TEXT NOT NULL,
-        draft_id        TEXT NOT NULL DEFAULT '',
-        created_at      REAL NOT NULL,
-        damage          TEXT NOT NULL DEFAULT '',
-        device          TEXT NOT NULL DEFAULT '',
-        fields_json     TEXT NOT NULL,
-        transcript_json TEXT NOT NULL DEFAULT '[]'
-    );
-    CREATE INDEX quotes_by_conversation ON quotes (conversation_id, created_at);
-    CREATE UNIQUE INDEX quotes_by_draft ON quotes (conversation_id, draft_id) WHERE draft_id != '';
-    CREATE TABLE outbox (
-        id              INTEGER PRIMARY KEY,
-        ref             TEXT NOT NULL REFERENCES quotes (ref),
-        channel         TEXT NOT NULL,
-        message_id      TEXT NOT NULL DEFAULT '',
-        status          TEXT NOT NULL DEFAULT 'pending',
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        owner           TEXT NOT NULL DEFAULT '',
-        lease_until     REAL NOT NULL DEFAULT 0,
-        last_error      TEXT NOT NULL DEFAULT '',
-        error_kind      TEXT NOT NULL DEFAULT '',
-        accepted        TEXT NOT NULL DEFAULT '',
-        delivered_at    REAL,
-        alert_state     TEXT NOT NULL DEFAULT '',
-        created_at      REAL NOT NULL,
-        updated_at      REAL NOT NULL,
-        UNIQUE (ref, channel)
-    );
-    CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
-    CREATE TABLE attachments (
-        id       INTEGER PRIMARY KEY,
-        ref      TEXT NOT NULL REFERENCES quotes (ref),
-        position INTEGER NOT NULL,
-        kind     TEXT NOT NULL DEFAULT 'photo',
-        file_id  TEXT NOT NULL,
-        status   TEXT NOT NULL DEFAULT 'pending',
-        mime     TEXT NOT NULL DEFAULT '',
-        data     BLOB,
-        UNIQUE (ref, position)
-    );
+    SELECT 1;
     """,
-    # 3: support agents (bot/agents): a forum topic per conversation, relayed agent messages.
-    # messages.id becomes AUTOINCREMENT: ids are durable cursors (the agents' mirror, `watch`)
+    # 3: messages.id becomes AUTOINCREMENT: ids are durable cursors (the agents' mirror, `watch`)
     # and /forget deleting the newest rows must not let SQLite hand their ids out again.
+    # (The agents' tables that came with this step are the agents feature's own migrations
+    # now: bot/agents/schema.py.)
     """
     CREATE TABLE messages_v3 (
         id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -120,41 +85,6 @@ MIGRATIONS: list[str] = [
     ALTER TABLE messages_v3 RENAME TO messages;
     CREATE INDEX messages_by_conversation ON messages (conversation_id, id);
     CREATE INDEX messages_by_ts ON messages (ts);
-    CREATE TABLE agent_topics (
-        ref             INTEGER PRIMARY KEY AUTOINCREMENT,
-        conversation_id TEXT NOT NULL UNIQUE,
-        thread_id       INTEGER,
-        topic_name      TEXT NOT NULL DEFAULT '',
-        card_message_id INTEGER,
-        card_pinned     INTEGER NOT NULL DEFAULT 0,
-        card_html       TEXT NOT NULL DEFAULT '',
-        topic_cursor    INTEGER NOT NULL DEFAULT 0,
-        seen_cursor     INTEGER NOT NULL DEFAULT 0,
-        symptom         TEXT NOT NULL DEFAULT '',
-        flags           TEXT NOT NULL DEFAULT '',
-        paused_until    REAL,
-        paused_by       TEXT NOT NULL DEFAULT '',
-        quote_state     TEXT NOT NULL DEFAULT '',
-        created_at      REAL NOT NULL,
-        updated_at      REAL NOT NULL
-    );
-    CREATE INDEX agent_topics_by_thread ON agent_topics (thread_id);
-    CREATE TABLE agent_relays (
-        agent_message_id INTEGER PRIMARY KEY,
-        conversation_id  TEXT NOT NULL,
-        user_message_id  INTEGER NOT NULL,
-        caption          INTEGER NOT NULL DEFAULT 0,
-        ts               REAL NOT NULL
-    );
-    CREATE INDEX agent_relays_by_conversation ON agent_relays (conversation_id);
-    CREATE TABLE agent_trash (
-        thread_id INTEGER PRIMARY KEY,
-        ts        REAL NOT NULL
-    );
-    CREATE TABLE agent_meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
     """,
     # 4: the Telegram door's durable intake and replies (bot/tg/queue.py): every update is
     # stored before Telegram is told it arrived, and marked done in its turn's transaction;
@@ -192,7 +122,8 @@ MIGRATIONS: list[str] = [
     """,
     # 5: anonymous counters per local day (bot/store/counters.py): no ids, names or texts, so
     # an erasure keeps the figures. Filled from what the file already holds, so the figures of
-    # an upgraded bot do not start again from zero.
+    # an upgraded bot do not start again from zero. (Quotes sent are counted from the quote
+    # feature's own table by its migration 2: bot/escalation/schema.py.)
     """
     CREATE TABLE counters (
         day  TEXT NOT NULL,
@@ -215,8 +146,6 @@ MIGRATIONS: list[str] = [
     INSERT INTO counters (day, name, n)
         SELECT date(ts, 'unixepoch', 'localtime'), kind, COUNT(*)
         FROM messages WHERE direction = 'note' AND kind LIKE 'escalation:%' GROUP BY 1, 2;
-    INSERT INTO counters (day, name, n)
-        SELECT date(created_at, 'unixepoch', 'localtime'), 'event:quote_sent', COUNT(*) FROM quotes GROUP BY 1;
     """,
     # 6: examples agents taught the matcher (bot/store/learned.py): a message and the intent it
     # means ("none" = out of scope); read by the running bot at once, exported for review.

@@ -30,6 +30,7 @@ import aiosqlite
 from bot.core.ports import Direction, Entry, State
 
 from .counters import day_of, note_counts, turn_counts
+from .database import SQLiteDatabase, StoreError
 from .schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ TurnWrites = Callable[[aiosqlite.Connection, State], Awaitable[None]]
 #: door: its outgoing messages, the update marked done). ``save_turn`` awaits it inside its
 #: transaction just before COMMIT; if it raises, the whole turn is rolled back.
 TURN_WRITES: contextvars.ContextVar[TurnWrites | None] = contextvars.ContextVar("turn_writes", default=None)
-
-
-class StoreError(Exception):
-    """The database cannot be used; the message names the path and what to do."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +95,9 @@ class SQLiteStore:
         # one connection: a write must never land inside another coroutine's transaction,
         # so every write method (and any transaction of other modules on self.db) takes this
         self.tx_lock = asyncio.Lock()
+        # the same connection and lock as a ``Database`` (bot/store/database.py): what the
+        # features' stores are built on (``.db`` / ``.tx_lock`` are the same two things)
+        self.database = SQLiteDatabase(db, path, self.tx_lock)
 
 
     # -- lifecycle -----------------------------------------------------------------
@@ -368,6 +368,15 @@ class SQLiteStore:
         args.append(limit)
         rows = await self.db.execute_fetchall(sql, args)
         return [MessageRow(*r) for r in rows]
+
+    async def paused_conversations(self) -> list[str]:
+        """Conversations an agent has taken over (the bot stays silent in them)."""
+        return [str(r[0]) for r in await self.db.execute_fetchall("SELECT id FROM conversations WHERE paused = 1")]
+
+    async def last_message_id(self) -> int:
+        """The newest transcript row's id (0 for none): a cursor for readers of the transcript."""
+        row = await self.fetchone("SELECT COALESCE(MAX(id), 0) FROM messages")
+        return int(row[0]) if row else 0
 
     async def unmatched(self, limit: int = 50) -> list[tuple[float, str, str, str, list[Any]]]:
         rows = await self.db.execute_fetchall(

@@ -44,15 +44,16 @@ def bench_startup(settings: Settings, cache: str | None = None) -> tuple[float, 
     """
     import os
 
-    from bot.runtime import check, plugin_branches
+    from bot.features import standard_features
+    from bot.runtime import check
 
     old = os.environ.get("BOT_CACHE_DIR")
     if cache is not None:
         os.environ["BOT_CACHE_DIR"] = cache
     try:
         t0 = time.perf_counter()
-        knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches(),
-                                    semantic=True)
+        knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang,
+                                    standard_features(settings).all, semantic=True)
         elapsed = time.perf_counter() - t0
     finally:
         if cache is not None:
@@ -93,11 +94,12 @@ def bench_matcher(knowledge: Any, rounds: int = 1) -> dict[str, Any]:
 
 
 async def bench_engine(settings: Settings, users: int = 200, turns: int = 8, workers: int = 2) -> dict[str, float]:
+    from bot.features import standard_features
     from bot.runtime import open_runtime
 
     with tempfile.TemporaryDirectory(prefix="bot-bench-") as tmp:
         rt = await open_runtime(str(Path(tmp) / "bench.db"), settings.content_dir, settings.flows_dir,
-                                settings.lang)
+                                settings.lang, features=standard_features(settings).all)
         try:
             rng = random.Random(11)
             complaints = [p for ex in rt.knowledge.matcher.examples().values() for p in ex]

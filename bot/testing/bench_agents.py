@@ -100,29 +100,35 @@ async def _run(
     seed: int,
     catchup: bool = True,
 ) -> RunResult:
-    from bot.agents import commands as agent_cmds
-    from bot.agents.desk import AgentDesk, DeskOptions
+    from bot.agents.desk import DeskOptions
+    from bot.agents.feature import Agents
     from bot.agents.limiter import GroupLimiter
     from bot.agents.ports import ScaledClock
-    from bot.core.engine import Engine
     from bot.core.messages import EventKind, Inbound, Reply
-    from bot.plugins import plugin_actions, plugin_commands
-    from bot.store import SQLiteStore
+    from bot.escalation.service import Escalation
+    from bot.runtime import Ports, open_runtime
 
     result = RunResult()
     clock = ScaledClock(scale)
     with tempfile.TemporaryDirectory(prefix="bot-bench-agents-") as tmp:
-        store = await SQLiteStore.open(Path(tmp) / "bench.db")
-        cmds = dict(plugin_commands(store))
-        cmds.update(agent_cmds.agent_commands(store, retention_days=90))
-        engine = Engine(
-            knowledge.content,
-            knowledge.flows,
-            knowledge.matcher,
-            store,
-            extra_actions=plugin_actions(store),
-            commands=cmds,
+        settings = Settings(agent_chat_id=GROUP)
+        quotes = Escalation(settings, deliver=False)
+        agents = Agents(
+            settings,
+            desk=mirror,
+            options=DeskOptions(),
+            clock=clock,
+            limiter=GroupLimiter(20, 60.0, clock=clock),
+            quotes=quotes,
         )
+        runtime = await open_runtime(
+            Path(tmp) / "bench.db",
+            settings.content_dir,
+            settings.flows_dir,
+            features=[quotes, agents],
+            knowledge=knowledge,
+        )
+        engine, store = runtime.engine, runtime.store
         bot = desk = conn = proc = None
         try:
             if mirror:
@@ -148,16 +154,8 @@ async def _run(
                     request=HTTPXRequest(connection_pool_size=8, httpx_kwargs={"trust_env": False}),
                 )
                 await bot.initialize()
-                desk = AgentDesk(
-                    engine,
-                    store,
-                    PTBGateway(bot, GROUP),
-                    chat_id=GROUP,
-                    options=DeskOptions(),
-                    clock=clock,
-                    limiter=GroupLimiter(20, 60.0, clock=clock),
-                )
-                await desk.start()
+                await runtime.start(Ports(agents_group=PTBGateway(bot, GROUP)))
+                desk = agents.desk
 
             async def user(i: int) -> float:
                 rng = random.Random(seed * 100_003 + i)
@@ -203,7 +201,7 @@ async def _run(
                 result.backlog_after = desk.backlog()
                 result.lines_posted = desk.posted_lines
                 result.retry_afters = desk.limiter.retry_afters
-                await desk.close()
+                await runtime.stop()
                 conn.send("stop")
                 msg = await asyncio.to_thread(conn.recv)
                 if msg[0] != "done":
@@ -225,15 +223,14 @@ async def _run(
                 result.escalations = sum(kinds.values())
                 log.info("agents bench: escalations %s", kinds)
         finally:
-            if desk is not None:
-                await desk.close()
+            await runtime.stop()
             if bot is not None:
                 await bot.shutdown()
             if proc is not None:
                 proc.join(timeout=5)
                 if proc.is_alive():
                     proc.kill()
-            await store.close()
+            await runtime.close()
     return result
 
 
@@ -260,9 +257,10 @@ async def bench_agents(
     Time compression is not used for the latency figure: it would make the mirror do
     ``scale`` times Telegram's 20 calls a minute and overstate its cost as much.
     """
-    from bot.runtime import check, plugin_branches
+    from bot.features import standard_features
+    from bot.runtime import check
 
-    knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang, plugin_branches())
+    knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang, standard_features().all)
     if knowledge is None or problems:
         raise SystemExit(f"content has problems; run `python -m bot check` ({len(problems)} found)")
     for name in ("bot.agents", "bot.store", "telegram", "httpx", "httpcore"):

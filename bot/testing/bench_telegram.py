@@ -252,6 +252,7 @@ async def run_telegram(
 ) -> dict[str, Any]:
     """One run against a fresh fake: the door (default) or ``bare`` — a bare PTB echo bot.
     ``real_limits``: the shipped rate limits on our side and Telegram's enforced by the fake."""
+    from bot.features import standard_features
     from bot.runtime import open_runtime
     from bot.tg.ratelimit import RateLimits
     from bot.tg.service import TelegramService
@@ -288,7 +289,10 @@ async def run_telegram(
         else:
             with tempfile.TemporaryDirectory(prefix="bot-bench-tg-") as tmp:
                 db = str(Path(tmp) / "bench.db")
-                runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang)
+                # as ``python -m bot run`` without an agents' group or a worker: the door's own figure
+                features = standard_features(settings, desk=False, deliver=False)
+                runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
+                                             features=features.all)
                 try:
                     tg_settings = Settings(
                         db_path=db,

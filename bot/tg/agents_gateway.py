@@ -1,5 +1,5 @@
 """The agents feature on python-telegram-bot: the ``GroupGateway`` implementation, the update
-handler for the agents' group, and ``attach_agents`` — what the Telegram service calls.
+handler for the agents' group (``install``; ``bot.tg.features`` wires both into ``run``).
 
 It lives in the Telegram door (the only package that imports ``telegram``); the desk in
 bot/agents sees it only as a ``GroupGateway``. ``install`` adds one handler in its
@@ -38,7 +38,6 @@ from bot.agents.desk import (
     AgentCommand,
     AgentDesk,
     AgentMessage,
-    DeskOptions,
 )
 from bot.agents.ports import (
     GatewayError,
@@ -50,6 +49,7 @@ from bot.agents.ports import (
     UserBlocked,
 )
 from bot.core.messages import Reply
+from bot.tg.render import keyboard_rows, split_text, to_html
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +233,6 @@ class PTBGateway:
         if self.deliver is not None:
             await self.deliver(chat_id, replies)
             return
-        from bot.tg.render import keyboard_rows, split_text, to_html
-
         for reply in replies:
             parts = split_text(reply.text) or ["…"]
             markup = None
@@ -409,33 +407,3 @@ def install(application: Application, desk: AgentDesk) -> AgentUpdates | None:
     handler = AgentUpdates(desk, desk.chat_id)
     application.add_handler(TypeHandler(Update, handler), group=AGENTS_GROUP)
     return handler
-
-
-def attach_agents(
-    application: Application,
-    runtime: Any,
-    settings: Any,
-    *,
-    door: Any = None,
-    options: DeskOptions | None = None,
-    **desk_kwargs: Any,
-) -> AgentDesk:
-    """Build the desk for a Telegram service (call ``await desk.start()`` after
-    ``application.initialize()``, ``await desk.close()`` before ``application.shutdown()``).
-    Without AGENT_CHAT_ID the desk only records escalations and purges old transcripts."""
-    chat_id = settings.agent_chat_id
-    gateway = None
-    if chat_id is not None:
-        gateway = PTBGateway(application.bot, chat_id, deliver=getattr(door, "deliver", None))
-    opts = options or DeskOptions(pause_seconds=settings.pause_minutes * 60.0, retention_days=settings.retention_days)
-    desk = AgentDesk(
-        runtime.engine,
-        runtime.store,
-        gateway,
-        chat_id=chat_id,
-        admin_ids=settings.admin_ids,
-        options=opts,
-        **desk_kwargs,
-    )
-    install(application, desk)
-    return desk

@@ -56,8 +56,10 @@ def run_command(settings: Settings, *, webhook: bool = False) -> int:
 
 
 async def run(settings: Settings, *, webhook: bool = False, stop: asyncio.Event | None = None) -> int:
+    # deferred: `python -m bot backup-db` shares this module and must not load PTB and every feature
     from telegram.error import BadRequest, InvalidToken, NetworkError
 
+    from bot.features import standard_features
     from bot.runtime import open_runtime
 
     from .features import attach_features
@@ -69,14 +71,16 @@ async def run(settings: Settings, *, webhook: bool = False, stop: asyncio.Event 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     api_host = urlsplit(settings.telegram_base_url).netloc  # never the token
-    runtime = await open_runtime(settings.db_path, settings.content_dir, settings.flows_dir, settings.lang)
+    features = standard_features(settings)
+    runtime = await open_runtime(settings.db_path, settings.content_dir, settings.flows_dir, settings.lang,
+                                 features=features.all)
     log.info("database: %s", settings.db_path)
     service: TelegramService | None = None
     code = 0
     try:
         service = TelegramService(settings, runtime, webhook=webhook, on_fatal=lambda exc: stop.set())
         try:
-            await attach_features(service, runtime, settings)
+            await attach_features(service, runtime, settings, features)
             await service.start()
         except InvalidToken:
             log.error("the Bot API at %s rejected the token (401): check TELEGRAM_BOT_TOKEN", api_host)
@@ -110,7 +114,7 @@ def backup_command(settings: Settings, target: str, *, force: bool = False) -> i
 
 async def backup_db(db_path: str, target: str, *, force: bool = False) -> int:
     """Copy the live database with SQLite's online backup API (safe while the bot runs)."""
-    from bot.store import SQLiteStore
+    from bot.store import SQLiteStore  # deferred like run()'s imports: only this command needs it
 
     src = Path(db_path)
     if not src.is_file():

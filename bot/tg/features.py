@@ -1,16 +1,19 @@
-"""What the Telegram door provides to the other features, and their wiring into ``run``.
+"""What the Telegram door offers the features (``bot.runtime.Ports``), and their start and
+stop in ``run``.
 
 * ``TelegramFileFetcher`` — the quote feature's ``FileFetcher``: downloads a photo the user
   sent (``getFile`` + the file URL), refusing files over Telegram's 20 MB download limit.
   It only ever downloads over HTTP(S) from the configured file API: a ``file_path`` that is
   absolute, climbs out (``..``) or names another host is refused — never read from disk
   (PTB's own ``download`` would read a local path that happens to exist).
-* ``attach_features(service, runtime, settings)`` — called by ``python -m bot run`` before
-  the service starts: the agents' desk (``bot.tg.agents_gateway.attach_agents``: its PTB
-  handler goes in before the door's) and the quote outbox worker
-  (``bot.escalation.attach_escalation``) with Telegram alerters: the agents' chat (through
-  the desk) and the lab chat (``LAB_CHAT_ID``, through the door). Both start after getMe
-  and stop after the last update in flight, before PTB shuts down.
+* ``telegram_ports(service, settings, features)`` — the ports: the photo fetcher, the lab
+  chat (``LAB_CHAT_ID``, through the door), the agents' group (``AGENT_CHAT_ID``:
+  ``agents_gateway.PTBGateway``) and, with a group, the agents' feature as the quote
+  feature's alerter.
+* ``attach_features(service, runtime, settings, features)`` — called by ``python -m bot run``
+  before the service starts: ``runtime.start(ports)`` after getMe (then the agents' PTB
+  handler goes in, before the door's), ``runtime.stop()`` after the last update in flight,
+  before PTB shuts down.
 """
 
 from __future__ import annotations
@@ -22,22 +25,16 @@ from urllib.parse import quote
 
 from telegram.error import BadRequest, TelegramError
 
+from bot.config import Settings
+from bot.escalation.ports import ChatAlerter, FileTooLarge
+from bot.features import Features
+from bot.runtime import Ports, Runtime
+
+from .agents_gateway import PTBGateway, install
+
 log = logging.getLogger(__name__)
 
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # the Bot API's getFile limit
-
-
-class FileTooLargeError(Exception):
-    """Fallback when the escalation package is not there to name its own."""
-
-
-def _too_large() -> type[Exception]:
-    try:
-        from bot.escalation.ports import FileTooLarge
-
-        return FileTooLarge
-    except ImportError:  # pragma: no cover - the package ships with the bot
-        return FileTooLargeError
 
 
 class TelegramFileFetcher:
@@ -51,14 +48,14 @@ class TelegramFileFetcher:
             file = await self.bot.get_file(file_id)
         except BadRequest as exc:
             if "too big" in exc.message.lower():
-                raise _too_large()(f"file {file_id} is over {self.limit} bytes") from exc
+                raise FileTooLarge(f"file {file_id} is over {self.limit} bytes") from exc
             log.warning("getFile %s: %s", file_id, exc.message)
             return None
         except TelegramError as exc:
             log.warning("getFile %s failed: %s", file_id, exc)
             return None
         if file.file_size and file.file_size > self.limit:
-            raise _too_large()(f"file {file_id} is {file.file_size} bytes")
+            raise FileTooLarge(f"file {file_id} is {file.file_size} bytes")
         # PTB prefixes a relative file_path with the file API's URL, but leaves one that names
         # an existing local file as it is (and its download() would read that file)
         prefix = f"{self.bot.base_file_url}/"
@@ -74,7 +71,7 @@ class TelegramFileFetcher:
             log.warning("downloading %s failed: %s", file_id, exc)
             return None
         if len(data) > self.limit:
-            raise _too_large()(f"file {file_id} is {len(data)} bytes")
+            raise FileTooLarge(f"file {file_id} is {len(data)} bytes")
         mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
         return data, mime
 
@@ -86,30 +83,29 @@ def safe_file_path(path: str) -> bool:
     return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
-async def attach_features(service: Any, runtime: Any, settings: Any) -> None:
-    """Wire the agents' desk and the quote outbox worker into a TelegramService."""
-    desk = None
-    try:
-        from bot.tg.agents_gateway import attach_agents
-    except ImportError:
-        log.info("agents feature not installed")
-    else:
-        desk = attach_agents(service.application, runtime, settings, door=service.door)
-        service.on_start.append(desk.start)
-        service.on_stop.append(desk.close)
-    try:
-        from bot.escalation.ports import ChatAlerter
-        from bot.escalation.service import attach_escalation
-    except ImportError:
-        log.info("quote feature not installed")
-        return
+def telegram_ports(service: Any, settings: Settings, features: Features) -> Ports:
+    bot = service.application.bot
+    group = None
+    if settings.agent_chat_id is not None:
+        group = PTBGateway(bot, settings.agent_chat_id, deliver=service.door.deliver)
+    lab = ChatAlerter(service.door.send_text, settings.lab_chat_id) if settings.lab_chat_id is not None else None
+    return Ports(
+        file_fetcher=TelegramFileFetcher(bot),
+        lab_chat=lab,
+        alerter=features.agents if group is not None else None,  # else: the quote feature logs
+        agents_group=group,
+    )
 
-    async def start_outbox() -> None:
-        alerter = desk if desk is not None and desk.enabled else None
-        lab = ChatAlerter(service.door.send_text, settings.lab_chat_id) if settings.lab_chat_id is not None else None
-        hub = await attach_escalation(
-            runtime, settings, fetcher=TelegramFileFetcher(service.application.bot), alerter=alerter, lab_notifier=lab
-        )
-        service.on_stop.insert(0, hub.close)  # stops after the desk (reverse order)
 
-    service.on_start.append(start_outbox)
+async def attach_features(service: Any, runtime: Runtime, settings: Settings, features: Features) -> None:
+    """Start the features with a TelegramService (after getMe), stop them before PTB shuts down."""
+    ports = telegram_ports(service, settings, features)
+
+    async def start() -> None:
+        await runtime.start(ports)
+        desk = features.agents.desk
+        if desk is not None:
+            install(service.application, desk)
+
+    service.on_start.append(start)
+    service.on_stop.append(runtime.stop)

@@ -140,7 +140,7 @@ def never_reached_server(exc: BaseException) -> bool:
     cause = exc.__cause__
     if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return True
-    try:
+    try:  # only PTB's httpx transport raises these; it is not loaded unless chosen
         import httpx
     except ImportError:  # pragma: no cover - PTB depends on httpx
         return False

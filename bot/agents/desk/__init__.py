@@ -1,0 +1,36 @@
+"""The agents' desk, in parts (see ``desk.py`` for the whole shape):
+
+* ``records`` — options, required texts, what agents do (plain records), the engine's lock;
+* ``state`` — ``DeskState``, the mirror's working state;
+* ``desk`` — ``AgentDesk``: wiring, lifecycle, the engine listener, waiting (tests, bench);
+* ``mirror`` — the recorder and the writer (the only caller into the group), topics;
+* ``feed`` — the Live feed and the Escalations topic;
+* ``cards`` — the pinned case cards;
+* ``takeover`` — relaying agents' messages, pause and hand-back;
+* ``timers`` — pause expiry, retention, quote deliveries;
+* ``tools`` — the agents' commands.
+"""
+
+from .desk import AgentDesk
+from .records import (
+    AGENT_ONLY_COMMANDS,
+    REQUIRED_KEYS,
+    AgentCallback,
+    AgentCommand,
+    AgentMessage,
+    DeskOptions,
+    check_content,
+    conversation_lock,
+)
+
+__all__ = [
+    "AGENT_ONLY_COMMANDS",
+    "REQUIRED_KEYS",
+    "AgentCallback",
+    "AgentCommand",
+    "AgentDesk",
+    "AgentMessage",
+    "DeskOptions",
+    "check_content",
+    "conversation_lock",
+]

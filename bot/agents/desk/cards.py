@@ -1,0 +1,147 @@
+"""The pinned case card of each topic: rendered from the conversation's state and transcript
+(and the quote feature's status, through its port), edited when it changes, pinned, and the
+topic renamed when the problem is known.
+"""
+
+
+from __future__ import annotations
+
+import logging
+
+from ..ports import (
+    MessageGone,
+    NotModified,
+    ThreadNotFound,
+)
+from ..registry import Line, Topic
+from ..render import (
+    CardData,
+    clip,
+    one_line,
+    render_card,
+)
+
+log = logging.getLogger(__name__)
+
+
+class CardsPart:
+    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+
+    # -- case cards -------------------------------------------------------------------------------
+    async def _card_step(self) -> bool:
+        assert self.gateway is not None
+        gw = self.gateway
+        for cid in list(self.st.card_work):
+            t = self.st.topics.get(cid)
+            if t is None or t.thread_id is None:
+                self.st.card_work.discard(cid)
+                continue
+            thread = t.thread_id
+            if t.card_message_id is None:
+                return await self._serve_topic(t)
+            message_id = t.card_message_id
+            if t.card_dirty:
+                html = await self._card_html(t)
+                t.card_dirty = False
+                if html != t.card_html:
+                    try:
+                        await self._call(False, lambda m=message_id, h=html: gw.edit(m, h))
+                        t.card_html = html
+                    except NotModified:
+                        t.card_html = html
+                    except MessageGone:
+                        t.card_message_id = None
+                        t.card_pinned = False
+                    except ThreadNotFound:
+                        self._lost_topic(t)
+                    await self.reg.save(t)
+                    return True
+            if not t.card_pinned:
+                try:
+                    await self._call(False, lambda m=message_id: gw.pin(m))
+                    t.card_pinned = True
+                except MessageGone:
+                    t.card_message_id = None
+                except ThreadNotFound:
+                    self._lost_topic(t)
+                await self.reg.save(t)
+                return True
+            if t.name_dirty:
+                name = self._name_for(t)
+                t.name_dirty = False
+                if name != t.topic_name:
+                    try:
+                        await self._call(False, lambda th=thread, n=name: gw.rename_topic(th, n))
+                        t.topic_name = name
+                    except NotModified:
+                        t.topic_name = name
+                    except ThreadNotFound:
+                        self._lost_topic(t)
+                    await self.reg.save(t)
+                    return True
+            if not (t.card_dirty or t.name_dirty or not t.card_pinned or t.card_message_id is None):
+                self.st.card_work.discard(cid)
+        return False
+
+    async def _card_html(self, t: Topic) -> str:
+        state = await self.rstore.load_state(t.conversation_id)
+        rows = await self.reg.conversation_rows(t.conversation_id, 0, None, 5000)
+        values = dict(state.values) if state else {}
+        said = values.get("trigger_text", "")
+        if not said:
+            said = next((r.text for r in rows if r.direction == "in" and r.kind == "text"), "")
+        quote = await self._quote_state(t.conversation_id) or t.quote_state
+        card = CardData(
+            ref=t.ref,
+            conversation_id=t.conversation_id,
+            user_name=(state.user_name if state and state.user_name else t.user_name),
+            symptom_title=self._symptom_title(t.symptom),
+            said=said,
+            step_ref=state.ref if state else "",
+            paused_by=t.paused_by,
+            paused_until=t.paused_until,
+            blocked=bool(state is not None and not state.active),
+            flags=tuple(t.flag_list),
+            steps=tuple(self._steps_tried(rows, values)),
+            values=values,
+            quote_state=quote,
+            messages=len(rows),
+            since=rows[0].ts if rows else None,
+        )
+        return render_card(card, self.texts).html
+
+    def _steps_tried(self, rows: list[Line], values: dict[str, str]) -> list[tuple[str, bool]]:
+        flows, content = self.engine.flows, self.engine.content
+        yes_words, no_words = (
+            set(content.words("engine.yes_words")),
+            set(content.words("engine.no_words")),
+        )
+        out: list[tuple[str, bool]] = []
+        for r in rows:
+            if r.direction != "in" or r.kind not in ("button", "text") or not r.flow:
+                continue
+            ref = f"{r.flow}.{r.step}"
+            if not flows.has(ref):
+                continue
+            step = flows.step(ref)
+            labels = {b.id: content.raw(b.label) for b in step.buttons if b.id in ("yes", "no")}
+            if len(labels) != 2:
+                continue
+            typed = " ".join(r.text.lower().replace("'", "").replace("’", "").split())
+            if r.text == labels["yes"] or typed in yes_words:
+                fixed = True
+            elif r.text == labels["no"] or typed in no_words:
+                fixed = False
+            else:
+                continue
+            what = ""
+            if step.say:
+                try:
+                    what = one_line(content.text(step.say[-1], values))
+                except (KeyError, ValueError, IndexError):
+                    what = step.say[-1]
+            out.append((clip(what or ref, 70), fixed))
+        return out
+
+    async def _quote_state(self, cid: str) -> str:
+        return await self.quotes.quote_state(cid) if self.quotes is not None else ""

@@ -1,0 +1,381 @@
+"""The agents' desk: mirrors every conversation into the agents' forum group, flags
+escalations, relays agents' messages to users (pausing the bot), hands back, and answers
+agents' commands. It sits beside the engine, never in a user's turn.
+
+Shape (all in one event loop, nothing here imports ``telegram``):
+
+* ``on_turn`` is an engine listener: it only puts the ``TurnRecord`` on a queue, so a user's
+  reply is never slowed by the mirror. The *recorder* task takes records off that queue:
+  escalation events become NOTE lines in the transcript (``escalation:<event>``), the case
+  card is marked stale, the symptom noted.
+* The *writer* task is the only one that talks to the group. It reads new transcript rows
+  from SQLite (``messages.id`` cursors, so a restart loses nothing and repeats nothing) and
+  makes at most one call per free slot of the group's budget (``GroupLimiter``: 20/min).
+  Whatever accumulated while it waited goes out in one message: lines are batched. Order of
+  work: answers to agents, topic deletions (privacy), the Escalations list, watched
+  conversations (taken over or escalated), fresh lines, case cards, backfill.
+  When more conversations are waiting than the budget can serve one topic each, fresh
+  lines of several users go out together in one "Live feed" message (grouped per user,
+  each with a link to their topic); their topics are filled in (backfilled) when the rush
+  is over. In every topic and in the feed a user's lines appear in order, none twice.
+* The *agent* task handles what agents do (messages, edits, commands, button presses) in
+  the order they arrive; the Telegram side (``bot.tg.agents_gateway.install``) only queues them.
+* The *timers* task ends pauses nobody ended, purges old transcripts, notices failed quote
+  deliveries.
+
+Without an agents' group (``gateway`` None) the desk still records escalations (for
+``python -m bot stats``) and runs the retention purge.
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+
+import aiosqlite
+
+from bot.core.engine import Engine, TurnRecord
+from bot.core.errors import ContentError
+from bot.store import SQLiteStore
+
+from ..limiter import GroupLimiter
+from ..ports import (
+    Clock,
+    GroupGateway,
+    QuoteStates,
+    SystemClock,
+)
+from ..registry import Registry, Topic
+from ..render import (
+    Html,
+    Texts,
+    fit,
+)
+from .cards import CardsPart
+from .feed import FeedPart
+from .mirror import MirrorPart
+from .records import (
+    NOT_SYMPTOMS,
+    AgentCallback,
+    AgentCommand,
+    AgentMessage,
+    DeskOptions,
+    check_content,
+)
+from .state import DeskState
+from .takeover import TakeoverPart
+from .timers import TimersPart
+from .tools import ToolsPart
+
+log = logging.getLogger(__name__)
+
+
+class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart):
+    """The desk: wiring (engine, store, gateway, options, clock, limiter), lifecycle and the
+    four tasks; each part's methods live in its own module, the state in ``DeskState``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: SQLiteStore,
+        gateway: GroupGateway | None,
+        *,
+        chat_id: int | None = None,
+        admin_ids: Iterable[int] = (),
+        options: DeskOptions | None = None,
+        clock: Clock | None = None,
+        limiter: GroupLimiter | None = None,
+        quotes: QuoteStates | None = None,
+    ) -> None:
+        problems = check_content(engine.content)
+        if problems:
+            raise ContentError(problems)
+        self.engine = engine
+        self.store = store  # SQLiteStore: db, load_state, set_flags, add_entries
+        self.gateway = gateway if chat_id is not None else None
+        self.chat_id = chat_id
+        self.admin_ids = frozenset(admin_ids)
+        self.options = options or DeskOptions()
+        self.quotes = quotes  # the quote feature's port (None: no quote feature, no quote line)
+        self.clock: Clock = clock or SystemClock()
+        o = self.options
+        self.limiter = limiter or GroupLimiter(o.group_limit, o.group_window, reserve=o.reserve)
+        self.texts = Texts(engine.content)
+        # The desk reads and writes on a connection of its own (WAL: readers never wait), so
+        # its queries never queue in front of a user's turn on the engine's connection.
+        self.db = store.db
+        self.rstore = store
+        self._own_db: aiosqlite.Connection | None = None
+        self._tx_lock = store.tx_lock
+        self.reg = Registry(store.db, store.db, self._tx_lock)
+        self.st = DeskState()  # the mirror's working state (state.py)
+        self._ensure_lock = asyncio.Lock()
+        # tasks and signals
+        self._inbox: asyncio.Queue[TurnRecord] = asyncio.Queue()
+        self.agent_inbox: asyncio.Queue[AgentMessage | AgentCommand | AgentCallback] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._timer_wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self.errors = 0
+        self.posted_lines = 0
+
+    @property
+    def enabled(self) -> bool:
+        """True when an agents' group is configured (else: escalations + purge only)."""
+        return self.gateway is not None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        path = getattr(self.store, "path", ":memory:")
+        if path != ":memory:":
+            own = await aiosqlite.connect(path, isolation_level=None)
+            await own.execute("PRAGMA busy_timeout = 10000")
+            await own.execute("PRAGMA foreign_keys = ON")
+            self._own_db = own
+            self.db = own
+            self.rstore = SQLiteStore(own, path)  # reads only (load_state)
+            self.reg = Registry(own, self.store.db, self._tx_lock)
+        reg = self.reg
+        if self.enabled:
+            start = await reg.meta("start_cursor")
+            if start is None:  # first start with a group: mirror from now on, not the history
+                self.st.start_cursor = await reg.max_message_id()
+                await reg.set_meta("start_cursor", self.st.start_cursor)
+            else:
+                self.st.start_cursor = int(start)
+            self.st.feed_cursor = int(await reg.meta("feed_cursor") or self.st.start_cursor)
+            self.st.esc_cursor = int(await reg.meta("esc_cursor") or self.st.start_cursor)
+            self.st.fetched = self.st.feed_cursor
+            esc = await reg.meta("escalations_thread")
+            live = await reg.meta("live_thread")
+            self.st.esc_thread = int(esc) if esc else None
+            self.st.live_thread = int(live) if live else None
+            for t in await reg.all_topics():
+                self._cache(t)
+                if t.thread_id is not None:
+                    self.st.card_work.add(t.conversation_id)  # re-rendered; edited only if it changed
+                if t.topic_cursor < t.seen_cursor:
+                    self.st.gap.add(t.conversation_id)
+            self.st.esc_pending = await reg.escalations_after(self.st.esc_cursor, limit=1000)
+            self.st.esc_known = max([self.st.esc_cursor] + [r.id for r in self.st.esc_pending])
+        await self._reconcile_pauses()
+        if self.on_turn not in self.engine.listeners:
+            self.engine.listeners.append(self.on_turn)
+        self._spawn(self._recorder(), "agents-recorder")
+        self._spawn(self._timers(), "agents-timers")
+        if self.enabled:
+            self._spawn(self._writer(), "agents-writer")
+            self._spawn(self._agent_worker(), "agents-inbox")
+        log.info(
+            "agents' desk started (%s)",
+            f"group {self.chat_id}" if self.enabled else "no agents' group: escalations recorded, retention purge only",
+        )
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+        self._tasks[-1].set_name(name)
+
+    async def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        with contextlib.suppress(ValueError):
+            self.engine.listeners.remove(self.on_turn)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):  # each task catches its own errors
+                await task
+        if self.enabled:
+            with contextlib.suppress(sqlite3.Error):  # progress is saved lazily anyway
+                await self._save_seen(force=True)
+                await self.reg.set_meta("feed_cursor", self.st.feed_cursor)
+        own, self._own_db = self._own_db, None
+        if own is not None:
+            self.db = self.store.db
+            self.rstore = self.store
+            self.reg = Registry(self.store.db, self.store.db, self._tx_lock)
+            await own.close()
+
+    async def __aenter__(self) -> AgentDesk:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the engine listener: nothing but a queue -------------------------------------------------
+    async def on_turn(self, record: TurnRecord) -> None:
+        self._inbox.put_nowait(record)
+
+    def submit(self, item: AgentMessage | AgentCommand | AgentCallback) -> None:
+        """Queue something an agent did (called by the Telegram handler, in arrival order)."""
+        self.agent_inbox.put_nowait(item)
+
+    # -- for other features -----------------------------------------------------------------------
+    async def alert(self, text: str) -> None:
+        """``Alerter`` for the quote feature: a line in the Escalations topic."""
+        if not self.enabled:
+            log.warning("ALERT: %s", text)
+            return
+        html = fit(Html.text("⚠️ " + text))
+
+        async def send() -> None:
+            thread = await self._escalations_thread(urgent=True)
+            await self._send_or_forget_thread(thread, html.html, "escalations")
+
+        self.st.urgent.append(send)
+        self._wake.set()
+
+    async def report_event(self, conversation_id: str, event: str) -> None:
+        """Flag an event that happened outside a turn (e.g. ``quote_failed``)."""
+        topic = await self._ensure(conversation_id) if self.enabled else None
+        await self._flag(conversation_id, topic, event)
+        self._wake.set()
+
+    # -- waiting (tests, benchmark) ---------------------------------------------------------------
+    def backlog(self) -> dict[str, int]:
+        return {
+            "fresh_lines": sum(len(q) for q in self.st.pending.values()),
+            "fresh_conversations": sum(1 for q in self.st.pending.values() if q),
+            "urgent": len(self.st.urgent),
+            "escalations": len(self.st.esc_pending),
+            "records": self._inbox.qsize(),
+            "agent_inbox": self.agent_inbox.qsize() + self.st.agent_busy,
+            "gaps": len(self.st.gap),
+            "cards": len(self.st.card_work),
+            "trash": len(self.st.trash),
+        }
+
+    def caught_up(self, *, full: bool = False) -> bool:
+        """Every line is visible in the group (``full``: in its own topic, cards current too)."""
+        b = self.backlog()
+        live = not (
+            b["fresh_lines"]
+            or b["urgent"]
+            or b["escalations"]
+            or b["records"]
+            or b["agent_inbox"]
+            or b["trash"]
+            or self.st.busy
+        )
+        if not full:
+            return live
+        return live and not (b["gaps"] or b["cards"])
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"agents' desk: timed out waiting for {what or predicate}; backlog {self.backlog()}")
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), min(remaining, 0.2))
+
+    async def settle(self, timeout: float = 10.0, *, full: bool = False) -> None:
+        """Wait until the mirror caught up: records processed, every stored line read and
+        posted (``full``: also in its own topic, with current cards)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            await self.wait_until(
+                lambda: self.caught_up(full=full), max(0.01, deadline - loop.time()), "the mirror to catch up"
+            )
+            if not self.enabled or await self.reg.max_message_id() <= self.st.fetched:
+                if self.caught_up(full=full):
+                    return
+            else:
+                self._new_rows()
+            if loop.time() > deadline:
+                raise TimeoutError(f"agents' desk: not caught up; backlog {self.backlog()}")
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), 0.2)
+
+    def _tick(self) -> None:
+        self._progress.set()
+
+    # -- the topic cache --------------------------------------------------------------------------
+    def _cache(self, t: Topic) -> Topic:
+        self.st.topics[t.conversation_id] = t
+        self.st.by_ref[t.ref] = t.conversation_id
+        if t.thread_id is not None:
+            self.st.by_thread[t.thread_id] = t.conversation_id
+        return t
+
+    async def _ensure(self, cid: str) -> Topic:
+        t = self.st.topics.get(cid)
+        if t is not None:
+            return t
+        async with self._ensure_lock:
+            t = self.st.topics.get(cid)
+            if t is not None:
+                return t
+            t = await self.reg.topic(cid) or await self.reg.create_topic(cid, self.st.start_cursor)
+            return self._cache(t)
+
+    def topic_of(self, conversation_id: str) -> Topic | None:
+        return self.st.topics.get(conversation_id)
+
+    def _drop(self, cid: str) -> None:
+        t = self.st.topics.pop(cid, None)
+        if t is not None:
+            self.st.by_ref.pop(t.ref, None)
+            if t.thread_id is not None:
+                self.st.by_thread.pop(t.thread_id, None)
+        self.st.pending_rows -= len(self.st.pending.pop(cid, ()))
+        self.st.card_work.discard(cid)
+        self.st.gap.discard(cid)
+        self.st.open_now.discard(cid)
+        self.st.escalated.discard(cid)
+        self.st.esc_pending = [r for r in self.st.esc_pending if r.conversation_id != cid]
+        for key in [k for k in self.st.flag_times if k[0] == cid]:
+            del self.st.flag_times[key]
+
+    # around a deletion (the feature's /forget and our own): nothing of it is posted meanwhile
+    def forgetting(self, conversation_id: str) -> None:
+        self.st.forgotten[conversation_id] = math.inf
+        self._drop(conversation_id)
+
+    def forgotten(self, conversation_id: str, upto_id: int) -> None:
+        self.st.forgotten[conversation_id] = upto_id
+        self._drop(conversation_id)
+        self.st.trash_dirty = True
+        self._wake.set()
+
+    def _is_watched(self, t: Topic) -> bool:
+        return t.paused_until is not None or t.watched_until > self.clock.now()
+
+    def _mark_card(self, t: Topic) -> None:
+        t.card_dirty = True
+        if t.thread_id is not None:
+            self.st.card_work.add(t.conversation_id)
+
+    def _symptom_of(self, flow: str) -> str:
+        f = self.engine.flows.flows.get(flow)
+        if f is None or not f.intents or flow in NOT_SYMPTOMS:
+            return ""
+        return flow
+
+    def _symptom_title(self, flow: str) -> str:
+        f = self.engine.flows.flows.get(flow)
+        if f is None:
+            return ""
+        try:
+            return self.engine.content.raw(f.title)
+        except KeyError:
+            return flow
+

@@ -1,0 +1,499 @@
+"""Mirroring, part 1: the recorder (turns in, NOTE lines and topic registrations out) and the
+writer (the only task that calls into the group: one call per free slot, urgent work first,
+then escalations, watched conversations, fresh lines, cards, backfill), and the topics.
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bot.core.engine import TurnRecord
+from bot.core.ports import Direction, Entry
+
+from ..ports import (
+    Clock,
+    GatewayError,
+    MessageGone,
+    RetryLater,
+    ThreadNotFound,
+)
+from ..registry import Line, Topic
+from ..render import (
+    Html,
+    fit,
+    flag_label,
+    join,
+    pack,
+    render_line,
+    topic_name,
+)
+from .records import (
+    ESCALATIONS,
+    MAX_PENDING,
+    T,
+    unhtml,
+)
+
+log = logging.getLogger(__name__)
+
+
+class MirrorPart:
+    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+
+    # -- the recorder -----------------------------------------------------------------------------
+    async def _recorder(self) -> None:
+        while True:
+            batch = [await self._inbox.get()]
+            self.st.busy = True
+            # gather what else arrives in the next moment: one pass (and one write) for many
+            # turns instead of a wake-up per turn; nothing waits on this but the mirror
+            await asyncio.sleep(self.options.record_every)
+            while not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            self.st.busy = True
+            try:
+                await self._record_batch(batch)
+            except Exception:  # the listener's boundary: the next batch must still be recorded
+                self.errors += 1
+                cids = sorted({r.conversation_id for r in batch})
+                log.exception("agents: recording %d turn(s) failed (conversations %s)", len(batch), ", ".join(cids))
+            finally:
+                self.st.busy = False
+            self._new_rows()
+            self._tick()
+
+    async def _record_batch(self, batch: list[TurnRecord]) -> None:
+        """What the mirror needs from a batch of turns, with as few writes as possible (the
+        database is the users' too): new conversations registered together, changed topics
+        saved together; escalation events become NOTE lines."""
+        records = [
+            r for r in batch if "forgotten" not in r.events and self.st.forgotten.get(r.conversation_id) != math.inf
+        ]
+        if self.enabled:
+            symptoms = {r.conversation_id: self._symptom_of(r.state.flow) for r in records}
+            await self._ensure_many([r.conversation_id for r in records], symptoms)
+        for rec in records:
+            topic = self.st.topics.get(rec.conversation_id) if self.enabled else None
+            if topic is None:
+                continue
+            if rec.state.user_name and rec.state.user_name != topic.user_name:
+                topic.user_name = rec.state.user_name
+            symptom = self._symptom_of(rec.state.flow)
+            if symptom and symptom != topic.symptom:
+                topic.symptom = symptom  # saved with the topic's next save (no write per turn)
+                if topic.thread_id is not None:
+                    topic.name_dirty = True
+            self._mark_card(topic)
+        for rec in records:
+            events = list(rec.events)
+            # "Talk to a person" is the human_agent flow: flagged even if the flow raises nothing
+            if rec.state.flow == "human_agent" and "human_requested" not in events:
+                events.append("human_requested")
+            for ev in events:
+                try:
+                    await self._flag(rec.conversation_id, self.st.topics.get(rec.conversation_id), ev)
+                except sqlite3.Error:
+                    self.errors += 1
+                    log.exception("agents: flagging %s for %s failed", ev, rec.conversation_id)
+
+    async def _ensure_many(self, cids: list[str], symptoms: dict[str, str] | None = None) -> None:
+        missing = list(dict.fromkeys(c for c in cids if c not in self.st.topics))
+        if not missing:
+            return
+        async with self._ensure_lock:
+            missing = [c for c in missing if c not in self.st.topics]
+            if missing:
+                for t in await self.reg.create_topics(missing, self.st.start_cursor, symptoms):
+                    if t.conversation_id not in self.st.topics:
+                        self._cache(t)
+
+    async def _flag(self, cid: str, topic: Topic | None, event: str) -> None:
+        if event in ("paused_message", "forgotten", ""):
+            return
+        now = self.clock.now()
+        last = self.st.flag_times.get((cid, event))
+        if last is not None and now - last < self.options.repeat_seconds:
+            return
+        self.st.flag_times[(cid, event)] = now
+        kind = f"escalation:{event}" if event in ESCALATIONS else f"flag:{event}"
+        await self.store.add_entries(cid, [Entry(Direction.NOTE, flag_label(event, self.texts), kind=kind)])
+        self._new_rows(escalation=event in ESCALATIONS)
+        if topic is not None:
+            topic.add_flag(event)
+            if event == "quote_sent":
+                topic.quote_state = topic.quote_state or "sent"
+            elif event == "quote_failed":
+                topic.quote_state = "failed"
+            if event in ESCALATIONS:
+                topic.escalated_until = now + self.options.watch_seconds
+                self.st.escalated.add(cid)
+            await self.reg.save(topic)
+            self._mark_card(topic)
+
+    async def _note(self, cid: str, text: Html | str) -> None:
+        plain = text if isinstance(text, str) else unhtml(text)
+        await self.store.add_entries(cid, [Entry(Direction.NOTE, plain, kind="note")])
+        self._new_rows()
+
+    # -- the writer -------------------------------------------------------------------------------
+    async def _writer(self) -> None:
+        backoff = 0.0
+        resume_at = 0.0
+        while True:
+            try:
+                if self.st.trash_dirty:
+                    self.st.trash_dirty = False
+                    self.st.trash = deque(await self.reg.trashed())
+                # answers to agents and privacy deletions may use the reserved slots; everything
+                # else (escalations first) is spread evenly over the window
+                urgent = bool(self.st.urgent or self.st.trash)
+                waiting = self.st.maybe_new or self.st.more or self.st.esc_hint
+                if not urgent and not waiting and not self._normal_work():
+                    await self._save_seen(force=True)  # idle: a good moment to persist progress
+                    self._tick()
+                    await self._idle()
+                    continue
+                delay = self.limiter.delay(urgent)
+                if backoff:
+                    delay = max(delay, resume_at - self.limiter.clock.now())
+                if delay > 0:
+                    self._tick()
+                    await self._wait(self._wake, delay)
+                    continue
+                if self.st.esc_hint:
+                    self.st.esc_hint = False
+                    await self._fetch_escalations()
+                    continue
+                if (self.st.maybe_new or self.st.more) and self.st.pending_rows < MAX_PENDING:
+                    # read new transcript rows only when a call can go out: one query per slot,
+                    # not one per user turn (the database is the users' too)
+                    self.st.maybe_new = False
+                    await self._fetch()
+                    continue
+                try:
+                    called = await self._step(urgent)
+                    backoff = 0.0
+                except RetryLater as exc:
+                    log.warning("agents' group: 429, waiting %.0f s", exc.retry_after)
+                    self.limiter.block(exc.retry_after)
+                    called = True
+                except GatewayError as exc:
+                    self.errors += 1
+                    backoff = min(self.options.max_backoff, backoff * 2 or 1.0)
+                    resume_at = self.limiter.clock.now() + backoff
+                    log.warning("agents' group: %s; retrying in %.0f s", exc, backoff)
+                    called = True
+                self._tick()
+                if not called:
+                    await self._idle()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not stop the mirror for good
+                self.errors += 1
+                log.exception("agents' writer failed; continuing")
+                await self._wait(self._wake, 1.0)
+
+    async def _idle(self) -> None:
+        self.st.writer_idle = True
+        try:
+            await self._wait(self._wake, None)
+        finally:
+            self.st.writer_idle = False
+
+    def _new_rows(self, *, escalation: bool = False) -> None:
+        """Rows were stored (a turn, a note, a flag): the writer reads them at its next slot.
+        It is woken only if idle (or for an escalation, which may use a reserved slot sooner);
+        when it waits for a slot it will look anyway — no wake-up per user turn."""
+        self.st.maybe_new = True
+        if escalation:
+            self.st.esc_hint = True
+        if self.st.writer_idle or escalation:
+            self._wake.set()
+
+    async def _wait(self, event: asyncio.Event, timeout: float | None, clock: Clock | None = None) -> None:
+        if event.is_set():
+            event.clear()
+            return
+        waiter = asyncio.ensure_future(event.wait())
+        waits: set[asyncio.Future[Any]] = {waiter}
+        if timeout is not None:
+            waits.add(asyncio.ensure_future((clock or self.limiter.clock).sleep(timeout)))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            for w in waits:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w
+        event.clear()
+
+    async def _fetch(self) -> None:
+        """Read new transcript rows (oldest first) into the per-conversation queues — at most
+        ``MAX_PENDING`` held in memory: a longer backlog stays in the database until needed."""
+        self.st.more = False
+        while self.st.pending_rows < MAX_PENDING:
+            rows = await self.reg.rows_after(self.st.fetched, 200)
+            await self._ensure_many(
+                [
+                    r.conversation_id
+                    for r in rows
+                    if r.conversation_id not in self.st.topics and self.st.forgotten.get(r.conversation_id, -1) < r.id
+                ]
+            )
+            for r in rows:
+                self.st.fetched = r.id
+                cid = r.conversation_id
+                barrier = self.st.forgotten.get(cid)
+                if barrier is not None and r.id <= barrier:
+                    continue
+                t = self.st.topics.get(cid) or await self._ensure(cid)
+                if r.id <= t.seen_cursor:
+                    continue
+                self.st.pending.setdefault(cid, deque()).append(r)
+                self.st.pending_rows += 1
+                if r.direction == "note" and r.kind.startswith("escalation:") and r.id > self.st.esc_known:
+                    self.st.esc_pending.append(r)
+                    self.st.esc_known = r.id
+            if len(rows) < 200:
+                break
+            await asyncio.sleep(0)  # a long backlog is read in slices: users' turns go between
+        else:
+            self.st.more = True
+        await self._advance_feed()
+
+    async def _fetch_escalations(self) -> None:
+        """Escalations are read ahead of the backlog: they must not wait behind it."""
+        for r in await self.reg.escalations_after(self.st.esc_known, 200):
+            if self.st.forgotten.get(r.conversation_id, -1) < r.id and r.conversation_id in self.st.topics:
+                self.st.esc_pending.append(r)
+            self.st.esc_known = max(self.st.esc_known, r.id)
+
+    async def _save_seen(self, force: bool = False) -> None:
+        """Persist Live-feed progress lazily (every few seconds): after a crash at most those
+        seconds of lines are posted to the feed again; topics have their own cursors."""
+        now = time.monotonic()
+        if self.st.seen_dirty and (force or now - self.st.seen_saved_at > 2.0):
+            self.st.seen_saved_at = now
+            topics = [self.st.topics[c] for c in self.st.seen_dirty if c in self.st.topics]
+            self.st.seen_dirty.clear()
+            await self.reg.save_seen(topics)
+
+    async def _advance_feed(self) -> None:
+        heads = [q[0].id for q in self.st.pending.values() if q]
+        feed = (min(heads) - 1) if heads else self.st.fetched
+        if feed > self.st.feed_cursor:
+            self.st.feed_cursor = feed
+            now = time.monotonic()
+            if now - self.st.feed_saved_at > 2.0:  # lazily: the topics' own cursors prevent repeats
+                self.st.feed_saved_at = now
+                await self.reg.set_meta("feed_cursor", feed)
+
+    def _normal_work(self) -> bool:
+        return (
+            bool(self.st.esc_pending)
+            or any(self.st.pending.values())
+            or bool(self.st.card_work or self.st.gap or self.st.open_now or self.st.escalated)
+        )
+
+    async def _call(self, urgent: bool, fn: Callable[[], Awaitable[T]]) -> T:
+        """One call into the group, counted against its budget whatever the outcome."""
+        self.limiter.started(urgent)
+        try:
+            return await fn()
+        finally:
+            self.limiter.finished()
+
+    async def _step(self, urgent: bool) -> bool:
+        """Make at most one call into the group; False if nothing needed one."""
+        assert self.gateway is not None
+        gw = self.gateway
+        if self.st.urgent:
+            job = self.st.urgent.popleft()
+            try:
+                await self._call(True, job)
+            except (RetryLater, ThreadNotFound):
+                self.st.urgent.appendleft(job)
+                raise
+            except GatewayError as exc:  # an answer that can't be posted is not retried forever
+                log.warning("agents: an answer to agents could not be posted: %s", exc)
+            return True
+        if self.st.trash:
+            thread = self.st.trash[0]
+            try:
+                await self._call(True, lambda: gw.delete_topic(thread))
+            except (ThreadNotFound, MessageGone):
+                pass
+            except GatewayError as exc:
+                if not isinstance(exc, RetryLater):
+                    log.warning("agents: deleting topic %s failed (%s); not retried", thread, exc)
+                else:
+                    raise
+            self.st.trash.popleft()
+            await self.reg.untrash(thread)
+            return True
+        if self.st.esc_pending:
+            return await self._post_escalations()
+        fresh = [cid for cid, q in self.st.pending.items() if q]
+        candidates = set(fresh) | self.st.gap | self.st.open_now
+        watched = [cid for cid in candidates if (t := self.st.topics.get(cid)) is not None and self._is_watched(t)]
+        for cid in sorted(watched, key=self._age):
+            if await self._serve_topic(self.st.topics[cid]):
+                return True
+            self.st.open_now.discard(cid)
+        others = [cid for cid in fresh if cid not in watched]
+        if others:
+            if len(others) <= self.options.digest_threshold:
+                for cid in sorted(others, key=lambda c: self.st.pending[c][0].id):
+                    if await self._serve_topic(self.st.topics[cid]):
+                        return True
+            elif await self._post_digest(others):
+                return True
+        now = self.clock.now()
+        for cid in sorted(self.st.escalated, key=self._age):  # escalated: their topics come next
+            t = self.st.topics.get(cid)
+            if t is None or t.escalated_until <= now:
+                self.st.escalated.discard(cid)
+                continue
+            if await self._serve_topic(t):
+                return True
+            if t.card_message_id is not None and t.topic_cursor >= t.seen_cursor:
+                self.st.escalated.discard(cid)
+        if await self._card_step():
+            return True
+        for cid in sorted(self.st.gap, key=lambda c: self.st.topics[c].topic_cursor if c in self.st.topics else 0):
+            t = self.st.topics.get(cid)
+            if t is None or t.topic_cursor >= t.seen_cursor:
+                self.st.gap.discard(cid)
+                continue
+            if await self._serve_topic(t):
+                return True
+        return False
+
+    def _surge(self) -> bool:
+        """More conversations are waiting than the group's budget serves one topic each."""
+        waiting = sum(1 for q in self.st.pending.values() if q)
+        return waiting > self.options.digest_threshold
+
+    def _age(self, cid: str) -> int:
+        q = self.st.pending.get(cid)
+        if q:
+            return q[0].id
+        t = self.st.topics.get(cid)
+        return t.topic_cursor if t else 0
+
+    # -- topics -----------------------------------------------------------------------------------
+    def _lost_topic(self, t: Topic) -> None:
+        log.info("agents: topic %s of %s is gone; it will be recreated", t.thread_id, t.conversation_id)
+        if t.thread_id is not None:
+            self.st.by_thread.pop(t.thread_id, None)
+        t.thread_id = None
+        t.card_message_id = None
+        t.card_pinned = False
+        t.card_html = ""
+        t.card_dirty = True
+        self.st.card_work.discard(t.conversation_id)
+
+    def _name_for(self, t: Topic) -> str:
+        return topic_name(t.user_name, t.ref, self._symptom_title(t.symptom), self.texts)
+
+    async def _create_topic(self, t: Topic, urgent: bool) -> None:
+        assert self.gateway is not None
+        gw = self.gateway
+        if not t.user_name:
+            state = await self.rstore.load_state(t.conversation_id)
+            t.user_name = state.user_name if state else ""
+        name = self._name_for(t)
+        thread = await self._call(urgent, lambda: gw.create_topic(name))
+        t.thread_id = thread
+        t.topic_name = name
+        t.name_dirty = False
+        t.card_message_id = None
+        t.card_pinned = False
+        t.card_html = ""
+        self.st.by_thread[thread] = t.conversation_id
+        await self.reg.save(t)
+        self._mark_card(t)
+
+    async def _serve_topic(self, t: Topic) -> bool:
+        """The next call for one conversation's topic: create it, post its card, then lines."""
+        assert self.gateway is not None
+        gw = self.gateway
+        if t.conversation_id not in self.st.topics:
+            return False
+        if t.thread_id is None:
+            await self._create_topic(t, urgent=False)
+            return True
+        thread = t.thread_id
+        if t.card_message_id is None:
+            html = await self._card_html(t)
+            try:
+                sent = await self._call(False, lambda: gw.send(thread, html))
+            except ThreadNotFound:
+                self._lost_topic(t)
+                await self.reg.save(t)
+                return True
+            t.card_message_id = sent.message_id
+            t.card_html = html
+            t.card_dirty = False
+            await self.reg.save(t)
+            return True
+        batch = await self._topic_batch(t)
+        if batch is None:
+            return False
+        html, last_id, count = batch
+        if html:
+            try:
+                await self._call(False, lambda: gw.send(thread, html))
+            except ThreadNotFound:
+                self._lost_topic(t)
+                await self.reg.save(t)
+                return True
+            self.posted_lines += count
+        t.topic_cursor = max(t.topic_cursor, last_id)
+        t.seen_cursor = max(t.seen_cursor, last_id)
+        self._consume(t.conversation_id, last_id)
+        if t.topic_cursor >= t.seen_cursor:
+            self.st.gap.discard(t.conversation_id)
+        await self.reg.save(t)
+        await self._advance_feed()
+        return bool(html)
+
+    async def _topic_batch(self, t: Topic) -> tuple[str, int, int] | None:
+        """Lines not yet in this topic (earlier ones first), packed into one message."""
+        limit = 400
+        rows: list[Line] = []
+        if t.topic_cursor < t.seen_cursor:
+            rows = await self.reg.conversation_rows(t.conversation_id, t.topic_cursor, t.seen_cursor, limit)
+        if len(rows) < limit:
+            rows += [r for r in self.st.pending.get(t.conversation_id, ()) if r.id > max(t.topic_cursor, t.seen_cursor)]
+        if not rows:
+            return None
+        items: list[tuple[int, Html]] = []
+        for r in rows:
+            if r.direction == "agent":  # the agent's own message is already in the topic
+                continue
+            items.append((r.id, fit(render_line(r, self.texts, out_limit=self.options.topic_out_limit))))
+        if not items:
+            return "", rows[-1].id, 0
+        n = pack([h for _, h in items])
+        last_id = rows[-1].id if n == len(items) else items[n - 1][0]
+        html = join(h for _, h in items[:n]).html
+        return html, last_id, n
+
+    def _consume(self, cid: str, upto: int) -> None:
+        q = self.st.pending.get(cid)
+        while q and q[0].id <= upto:
+            q.popleft()
+            self.st.pending_rows -= 1
+        if q is not None and not q:
+            del self.st.pending[cid]

@@ -1,0 +1,181 @@
+"""What the desk is configured with and what agents do, as plain records: the options
+(``DeskOptions``), the texts it needs (``REQUIRED_KEYS``), the agents' messages, commands and
+button presses (filled in by ``bot.tg.agents_gateway``), and the engine's per-conversation lock.
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import html as _html
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from bot.core.engine import Engine
+from bot.core.errors import Problem
+
+from ..render import (
+    Html,
+)
+
+log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+
+# Commands only agents may use. In a private chat anyone else gets no answer at all.
+AGENT_ONLY_COMMANDS = frozenset({"done", "transcript", "stats", "unmatched", "find"})
+# Events listed in the Escalations topic; other flags only mark the user's topic and card.
+ESCALATIONS = (
+    "human_requested",
+    "still_broken",
+    "not_understood_twice",
+    "quote_sent",
+    "quote_failed",
+)
+NOT_SYMPTOMS = frozenset({"main_menu", "common", "human_agent", "quote"})
+NO_CAPTION = frozenset({"sticker", "video_note", "location", "venue", "contact", "dice", "poll"})
+MAX_PENDING = 1500  # transcript rows the mirror holds in memory (the rest waits in SQLite)
+RESUME_COMMAND = "resume"  # the engine command that hands a conversation back (bot.agents.commands)
+CALLBACK_PREFIX = "ag:"
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    "agents.joined",
+    "agents.from_person",
+    "agents.correction",
+    "agents.desk.topic_escalations",
+    "agents.desk.topic_live",
+    "agents.desk.anonymous",
+    "agents.desk.card_title",
+    "agents.desk.card_problem",
+    "agents.desk.card_said",
+    "agents.desk.card_no_symptom",
+    "agents.desk.card_bot",
+    "agents.desk.card_paused",
+    "agents.desk.card_blocked",
+    "agents.desk.card_flags",
+    "agents.desk.card_steps",
+    "agents.desk.card_storage",
+    "agents.desk.card_details",
+    "agents.desk.card_quote",
+    "agents.desk.card_counts",
+    "agents.desk.storage_total",
+    "agents.desk.storage_needed",
+    "agents.desk.storage_short",
+    "agents.desk.storage_plan",
+    "agents.desk.escalation_line",
+    "agents.desk.note_paused",
+    "agents.desk.note_handback_resume",
+    "agents.desk.note_handback_menu",
+    "agents.desk.note_expired",
+    "agents.desk.note_blocked",
+    "agents.desk.note_failed",
+    "agents.desk.note_not_telegram",
+    "agents.desk.note_forgotten",
+    "agents.desk.note_edited",
+    "agents.desk.edited_as_correction",
+    "agents.desk.done_prompt",
+    "agents.desk.btn_resume",
+    "agents.desk.btn_menu",
+    "agents.desk.done_not_paused",
+    "agents.desk.done_chosen",
+    "agents.desk.need_topic",
+    "agents.desk.opened",
+    "agents.desk.unknown_ref",
+    "agents.desk.help",
+    "agents.desk.transcript_caption",
+    "agents.desk.stats_period",
+    "agents.desk.stats_today",
+    "agents.desk.stats_week",
+    "agents.desk.stats_counts",
+    "agents.desk.stats_top",
+    "agents.desk.stats_matcher",
+    "agents.desk.unmatched_header",
+    "agents.desk.unmatched_none",
+    "agents.desk.find_header",
+    "agents.desk.find_none",
+    "agents.desk.find_usage",
+    *(f"agents.desk.flag.{e}" for e in (*ESCALATIONS, "data_at_risk")),
+)
+
+
+def check_content(content: Any) -> list[Problem]:
+    """The texts the desk needs (``python -m bot check`` does not know them)."""
+    return [
+        Problem("content/<lang>/agents.yaml", key, "required text missing")
+        for key in REQUIRED_KEYS
+        if not content.has(key)
+    ]
+
+
+@dataclass(frozen=True)
+class DeskOptions:
+    pause_seconds: float = 30 * 60.0  # AGENT_PAUSE_MINUTES
+    retention_days: int = 90  # RETENTION_DAYS
+    group_limit: int = 20  # calls into the agents' group per window (Telegram: 20/min)
+    group_window: float = 60.0
+    reserve: int = 2  # slots per window kept for answers to agents and escalations
+    digest_threshold: int = 4  # more conversations waiting than this: one Live feed message
+    watch_seconds: float = 3600.0  # an escalated conversation stays "watched" this long
+    repeat_seconds: float = 3600.0  # the same flag for a conversation is raised again after this
+    purge_every: float = 3600.0
+    quote_poll_every: float = 30.0
+    topic_out_limit: int = 300  # characters of a bot reply shown in a topic (the file has all)
+    digest_out_limit: int = 80
+    digest_in_limit: int = 300
+    member_cache_seconds: float = 600.0
+    record_every: float = 0.05  # real seconds the recorder collects turns before one pass
+    max_backoff: float = 60.0
+
+
+# -- what agents do, as plain records (filled in by bot.tg.agents_gateway) -----------------------
+
+
+@dataclass(frozen=True)
+class AgentMessage:
+    chat_id: int
+    thread_id: int | None
+    message_id: int
+    user_id: int
+    user_name: str
+    text: str  # plain text or caption
+    html: str  # the same with the agent's formatting, as Telegram HTML
+    media: str = ""  # photo, document, ... ("" for text)
+    edited: bool = False
+
+
+@dataclass(frozen=True)
+class AgentCommand:
+    chat_id: int
+    thread_id: int | None
+    message_id: int
+    user_id: int
+    user_name: str
+    name: str  # without the slash and @bot
+    arg: str
+    private: bool = False  # sent to the bot in a private chat (admins, agents)
+
+
+@dataclass(frozen=True)
+class AgentCallback:
+    callback_id: str
+    chat_id: int
+    message_id: int
+    thread_id: int | None
+    user_id: int
+    user_name: str
+    data: str
+
+
+def conversation_lock(engine: Engine, conversation_id: str) -> asyncio.Lock:
+    """The engine's own per-conversation lock: flipping ``paused`` under it means no turn can
+    load the old value and save it back over ours."""
+    return engine.lock_for(conversation_id)
+
+
+
+
+def unhtml(h: Html) -> str:
+    return _html.unescape(re.sub(r"<[^>]+>", "", h.html))

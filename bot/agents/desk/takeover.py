@@ -1,0 +1,238 @@
+"""Takeover and hand-back: agents' messages relayed to the user (pausing the bot), edits,
+the hand-back (``resume``) through the engine, pauses restored after a restart.
+"""
+
+
+from __future__ import annotations
+
+import logging
+
+from bot.core.messages import EventKind, Inbound
+from bot.core.ports import Direction, Entry
+
+from .. import privacy
+from ..ports import (
+    GatewayError,
+    NotModified,
+    UserBlocked,
+)
+from ..registry import Topic
+from ..render import (
+    MAX_CAPTION,
+    MAX_VISIBLE,
+    NL,
+    Html,
+    clip,
+    tg_len,
+)
+from .records import (
+    NO_CAPTION,
+    RESUME_COMMAND,
+    AgentCallback,
+    AgentCommand,
+    AgentMessage,
+    conversation_lock,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TakeoverPart:
+    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+
+    # -- agents' input ----------------------------------------------------------------------------
+    async def _agent_worker(self) -> None:
+        while True:
+            item = await self.agent_inbox.get()
+            self.st.agent_busy = 1
+            try:
+                if isinstance(item, AgentMessage):
+                    if item.edited:
+                        await self._on_agent_edit(item)
+                    else:
+                        await self._on_agent_message(item)
+                elif isinstance(item, AgentCommand):
+                    await self._on_command(item)
+                elif isinstance(item, AgentCallback):
+                    await self._on_callback(item)
+            except Exception:
+                self.errors += 1
+                log.exception("agents: handling %s failed", type(item).__name__)
+            finally:
+                self.st.agent_busy = 0
+                self.agent_inbox.task_done()
+                self._new_rows()
+                self._tick()
+
+    def _head(self, agent: str) -> Html:
+        return Html("<b>", 0) + self.texts("agents.from_person", name=agent or "?") + Html("</b>", 0)
+
+    def _relay_html(self, m: AgentMessage, limit: int) -> str:
+        head = self._head(m.user_name)
+        if not m.text:
+            return head.html
+        if head.visible + 1 + tg_len(m.text) <= limit:
+            return head.html + "\n" + m.html
+        return (head + NL + Html.text(clip(m.text, max(10, limit - head.visible - 2)))).html
+
+    async def _on_agent_message(self, m: AgentMessage) -> None:
+        assert self.gateway is not None
+        gw = self.gateway
+        if m.thread_id is None or m.chat_id != self.chat_id:
+            return
+        cid = self.st.by_thread.get(m.thread_id)
+        if cid is None:
+            return  # General, Escalations, Live feed: talk among agents
+        t = self.st.topics[cid]
+        if await self.reg.relay(m.message_id) is not None:
+            return  # the same update again
+        uid = privacy.telegram_user_id(cid)
+        if uid is None:
+            await self._note(cid, self.texts("agents.desk.note_not_telegram", conversation=cid))
+            return
+        newly = await self._pause(t, m.user_name)
+        what = f"[{m.media}] {m.text}".strip() if m.media else m.text
+        try:
+            if newly:
+                await gw.send_to_user(uid, self.texts("agents.joined").html)
+            if m.media in NO_CAPTION:  # stickers, locations...: who it is from goes first
+                await gw.send_to_user(uid, self._head(m.user_name).html)
+                user_msg = await gw.copy_to_user(uid, m.message_id, None)
+            elif m.media:
+                user_msg = await gw.copy_to_user(uid, m.message_id, self._relay_html(m, MAX_CAPTION))
+            else:
+                user_msg = await gw.send_to_user(uid, self._relay_html(m, MAX_VISIBLE))
+        except UserBlocked:
+            await self._blocked(t)
+            return
+        except GatewayError as exc:
+            await self._note(cid, self.texts("agents.desk.note_failed", error=str(exc)[:200]))
+            return
+        await self.reg.add_relay(m.message_id, cid, user_msg, caption=bool(m.media))
+        await self.store.add_entries(
+            cid,
+            [Entry(Direction.AGENT, f"{m.user_name}: {what}", kind="media" if m.media else "text")],
+        )
+
+    async def _blocked(self, t: Topic) -> None:
+        await self.store.set_flags(t.conversation_id, active=False)
+        await self._note(t.conversation_id, self.texts("agents.desk.note_blocked"))
+        self._mark_card(t)
+
+    async def _on_agent_edit(self, m: AgentMessage) -> None:
+        assert self.gateway is not None
+        gw = self.gateway
+        relay = await self.reg.relay(m.message_id)
+        if relay is None:
+            return
+        cid, user_msg, caption = relay
+        uid = privacy.telegram_user_id(cid)
+        t = self.st.topics.get(cid)
+        if uid is None or t is None:
+            return
+        what = f"[{m.media}] {m.text}".strip() if m.media else m.text
+        corrected = False
+        try:
+            try:
+                await gw.edit_user_message(
+                    uid,
+                    user_msg,
+                    self._relay_html(m, MAX_CAPTION if caption else MAX_VISIBLE),
+                    caption,
+                )
+            except NotModified:
+                return
+            except UserBlocked:
+                raise
+            except GatewayError as exc:  # too old to edit, deleted by the user...: send a correction
+                log.info(
+                    "agents: edit of relayed message %s failed (%s); sending a correction",
+                    user_msg,
+                    exc,
+                )
+                head = Html("<b>", 0) + self.texts("agents.correction") + Html("</b>", 0)
+                await gw.send_to_user(uid, head.html + "\n" + self._relay_html(m, MAX_VISIBLE - 40))
+                corrected = True
+        except UserBlocked:
+            await self._blocked(t)
+            return
+        except GatewayError as exc:
+            await self._note(cid, self.texts("agents.desk.note_failed", error=str(exc)[:200]))
+            return
+        await self.store.add_entries(
+            cid,
+            [
+                Entry(
+                    Direction.AGENT,
+                    f"{m.user_name} (edited): {what}",
+                    kind="media" if m.media else "text",
+                )
+            ],
+        )
+        if corrected:
+            await self._note(
+                cid,
+                self.texts(
+                    "agents.desk.note_edited",
+                    how=self.texts.plain("agents.desk.edited_as_correction"),
+                ),
+            )
+
+    # -- takeover and hand-back -------------------------------------------------------------------------------------
+    async def _pause(self, t: Topic, agent: str) -> bool:
+        newly = t.paused_until is None
+        if newly:
+            async with conversation_lock(self.engine, t.conversation_id):
+                await self.store.set_flags(t.conversation_id, paused=True)
+        t.paused_until = self.clock.now() + self.options.pause_seconds  # each message extends it
+        t.paused_by = agent
+        await self.reg.save(t)
+        self._mark_card(t)
+        self._timer_wake.set()
+        if newly:
+            minutes = str(max(1, round(self.options.pause_seconds / 60)))
+            await self._note(
+                t.conversation_id,
+                self.texts("agents.desk.note_paused", agent=agent or "?", minutes=minutes),
+            )
+        return newly
+
+    async def resume(self, t: Topic, *, agent: str = "", mode: str = "agent") -> None:
+        """Hand a conversation back: unpause, note it, and let the engine speak to the user
+        (``mode``: agent = continue where it was, menu = main menu, expired = pause ran out)."""
+        cid = t.conversation_id
+        async with conversation_lock(self.engine, cid):
+            await self.store.set_flags(cid, paused=False)
+        t.paused_until = None
+        t.paused_by = ""
+        await self.reg.save(t)
+        self._mark_card(t)
+        key = {"menu": "agents.desk.note_handback_menu", "expired": "agents.desk.note_expired"}.get(
+            mode, "agents.desk.note_handback_resume"
+        )
+        minutes = str(max(1, round(self.options.pause_seconds / 60)))
+        await self._note(cid, self.texts(key, agent=agent or "?", minutes=minutes))
+        replies = await self.engine.handle(Inbound(cid, EventKind.COMMAND, text=RESUME_COMMAND, arg=mode))
+        uid = privacy.telegram_user_id(cid)
+        if uid is None or not replies or self.gateway is None:
+            return
+        try:
+            await self.gateway.send_replies(uid, replies)
+        except UserBlocked:
+            await self._blocked(t)
+        except GatewayError as exc:
+            await self._note(cid, self.texts("agents.desk.note_failed", error=str(exc)[:200]))
+
+    async def _reconcile_pauses(self) -> None:
+        """After a restart: a paused conversation gets an expiry; without a group, none stays paused."""
+        paused = await self.store.paused_conversations()
+        for cid in paused:
+            if not self.enabled:
+                log.warning("agents: %s was paused but there is no agents' group: resuming the bot", cid)
+                async with conversation_lock(self.engine, cid):
+                    await self.store.set_flags(cid, paused=False)
+                continue
+            t = await self._ensure(cid)
+            if t.paused_until is None:
+                t.paused_until = self.clock.now() + self.options.pause_seconds
+                await self.reg.save(t)

@@ -1,0 +1,71 @@
+"""Timers: pauses that expire, the retention purge, quote deliveries that changed.
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+from .. import privacy
+
+log = logging.getLogger(__name__)
+
+
+class TimersPart:
+    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+
+    # -- timers: pause expiry, retention, quote deliveries ----------------------------------------
+    async def _timers(self) -> None:
+        next_purge = self.clock.now() + min(600.0, self.options.purge_every)  # not in the start-up rush
+        next_quotes = self.clock.now()
+        while True:
+            try:
+                now = self.clock.now()
+                if now >= next_purge:
+                    next_purge = now + self.options.purge_every
+                    await self.purge()
+                if self.enabled and now >= next_quotes:
+                    next_quotes = now + self.options.quote_poll_every
+                    await self._poll_quotes()
+                for t in [t for t in self.st.topics.values() if t.paused_until is not None and t.paused_until <= now]:
+                    await self.resume(t, mode="expired")
+                pauses = [t.paused_until for t in self.st.topics.values() if t.paused_until is not None]
+                deadline = min([next_purge, next_quotes if self.enabled else math.inf, *pauses])
+                self._tick()
+                await self._wait(self._timer_wake, max(0.0, deadline - self.clock.now()), self.clock)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.errors += 1
+                log.exception("agents' timers failed; continuing")
+                await self._wait(self._timer_wake, 5.0, self.clock)
+
+    async def purge(self) -> int:
+        n = await privacy.purge_expired(
+            self.store.db, self.options.retention_days, now=self.clock.now(), lock=self._tx_lock
+        )
+        if n and self.enabled:
+            alive = {t.conversation_id for t in await self.reg.all_topics()}
+            for cid in [c for c in self.st.topics if c not in alive]:
+                self._drop(cid)
+            self.st.trash_dirty = True
+            self._wake.set()
+        return n
+
+    async def _poll_quotes(self) -> None:
+        if self.quotes is None:
+            return
+        since = float(await self.reg.meta("quotes_seen_at") or 0.0)
+        rows = await self.quotes.quote_changes(since)
+        if not rows:
+            return
+        for cid, status, _ in rows:
+            t = self.st.topics.get(cid)
+            if t is not None:
+                self._mark_card(t)
+            if status == "failed" and since:
+                await self._flag(cid, t, "quote_failed")
+        await self.reg.set_meta("quotes_seen_at", max(r[2] for r in rows))
+        self._wake.set()

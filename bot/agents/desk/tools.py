@@ -1,0 +1,328 @@
+"""The agents' tools: /help, /open_N, /done (and its buttons), /transcript, /stats,
+/unmatched, /find, /forget — who may use them, where the answer goes.
+"""
+
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from .. import labelling, privacy, reports
+from ..ports import (
+    GatewayError,
+    MessageGone,
+    NotModified,
+)
+from ..registry import Topic
+from ..render import (
+    MAX_VISIBLE,
+    NL,
+    Html,
+    clip,
+    day_time,
+    display_name,
+    fit,
+    join,
+    one_line,
+    pack,
+    render_line,
+)
+from .records import (
+    CALLBACK_PREFIX,
+    AgentCallback,
+    AgentCommand,
+    conversation_lock,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ToolsPart:
+    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+
+    # -- commands ---------------------------------------------------------------------------------
+    async def is_agent(self, user_id: int) -> bool:
+        if user_id in self.admin_ids:
+            return True
+        if self.gateway is None:
+            return False
+        cached = self.st.members.get(user_id)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self.options.member_cache_seconds:
+            return cached[0]
+        try:
+            ok = await self.gateway.is_member(user_id)
+        except GatewayError:
+            ok = False
+        self.st.members[user_id] = (ok, now)
+        return ok
+
+    async def _reply(self, c: AgentCommand | AgentCallback, html: Html) -> None:
+        assert self.gateway is not None
+        gw = self.gateway
+        text = fit(html).html if html.visible > MAX_VISIBLE else html.html
+        if isinstance(c, AgentCommand) and c.private:
+            try:
+                await gw.send_private(c.chat_id, text)
+            except GatewayError as exc:
+                log.info("agents: answer to %s not sent: %s", c.chat_id, exc)
+            return
+        thread = c.thread_id
+        self.st.urgent.append(lambda: gw.send(thread, text))
+        self._wake.set()
+
+    async def _target(self, c: AgentCommand) -> tuple[str, Topic | None] | None:
+        if not c.private and c.thread_id is not None and c.thread_id in self.st.by_thread:
+            cid = self.st.by_thread[c.thread_id]
+            return cid, self.st.topics.get(cid)
+        arg = c.arg.strip().lstrip("#")
+        if arg.isdigit() and int(arg) in self.st.by_ref:
+            cid = self.st.by_ref[int(arg)]
+            return cid, self.st.topics.get(cid)
+        if ":" in arg and await reports.conversation(self.db, arg) is not None:
+            return arg, self.st.topics.get(arg)
+        return None
+
+    async def _on_command(self, c: AgentCommand) -> None:
+        if c.private and not await self.is_agent(c.user_id):
+            log.info("agent command /%s from non-agent %s ignored", c.name, c.user_id)
+            return  # nothing back: not even "unknown command"
+        name = c.name.lower()
+        if name.startswith("open_") and name[5:].isdigit():
+            await self._cmd_open(c, int(name[5:]))
+            return
+        handler = {
+            "help": self._cmd_help,
+            "start": self._cmd_help,
+            "done": self._cmd_done,
+            "transcript": self._cmd_transcript,
+            "stats": self._cmd_stats,
+            "unmatched": self._cmd_unmatched,
+            "find": self._cmd_find,
+            "forget": self._cmd_forget,
+        }.get(name)
+        if handler is not None:
+            await handler(c)
+
+    async def _cmd_help(self, c: AgentCommand) -> None:
+        await self._reply(c, self.texts("agents.desk.help"))
+
+    async def _cmd_open(self, c: AgentCommand, ref: int) -> None:
+        cid = self.st.by_ref.get(ref)
+        if cid is None:
+            await self._reply(c, self.texts("agents.desk.unknown_ref", ref=str(ref)))
+            return
+        t = self.st.topics[cid]
+        t.watched_until = max(t.watched_until, self.clock.now() + self.options.watch_seconds)
+        self.st.open_now.add(cid)  # served first: topic, card, then everything it missed
+        if t.topic_cursor < t.seen_cursor:
+            self.st.gap.add(cid)
+        await self._reply(c, self.texts("agents.desk.opened", ref=str(ref)))
+
+    async def _cmd_done(self, c: AgentCommand) -> None:
+        target = await self._target(c)
+        if target is None or target[1] is None:
+            await self._reply(c, self.texts("agents.desk.need_topic"))
+            return
+        t = target[1]
+        if t.paused_until is None:
+            await self._reply(c, self.texts("agents.desk.done_not_paused"))
+            return
+        assert self.gateway is not None
+        gw = self.gateway
+        html = self.texts("agents.desk.done_prompt", name=display_name(t.user_name, self.texts)).html
+        buttons = [
+            (self.texts.plain("agents.desk.btn_resume"), f"{CALLBACK_PREFIX}r:{t.ref}"),
+            (self.texts.plain("agents.desk.btn_menu"), f"{CALLBACK_PREFIX}m:{t.ref}"),
+        ]
+        thread = c.thread_id if not c.private else t.thread_id
+        if c.private:
+            await gw.send_private(c.chat_id, html)  # no buttons in private: use the topic
+            return
+        self.st.urgent.append(lambda: gw.send(thread, html, buttons))
+        self._wake.set()
+
+    async def _on_callback(self, cb: AgentCallback) -> None:
+        assert self.gateway is not None
+        gw = self.gateway
+        data = cb.data or ""
+        if data.startswith(labelling.PREFIX):  # an agent labelled an unmatched message
+            toast, html = await labelling.on_press(self.store, self.texts, data, cb.user_name)
+            with contextlib.suppress(GatewayError):
+                await gw.answer_callback(cb.callback_id, toast)
+            if html:
+                with contextlib.suppress(NotModified, MessageGone, GatewayError):
+                    await gw.edit(cb.message_id, html)
+            return
+        if not data.startswith(CALLBACK_PREFIX):
+            with contextlib.suppress(GatewayError):
+                await gw.answer_callback(cb.callback_id)
+            return
+        kind, _, ref_s = data[len(CALLBACK_PREFIX) :].partition(":")
+        cid = self.st.by_ref.get(int(ref_s)) if ref_s.isdigit() else None
+        t = self.st.topics.get(cid) if cid else None
+        if t is None or t.paused_until is None:
+            with contextlib.suppress(GatewayError):
+                await gw.answer_callback(cb.callback_id, self.texts.plain("agents.desk.done_not_paused"))
+            return
+        mode = "menu" if kind == "m" else "agent"
+        label = self.texts.plain("agents.desk.btn_menu" if mode == "menu" else "agents.desk.btn_resume")
+        with contextlib.suppress(GatewayError):
+            await gw.answer_callback(cb.callback_id)
+        await self.resume(t, agent=cb.user_name, mode=mode)
+        chosen = self.texts("agents.desk.done_chosen", choice=label, agent=cb.user_name or "?").html
+        message_id = cb.message_id
+
+        async def edit() -> None:
+            with contextlib.suppress(NotModified, MessageGone):
+                await gw.edit(message_id, chosen)
+
+        self.st.urgent.append(edit)
+        self._wake.set()
+
+    async def _cmd_transcript(self, c: AgentCommand) -> None:
+        assert self.gateway is not None
+        gw = self.gateway
+        target = await self._target(c)
+        if target is None:
+            await self._reply(c, self.texts("agents.desk.need_topic"))
+            return
+        cid, t = target
+        info = await reports.conversation(self.db, cid)
+        lines = await reports.transcript(self.db, cid)
+        data = reports.to_markdown(info, cid, lines).encode("utf-8")
+        ref = str(t.ref) if t else cid
+        name = display_name(info.user_name if info else "", self.texts)
+        caption = self.texts("agents.desk.transcript_caption", name=name, ref=ref, count=str(len(lines))).html
+        filename = f"transcript-{ref.replace(':', '-')}.md"
+        if c.private:
+            try:
+                await gw.send_private_document(c.chat_id, filename, data, caption)
+            except GatewayError as exc:
+                log.info("agents: transcript to %s not sent: %s", c.chat_id, exc)
+            return
+        thread = c.thread_id
+        self.st.urgent.append(lambda: gw.send_document(thread, filename, data, caption))
+        self._wake.set()
+
+    def _flow_title(self, flow: str) -> str:
+        return self._symptom_title(flow) or flow
+
+    def _fmt_stats(self, period_key: str, s: reports.Stats) -> Html:
+        t = self.texts
+        rows = [
+            t("agents.desk.stats_period", period=t.plain(period_key)),
+            t(
+                "agents.desk.stats_counts",
+                conversations=str(s.conversations),
+                resolved=str(s.resolved),
+                escalated=str(s.escalated),
+                quotes=str(s.quotes),
+            ),
+        ]
+        if s.top:
+            rows.append(
+                t(
+                    "agents.desk.stats_top",
+                    top=", ".join(f"{self._flow_title(f)} ({n})" for f, n in s.top),
+                )
+            )
+        rows.append(
+            t(
+                "agents.desk.stats_matcher",
+                rejected=f"{s.rejected_share:.0%}",
+                rejected_n=str(s.rejected),
+                matched=str(s.matched),
+                unsure=f"{s.unsure_share:.0%}",
+            )
+        )
+        return join(rows)
+
+    async def _cmd_stats(self, c: AgentCommand) -> None:
+        now = self.clock.now()
+        today = await reports.stats(self.db, reports.start_of_day(now))
+        week = await reports.stats(self.db, now - 7 * 86400)
+        await self._reply(
+            c,
+            join(
+                [
+                    self._fmt_stats("agents.desk.stats_today", today),
+                    self._fmt_stats("agents.desk.stats_week", week),
+                ],
+                Html("\n\n", 2),
+            ),
+        )
+
+    async def _cmd_unmatched(self, c: AgentCommand) -> None:
+        items = await reports.unmatched(self.db, 15)
+        if not items:
+            await self._reply(
+                c,
+                self.texts("agents.desk.unmatched_header") + NL + self.texts("agents.desk.unmatched_none"),
+            )
+            return
+        rows = [self.texts("agents.desk.unmatched_header")]
+        for u in items:
+            cands = ", ".join(f"{i} {s:.0f}" for i, s in u.candidates[:3]) or "-"
+            rows.append(Html.text(f"• “{clip(one_line(u.text), 150)}” — {u.decision}: {cands}"))
+        await self._reply(c, join(rows[: 1 + pack(rows[1:], MAX_VISIBLE - rows[0].visible - 1)]))
+        if not c.private and self.gateway is not None:  # label them: one message each, with buttons
+            gw, thread = self.gateway, c.thread_id
+            for html, buttons in await labelling.offers(self.store, self.texts):
+                self.st.urgent.append(lambda h=html, b=buttons: gw.send(thread, h, b))
+            self._wake.set()
+
+    async def _cmd_find(self, c: AgentCommand) -> None:
+        query = c.arg.strip()
+        if not query:
+            await self._reply(c, self.texts("agents.desk.find_usage"))
+            return
+        hits = await reports.find(self.db, query, 15)
+        if not hits:
+            await self._reply(c, self.texts("agents.desk.find_none", query=clip(query, 60)))
+            return
+        rows = [self.texts("agents.desk.find_header", count=str(len(hits)), query=clip(query, 60))]
+        for h in hits:
+            t = self.st.topics.get(h.line.conversation_id)
+            who = self._who(t) if t else Html.text(f"{display_name(h.user_name, self.texts)} {h.line.conversation_id}")
+            rows.append(
+                Html.text("• ")
+                + who
+                + Html.text(f" · {day_time(h.line.ts)} · ")
+                + render_line(h.line, self.texts, out_limit=120, in_limit=160)
+            )
+        await self._reply(c, join(rows[: 1 + pack(rows[1:], MAX_VISIBLE - rows[0].visible - 1)]))
+
+    async def _cmd_forget(self, c: AgentCommand) -> None:
+        target = await self._target(c)
+        if target is None:
+            await self._reply(c, self.texts("agents.desk.need_topic"))
+            return
+        cid, t = target
+        ref = str(t.ref) if t else cid
+        await self.forget(cid)
+        uid = privacy.telegram_user_id(cid)
+        if uid is not None and self.gateway is not None:
+            try:
+                await self.gateway.send_to_user(uid, self.texts("agents.forgotten_by_agent").html)
+            except GatewayError as exc:
+                log.info("agents: could not tell %s about the deletion: %s", cid, exc)
+        note = self.texts("agents.desk.note_forgotten", agent=c.user_name or "?", ref=ref)
+        if c.private:
+            await self._reply(c, note)
+            return
+        assert self.gateway is not None
+        gw = self.gateway
+        self.st.urgent.append(lambda: gw.send(None, note.html))
+        self._wake.set()
+
+    async def forget(self, conversation_id: str) -> None:
+        """Erase one conversation everywhere (database, its topic) — an agent's /forget."""
+        self.forgetting(conversation_id)
+        try:
+            async with conversation_lock(self.engine, conversation_id):
+                await privacy.forget_conversation(self.store.db, conversation_id, lock=self._tx_lock)
+        finally:
+            self.forgotten(conversation_id, await self.reg.max_message_id())

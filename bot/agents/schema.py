@@ -1,0 +1,52 @@
+"""The agents feature's tables: its migrations, in order (append only, never edit one).
+
+Run by ``Database.migrate("agents", MIGRATIONS)`` when ``open_runtime`` binds the feature. The
+first one is what the conversation store's step 3 created before the tables moved here; on
+such a database it finds them in place (``IF NOT EXISTS``).
+"""
+
+from __future__ import annotations
+
+OWNER = "agents"
+
+MIGRATIONS: list[str] = [
+    # 1: a forum topic per conversation (with the mirror's cursors), relayed agent messages,
+    # topics waiting to be deleted on Telegram, the desk's own settings
+    """
+    CREATE TABLE IF NOT EXISTS agent_topics (
+        ref             INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id TEXT NOT NULL UNIQUE,
+        thread_id       INTEGER,
+        topic_name      TEXT NOT NULL DEFAULT '',
+        card_message_id INTEGER,
+        card_pinned     INTEGER NOT NULL DEFAULT 0,
+        card_html       TEXT NOT NULL DEFAULT '',
+        topic_cursor    INTEGER NOT NULL DEFAULT 0,
+        seen_cursor     INTEGER NOT NULL DEFAULT 0,
+        symptom         TEXT NOT NULL DEFAULT '',
+        flags           TEXT NOT NULL DEFAULT '',
+        paused_until    REAL,
+        paused_by       TEXT NOT NULL DEFAULT '',
+        quote_state     TEXT NOT NULL DEFAULT '',
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS agent_topics_by_thread ON agent_topics (thread_id);
+    CREATE TABLE IF NOT EXISTS agent_relays (
+        agent_message_id INTEGER PRIMARY KEY,
+        conversation_id  TEXT NOT NULL,
+        user_message_id  INTEGER NOT NULL,
+        caption          INTEGER NOT NULL DEFAULT 0,
+        ts               REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS agent_relays_by_conversation ON agent_relays (conversation_id);
+    CREATE TABLE IF NOT EXISTS agent_trash (
+        thread_id INTEGER PRIMARY KEY,
+        ts        REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS agent_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+]
