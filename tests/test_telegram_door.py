@@ -205,6 +205,7 @@ async def test_press_is_answered_and_its_keyboard_spent(runtime: Runtime, mode: 
         label = menu.labels[0]
         new = await bot.press(303, index=0)
         assert new, "the press moved the conversation on"
+        await bot.settled()  # the pressed message's edit is housekeeping: after the answer
         (answer,) = bot.fake.calls_of("answerCallbackQuery")
         assert answer.ok and all(q["answered"] for q in bot.fake.callback_queries.values())
         # the pressed message: keyboard gone, the choice shown, so it can't be pressed twice
@@ -220,6 +221,7 @@ async def test_stale_button_gets_earlier_step_answer(runtime: Runtime, tg_knowle
         old_menu = bot.fake.last_keyboard(404)
         old_data = old_menu.buttons[1]["callback_data"]
         await bot.press(404, index=0)
+        await bot.settled()
         before = await runtime.engine.state_of("tg:404")
         # a press on a keyboard from an earlier step (e.g. an old message's cached buttons)
         bot.fake.messages[404][old_menu.message_id].keyboard = [[{"text": "x", "callback_data": old_data}]]

@@ -55,6 +55,7 @@ async def test_a_press_is_one_edit_plus_the_next_message(runtime: Runtime) -> No
         menu = bot.fake.last_keyboard(2002)
         mark = len(bot.fake.calls)
         new = await bot.press(2002, index=0)
+        await bot.settled()
         methods = [c.method for c in bot.fake.calls[mark:] if c.method != "getUpdates"]
         assert sorted(methods) == ["answerCallbackQuery", "editMessageText", "sendMessage"]
         assert len(new) == 1 and menu.keyboard is None and "» " in menu.text
@@ -69,6 +70,7 @@ async def test_a_double_tap_gets_the_toast_only(runtime: Runtime, tg_knowledge: 
         second = bot.fake.press(2003, message_id=menu.message_id, data=data)  # the same button again
         await bot.wait_handled(first)
         await bot.wait_handled(second)
+        await bot.settled()
         state = await runtime.engine.state_of("tg:2003")
         assert len(bot.fake.sent(2003)) == 2, "the menu and one answer: no repeated reply"
         toasts = [c.params.get("text") for c in bot.fake.calls_of("answerCallbackQuery")]

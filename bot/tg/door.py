@@ -384,7 +384,9 @@ class TelegramDoor:
             self._notify_when_sent(work, jobs)
 
     def _notify_when_sent(self, work: Work, jobs: Sequence[Job]) -> None:
-        fut = self.sender.done_future(jobs) if self.sender is not None and jobs else None
+        """Listeners hear of an update once its answer is out (housekeeping may follow)."""
+        answers = [j for j in jobs if j.priority == ANSWER]
+        fut = self.sender.done_future(answers) if self.sender is not None and answers else None
         if fut is None:
             self._notify(work.update_id, work.chat_id)
         else:

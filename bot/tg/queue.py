@@ -116,6 +116,7 @@ class TelegramQueue:
         self.store = store  # SQLiteStore: .db, .tx_lock
         self._marks = _GroupCommit(self, self._write_marks, transaction=False)
         self._settles = _GroupCommit(self, self._write_settles, transaction=False)
+        self._marks_db: aiosqlite.Connection | None = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -213,8 +214,33 @@ class TelegramQueue:
         jobs = [Job(int(r[0]), int(r[1]), str(r[2]), int(r[3]), json.loads(r[4]), r[5], int(r[6]), float(r[7])) for r in rows]
         return jobs, unsure
 
+    async def open_marks(self) -> None:
+        """A connection of its own for the "sending" marks: a mark sits between a message's
+        rate-limit slot and its request, so it must not queue behind the turns' transactions
+        on the shared connection (a late mark bunches requests past Telegram's limits). One
+        UPDATE in autocommit; SQLite's busy timeout orders it with the other writers."""
+        path = getattr(self.store, "path", ":memory:")
+        if self._marks_db is not None or path == ":memory:":
+            return
+        db = await aiosqlite.connect(path, timeout=5.0, isolation_level=None)
+        await db.execute("PRAGMA busy_timeout = 5000")
+        self._marks_db = db
+
+    async def close(self) -> None:
+        if self._marks_db is not None:
+            db, self._marks_db = self._marks_db, None
+            await db.close()
+
     async def sending(self, job_ids: Sequence[int]) -> None:
         """Committed before the requests leave: after a kill these are not sent again."""
+        if self._marks_db is not None:
+            # BEGIN IMMEDIATE: an autocommit UPDATE reads first, and upgrading that read to a
+            # write after another connection committed fails at once ("database is locked")
+            ids = ",".join(str(int(i)) for i in job_ids)  # integers only: safe to inline
+            await self._marks_db.executescript(
+                f"BEGIN IMMEDIATE; UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN ({ids}); COMMIT;"
+            )
+            return
         await self._marks.add(list(job_ids))
 
     @staticmethod

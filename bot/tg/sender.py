@@ -6,7 +6,7 @@ takes its slots from the shared rate limiter first (``acquire``: the chat's ~1/s
 ~30/s, answers granted before housekeeping and the agents' group), is then marked ``sending``
 (committed), and only then leaves — with ``rate_limit_args=RESERVED`` so it is not throttled
 twice. When Telegram answers, the outcome is recorded (``settle``). Retiring an old keyboard
-is the laziest job: it waits until the bot-wide budget is at most half used.
+is the laziest job: it waits until the bot-wide budget is at most a quarter used.
 
 Failures: 429 is waited out by the limiter; 403 means the user blocked the bot (the chat's
 jobs are dropped, the door marks the conversation inactive); 400 is logged and the job
@@ -69,8 +69,10 @@ class Sender:
         retry_delay: float = 0.5,
         typing_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        max_on_wire: int = 24,
     ) -> None:
         self.bot = bot
+        self._wire_slots = asyncio.Semaphore(max_on_wire)
         self.queue = queue
         self.limiter = limiter
         self.on_blocked = on_blocked
@@ -95,6 +97,7 @@ class Sender:
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> int:
         """Load what an earlier run left queued; returns how many jobs that is."""
+        await self.queue.open_marks()
         jobs, unsure = await self.queue.recover()
         if unsure:
             self.unsure += unsure
@@ -121,6 +124,7 @@ class Sender:
         if self._typing_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._typing_task
+        await self.queue.close()
         left = sum(len(q) for q in self._jobs.values())
         if left:
             log.info("%d message(s) stay queued for the next start", left)
@@ -203,24 +207,28 @@ class Sender:
             if job.kind == "retire" and not self.limiter.idle():
                 await self._nudged(chat_id, LAZY_WAIT)  # an old keyboard can wait for spare budget
                 continue
-            await self.limiter.acquire(chat_id, job.priority)
-            if self._stopping:
-                return
-            if job.kind == "send":  # edits are idempotent: sent again after a kill, no harm
-                await self.queue.sending([job.id])
-            self._current[chat_id] = job.id
-            wire = asyncio.create_task(self._call(job))  # not cancelled by stop(): it finishes
-            self._on_wire.add(wire)
-            wire.add_done_callback(self._on_wire.discard)
-            status, message_id, error = await asyncio.shield(wire)
+            # a connection first (fewer requests at once than the transport has connections),
+            # then the rate-limit slot, then the mark: a marked request leaves at once — it
+            # never waits for a connection, so a kill finds few "sending" that had not left
+            async with self._wire_slots:
+                await self.limiter.acquire(chat_id, job.priority)
+                if self._stopping:
+                    return
+                if job.kind == "send":  # edits are idempotent: sent again after a kill, no harm
+                    await self.queue.sending([job.id])
+                self._current[chat_id] = job.id
+                wire = asyncio.create_task(self._call(job))  # not cancelled by stop(): it finishes
+                self._on_wire.add(wire)
+                wire.add_done_callback(self._on_wire.discard)
+                status, message_id, error = await asyncio.shield(wire)
             if status == "pending":
                 if job.attempts + 1 >= MAX_ATTEMPTS:
                     status = "failed"
                     log.error("message %s to %s given up after %d attempts: %s", job.id, chat_id, job.attempts + 1, error)
                 else:
                     job = self._bump(job)
-            retire = await self._settle(job, status, message_id, error)
             if status == "pending":
+                await self._settle(job, status, message_id, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
@@ -230,8 +238,20 @@ class Sender:
             elif status == "unsure":
                 self.unsure += 1
             if status == "blocked":
+                self.add(await self._settle(job, status, message_id, error))
                 await self._blocked(chat_id, error)
+                self._finish(job)
+                continue
+            # the outcome is recorded in the background (the next message need not wait for
+            # it); a stop waits for it — if it is cut short the row stays "sending": not resent
+            record = asyncio.create_task(self._record(job, status, message_id, error))
+            self._on_wire.add(record)
+            record.add_done_callback(self._on_wire.discard)
             self._finish(job)
+
+    async def _record(self, job: Job, status: str, message_id: int | None, error: str) -> None:
+        retire = await self._settle(job, status, message_id, error)
+        if not self._stopping:
             self.add(retire)
 
     async def _settle(self, job: Job, status: str, message_id: int | None, error: str) -> list[Job]:
