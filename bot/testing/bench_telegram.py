@@ -125,7 +125,11 @@ async def _telegram_side(
 
         def readable() -> None:
             while conn.poll():
-                data = conn.recv_bytes()
+                try:
+                    data = conn.recv_bytes()
+                except EOFError:  # the bot's process has ended and closed its end of the pipe
+                    loop.remove_reader(conn.fileno())
+                    return
                 if len(data) == _DONE.size:
                     sim.finished(_DONE.unpack(data)[0])
                 else:
