@@ -36,7 +36,6 @@ from .schema import MIGRATIONS
 log = logging.getLogger(__name__)
 
 
-UPDATE_MEMORY_S = 7 * 24 * 3600  # how long a Telegram update id is remembered
 
 TurnWrites = Callable[[aiosqlite.Connection, State], Awaitable[None]]
 #: Extra writes of the turn being saved, set by a door around ``Engine.handle`` (the Telegram
@@ -331,21 +330,6 @@ class SQLiteStore:
             except BaseException:
                 await self.db.execute("ROLLBACK")
                 raise
-
-    async def mark_update(self, update_id: int) -> bool:
-        """Record a Telegram update id; False if it was seen before (a duplicate).
-
-        Telegram keeps undelivered updates about 24 hours, so ids older than a week are
-        pruned now and then.
-        """
-        now = time.time()
-        async with self.tx_lock:
-            cur = await self.db.execute(
-                "INSERT OR IGNORE INTO processed_updates (update_id, ts) VALUES (?, ?)", (update_id, now)
-            )
-            if update_id % 1000 == 0:
-                await self.db.execute("DELETE FROM processed_updates WHERE ts < ?", (now - UPDATE_MEMORY_S,))
-        return cur.rowcount == 1
 
     async def conversations(self, limit: int = 50) -> list[ConversationRow]:
         rows = await self.db.execute_fetchall(
