@@ -97,6 +97,20 @@ class Rig:
             )
         )
 
+    async def take_over(self, uid: int, text: str, *, message_id: int, media: str = "") -> None:
+        """An agent's first reply while the bot is talking: held in the group until the agent
+        taps "send and pause the bot" (done here)."""
+        self.agent_says(uid, text, message_id=message_id, media=media)
+        await self.settle()
+        prompt = self.prompt(uid)
+        assert prompt.buttons[0][1].startswith("ag:s:"), prompt.buttons
+        assert self.gw.users.get(uid, []) == [] or not any(text in m.text for m in self.gw.users[uid])
+        self.desk.submit(
+            AgentCallback(f"cb{message_id}", GROUP, prompt.message_id, self.topic(uid).thread_id, AGENT, "Maria",
+                          prompt.buttons[0][1])
+        )
+        await self.settle()
+
     def agent_command(
         self, uid: int | None, name: str, arg: str = "", *, private: bool = False, user_id: int = AGENT
     ) -> None:
@@ -202,8 +216,7 @@ async def test_person_requested_is_flagged_and_listed(rig: Rig) -> None:
 async def test_agent_message_pauses_bot_and_is_relayed(rig: Rig) -> None:
     await rig.say(5, "my backup is stuck at 80%", name="Cleo")
     await rig.settle()
-    rig.agent_says(5, "Hi Cleo, I'm Maria. Which iPhone is it?", message_id=9001)
-    await rig.settle()
+    await rig.take_over(5, "Hi Cleo, I'm Maria. Which iPhone is it?", message_id=9001)
     texts = rig.gw.user_texts(5)
     assert "A person from our support team has joined" in texts[0]
     assert texts[1].startswith("👤 Maria · support team") and "Which iPhone" in texts[1]
@@ -230,8 +243,7 @@ async def test_done_resume_where_it_was(rig: Rig) -> None:
     r = await rig.say(6, "my icloud backup failed")
     await rig.settle()
     before = await rig.engine.state_of("tg:6")
-    rig.agent_says(6, "Let me check", message_id=9101)
-    await rig.settle()
+    await rig.take_over(6, "Let me check", message_id=9101)
     rig.agent_command(6, "done")
     await rig.settle()
     prompt = rig.prompt(6)
@@ -255,7 +267,7 @@ async def test_done_resume_where_it_was(rig: Rig) -> None:
 async def test_done_main_menu(rig: Rig) -> None:
     await rig.say(7, "my icloud backup failed")
     await rig.settle()
-    rig.agent_says(7, "hello", message_id=9201)
+    await rig.take_over(7, "hello", message_id=9201)
     rig.agent_command(7, "done")
     await rig.settle()
     prompt = rig.prompt(7)
@@ -269,8 +281,7 @@ async def test_done_main_menu(rig: Rig) -> None:
 async def test_pause_expires_with_a_note(rig: Rig) -> None:
     await rig.say(8, "my icloud backup failed")
     await rig.settle()
-    rig.agent_says(8, "one moment", message_id=9301)
-    await rig.settle()
+    await rig.take_over(8, "one moment", message_id=9301)
     await rig.clock.advance(599)
     assert (await rig.engine.state_of("tg:8")).paused  # type: ignore[union-attr]
     await rig.clock.advance(2)
@@ -284,8 +295,7 @@ async def test_pause_expires_with_a_note(rig: Rig) -> None:
 async def test_agent_activity_extends_the_pause(rig: Rig) -> None:
     await rig.say(9, "my icloud backup failed")
     await rig.settle()
-    rig.agent_says(9, "one", message_id=9401)
-    await rig.settle()
+    await rig.take_over(9, "one", message_id=9401)
     await rig.clock.advance(500)
     rig.agent_says(9, "two", message_id=9402)
     await rig.settle()
@@ -312,8 +322,7 @@ async def test_blocked_user_agent_is_told(rig: Rig) -> None:
     await rig.say(11, "my icloud backup failed")
     await rig.settle()
     rig.gw.blocked.add(11)
-    rig.agent_says(11, "are you there?", message_id=9501)
-    await rig.settle()
+    await rig.take_over(11, "are you there?", message_id=9501)
     assert "has blocked the bot" in rig.gw.topic_text(rig.topic(11).thread_id)
     state = await rig.engine.state_of("tg:11")
     assert state is not None and not state.active
@@ -322,8 +331,7 @@ async def test_blocked_user_agent_is_told(rig: Rig) -> None:
 async def test_edited_agent_message_edits_the_copy_or_corrects(rig: Rig) -> None:
     await rig.say(12, "my icloud backup failed")
     await rig.settle()
-    rig.agent_says(12, "Try restarting your Mac", message_id=9601)
-    await rig.settle()
+    await rig.take_over(12, "Try restarting your Mac", message_id=9601)
     rig.agent_says(12, "Try restarting your iPhone", message_id=9601, edited=True)
     await rig.settle()
     copy = rig.gw.users[12][-1]
@@ -339,8 +347,7 @@ async def test_edited_agent_message_edits_the_copy_or_corrects(rig: Rig) -> None
 async def test_photo_from_agent_is_copied_with_caption(rig: Rig) -> None:
     await rig.say(13, "my icloud backup failed")
     await rig.settle()
-    rig.agent_says(13, "This screen", message_id=9701, media="photo")
-    await rig.settle()
+    await rig.take_over(13, "This screen", message_id=9701, media="photo")
     copy = rig.gw.users[13][-1]
     assert copy.kind == "copy" and "Maria" in copy.text and "This screen" in copy.text
 
@@ -415,8 +422,7 @@ async def test_user_forget_leaves_nothing(rig: Rig) -> None:
     await rig.say(14, "I want to talk to a human")
     await rig.settle()
     thread = rig.topic(14).thread_id
-    rig.agent_says(14, "hi Zed", message_id=9801)
-    await rig.settle()
+    await rig.take_over(14, "hi Zed", message_id=9801)
     rig.agent_command(14, "done")
     await rig.settle()
     prompt = rig.prompt(14)

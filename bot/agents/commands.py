@@ -2,8 +2,10 @@
 
 * ``/privacy`` — what is stored and for how long, and how to erase it;
 * ``/forget``  — erase this conversation and everything stored about it, now;
-* ``/resume``  — show where the conversation stands (the desk uses it to hand a conversation
-  back after a takeover: ``/resume agent``, ``/resume menu``, ``/resume expired``).
+* ``/resume``  — show where the conversation stands;
+* ``agents:handback`` — the desk hands a conversation back after a takeover (``agent``: where
+  it was, ``menu``, ``expired``); not a Telegram command, so no user can send it, and it leaves
+  no user line in the transcript.
 
 /forget deletes in the turn, then once more right after it: the engine saves every turn
 (state row, the "/forget" line, the reply) after the command ran, and those rows must go
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from bot.core.engine import CommandFn, Turn
 from bot.core.flows import MENU
-from bot.core.ports import State
+from bot.core.ports import Direction, State
 
 from . import privacy
 
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from .feature import Agents
 
 log = logging.getLogger(__name__)
+
+HANDBACK_COMMAND = "agents:handback"  # the desk's hand-back (a user cannot type it on Telegram)
 
 
 def agent_commands(agents: Agents) -> dict[str, CommandFn]:
@@ -49,7 +53,14 @@ def agent_commands(agents: Agents) -> dict[str, CommandFn]:
         turn.event("forgotten")
         agents.track(_after_turn(agents, turn, cid))
 
-    async def cmd_resume(turn: Turn, arg: str) -> None:
+    async def cmd_resume(turn: Turn, _arg: str) -> None:  # a user's /resume: where things stand
+        turn.say("agents.resume")
+        await turn.engine.reprompt(turn)
+
+    async def cmd_handback(turn: Turn, arg: str) -> None:
+        # the desk's, not the user's: no "/agents:handback" line from the user in the transcript
+        # (the desk notes the hand-back itself); a user can't send it (not a Telegram command)
+        turn.entries[:] = [e for e in turn.entries if not (e.direction is Direction.IN and e.kind == "command")]
         mode = arg.strip().lower()
         if mode == "menu":
             keep = {k: v for k, v in turn.state.values.items() if k.startswith("keep_")}
@@ -61,7 +72,7 @@ def agent_commands(agents: Agents) -> dict[str, CommandFn]:
         turn.say(key)
         await turn.engine.reprompt(turn)
 
-    return {"privacy": cmd_privacy, "forget": cmd_forget, "resume": cmd_resume}
+    return {"privacy": cmd_privacy, "forget": cmd_forget, "resume": cmd_resume, HANDBACK_COMMAND: cmd_handback}
 
 
 async def _after_turn(agents: Agents, turn: Turn, cid: str) -> None:

@@ -1,4 +1,7 @@
-"""The desk's own tables (migration 3): topics per conversation, relays, trash, meta.
+"""The desk's own tables (``schema.py``): topics per conversation (with the case's owner),
+relays, users' media waiting to be copied into their topic, trash, meta — and the other
+queries the agents' tools make (``watch``, labelling): the only SQL of bot/agents besides
+``reports`` and ``privacy``.
 
 ``agent_topics`` is the topic registry and the mirror's durable progress: for each
 conversation its forum topic, pinned case card, and two cursors over ``messages.id`` —
@@ -32,6 +35,8 @@ TOPIC_COLUMNS = (
     "quote_state",
     "created_at",
     "updated_at",
+    "owner_id",
+    "owner_name",
 )
 
 
@@ -55,6 +60,8 @@ class Topic:
     quote_state: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
+    owner_id: int = 0  # the agent who owns the case (0: nobody)
+    owner_name: str = ""
     # in memory only
     user_name: str = field(default="", compare=False)
     card_dirty: bool = field(default=True, compare=False)
@@ -98,6 +105,8 @@ def _row_to_topic(row: Any) -> Topic:
         quote_state=row[13],
         created_at=row[14],
         updated_at=row[15],
+        owner_id=int(row[16] or 0),
+        owner_name=row[17] or "",
     )
 
 
@@ -306,6 +315,88 @@ class Registry:
             (after_id, limit),
         ) as cur:
             return [Line(*r) for r in await cur.fetchall()]
+
+    # -- users' media (copied into their topic; see desk/mirror.py) -------------------------------
+    async def add_media(self, conversation_id: str, chat_id: int, message_id: int, kind: str, ts: float) -> None:
+        await self.write(
+            "INSERT OR IGNORE INTO agent_media (conversation_id, chat_id, message_id, kind, ts) VALUES (?, ?, ?, ?, ?)",
+            (conversation_id, chat_id, message_id, kind, ts),
+        )
+
+    async def media(self) -> list[tuple[str, int, int, str, float]]:
+        """(conversation id, chat id, message id, kind, ts) not yet copied, oldest first."""
+        async with self.db.execute(
+            "SELECT conversation_id, chat_id, message_id, kind, ts FROM agent_media ORDER BY id"
+        ) as cur:
+            return [(str(r[0]), int(r[1]), int(r[2]), str(r[3]), float(r[4])) for r in await cur.fetchall()]
+
+    async def drop_media(self, chat_id: int, message_id: int) -> None:
+        await self.write("DELETE FROM agent_media WHERE chat_id = ? AND message_id = ?", (chat_id, message_id))
+
+    # -- names and look-ups -----------------------------------------------------------------------
+    async def user_names(self) -> dict[str, str]:
+        """Conversation id -> the user's first name, for topics registered here (after a restart)."""
+        async with self.db.execute(
+            "SELECT c.id, c.user_name FROM conversations c JOIN agent_topics t ON t.conversation_id = c.id "
+            "WHERE c.user_name != ''"
+        ) as cur:
+            return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+
+    async def conversation_of(self, ref: str) -> str | None:
+        """``#N`` or ``N`` (a conversation's short number) or a conversation id -> its id."""
+        ref = ref.strip()
+        number = ref.removeprefix("#")
+        if number.isdigit():
+            t = await self.topic_by_ref(int(number))
+            return t.conversation_id if t else None
+        return ref or None
+
+    # -- the transcript for ``python -m bot watch`` -----------------------------------------------
+    async def last_id(self, conversation_id: str | None = None) -> int:
+        sql = "SELECT COALESCE(MAX(id), 0) FROM messages" + (" WHERE conversation_id = ?" if conversation_id else "")
+        async with self.db.execute(sql, (conversation_id,) if conversation_id else ()) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def tail_start(self, tail: int, conversation_id: str | None = None) -> int:
+        """The id just before the ``tail`` newest lines (0 if there are fewer)."""
+        q = (
+            "SELECT id FROM messages"
+            + (" WHERE conversation_id = ?" if conversation_id else "")
+            + " ORDER BY id DESC LIMIT 1 OFFSET ?"
+        )
+        async with self.db.execute(q, ((conversation_id,) if conversation_id else ()) + (tail - 1,)) as cur:
+            r = await cur.fetchone()
+        return int(r[0]) - 1 if r else 0
+
+    async def lines_after(self, after_id: int, conversation_id: str | None = None, limit: int = 500) -> list[Line]:
+        if conversation_id is None:
+            return await self.rows_after(after_id, limit)
+        return await self.conversation_rows(conversation_id, after_id, None, limit)
+
+    async def user_name(self, conversation_id: str) -> str:
+        async with self.db.execute("SELECT user_name FROM conversations WHERE id = ?", (conversation_id,)) as cur:
+            r = await cur.fetchone()
+        return str(r[0]) if r and r[0] else ""
+
+    # -- labelling unmatched messages (bot/agents/labelling.py) -----------------------------------
+    async def unlabelled(self, limit: int) -> list[tuple[int, str, str, str]]:
+        """(id, text, decision, candidates json) of rejected/unsure messages nobody taught yet."""
+        async with self.db.execute(
+            "SELECT u.id, u.text, u.decision, u.candidates_json FROM unmatched u "
+            "WHERE NOT EXISTS (SELECT 1 FROM learned_examples l WHERE l.text = u.text) "
+            "ORDER BY u.id DESC LIMIT ?",
+            (limit,),
+        ) as cur:
+            return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in await cur.fetchall()]
+
+    async def unmatched_row(self, unmatched_id: int) -> tuple[str, str] | None:
+        """(text, candidates json) of one rejected/unsure message."""
+        async with self.db.execute(
+            "SELECT text, candidates_json FROM unmatched WHERE id = ?", (unmatched_id,)
+        ) as cur:
+            r = await cur.fetchone()
+        return (str(r[0]), str(r[1])) if r else None
 
 
 @dataclass(frozen=True)

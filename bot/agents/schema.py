@@ -49,4 +49,20 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: who owns a case (an agent claimed it: a button, the first confirmed reply, /assign),
+    # and users' media waiting to be copied into their topic (copyMessage from their chat)
+    """
+    ALTER TABLE agent_topics ADD COLUMN owner_id INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agent_topics ADD COLUMN owner_name TEXT NOT NULL DEFAULT '';
+    CREATE TABLE IF NOT EXISTS agent_media (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id TEXT NOT NULL,
+        chat_id         INTEGER NOT NULL,
+        message_id      INTEGER NOT NULL,
+        kind            TEXT NOT NULL,
+        ts              REAL NOT NULL,
+        UNIQUE (chat_id, message_id)
+    );
+    CREATE INDEX IF NOT EXISTS agent_media_by_conversation ON agent_media (conversation_id);
+    """,
 ]

@@ -320,8 +320,13 @@ class Engine:
         await self._press(turn, bid)
 
     def _label_for(self, state: State, bid: str) -> str:
+        """The label the user saw on the button (for the transcript), "" if unknown."""
+        if bid in state.offer:
+            return self._offer_label(bid)
         if state.ref and self.flows.has(state.ref):
             step = self.flows.step(state.ref)
+            if step.multi and bid == "m__done":
+                return self.content.raw(step.multi.done_label)
             for b in step.buttons + (step.multi.options if step.multi else ()):
                 if b.id == bid or f"m_{b.id}" == bid:
                     return self.content.raw(b.label)
@@ -397,11 +402,18 @@ class Engine:
     async def _on_media(self, turn: Turn) -> None:
         step = self.flows.step(turn.state.ref) if turn.state.ref and self.flows.has(turn.state.ref) else None
         takes_photos = bool(step and step.ask and step.ask.type == "photos")
-        if turn.inbound.text.strip() and not takes_photos:
-            # a screenshot captioned "icloud storage full" says what the same text says
-            await self._on_text(turn, turn.inbound.text)
-            return
         kinds = ",".join(a.kind for a in turn.inbound.attachments) or "media"
+        if turn.inbound.text.strip() and not takes_photos:
+            # a screenshot captioned "icloud storage full" says what the same text says; the
+            # transcript keeps that it was a screenshot ("[photo] icloud storage full")
+            first = len(turn.entries)
+            await self._on_text(turn, turn.inbound.text)
+            for i in range(first, len(turn.entries)):
+                if turn.entries[i].direction is Direction.IN:
+                    e = turn.entries[i]
+                    turn.entries[i] = replace(e, text=f"[{kinds}] {e.text}".strip(), kind="media")
+                    break
+            return
         turn.entries.append(Entry(Direction.IN, f"[{kinds}] {turn.inbound.text}".strip(), kind="media",
                                   flow=turn.state.flow, step=turn.state.step))
         step = self.flows.step(turn.state.ref) if turn.state.ref and self.flows.has(turn.state.ref) else None

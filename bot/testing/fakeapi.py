@@ -36,6 +36,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -105,6 +106,9 @@ SEND_METHODS = frozenset(
         "editMessageReplyMarkup",
         "editMessageCaption",
     }
+)
+MEDIA_FIELDS = (
+    "photo", "animation", "video", "video_note", "voice", "audio", "sticker", "document", "location", "contact",
 )
 _ALLOWED_TAGS = {
     "b": "bold",
@@ -710,8 +714,10 @@ class FakeBotAPI:
             **fields,
         }
         text = fields.get("text") or fields.get("caption") or ""
+        kind = "text" if "text" in fields else next((k for k in MEDIA_FIELDS if k in fields), "text")
         self.messages.setdefault(chat_id, {})[message_id] = SentMessage(
-            chat_id, message_id, text, text, [], None, msg["date"], from_bot=False
+            chat_id, message_id, text, text, [], None, msg["date"], from_bot=False, kind=kind,
+            thread_id=fields.get("message_thread_id"),
         )
         return msg
 
@@ -726,7 +732,7 @@ class FakeBotAPI:
     ) -> dict[str, Any]:
         """A user types ``text`` (a leading ``/command`` gets its bot_command entity)."""
         fields: dict[str, Any] = {"text": text}
-        if text.startswith("/") and len(text) > 1:
+        if re.match(r"/[A-Za-z0-9_]", text):  # like Telegram: "//" or "/ x" is no command
             cmd = text.split(maxsplit=1)[0]
             fields["entities"] = [{"type": "bot_command", "offset": 0, "length": utf16_len(cmd)}]
         if thread_id:
@@ -1005,6 +1011,7 @@ class FakeBotAPI:
         h["sendMessage"] = self._send_message
         h["sendPhoto"] = self._send_file("photo")
         h["sendDocument"] = self._send_file("document")
+        h["copyMessage"] = self._copy_message
         h["editMessageText"] = self._edit_message_text
         h["editMessageReplyMarkup"] = self._edit_reply_markup
         h["deleteMessage"] = self._delete_message
@@ -1238,6 +1245,31 @@ class FakeBotAPI:
             return self._message_api(m)
 
         return send
+
+    async def _copy_message(self, call: Call) -> dict[str, Any]:
+        """A copy of any message the fake knows (a user's or the bot's), like Telegram: the
+        source must exist; ``caption`` replaces a media message's caption (media only)."""
+        p = call.params
+        chat_id = self._check_chat(p.get("chat_id"), p.get("message_thread_id"))
+        source = self.messages.get(p.get("from_chat_id"), {}).get(p.get("message_id"))  # type: ignore[arg-type]
+        if source is None or source.deleted:
+            raise bad_request("message to copy not found")
+        text, source_html, entities = source.text, source.source, source.entities
+        if p.get("caption") is not None and source.kind != "text":
+            text, entities, source_html = self._parse_text(p, "caption", 1024)
+        m = SentMessage(
+            chat_id,
+            self._new_message_id(chat_id),
+            text,
+            source_html,
+            entities,
+            self._parse_keyboard(p),
+            int(time.time()),
+            thread_id=p.get("message_thread_id"),
+            kind=source.kind,
+        )
+        self.messages.setdefault(chat_id, {})[m.message_id] = m
+        return {"message_id": m.message_id}
 
     def _find_message(self, p: dict[str, Any]) -> SentMessage:
         chat_id = p.get("chat_id")

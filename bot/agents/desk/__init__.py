@@ -19,6 +19,7 @@ from .records import (
     AgentCommand,
     AgentMessage,
     DeskOptions,
+    UserMedia,
     check_content,
     conversation_lock,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "AgentDesk",
     "AgentMessage",
     "DeskOptions",
+    "UserMedia",
     "check_content",
     "conversation_lock",
 ]

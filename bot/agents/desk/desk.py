@@ -35,6 +35,7 @@ import contextlib
 import logging
 import math
 import sqlite3
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import aiosqlite
@@ -65,6 +66,7 @@ from .records import (
     AgentCommand,
     AgentMessage,
     DeskOptions,
+    UserMedia,
     check_content,
 )
 from .state import DeskState
@@ -117,7 +119,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         self._ensure_lock = asyncio.Lock()
         # tasks and signals
         self._inbox: asyncio.Queue[TurnRecord] = asyncio.Queue()
-        self.agent_inbox: asyncio.Queue[AgentMessage | AgentCommand | AgentCallback] = asyncio.Queue()
+        self.agent_inbox: asyncio.Queue[AgentMessage | AgentCommand | AgentCallback | UserMedia] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._progress = asyncio.Event()
@@ -160,12 +162,16 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             live = await reg.meta("live_thread")
             self.st.esc_thread = int(esc) if esc else None
             self.st.live_thread = int(live) if live else None
+            names = await reg.user_names()  # kept in conversations: no "User #1" after a restart
             for t in await reg.all_topics():
+                t.user_name = names.get(t.conversation_id, "")
                 self._cache(t)
                 if t.thread_id is not None:
                     self.st.card_work.add(t.conversation_id)  # re-rendered; edited only if it changed
                 if t.topic_cursor < t.seen_cursor:
                     self.st.gap.add(t.conversation_id)
+            for cid, chat, mid, kind, ts in await reg.media():
+                self.st.media.setdefault(cid, deque()).append(UserMedia(cid, chat, mid, kind, ts))
             self.st.esc_pending = await reg.escalations_after(self.st.esc_cursor, limit=1000)
             self.st.esc_known = max([self.st.esc_cursor] + [r.id for r in self.st.esc_pending])
         await self._reconcile_pauses()
@@ -219,8 +225,14 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
     async def on_turn(self, record: TurnRecord) -> None:
         self._inbox.put_nowait(record)
 
-    def submit(self, item: AgentMessage | AgentCommand | AgentCallback) -> None:
-        """Queue something an agent did (called by the Telegram handler, in arrival order)."""
+    def submit(self, item: AgentMessage | AgentCommand | AgentCallback | UserMedia) -> None:
+        """Queue something an agent did (called by the Telegram handler, in arrival order) — or
+        a user's media to copy into their topic (noted at once, before the engine stores its
+        transcript line, so the writer always knows it; stored by the agent task)."""
+        if isinstance(item, UserMedia):
+            if not self.enabled or self.st.forgotten.get(item.conversation_id) == math.inf:
+                return
+            self.st.media.setdefault(item.conversation_id, deque()).append(item)
         self.agent_inbox.put_nowait(item)
 
     # -- for other features -----------------------------------------------------------------------
@@ -341,6 +353,8 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         self.st.gap.discard(cid)
         self.st.open_now.discard(cid)
         self.st.escalated.discard(cid)
+        self.st.media.pop(cid, None)
+        self.st.held = {k: v for k, v in self.st.held.items() if k[0] != cid}
         self.st.esc_pending = [r for r in self.st.esc_pending if r.conversation_id != cid]
         for key in [k for k in self.st.flag_times if k[0] == cid]:
             del self.st.flag_times[key]

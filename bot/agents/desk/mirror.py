@@ -28,6 +28,8 @@ from ..ports import (
 )
 from ..registry import Line, Topic
 from ..render import (
+    MAX_CAPTION,
+    PREFIX,
     Html,
     fit,
     flag_label,
@@ -39,9 +41,14 @@ from ..render import (
 from .records import (
     ESCALATIONS,
     MAX_PENDING,
+    NO_CAPTION,
+    NOTE_KIND,
     T,
+    UserMedia,
     unhtml,
 )
+
+MEDIA_MATCH_SECONDS = 600.0  # a user's media not matched to a transcript line by then is dropped
 
 log = logging.getLogger(__name__)
 
@@ -436,8 +443,9 @@ class MirrorPart:
         thread = t.thread_id
         if t.card_message_id is None:
             html = await self._card_html(t)
+            buttons = self._card_buttons(t)
             try:
-                sent = await self._call(False, lambda: gw.send(thread, html))
+                sent = await self._call(False, lambda: gw.send(thread, html, buttons))
             except ThreadNotFound:
                 self._lost_topic(t)
                 await self.reg.save(t)
@@ -450,15 +458,30 @@ class MirrorPart:
         batch = await self._topic_batch(t)
         if batch is None:
             return False
-        html, last_id, count = batch
-        if html:
+        html, last_id, count, media = batch
+        if media is not None:  # the user's photo, voice...: copied from their chat, captioned
+            line, item = media
+            caption = None if item.kind in NO_CAPTION else fit(self._media_caption(line), MAX_CAPTION).html
+            try:
+                await self._call(False, lambda: gw.copy_to_topic(thread, item.chat_id, item.message_id, caption))
+            except ThreadNotFound:
+                self._lost_topic(t)
+                await self.reg.save(t)
+                return True
+            except MessageGone:  # the user deleted it meanwhile: the line is posted as text
+                log.info("agents: %s's %s %s is gone; posting its line", t.conversation_id, item.kind, item.message_id)
+                await self._media_done(item)
+                return True
+            await self._media_done(item)
+            count = 1
+        elif html:
             try:
                 await self._call(False, lambda: gw.send(thread, html))
             except ThreadNotFound:
                 self._lost_topic(t)
                 await self.reg.save(t)
                 return True
-            self.posted_lines += count
+        self.posted_lines += count
         t.topic_cursor = max(t.topic_cursor, last_id)
         t.seen_cursor = max(t.seen_cursor, last_id)
         self._consume(t.conversation_id, last_id)
@@ -466,10 +489,11 @@ class MirrorPart:
             self.st.gap.discard(t.conversation_id)
         await self.reg.save(t)
         await self._advance_feed()
-        return bool(html)
+        return bool(html) or media is not None
 
-    async def _topic_batch(self, t: Topic) -> tuple[str, int, int] | None:
-        """Lines not yet in this topic (earlier ones first), packed into one message."""
+    async def _topic_batch(self, t: Topic) -> tuple[str, int, int, tuple[Line, UserMedia] | None] | None:
+        """Lines not yet in this topic (earlier ones first), packed into one message — or, when
+        the next line is a user's media waiting to be copied, that copy (lines before it go first)."""
         limit = 400
         rows: list[Line] = []
         if t.topic_cursor < t.seen_cursor:
@@ -479,16 +503,52 @@ class MirrorPart:
         if not rows:
             return None
         items: list[tuple[int, Html]] = []
-        for r in rows:
-            if r.direction == "agent":  # the agent's own message is already in the topic
+        upto = rows[-1].id
+        for i, r in enumerate(rows):
+            if r.direction == "agent" or r.kind == NOTE_KIND:  # the agent's own message is already in the topic
                 continue
+            item = self._media_for(r)
+            if item is not None:
+                if not items:
+                    return "", r.id, 0, (r, item)
+                upto = rows[i - 1].id  # lines before the copy first
+                break
             items.append((r.id, fit(render_line(r, self.texts, out_limit=self.options.topic_out_limit))))
         if not items:
-            return "", rows[-1].id, 0
+            return "", upto, 0, None
         n = pack([h for _, h in items])
-        last_id = rows[-1].id if n == len(items) else items[n - 1][0]
+        last_id = upto if n == len(items) else items[n - 1][0]
         html = join(h for _, h in items[:n]).html
-        return html, last_id, n
+        return html, last_id, n, None
+
+    def _media_for(self, r: Line) -> UserMedia | None:
+        """The user's media waiting for this ``[photo] caption`` line (oldest of its kind)."""
+        if r.direction != "in" or r.kind != "media" or not r.text.startswith("["):
+            return None
+        q = self.st.media.get(r.conversation_id)
+        if not q:
+            return None
+        kind = r.text[1:].partition("]")[0].split(",")[0]
+        while q and q[0].ts < r.ts - MEDIA_MATCH_SECONDS:  # never matched (an update the engine dropped)
+            self.st.media_done.add((q[0].chat_id, q[0].message_id))
+            q.popleft()
+        return next((m for m in q if m.kind == kind and m.ts <= r.ts + 5), None)
+
+    def _media_caption(self, r: Line) -> Html:
+        caption = r.text.partition("]")[2].strip()
+        return Html.text(f"{PREFIX['in']} {caption}".strip())
+
+    async def _media_done(self, item: UserMedia) -> None:
+        q = self.st.media.get(item.conversation_id)
+        if q is not None:
+            with contextlib.suppress(ValueError):
+                q.remove(item)
+            if not q:
+                del self.st.media[item.conversation_id]
+        if len(self.st.media_done) > 5000:  # only needed until the agent task saw the item
+            self.st.media_done.clear()
+        self.st.media_done.add((item.chat_id, item.message_id))
+        await self.reg.drop_media(item.chat_id, item.message_id)
 
     def _consume(self, cid: str, upto: int) -> None:
         q = self.st.pending.get(cid)

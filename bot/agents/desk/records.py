@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from bot.core.engine import Engine
 from bot.core.errors import Problem
 
+from ..commands import HANDBACK_COMMAND
 from ..render import (
     Html,
 )
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Commands only agents may use. In a private chat anyone else gets no answer at all.
-AGENT_ONLY_COMMANDS = frozenset({"done", "transcript", "stats", "unmatched", "find"})
+AGENT_ONLY_COMMANDS = frozenset({"done", "transcript", "stats", "unmatched", "find", "note", "assign", "release"})
+NOTE_PREFIX = "//"  # a line an agent starts with this stays in the group (like /note)
+NOTE_KIND = "agent_note"  # transcript kind of an agent's internal note (never sent to the user)
 # Events listed in the Escalations topic; other flags only mark the user's topic and card.
 ESCALATIONS = (
     "human_requested",
@@ -38,7 +41,7 @@ ESCALATIONS = (
 NOT_SYMPTOMS = frozenset({"main_menu", "common", "human_agent", "quote"})
 NO_CAPTION = frozenset({"sticker", "video_note", "location", "venue", "contact", "dice", "poll"})
 MAX_PENDING = 1500  # transcript rows the mirror holds in memory (the rest waits in SQLite)
-RESUME_COMMAND = "resume"  # the engine command that hands a conversation back (bot.agents.commands)
+RESUME_COMMAND = HANDBACK_COMMAND  # the engine command that hands a conversation back
 CALLBACK_PREFIX = "ag:"
 
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -97,6 +100,30 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "agents.desk.find_header",
     "agents.desk.find_none",
     "agents.desk.find_usage",
+    "agents.desk.note_line",
+    "agents.desk.note_usage",
+    "agents.desk.card_notes",
+    "agents.desk.card_owner",
+    "agents.desk.card_no_owner",
+    "agents.desk.card_quote_case",
+    "agents.desk.btn_claim",
+    "agents.desk.note_claimed",
+    "agents.desk.note_assigned",
+    "agents.desk.note_released",
+    "agents.desk.assign_usage",
+    "agents.desk.assign_unknown",
+    "agents.desk.release_none",
+    "agents.desk.owned_prompt",
+    "agents.desk.btn_reply_anyway",
+    "agents.desk.btn_take_over",
+    "agents.desk.confirm_prompt",
+    "agents.desk.btn_send_pause",
+    "agents.desk.btn_keep_note",
+    "agents.desk.held_gone",
+    "agents.desk.held_not_yours",
+    "agents.desk.held_sent",
+    "agents.desk.held_noted",
+    "agents.desk.already_owned",
     *(f"agents.desk.flag.{e}" for e in (*ESCALATIONS, "data_at_risk")),
 )
 
@@ -144,6 +171,7 @@ class AgentMessage:
     html: str  # the same with the agent's formatting, as Telegram HTML
     media: str = ""  # photo, document, ... ("" for text)
     edited: bool = False
+    username: str = ""  # the agent's @username without the @ ("" if none)
 
 
 @dataclass(frozen=True)
@@ -156,6 +184,7 @@ class AgentCommand:
     name: str  # without the slash and @bot
     arg: str
     private: bool = False  # sent to the bot in a private chat (admins, agents)
+    username: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +196,19 @@ class AgentCallback:
     user_id: int
     user_name: str
     data: str
+
+
+@dataclass(frozen=True)
+class UserMedia:
+    """A user sent a photo, document, voice... in their private chat (seen by the Telegram
+    door before the engine): the desk copies it into their topic (``copyMessage``) where the
+    transcript has its ``[photo] caption`` line."""
+
+    conversation_id: str
+    chat_id: int
+    message_id: int
+    kind: str
+    ts: float
 
 
 def conversation_lock(engine: Engine, conversation_id: str) -> asyncio.Lock:
