@@ -4,19 +4,20 @@ tests/test_agents_telegram.py.)"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from bot.agents.desk import AgentCallback, AgentCommand, AgentDesk, AgentMessage, DeskOptions
+from bot.agents.desk import AgentCallback, AgentCommand, AgentDesk, AgentMessage, DeskOptions, UserMedia
 from bot.agents.feature import Agents
 from bot.agents.limiter import GroupLimiter
 from bot.agents.memory import MemoryGateway
 from bot.agents.ports import Clock, ManualClock, SystemClock
 from bot.config import Settings
 from bot.core.engine import Engine
-from bot.core.messages import EventKind, Inbound, Reply
+from bot.core.messages import Attachment, EventKind, Inbound, Reply
 from bot.escalation import Escalation
 from bot.features import standard_features
 from bot.runtime import Knowledge, Ports, Runtime, check, open_runtime
@@ -597,3 +598,26 @@ async def test_busy_times_offer_open_and_open_brings_the_topic(agent_knowledge: 
         assert "⚠️ Quote request Q-1 could not be delivered" in gw.topic_text(esc)
     finally:
         await runtime.close()
+
+
+async def test_users_media_is_copied_into_the_topic_or_shown_as_its_line(rig: Rig) -> None:
+    await rig.say(21, "my icloud backup failed", name="Uma")
+    await rig.settle()
+    thread = rig.topic(21).thread_id
+
+    async def sends(kind: str, message_id: int, caption: str = "") -> None:
+        rig.desk.submit(UserMedia("tg:21", 21, message_id, kind, time.time()))  # what the Telegram handler does
+        media = Inbound("tg:21", EventKind.MEDIA, text=caption, attachments=(Attachment(kind, f"f{message_id}", 10),))
+        await rig.engine.handle(media)
+
+    await sends("photo", 501, "this is the error i get every night")
+    rig.gw.gone.add((21, 502))  # the user deleted this one before the desk got to it
+    await sends("document", 502)
+    await rig.settle()
+    copies = [m for m in rig.gw.in_topic(thread) if m.kind.startswith("copy:")]
+    assert [(m.kind, m.text) for m in copies] == [("copy:21:501", "👤 this is the error i get every night")]
+    text = rig.gw.topic_text(thread)
+    assert "👤 [document]" in text  # not copied: its line instead, nothing lost
+    assert "[photo]" not in text  # the copy stands for its line
+    async with rig.store.db.execute("SELECT COUNT(*) FROM agent_media") as cur:
+        assert (await cur.fetchone())[0] == 0  # nothing left waiting

@@ -93,7 +93,9 @@ class CardsPart:
         said = next((r.text for r in rows if r.direction == "in" and r.kind == "text"), "")
         said = said or values.get("trigger_text", "")
         quote = await self._quote_state(t.conversation_id) or t.quote_state
-        quote_case = await self.quotes.quote_case(t.conversation_id) if self.quotes is not None else None
+        quote_case = None
+        if quote and self.quotes is not None:  # a request exists: its reference, device, contact, price
+            quote_case = await self.quotes.quote_case(t.conversation_id)
         card = CardData(
             ref=t.ref,
             conversation_id=t.conversation_id,
