@@ -339,3 +339,14 @@ def test_forget_as_the_terminal_chats_last_line_erases_without_a_traceback(tmp_p
     assert "deleted this conversation" in out.stdout
     assert "Traceback" not in out.stderr, out.stderr
     assert table_hits(db, ["lastlinemark"]) == [] and byte_hits(db, ["lastlinemark"]) == []
+
+
+def test_privacy_settings_are_read_and_bad_values_fail_at_start() -> None:
+    from bot.config import ConfigError
+
+    s = Settings.from_env({"QUOTE_RETENTION_DAYS": "730", "FORGET_BY_GROUP_ADMINS": "1"})
+    assert s.quote_retention_days == 730 and s.forget_by_group_admins
+    assert Agents(s).options.quote_retention_days == 730 and Agents(s).options.forget_by_group_admins
+    for env in ({"FORGET_BY_GROUP_ADMINS": "yes"}, {"QUOTE_RETENTION_DAYS": "0"}, {"QUOTE_RETENTION_DAYS": "a year"}):
+        with pytest.raises(ConfigError, match=next(iter(env))):
+            Settings.from_env(env)
