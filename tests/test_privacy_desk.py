@@ -171,9 +171,11 @@ async def test_erasing_on_the_users_request_says_so_and_cancel_keeps_the_case(ri
     t = rig.topic(52)
     rig.agent_command(52, "forget", user_id=ADMIN)
     await rig.settle()
-    press(rig, confirm_of(rig.gw.in_topic(t.thread_id)), "fx", user_id=ADMIN)
+    first = confirm_of(rig.gw.in_topic(t.thread_id))
+    press(rig, first, "fx", user_id=ADMIN)
     await rig.settle()
     assert await _rows_mentioning(rig.store, "askmark") != [] and t.thread_id in rig.gw.topics
+    assert "Not erased" in rig.gw.group[first.message_id].text and not rig.gw.group[first.message_id].buttons
     rig.agent_command(52, "forget", user_id=ADMIN)
     await rig.settle()
     press(rig, confirm_of(rig.gw.in_topic(t.thread_id)), "fu", user_id=ADMIN)
