@@ -24,6 +24,7 @@ from ..ports import (
     GatewayError,
     MessageGone,
     RetryLater,
+    Sent,
     ThreadNotFound,
 )
 from ..registry import Line, Topic
@@ -160,9 +161,10 @@ class MirrorPart:
                 if self.st.trash_dirty:
                     self.st.trash_dirty = False
                     self.st.trash = deque(await self.reg.trashed())
+                    await self._load_clean()
                 # answers to agents and privacy deletions may use the reserved slots; everything
                 # else (escalations first) is spread evenly over the window
-                urgent = bool(self.st.urgent or self.st.trash)
+                urgent = bool(self.st.urgent or self.st.trash or self.st.clean)
                 waiting = self.st.maybe_new or self.st.more or self.st.esc_hint
                 if not urgent and not waiting and not self._normal_work():
                     await self._save_seen(force=True)  # idle: a good moment to persist progress
@@ -348,6 +350,8 @@ class MirrorPart:
             self.st.trash.popleft()
             await self.reg.untrash(thread)
             return True
+        if self.st.clean:
+            return await self._clean_step()
         if self.st.esc_pending:
             return await self._post_escalations()
         fresh = [cid for cid, q in self.st.pending.items() if q]
@@ -459,11 +463,12 @@ class MirrorPart:
         if batch is None:
             return False
         html, last_id, count, media = batch
+        cid = t.conversation_id  # recorded: the retention purge deletes lines older than its period
         if media is not None:  # the user's photo, voice...: copied from their chat, captioned
             line, item = media
             caption = None if item.kind in NO_CAPTION else fit(self._media_caption(line), MAX_CAPTION).html
             try:
-                await self._call(False, lambda: gw.copy_to_topic(thread, item.chat_id, item.message_id, caption))
+                await self._call(False, lambda: self._copy_in(thread, item, caption, cid))
             except ThreadNotFound:
                 self._lost_topic(t)
                 await self.reg.save(t)
@@ -476,7 +481,7 @@ class MirrorPart:
             count = 1
         elif html:
             try:
-                await self._call(False, lambda: gw.send(thread, html))
+                await self._call(False, lambda: self._post(thread, html, kind="topic", about=[cid]))
             except ThreadNotFound:
                 self._lost_topic(t)
                 await self.reg.save(t)
@@ -520,6 +525,14 @@ class MirrorPart:
         last_id = upto if n == len(items) else items[n - 1][0]
         html = join(h for _, h in items[:n]).html
         return html, last_id, n, None
+
+    async def _copy_in(self, thread: int, item: UserMedia, caption: str | None, cid: str) -> Sent:
+        """Copy a user's message into their topic, recorded like the topic's lines (retention)."""
+        assert self.gateway is not None
+        made = time.monotonic()
+        sent = await self.gateway.copy_to_topic(thread, item.chat_id, item.message_id, caption)
+        await self._record(sent.message_id, "topic", [cid], None, made, thread_id=thread)
+        return sent
 
     def _media_for(self, r: Line) -> UserMedia | None:
         """The user's media waiting for this ``[photo] caption`` line (oldest of its kind)."""

@@ -136,8 +136,6 @@ class TakeoverPart:
     def _hold(self, t: Topic, m: AgentMessage, why: str) -> None:
         """Keep ``m`` in the group and ask its author: confirm (the bot is still talking) or
         owned (another agent owns the case)."""
-        assert self.gateway is not None
-        gw = self.gateway
         self.st.held[(t.conversation_id, m.user_id)] = [m]
         data = f"{t.ref}:{m.user_id}"
         if why == "owned":
@@ -152,8 +150,9 @@ class TakeoverPart:
                 (self.texts.plain("agents.desk.btn_send_pause"), f"{CALLBACK_PREFIX}s:{data}"),
                 (self.texts.plain("agents.desk.btn_keep_note"), f"{CALLBACK_PREFIX}n:{data}"),
             ]
-        thread = m.thread_id
-        self.st.urgent.append(lambda: gw.send(thread, html, buttons))
+        thread, cid = m.thread_id, t.conversation_id
+        # recorded like the desk's other posts about a user (erasure, retention: bot/agents/desk/posts.py)
+        self.st.urgent.append(lambda: self._post(thread, html, buttons, kind="held", about=[cid]))
         self._wake.set()
 
     async def _on_held(self, cb: AgentCallback, kind: str, t: Topic, author: int) -> None:
