@@ -15,8 +15,10 @@ turn as the engine serves it (``Engine.handle``, in which the mirror's listener 
 same event loop and SQLite connection the mirror works on).
 
 In the mix, as a team would see it: some users send a photo (the desk copies it into their
-topic with ``copyMessage`` — the fake knows those messages), and agents open the case of each
-user who asked for a person (``/open_N``) and write internal notes (``// …``) in its topic.
+topic with ``copyMessage`` — the fake knows those messages), and agents write internal notes
+(``// …``) in the topics of users who asked for a person once the topic is there.
+(``open_cases``: agents also ``/open_N`` every such case at once — opened topics go first, ahead
+of the Live feed, so the catch-up then measures the opening, not the mirror: off by default.)
 
 Result: ``mirror_latency_ratio`` = p99 with mirror / p99 without (target <= 1.2) and
 ``mirror_catchup_s`` = Telegram seconds from the last user message until every line is
@@ -124,6 +126,7 @@ async def _run(
     think: tuple[float, float],
     seed: int,
     catchup: bool = True,
+    open_cases: bool = False,
 ) -> RunResult:
     from bot.agents.desk import AgentCommand, AgentMessage, DeskOptions, UserMedia
     from bot.agents.feature import Agents
@@ -198,7 +201,7 @@ async def _run(
                     media: UserMedia | None = None
                     note: AgentMessage | AgentCommand | None = None
                     t = desk.topic_of(cid) if asked and desk is not None else None
-                    if t is not None and t.thread_id is None and not opened:  # an agent opens the case
+                    if t is not None and t.thread_id is None and not opened and open_cases:  # an agent opens it
                         note = AgentCommand(GROUP, None, 1_000_000 + i * 100 + n, AGENT, "Maria", f"open_{t.ref}", "")
                         opened = True
                     elif t is not None and t.thread_id is not None:  # and notes something on it
