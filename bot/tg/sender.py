@@ -6,7 +6,8 @@ takes its slots from the shared rate limiter first (``acquire``: the chat's ~1/s
 ~30/s, answers granted before housekeeping and the agents' group), is then marked ``sending``
 (committed), and only then leaves — with ``rate_limit_args=RESERVED`` so it is not throttled
 twice. When Telegram answers, the outcome is recorded (``settle``). Retiring an old keyboard
-is the laziest job: it waits until the bot-wide budget is at most a quarter used.
+is the laziest job: it waits until no user waits for an answer and the bot-wide budget is
+at most a quarter used.
 
 Failures: 429 is waited out by the limiter; 403 means the user blocked the bot (the chat's
 jobs are dropped, the door marks the conversation inactive); 400 is logged and the job
@@ -65,6 +66,7 @@ class Sender:
         limiter: Any,
         *,
         on_blocked: Callable[[int, Exception], Any] | None = None,
+        on_answer: Callable[[int, bool], None] | None = None,
         retry_delay: float = 0.5,
         typing_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -75,6 +77,8 @@ class Sender:
         self.store = store
         self.limiter = limiter
         self.on_blocked = on_blocked
+        # (chat, delivered) when an answer (a message to a user) is sent, or given up for good
+        self.on_answer = on_answer
         self.retry_delay = retry_delay
         self.typing_after = typing_after
         self.clock = clock
@@ -162,6 +166,11 @@ class Sender:
             self._expect.pop(chat_id, None)
             self._typing_sent.pop(chat_id, None)
 
+    def idle(self) -> bool:
+        """No user waits for an answer and the bot-wide budget has room: the moment for work
+        nobody waits for (retiring an old keyboard — a stale press is detected anyway)."""
+        return not self._expect and self.limiter.idle()
+
     # -- the per-chat worker --------------------------------------------------------------
     def _next(self, chat_id: int) -> Job | None:
         q = self._jobs.get(chat_id)
@@ -169,6 +178,9 @@ class Sender:
             return None
         for job in q:
             if job.priority == ANSWER:
+                return job
+        for job in q:  # an old keyboard's retirement waits for a quiet moment: not in front
+            if job.kind != "retire":
                 return job
         return q[0]
 
@@ -203,8 +215,8 @@ class Sender:
             job = self._next(chat_id)
             if job is None:
                 return
-            if job.kind == "retire" and not self.limiter.idle():
-                await self._nudged(chat_id, LAZY_WAIT)  # an old keyboard can wait for spare budget
+            if job.kind == "retire" and not self.idle():
+                await self._nudged(chat_id, LAZY_WAIT)  # an old keyboard can wait for a quiet moment
                 continue
             # a connection first (fewer requests at once than the transport has connections),
             # then the rate-limit slot, then the mark: a marked request leaves at once — it
@@ -236,6 +248,8 @@ class Sender:
                 self.sent += 1
             elif status == "unsure":
                 self.unsure += 1
+            if job.kind == "send" and job.priority == ANSWER and status in ("sent", "failed") and self.on_answer is not None:
+                self.on_answer(job.chat_id, status == "sent")
             if status == "blocked":
                 self.add(await self._settle(job, status, message_id, error))
                 await self._blocked(chat_id, error)
