@@ -35,27 +35,54 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
-from .http import never_reached_server, server_refused
+from .http import JSONRequestData, never_reached_server, server_refused
 from .store import ANSWER, Job, TelegramStore
 from .ratelimit import RESERVED
 
 log = logging.getLogger(__name__)
 
-NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+NO_PREVIEW = {"is_disabled": True}
 MAX_ATTEMPTS = 8  # a job refused (5xx / no connection) this often in a row is given up
 TYPING_EVERY = 4.5  # Telegram shows "typing…" for about 5 s
 TYPING_PER_TICK = 5  # indicators per 0.25 s at most
 LAZY_WAIT = 1.0  # how often a deferred keyboard retirement looks for spare budget
 
 
-def markup_of(rows: list[list[list[str]]] | None) -> InlineKeyboardMarkup | None:
+def markup_of(rows: list[list[list[str]]] | None) -> dict[str, Any] | None:
+    """A stored keyboard ([[label, data], ...] rows) as the Bot API's ``reply_markup``."""
     if not rows:
         return None
-    return InlineKeyboardMarkup([[InlineKeyboardButton(label, callback_data=data) for label, data in row] for row in rows])
+    return {"inline_keyboard": [[{"text": label, "callback_data": data} for label, data in row] for row in rows]}
+
+
+def request_of(job: Job) -> tuple[str, dict[str, Any]] | None:
+    """The Bot API method and its parameters for a job (plain JSON: no PTB objects built)."""
+    body = job.body
+    if job.kind == "send":
+        return "sendMessage", {
+            "chat_id": job.chat_id,
+            "text": body["html"],
+            "parse_mode": ParseMode.HTML.value,
+            "reply_markup": markup_of(body.get("keyboard")),
+            "link_preview_options": NO_PREVIEW,
+            "message_thread_id": body.get("thread_id"),
+        }
+    if job.kind == "edit" and body.get("html") is not None:
+        return "editMessageText", {
+            "chat_id": job.chat_id,
+            "message_id": body["message_id"],
+            "text": body["html"],
+            "parse_mode": ParseMode.HTML.value,
+            "reply_markup": markup_of(body.get("keyboard")),
+            "link_preview_options": NO_PREVIEW,
+        }
+    if job.kind in ("edit", "retire"):  # a retired keyboard: no reply_markup at all
+        keyboard = body.get("keyboard") if job.kind == "edit" else None
+        return "editMessageReplyMarkup", {"chat_id": job.chat_id, "message_id": body["message_id"], "reply_markup": markup_of(keyboard)}
+    return None
 
 
 class Sender:
@@ -306,40 +333,15 @@ class Sender:
         unsure | blocked."""
         body = job.body
         try:
+            request = request_of(job)
+            if request is None:
+                log.error("unknown outgoing job kind %r (job %s): dropped", job.kind, job.id)
+                return "failed", None, f"unknown kind {job.kind}"
+            method, payload = request
+            result = await self.limiter.process_request(self._post, (method, payload), {}, method, payload, RESERVED)
             if job.kind == "send":
-                msg = await self.bot.send_message(
-                    job.chat_id,
-                    body["html"],
-                    parse_mode=ParseMode.HTML,
-                    reply_markup=markup_of(body.get("keyboard")),
-                    link_preview_options=NO_PREVIEW,
-                    message_thread_id=body.get("thread_id"),
-                    rate_limit_args=RESERVED,
-                )
-                return "sent", int(msg.message_id), ""
-            if job.kind == "edit":
-                if body.get("html") is None:
-                    await self.bot.edit_message_reply_markup(
-                        chat_id=job.chat_id, message_id=body["message_id"], reply_markup=markup_of(body.get("keyboard")), rate_limit_args=RESERVED
-                    )
-                else:
-                    await self.bot.edit_message_text(
-                        body["html"],
-                        chat_id=job.chat_id,
-                        message_id=body["message_id"],
-                        parse_mode=ParseMode.HTML,
-                        reply_markup=markup_of(body.get("keyboard")),
-                        link_preview_options=NO_PREVIEW,
-                        rate_limit_args=RESERVED,
-                    )
-                return "sent", int(body["message_id"]), ""
-            if job.kind == "retire":
-                await self.bot.edit_message_reply_markup(
-                    chat_id=job.chat_id, message_id=body["message_id"], reply_markup=None, rate_limit_args=RESERVED
-                )
-                return "sent", int(body["message_id"]), ""
-            log.error("unknown outgoing job kind %r (job %s): dropped", job.kind, job.id)
-            return "failed", None, f"unknown kind {job.kind}"
+                return "sent", int(result["message_id"]), ""  # type: ignore[index]
+            return "sent", int(body["message_id"]), ""
         except Forbidden as exc:
             return "blocked", None, exc.message
         except BadRequest as exc:
@@ -361,6 +363,11 @@ class Sender:
         except TelegramError as exc:
             log.error("%s %s to %s failed: %s", job.kind, job.id, job.chat_id, exc)
             return "failed", None, str(exc)
+
+    async def _post(self, method: str, payload: dict[str, Any]) -> Any:
+        """The request itself, through the bot's transport (PTB turns errors into exceptions);
+        the rate limiter wraps it (slots already reserved; a 429 is waited out and retried)."""
+        return await self.bot.request.post(f"{self.bot.base_url}/{method}", JSONRequestData(payload))
 
     # -- typing --------------------------------------------------------------
     async def _typing_loop(self) -> None:
