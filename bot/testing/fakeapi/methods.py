@@ -164,6 +164,19 @@ class BotMethods:
         m.deleted = True
         return True
 
+    async def _delete_messages(self, call: Call) -> bool:
+        p = call.params
+        ids = p.get("message_ids") or []
+        if isinstance(ids, str):
+            ids = json.loads(ids)
+        box = self.messages.get(p.get("chat_id"), {})  # type: ignore[arg-type]
+        found = [box[i] for i in ids if i in box and not box[i].deleted]
+        if not found:
+            raise bad_request("message to delete not found")
+        for m in found:
+            m.deleted = True
+        return True
+
     async def _answer_callback_query(self, call: Call) -> bool:
         p = call.params
         q = self.callback_queries.get(str(p.get("callback_query_id")))

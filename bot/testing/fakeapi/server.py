@@ -444,6 +444,7 @@ class FakeBotAPI(UserActions, BotMethods):
         h["editMessageText"] = self._edit_message_text
         h["editMessageReplyMarkup"] = self._edit_reply_markup
         h["deleteMessage"] = self._delete_message
+        h["deleteMessages"] = self._delete_messages
         h["answerCallbackQuery"] = self._answer_callback_query
         h["setMyCommands"] = self._set_my_commands
         h["getMyCommands"] = self._get_my_commands
