@@ -104,6 +104,8 @@ class MirrorPart:
                 except sqlite3.Error:
                     self.errors += 1
                     log.exception("agents: flagging %s for %s failed", ev, rec.conversation_id)
+            if "paused_message" in events and self.enabled:  # a customer waits for the agent
+                await self._customer_waiting(rec.conversation_id)
 
     async def _ensure_many(self, cids: list[str], symptoms: dict[str, str] | None = None) -> None:
         missing = list(dict.fromkeys(c for c in cids if c not in self.st.topics))
@@ -120,6 +122,7 @@ class MirrorPart:
         if event in ("paused_message", "forgotten", ""):
             return
         now = self.clock.now()
+        await self._queue_open(cid, event)  # a new item once the last one was resolved, even if not listed again
         last = self.st.flag_times.get((cid, event))
         if last is not None and now - last < self.options.repeat_seconds:
             return
