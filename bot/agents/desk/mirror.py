@@ -98,6 +98,10 @@ class MirrorPart:
             # "Talk to a person" is the human_agent flow: flagged even if the flow raises nothing
             if rec.state.flow == "human_agent" and "human_requested" not in events:
                 events.append("human_requested")
+            # data at risk: the topic alone (a drowned phone, deleted photos...) flags the case;
+            # an answer that confirms it (no backup, a broken iPhone) makes it an escalation
+            if "data_at_risk" in events and not rec.state.values.get("data_at_risk"):
+                events[events.index("data_at_risk")] = "risky_topic"
             for ev in events:
                 try:
                     await self._flag(rec.conversation_id, self.st.topics.get(rec.conversation_id), ev)

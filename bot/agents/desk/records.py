@@ -102,7 +102,7 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "agents.desk.find_header",
     "agents.desk.find_none",
     "agents.desk.find_usage",
-    *(f"agents.desk.flag.{e}" for e in ESCALATIONS),
+    *(f"agents.desk.flag.{e}" for e in (*ESCALATIONS, "risky_topic")),
     # the queue, waiting alerts, business hours, satisfaction (content/en/agents_queue.yaml)
     "agents.pause_expired_waiting",
     "agents.reply_soon",
