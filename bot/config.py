@@ -127,6 +127,8 @@ class Settings:
     admin_ids: tuple[int, ...] = ()
     pause_minutes: int = 30
     retention_days: int = 90
+    quote_retention_days: int = 365  # quote requests (the lab may need them longer than transcripts)
+    forget_by_group_admins: bool = False  # FORGET_BY_GROUP_ADMINS=1: the group's administrators may erase too
     wait_alert_minutes: int = 5  # a message unanswered during a takeover raises an alert after this
     business_hours: tuple[tuple[int, int, int], ...] = ()  # (weekday, start min, end min); () = always
     business_tz: str = "UTC"
@@ -174,6 +176,9 @@ class Settings:
         secret = _secret(env, "WEBHOOK_SECRET")
         if secret and (len(secret) > 256 or not all(c.isalnum() or c in "_-" for c in secret)):
             raise ConfigError("WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        forget_admins = env.get("FORGET_BY_GROUP_ADMINS", "").strip() or "0"
+        if forget_admins not in ("0", "1"):
+            raise ConfigError(f"FORGET_BY_GROUP_ADMINS must be 0 or 1, got {forget_admins!r}")
         smtp_host = env.get("SMTP_HOST", "").strip()
         region = env.get("DEFAULT_REGION", "").strip().upper()
         if region and region not in phonenumbers.SUPPORTED_REGIONS:
@@ -210,6 +215,8 @@ class Settings:
             admin_ids=admins,
             pause_minutes=_int(env, "AGENT_PAUSE_MINUTES", d.pause_minutes, 1, 7 * 24 * 60),
             retention_days=_int(env, "RETENTION_DAYS", d.retention_days, 1, 3650),
+            quote_retention_days=_int(env, "QUOTE_RETENTION_DAYS", d.quote_retention_days, 1, 3650),
+            forget_by_group_admins=forget_admins == "1",
             wait_alert_minutes=_int(env, "AGENT_WAIT_ALERT_MINUTES", d.wait_alert_minutes, 1, 24 * 60),
             business_hours=_business_hours(env.get("BUSINESS_HOURS", "")),
             business_tz=_time_zone(env.get("BUSINESS_TZ", "").strip() or d.business_tz),

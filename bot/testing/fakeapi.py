@@ -1008,6 +1008,7 @@ class FakeBotAPI:
         h["editMessageText"] = self._edit_message_text
         h["editMessageReplyMarkup"] = self._edit_reply_markup
         h["deleteMessage"] = self._delete_message
+        h["deleteMessages"] = self._delete_messages
         h["answerCallbackQuery"] = self._answer_callback_query
         h["setMyCommands"] = self._set_my_commands
         h["getMyCommands"] = self._get_my_commands
@@ -1284,6 +1285,19 @@ class FakeBotAPI:
         if m is None or m.deleted:
             raise bad_request("message to delete not found")
         m.deleted = True
+        return True
+
+    async def _delete_messages(self, call: Call) -> bool:
+        p = call.params
+        ids = p.get("message_ids") or []
+        if isinstance(ids, str):
+            ids = json.loads(ids)
+        box = self.messages.get(p.get("chat_id"), {})  # type: ignore[arg-type]
+        found = [box[i] for i in ids if i in box and not box[i].deleted]
+        if not found:
+            raise bad_request("message to delete not found")
+        for m in found:
+            m.deleted = True
         return True
 
     async def _answer_callback_query(self, call: Call) -> bool:

@@ -106,8 +106,9 @@ class FeedPart:
             await self.reg.set_meta("live_thread", thread)
             return True
         html = join((join(lines) for lines in blocks.values()), Html("\n\n", 2)).html
+        parts = [(cid, join(lines)) for cid, lines in blocks.items()]  # recorded: /forget edits one out
         try:
-            await self._call(False, lambda: gw.send(thread, html))
+            await self._call(False, lambda: self._post(thread, html, kind="feed", parts=parts))
         except ThreadNotFound:
             self.st.live_thread = None
             await self.reg.set_meta("live_thread", None)
@@ -149,7 +150,6 @@ class FeedPart:
 
     async def _post_escalations(self) -> bool:
         assert self.gateway is not None
-        gw = self.gateway
         if self.st.esc_thread is None:
             await self._escalations_thread(urgent=False)
             return True
@@ -182,7 +182,10 @@ class FeedPart:
             items = await self._listing_items(listed)
             buttons = self._item_buttons(items)
             try:
-                sent = await self._call(False, lambda: gw.send(thread, join(lines).html, buttons))
+                parts = [(cid, line) for (cid, _), line in zip(listed, lines, strict=True)]  # /forget edits a line out
+                sent = await self._call(
+                    False, lambda: self._post(thread, join(lines).html, buttons, kind="escalations", parts=parts)
+                )
             except ThreadNotFound:
                 self.st.esc_thread = None
                 await self.reg.set_meta("escalations_thread", None)

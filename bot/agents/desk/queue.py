@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import replace
 
 from bot.core.ports import Direction, Entry
@@ -110,15 +111,16 @@ class QueuePart:
         n = pack(lines, MAX_VISIBLE - head.visible - 1)
         html = join([head, *lines[:n]]).html
         shown = items[:n]
-        if c.private:
-            await self._reply(c, join([head, *lines[:n]]))
+        about = list(dict.fromkeys(i.conversation_id for i in shown))  # recorded: /forget removes it
+        if c.private or c.chat_id != self.chat_id:
+            await self._reply(c, join([head, *lines[:n]]), about=about, kind="queue")
             return
-        assert self.gateway is not None
-        gw, thread = self.gateway, c.thread_id
+        thread = c.thread_id
         buttons = self._item_buttons(shown)
+        made = self.st.work_started or time.monotonic()
 
         async def send() -> None:
-            sent = await gw.send(thread, html, buttons)
+            sent = await self._post(thread, html, buttons, kind="queue", about=about, made=made)
             views = self.st.queue_views
             views[sent.message_id] = [i.id for i in shown]
             for old in sorted(views)[:-50]:  # the buttons of older answers still work, unedited
