@@ -79,9 +79,7 @@ async def ask_queue(agents: Agents) -> str:
 # -- waiting alerts and honest expiry ------------------------------------------------------------
 
 
-async def test_unanswered_message_raises_the_alert_before_the_pause_ends(
-    knowledge: Knowledge, tmp_path: Path
-) -> None:
+async def test_unanswered_message_raises_the_alert_before_the_pause_ends(knowledge: Knowledge, tmp_path: Path) -> None:
     clock = ManualClock()
     async with running_agents(knowledge, tmp_path, clock=clock, options=options()) as agents:
         thread = await taken_over_and_waiting(agents, 1101, "Lena")

@@ -200,6 +200,9 @@ async def test_cli_transcripts_stats_unmatched(filled_db: str, tmp_path: Path) -
     assert sorted(p.name for p in folder.iterdir()) == ["term_ann.md", "tg_9.md"]
     stats = json.loads(await _cli("stats", filled_db, json=True))
     assert stats["today"]["conversations"] == 2 and stats["today"]["rejected"] >= 1
+    assert len(stats["weeks"]) == 4 and stats["weeks"][-1]["conversations"] == 2  # week by week, this one last
+    table = await _cli("stats", filled_db)
+    assert "Week by week" in table and "1st resp" in table and "satisfaction:" in table
     text = await _cli("unmatched", filled_db)
     assert "qwxz blorp" in text
     await _cli("transcripts", filled_db, action="forget", conversation="tg:9")

@@ -31,6 +31,7 @@ from bot.store import SQLiteStore
 
 from . import privacy, reports
 from .registry import Line
+from .reports_store import ReportStore
 
 COMMANDS = ("transcripts", "watch", "stats", "unmatched")
 _WHO = {"in": "user ", "out": "bot  ", "agent": "agent", "note": "note "}
@@ -263,39 +264,14 @@ async def watch(
     printed = 0
     names: dict[str, str] = {}
     try:
-        db = store.db
-        sql = "SELECT COALESCE(MAX(id), 0) FROM messages" + (" WHERE conversation_id = ?" if conversation else "")
-        async with db.execute(sql, (conversation,) if conversation else ()) as cur:
-            row = await cur.fetchone()
-        last = int(row[0]) if row else 0
-        cursor = 0
-        if tail > 0:
-            q = (
-                "SELECT id FROM messages"
-                + (" WHERE conversation_id = ?" if conversation else "")
-                + " ORDER BY id DESC LIMIT 1 OFFSET ?"
-            )
-            async with db.execute(q, ((conversation,) if conversation else ()) + (tail - 1,)) as cur:
-                r = await cur.fetchone()
-            cursor = int(r[0]) - 1 if r else 0
-        else:
-            cursor = last
+        reads = ReportStore(store.db)
+        cursor = await reads.watch_cursor(conversation, tail)
         while True:
-            q = (
-                "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages WHERE id > ?"
-                + (" AND conversation_id = ?" if conversation else "")
-                + " ORDER BY id LIMIT 500"
-            )
-            async with db.execute(q, (cursor, conversation) if conversation else (cursor,)) as cur:
-                rows = [Line(*r) for r in await cur.fetchall()]
+            rows = [Line(*r) for r in await reads.lines_after(cursor, conversation, 500)]
             for line in rows:
                 cursor = line.id
                 if line.conversation_id not in names:
-                    async with db.execute(
-                        "SELECT user_name FROM conversations WHERE id = ?", (line.conversation_id,)
-                    ) as cur:
-                        r = await cur.fetchone()
-                    names[line.conversation_id] = str(r[0]) if r and r[0] else ""
+                    names[line.conversation_id] = await reads.user_name(line.conversation_id)
                 print(format_line(line, names[line.conversation_id]), file=out, flush=True)
                 printed += 1
             if stop.is_set():

@@ -50,7 +50,7 @@ class BusinessHours:
         return None
 
     def describe_next(self, ts: float) -> str:
-        """"Monday 09:00 (Europe/Berlin)", or "" when open now."""
+        """ "Monday 09:00 (Europe/Berlin)", or "" when open now."""
         at = self.next_open(ts)
         if at is None:
             return ""

@@ -89,3 +89,24 @@ class ReportStore:
                 f"SELECT {_ROW} FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,)
             )
         ]
+
+    # -- following the transcript (``python -m bot watch``) ---------------------------------------
+    async def watch_cursor(self, conversation: str | None, tail: int) -> int:
+        """The message id to follow from so the last ``tail`` lines come first (0: none)."""
+        where, args = (" WHERE conversation_id = ?", (conversation,)) if conversation else ("", ())
+        if tail <= 0:
+            rows = await self._all(f"SELECT COALESCE(MAX(id), 0) FROM messages{where}", args)
+            return int(rows[0][0]) if rows else 0
+        rows = await self._all(f"SELECT id FROM messages{where} ORDER BY id DESC LIMIT 1 OFFSET ?", (*args, tail - 1))
+        return int(rows[0][0]) - 1 if rows else 0
+
+    async def lines_after(self, cursor: int, conversation: str | None, limit: int = 500) -> list[tuple[Any, ...]]:
+        where, args = (" AND conversation_id = ?", (conversation,)) if conversation else ("", ())
+        rows = await self._all(
+            f"SELECT {_ROW} FROM messages WHERE id > ?{where} ORDER BY id LIMIT ?", (cursor, *args, limit)
+        )
+        return [tuple(r) for r in rows]
+
+    async def user_name(self, conversation_id: str) -> str:
+        rows = await self._all("SELECT user_name FROM conversations WHERE id = ?", (conversation_id,))
+        return str(rows[0][0]) if rows and rows[0][0] else ""

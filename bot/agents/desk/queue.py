@@ -161,8 +161,9 @@ class QueuePart:
         ids = self.st.queue_views.get(message_id)
         if ids is not None:
             items = [i for i in [await self.reg.item(x) for x in ids] if i is not None]
-            head: list[Html] = [self.texts("agents.desk.queue_header", count=str(
-                sum(1 for i in items if i.status != "resolved")))]
+            head: list[Html] = [
+                self.texts("agents.desk.queue_header", count=str(sum(1 for i in items if i.status != "resolved")))
+            ]
         else:
             items = await self.reg.items_in_message(message_id)
             head = []
@@ -244,9 +245,7 @@ class QueuePart:
                 self.st.waiting[item.conversation_id] = item
 
     def _waiting_deadlines(self) -> list[float]:
-        return [
-            i.opened_at + self.options.wait_alert_seconds for i in self.st.waiting.values() if i.alerted_at is None
-        ]
+        return [i.opened_at + self.options.wait_alert_seconds for i in self.st.waiting.values() if i.alerted_at is None]
 
     async def _waiting_alerts(self, now: float) -> None:
         for cid, item in list(self.st.waiting.items()):
