@@ -440,6 +440,16 @@ async def test_forget_leaves_nothing_of_the_user(agents: Agents) -> None:
     await agents.fake.wait_for(lambda: "erased their conversation" in agents.topic_text(None), 10, "agents told")
     assert "Jill" not in agents.topic_text(None)
 
+    def still_readable() -> list[str]:
+        topics = agents.fake.topics[GROUP]
+        return [m.text for m in agents.fake.messages[GROUP].values()
+                if m.from_bot and not m.deleted and not topics.get(m.thread_id or 0, {}).get("deleted")]
+
+    # the Escalations line (her name, a link to the topic) went too (deleteMessages)
+    await agents.fake.wait_for(lambda: not any("code-xq71" in t for t in still_readable()), 10, "her lines gone")
+    assert any(c.method == "deleteMessages" for c in agents.group_calls())
+    assert not any("User1010" in t or "tg:1010" in t for t in still_readable())
+
 
 async def test_an_admin_forgets_a_case_privately_by_number(agents: Agents) -> None:
     await agents.user_says(ADMIN, "hello bot, just me trying you out, adminline-77", first_name="Ada")

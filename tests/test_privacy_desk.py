@@ -171,9 +171,11 @@ async def test_erasing_on_the_users_request_says_so_and_cancel_keeps_the_case(ri
     t = rig.topic(52)
     rig.agent_command(52, "forget", user_id=ADMIN)
     await rig.settle()
-    press(rig, confirm_of(rig.gw.in_topic(t.thread_id)), "fx", user_id=ADMIN)
+    first = confirm_of(rig.gw.in_topic(t.thread_id))
+    press(rig, first, "fx", user_id=ADMIN)
     await rig.settle()
     assert await _rows_mentioning(rig.store, "askmark") != [] and t.thread_id in rig.gw.topics
+    assert "Not erased" in rig.gw.group[first.message_id].text and not rig.gw.group[first.message_id].buttons
     rig.agent_command(52, "forget", user_id=ADMIN)
     await rig.settle()
     press(rig, confirm_of(rig.gw.in_topic(t.thread_id)), "fu", user_id=ADMIN)
@@ -339,3 +341,14 @@ def test_forget_as_the_terminal_chats_last_line_erases_without_a_traceback(tmp_p
     assert "deleted this conversation" in out.stdout
     assert "Traceback" not in out.stderr, out.stderr
     assert table_hits(db, ["lastlinemark"]) == [] and byte_hits(db, ["lastlinemark"]) == []
+
+
+def test_privacy_settings_are_read_and_bad_values_fail_at_start() -> None:
+    from bot.config import ConfigError
+
+    s = Settings.from_env({"QUOTE_RETENTION_DAYS": "730", "FORGET_BY_GROUP_ADMINS": "1"})
+    assert s.quote_retention_days == 730 and s.forget_by_group_admins
+    assert Agents(s).options.quote_retention_days == 730 and Agents(s).options.forget_by_group_admins
+    for env in ({"FORGET_BY_GROUP_ADMINS": "yes"}, {"QUOTE_RETENTION_DAYS": "0"}, {"QUOTE_RETENTION_DAYS": "a year"}):
+        with pytest.raises(ConfigError, match=next(iter(env))):
+            Settings.from_env(env)

@@ -436,12 +436,18 @@ class ToolsPart:
         if cid is None or kind == "fx":
             key = "agents.desk.forget_cancelled" if kind == "fx" else "agents.desk.unknown_ref"
             html = self.texts(key, ref=str(ref), agent=cb.user_name or "?").html
-            private = cb.chat_id != self.chat_id
-            with contextlib.suppress(NotModified, MessageGone, GatewayError):
-                if private:
+            if cb.chat_id != self.chat_id:  # a private chat: outside the group's budget
+                with contextlib.suppress(NotModified, MessageGone, GatewayError):
                     await gw.edit_private(cb.chat_id, cb.message_id, html)
-                else:
-                    await gw.edit(cb.message_id, html)
+                return
+            message_id = cb.message_id
+
+            async def edit() -> None:
+                with contextlib.suppress(NotModified, MessageGone):
+                    await gw.edit(message_id, html)
+
+            self.st.urgent.append(edit)
+            self._wake.set()
             return
         await self.forget(cid)  # the confirmation message goes with the rest of the case
         uid = privacy.telegram_user_id(cid)
