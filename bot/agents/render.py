@@ -219,6 +219,12 @@ HIDDEN_VALUES = {
     "plan_name",
     "plan_storage",
     "plan_price",
+    # shown on their own line (the satisfaction answer) or internal (bot/agents/desk/queue.py)
+    "csat",
+    "csat_comment",
+    "csat_of",
+    "return_to",
+    "agent_opens",
 }
 # the quote form's answers worth showing while it is filled in; every other q_* value is the
 # form's own bookkeeping (q_ref, q_sent_where, q_show_*...) — after sending, the card's quote

@@ -116,7 +116,18 @@ class CardsPart:
             notes=tuple(r.text for r in rows if r.direction == "note" and r.kind == NOTE_KIND),
             quote_case=quote_case,
         )
-        return render_card(card, self.texts).html
+        html = render_card(card, self.texts).html
+        rating = values.get("csat", "")
+        if rating.isdigit():  # the satisfaction answer (flows/feedback.yaml)
+            comment = values.get("csat_comment", "")
+            line = self.texts(
+                "agents.desk.card_rating",
+                stars="★" * int(rating) + "☆" * (5 - int(rating)),
+                rating=rating,
+                comment=f" — “{clip(one_line(comment), 200)}”" if comment else "",
+            )
+            html += "\n" + line.html
+        return html
 
     def _steps_tried(self, rows: list[Line], values: dict[str, str]) -> list[tuple[str, bool]]:
         flows, content = self.engine.flows, self.engine.content
@@ -155,7 +166,7 @@ class CardsPart:
         """🙋 Claim while nobody owns the case (the owner shows on the card)."""
         if t.owner_id:
             return []
-        return [(self.texts.plain("agents.desk.btn_claim"), f"{CALLBACK_PREFIX}c:{t.ref}")]
+        return [(self.texts.plain("agents.desk.btn_claim_case"), f"{CALLBACK_PREFIX}c:{t.ref}")]
 
     async def _quote_state(self, cid: str) -> str:
         return await self.quotes.quote_state(cid) if self.quotes is not None else ""

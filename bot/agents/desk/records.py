@@ -17,6 +17,7 @@ from bot.core.engine import Engine
 from bot.core.errors import Problem
 
 from ..commands import HANDBACK_COMMAND
+from ..hours import BusinessHours
 from ..render import (
     Html,
 )
@@ -27,7 +28,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Commands only agents may use. In a private chat anyone else gets no answer at all.
-AGENT_ONLY_COMMANDS = frozenset({"done", "transcript", "stats", "unmatched", "find", "note", "assign", "release"})
+AGENT_ONLY_COMMANDS = frozenset(
+    {"done", "transcript", "stats", "unmatched", "find", "queue", "note", "assign", "release"}
+)
 NOTE_PREFIX = "//"  # a line an agent starts with this stays in the group (like /note)
 NOTE_KIND = "agent_note"  # transcript kind of an agent's internal note (never sent to the user)
 # Events listed in the Escalations topic; other flags only mark the user's topic and card.
@@ -37,7 +40,11 @@ ESCALATIONS = (
     "not_understood_twice",
     "quote_sent",
     "quote_failed",
+    "data_at_risk",
+    "waiting",
 )
+# Escalations that become items of the queue (bot/agents/desk/queue.py)
+QUEUE_KINDS = frozenset(ESCALATIONS) - {"waiting"}
 NOT_SYMPTOMS = frozenset({"main_menu", "common", "human_agent", "quote"})
 NO_CAPTION = frozenset({"sticker", "video_note", "location", "venue", "contact", "dice", "poll"})
 MAX_PENDING = 1500  # transcript rows the mirror holds in memory (the rest waits in SQLite)
@@ -117,7 +124,7 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "agents.desk.card_owner",
     "agents.desk.card_no_owner",
     "agents.desk.card_quote_case",
-    "agents.desk.btn_claim",
+    "agents.desk.btn_claim_case",
     "agents.desk.note_claimed",
     "agents.desk.note_assigned",
     "agents.desk.note_released",
@@ -135,7 +142,33 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "agents.desk.held_sent",
     "agents.desk.held_noted",
     "agents.desk.already_owned",
-    *(f"agents.desk.flag.{e}" for e in (*ESCALATIONS, "data_at_risk")),
+    *(f"agents.desk.flag.{e}" for e in (*ESCALATIONS, "risky_topic")),
+    # the queue, waiting alerts, business hours, satisfaction (content/en/agents_queue.yaml)
+    "agents.pause_expired_waiting",
+    "agents.reply_soon",
+    "agents.reply_at",
+    "agents.desk.waiting_alert",
+    "agents.desk.waiting_requeued",
+    "agents.desk.queue_header",
+    "agents.desk.queue_none",
+    "agents.desk.queue_line",
+    "agents.desk.queue_open",
+    "agents.desk.queue_claimed",
+    "agents.desk.queue_resolved",
+    "agents.desk.btn_claim",
+    "agents.desk.btn_resolve",
+    "agents.desk.queue_taken",
+    "agents.desk.queue_gone",
+    "agents.desk.queue_done_toast",
+    "agents.desk.kind.takeover",
+    "agents.desk.kind.waiting",
+    "agents.desk.card_rating",
+    "agents.desk.stats_weeks",
+    "agents.desk.stats_steps",
+    "agents.desk.stats_flows",
+    "agents.desk.stats_agents",
+    "agents.desk.stats_ratings",
+    "agents.desk.stats_none",
 )
 
 
@@ -168,6 +201,8 @@ class DeskOptions:
     max_backoff: float = 60.0
     forget_by_group_admins: bool = False  # FORGET_BY_GROUP_ADMINS: group administrators may erase too
     quote_retention_days: int = 365  # QUOTE_RETENTION_DAYS
+    wait_alert_seconds: float = 5 * 60.0  # AGENT_WAIT_ALERT_MINUTES: unanswered during a takeover
+    hours: BusinessHours = BusinessHours()  # BUSINESS_HOURS, BUSINESS_TZ (default: always open)
 
 
 # -- what agents do, as plain records (filled in by bot.tg.agents_gateway) -----------------------
