@@ -8,6 +8,13 @@ Without an agents' group (``AGENT_CHAT_ID`` unset, or no gateway from the door) 
 only records escalations and runs the retention purge. ``desk=False``: no desk at all
 (tests that need only the commands).
 
+Several processes on one database (``Core.leadership``, ``bot.store.leader``): the desk —
+the group's only writer, its timers, the retention purge — runs in the leading process only.
+It is opened when this process becomes the leader (its state read afresh from the database,
+where the previous leader left it) and closed when it stops leading; a follower has no desk
+(its users' turns reach the group through the database: the leader's writer reads every
+transcript line). One process (SQLite) always leads: nothing changes there.
+
 It is also the quote feature's ``Alerter``: an alert goes to the agents' Escalations topic
 when there is a group, else to the log.
 """
@@ -15,6 +22,7 @@ when there is a group, else to the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +31,7 @@ from bot.config import Settings
 from bot.core.actions import ActionFn
 from bot.core.engine import CommandFn, Engine
 from bot.store import SQLiteStore
+from bot.store.leader import Leadership, SoleLeader
 
 from . import schema
 from .commands import agent_commands
@@ -69,6 +78,8 @@ class Agents:
         self.desk: AgentDesk | None = None
         self._engine: Engine | None = None
         self._store: SQLiteStore | None = None
+        self._leadership: Leadership = SoleLeader()
+        self._terms: asyncio.Task[None] | None = None  # opens/closes the desk as leadership changes
         self._cleanups: set[asyncio.Task[None]] = set()
         self._early_alerts: list[str] = []  # raised before the desk started: posted when it has
 
@@ -98,10 +109,35 @@ class Agents:
     def bind(self, core: Core) -> None:
         self._engine = core.engine
         self._store = core.store
+        self._leadership = core.leadership
 
     async def start(self, ports: Ports) -> None:
-        if not self.with_desk or self.desk is not None:
+        if not self.with_desk or self.desk is not None or self._terms is not None:
             return
+        assert self._engine is not None, "bound by open_runtime"
+        if isinstance(self._leadership, SoleLeader):
+            await self._open_desk(ports)
+        else:
+            if self._leadership.is_leader:
+                await self._open_desk(ports)
+            self._terms = asyncio.ensure_future(self._follow(ports))
+
+    async def _follow(self, ports: Ports) -> None:
+        """The desk exists while this process leads (see the module docstring)."""
+        lead = self._leadership
+        while True:
+            await (lead.wait_lost() if self.desk is not None else lead.wait_leader())
+            try:
+                if self.desk is not None and not lead.is_leader:
+                    desk, self.desk = self.desk, None
+                    await desk.close()
+                elif self.desk is None and lead.is_leader:
+                    await self._open_desk(ports)
+            except Exception:  # tried again in a moment (or at the next change of leadership)
+                log.exception("agents' desk: changing over after a change of leadership failed")
+                await asyncio.sleep(5.0)
+
+    async def _open_desk(self, ports: Ports) -> None:
         assert self._engine is not None, "bound by open_runtime"
         chat_id = self.settings.agent_chat_id if ports.agents_group is not None else None
         self.desk = AgentDesk(
@@ -121,6 +157,11 @@ class Agents:
             await self.desk.alert(text)
 
     async def close(self) -> None:
+        terms, self._terms = self._terms, None
+        if terms is not None:
+            terms.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await terms
         desk, self.desk = self.desk, None
         try:
             if desk is not None:
