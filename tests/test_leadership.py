@@ -194,3 +194,59 @@ async def test_only_the_leader_polls_and_the_follower_takes_over(pg_dsn: str, tm
         await first.close()
         await second.close()
         await fake.stop()
+
+
+# -- the agents' desk: the leader writes to the group, a follower records; the limit holds --------
+
+async def _agents_runtime(path, knowledge, leadership, gw):  # noqa: ANN001, ANN202
+    from bot.agents import Agents
+    from bot.agents.desk import DeskOptions
+    from bot.config import Settings
+    from bot.escalation import Escalation
+    from bot.runtime import Ports, open_runtime
+    from tests.conftest import ROOT
+
+    settings = Settings(agent_chat_id=-100777)
+    quotes = Escalation(settings, deliver=False)
+    options = DeskOptions(group_limit=gw.limit, group_window=gw.window, record_every=0.01)
+    agents = Agents(settings, options=options, quotes=quotes)
+    runtime = await open_runtime(path, ROOT / "content", ROOT / "flows", features=[quotes, agents],
+                                 knowledge=knowledge, leadership=leadership)
+    await runtime.start(Ports(agents_group=gw))
+    return runtime, agents
+
+
+async def test_only_the_leader_writes_to_the_agents_group_and_a_follower_takes_over(
+    pg_dsn: str, tmp_path, knowledge  # noqa: ANN001, F811
+) -> None:
+    from bot.agents.memory import MemoryGateway
+    from bot.core.messages import EventKind, Inbound
+
+    gw = MemoryGateway(limit=20, window=2.0)  # the group refuses a call past 20 in any 2 s
+    db = tmp_path / "shared.db"
+    a_rt, a = await _agents_runtime(db, knowledge, AdvisoryLeader(pg_dsn, "bot:7", **FAST), gw)
+    b_rt, b = await _agents_runtime(db, knowledge, AdvisoryLeader(pg_dsn, "bot:7", **FAST), gw)
+
+    def group_text() -> str:
+        return "\n".join(m.text for m in gw.group.values())
+
+    async def say(rt, uid: int, text: str) -> None:  # noqa: ANN001
+        await rt.engine.handle(Inbound(f"tg:{uid}", EventKind.TEXT, text=text, user_name="Kofi"))
+
+    try:
+        assert a.enabled and b.desk is not None and not b.enabled  # b's desk only records
+        # a user served by the follower: the leader mirrors the line and flags the escalation
+        await say(b_rt, 31, "I want to talk to a human please")
+        await _until(lambda: "talk to a human" in group_text(), timeout=15)
+        await _until(lambda: "🚩 Escalations" in gw.topics.values()  # listed by the leader
+                     and "asked for a person" in group_text(), timeout=20)
+        await a_rt.close()  # the leader goes away
+        await _until(lambda: b.enabled, timeout=10)
+        await say(b_rt, 32, "hi im still waiting, iCloud says not enough storage for backup??")
+        await _until(lambda: "not enough storage" in group_text(), timeout=20)
+        assert gw.refused == 0  # the group's limit held, hand-over included
+        lines = [m.text for m in gw.group.values() if "talk to a human" in m.text]
+        assert len(lines) <= 2  # the topic and at most the feed: no line posted again by the new leader
+    finally:
+        await a_rt.close()
+        await b_rt.close()

@@ -11,9 +11,11 @@ only records escalations and runs the retention purge. ``desk=False``: no desk a
 Several processes on one database (``Core.leadership``, ``bot.store.leader``): the desk —
 the group's only writer, its timers, the retention purge — runs in the leading process only.
 It is opened when this process becomes the leader (its state read afresh from the database,
-where the previous leader left it) and closed when it stops leading; a follower has no desk
-(its users' turns reach the group through the database: the leader's writer reads every
-transcript line). One process (SQLite) always leads: nothing changes there.
+where the previous leader left it; its writer also looks every second for lines the other
+processes stored) and closed when it stops leading. A follower's desk only records its users'
+escalations (``DeskOptions.record_only``): they reach the group through the database, like
+every transcript line. Alerts raised in a follower go to its log. One process (SQLite) always
+leads: nothing changes there.
 
 It is also the quote feature's ``Alerter``: an alert goes to the agents' Escalations topic
 when there is a group, else to the log.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -116,39 +119,55 @@ class Agents:
             return
         assert self._engine is not None, "bound by open_runtime"
         if isinstance(self._leadership, SoleLeader):
-            await self._open_desk(ports)
+            await self._open_desk(ports, self.options)
         else:
-            if self._leadership.is_leader:
-                await self._open_desk(ports)
+            await self._open_desk(ports, self._options_for(self._leadership.is_leader))
             self._terms = asyncio.ensure_future(self._follow(ports))
 
+    def _options_for(self, leading: bool) -> DeskOptions:
+        if leading:
+            return dataclasses.replace(self.options, look_every=1.0)
+        return dataclasses.replace(self.options, record_only=True)
+
+    def _limiter_for(self, options: DeskOptions) -> GroupLimiter | None:
+        """A leader of several processes starts with the group's budget spent (the previous
+        leader may have used it in its last minute): the group's limit holds across a hand-over."""
+        if isinstance(self._leadership, SoleLeader) or options.record_only:
+            return self.limiter
+        limiter = self.limiter or GroupLimiter(options.group_limit, options.group_window, reserve=options.reserve)
+        limiter.assume_spent()
+        return limiter
+
     async def _follow(self, ports: Ports) -> None:
-        """The desk exists while this process leads (see the module docstring)."""
+        """The leader's desk while this process leads, a recording one while it follows."""
         lead = self._leadership
         while True:
-            await (lead.wait_lost() if self.desk is not None else lead.wait_leader())
+            leads = self.desk is not None and not self.desk.options.record_only
+            await (lead.wait_lost() if leads else lead.wait_leader())
+            if lead.is_leader == leads:
+                continue
             try:
-                if self.desk is not None and not lead.is_leader:
-                    desk, self.desk = self.desk, None
+                desk, self.desk = self.desk, None
+                if desk is not None:
                     await desk.close()
-                elif self.desk is None and lead.is_leader:
-                    await self._open_desk(ports)
+                await self._open_desk(ports, self._options_for(lead.is_leader))
             except Exception:  # tried again in a moment (or at the next change of leadership)
                 log.exception("agents' desk: changing over after a change of leadership failed")
                 await asyncio.sleep(5.0)
 
-    async def _open_desk(self, ports: Ports) -> None:
+    async def _open_desk(self, ports: Ports, options: DeskOptions) -> None:
         assert self._engine is not None, "bound by open_runtime"
-        chat_id = self.settings.agent_chat_id if ports.agents_group is not None else None
+        group = None if options.record_only else ports.agents_group
+        chat_id = self.settings.agent_chat_id if group is not None else None
         self.desk = AgentDesk(
             self._engine,
             self.store,
-            ports.agents_group,
+            group,
             chat_id=chat_id,
             admin_ids=self.settings.admin_ids,
-            options=self.options,
+            options=options,
             clock=self.clock,
-            limiter=self.limiter,
+            limiter=self._limiter_for(options),
             quotes=self.quotes,
         )
         await self.desk.start()

@@ -128,6 +128,11 @@ class DeskOptions:
     member_cache_seconds: float = 600.0
     record_every: float = 0.05  # real seconds the recorder collects turns before one pass
     max_backoff: float = 60.0
+    # several processes on one database (``bot.agents.feature``): the leader's writer also looks
+    # this often for lines and deletions other processes stored; a follower's desk only records
+    # its turns' escalations (no group, no timers, no purge)
+    look_every: float | None = None
+    record_only: bool = False
 
 
 # -- what agents do, as plain records (filled in by bot.tg.agents_gateway) -----------------------
