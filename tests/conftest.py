@@ -14,6 +14,7 @@ from bot.features import Features, standard_features
 from bot.runtime import Knowledge, Runtime, load_knowledge, open_runtime
 from bot.store import SQLiteStore
 from tests.support.chat import ChatDriver
+from tests.support.postgres import pg_dsn, pg_server  # noqa: F401 - fixtures: a real PostgreSQL
 
 ROOT = Path(__file__).resolve().parents[1]
 

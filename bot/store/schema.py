@@ -86,7 +86,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_by_conversation ON messages (conversation_id, id);
     CREATE INDEX messages_by_ts ON messages (ts);
     """,
-    # 4: the Telegram door's durable intake and replies (bot/tg/queue.py): every update is
+    # 4: the Telegram door's durable intake and replies (bot/tg/store.py): every update is
     # stored before Telegram is told it arrived, and marked done in its turn's transaction;
     # the turn's messages wait in tg_outbox until Telegram has them; tg_keyboards is the
     # message per chat that carries the live keyboard (retired when a newer one is sent).

@@ -4,7 +4,7 @@ durable message.
 A thin translator on the seam, like the terminal door. The engine owns the conversation;
 the door owns what Telegram needs: the intake is stored before it is confirmed
 (``bot.tg.intake``), and a turn's messages are written to the outgoing queue
-(``bot.tg.queue``) **in the turn's own transaction** together with "this update is done"
+(``bot.tg.store``) **in the turn's own transaction** together with "this update is done"
 (through ``TURN_WRITES``: ``SQLiteStore.save_turn`` calls the door inside its transaction,
 where ``SAVING_REPLIES`` holds the replies). ``bot.tg.sender`` delivers them. A kill at any
 moment therefore loses no update and repeats no turn.
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ from bot.core.engine import SAVING_REPLIES, Engine
 from bot.core.messages import Attachment, Button, EventKind, Inbound, Reply
 from bot.store.sqlite import TURN_WRITES
 
-from .queue import ANSWER, HOUSEKEEPING, Job, JobSpec, TelegramQueue
+from .store import ANSWER, HOUSEKEEPING, Job, JobSpec, SQLiteTelegramStore, TelegramStore
 from .sender import Sender
 
 from .render import (
@@ -194,10 +193,13 @@ class TelegramDoor:
         max_pending: int = 2000,
         send_retry_delay: float = 0.5,
         typing_after: float = 1.0,
+        tg_store: TelegramStore | None = None,
     ) -> None:
         self.engine = engine
-        self.store = store  # SQLiteStore: set_flags, and the queue's connection
-        self.queue = TelegramQueue(store)
+        self.store = store  # the conversation store: set_flags
+        # the door's inbox, reply queue and keyboards; by default on the conversation store's
+        # SQLite connection (another database passes its own ``TelegramStore``)
+        self.tg_store: TelegramStore = tg_store if tg_store is not None else SQLiteTelegramStore(store.database)
         self.content = content
         self.service_chats = frozenset(service_chats)  # agents'/lab chats: other features own them
         self.send_retry_delay = send_retry_delay
@@ -224,7 +226,7 @@ class TelegramDoor:
         application.add_error_handler(self.on_error)
         self.sender = Sender(
             application.bot,
-            self.queue,
+            self.tg_store,
             application.bot.rate_limiter,
             on_blocked=self.mark_blocked,
             retry_delay=self.send_retry_delay,
@@ -416,7 +418,7 @@ class TelegramDoor:
             return await self._edited(work)
         if work.kind == "group":
             return await self._group(work)
-        jobs = await self.queue.finish(work.update_id)
+        jobs = await self.tg_store.finish(work.update_id)
         if work.kind == "answer" and work.callback is not None:
             await self._answer(work.callback, "")
         return jobs
@@ -429,7 +431,7 @@ class TelegramDoor:
         if work.kind == "turn" and work.chat_id not in self._blocked:
             specs = self._messages(work.chat_id, (Reply(text=self.error_text(), key=ERROR_KEY),))
         try:
-            jobs = await self.queue.finish(work.update_id, specs, status="failed")
+            jobs = await self.tg_store.finish(work.update_id, specs, status="failed")
         except Exception as exc2:  # the database itself is failing: the update stays new
             log.error("update %s: could not record the failure: %s", work.update_id, exc2)
             return []
@@ -484,14 +486,14 @@ class TelegramDoor:
 
         async def writes(db: Any, state: Any) -> None:
             specs, spent = self._plan(work, SAVING_REPLIES.get())
-            written.extend(await self.queue.write_turn(db, work.update_id, specs, spent=spent))
+            written.extend(await self.tg_store.write_turn(db, work.update_id, specs, spent=spent))
 
         log.debug("update %s: %s for %s", work.update_id, work.inbound.kind.value, work.inbound.conversation_id)
         hook = TURN_WRITES.set(writes)
         try:
             replies = await self.engine.handle(work.inbound)
         except _StalePress as stale:
-            jobs = await self.queue.finish(work.update_id, status="stale")
+            jobs = await self.tg_store.finish(work.update_id, status="stale")
             if cq is not None:
                 await self._answer(cq, stale.notice)
             if sender is not None:
@@ -500,9 +502,9 @@ class TelegramDoor:
         finally:
             TURN_WRITES.reset(hook)
         jobs = written
-        if not jobs and await self.queue.update_status(work.update_id) == "new":  # the engine saved nothing
+        if not jobs and await self.tg_store.update_status(work.update_id) == "new":  # the engine saved nothing
             specs, spent = self._plan(work, replies)
-            jobs = await self.queue.finish(work.update_id, specs, spent=spent)
+            jobs = await self.tg_store.finish(work.update_id, specs, spent=spent)
         self._queue(jobs)
         if sender is not None and not any(j.priority == ANSWER for j in jobs):
             sender.answered(work.chat_id)
@@ -519,7 +521,7 @@ class TelegramDoor:
             self._blocked.add(work.chat_id)
             log.info("%s blocked the bot: conversation inactive", cid)
         await self.store.set_flags(cid, active=work.active)
-        return await self.queue.finish(work.update_id)
+        return await self.tg_store.finish(work.update_id)
 
     async def _edited(self, work: Work) -> list[Job]:
         # Choice (docs/telegram.md): an edit is not re-read — answering it as a new message
@@ -529,20 +531,20 @@ class TelegramDoor:
             specs = self._messages(work.chat_id, (Reply(text=self.content.text(EDITED_KEY), key=EDITED_KEY),))
         else:
             log.info("edited message in %s ignored (content has no %s)", work.chat_id, EDITED_KEY)
-        jobs = await self.queue.finish(work.update_id, specs)
+        jobs = await self.tg_store.finish(work.update_id, specs)
         self._queue(jobs)
         return jobs
 
     async def _group(self, work: Work) -> list[Job]:
         """The bot works in private chats only: say so once, then leave the group/channel."""
         if work.chat_id in self._told_groups:
-            return await self.queue.finish(work.update_id)
+            return await self.tg_store.finish(work.update_id)
         self._told_groups.add(work.chat_id)
         specs = []
         if work.chat_type != Chat.CHANNEL and self.content.has(PRIVATE_ONLY_KEY):
             text = self.content.text(PRIVATE_ONLY_KEY, {"bot": f"@{self.bot_username}"})
             specs = self._messages(work.chat_id, (Reply(text=text),), priority=ANSWER)
-        jobs = await self.queue.finish(work.update_id, specs)
+        jobs = await self.tg_store.finish(work.update_id, specs)
         self._queue(jobs)
         fut = self.sender.done_future(jobs) if self.sender is not None and jobs else None
         if fut is not None:
@@ -581,7 +583,7 @@ class TelegramDoor:
         if chat_id in self._blocked:
             log.info("chat %s blocked the bot: %d repl(ies) not sent", chat_id, len(replies))
             return 0
-        jobs = await self.queue.finish(None, self._messages(chat_id, replies, thread_id=thread_id))
+        jobs = await self.tg_store.finish(None, self._messages(chat_id, replies, thread_id=thread_id))
         self._queue(jobs)
         return len(jobs)
 

@@ -1,4 +1,4 @@
-"""Delivers the durable outgoing queue (``bot.tg.queue``) to Telegram, in order per chat.
+"""Delivers the durable outgoing queue (``bot.tg.store``) to Telegram, in order per chat.
 
 One worker per chat with something to send: answers first (``ANSWER`` jobs in id order), then
 housekeeping (the pressed message's "» choice" edit, an old keyboard's retirement). Each job
@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -40,7 +39,7 @@ from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from .http import never_reached_server, server_refused
-from .queue import ANSWER, Job, TelegramQueue
+from .store import ANSWER, Job, TelegramStore
 from .ratelimit import RESERVED
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ class Sender:
     def __init__(
         self,
         bot: Any,
-        queue: TelegramQueue,
+        store: TelegramStore,
         limiter: Any,
         *,
         on_blocked: Callable[[int, Exception], Any] | None = None,
@@ -73,7 +72,7 @@ class Sender:
     ) -> None:
         self.bot = bot
         self._wire_slots = asyncio.Semaphore(max_on_wire)
-        self.queue = queue
+        self.store = store
         self.limiter = limiter
         self.on_blocked = on_blocked
         self.retry_delay = retry_delay
@@ -97,8 +96,8 @@ class Sender:
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> int:
         """Load what an earlier run left queued; returns how many jobs that is."""
-        await self.queue.open_marks()
-        jobs, unsure = await self.queue.recover()
+        await self.store.open()
+        jobs, unsure = await self.store.recover()
         if unsure:
             self.unsure += unsure
             log.warning("%d message(s) were being sent when the bot stopped: not sent again (they may have arrived)", unsure)
@@ -124,7 +123,7 @@ class Sender:
         if self._typing_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._typing_task
-        await self.queue.close()
+        await self.store.close()
         left = sum(len(q) for q in self._jobs.values())
         if left:
             log.info("%d message(s) stay queued for the next start", left)
@@ -194,7 +193,7 @@ class Sender:
             try:
                 await self._work_once(chat_id)
                 return
-            except sqlite3.Error as exc:  # the database is busy or failing: the jobs stay queued
+            except self.store.errors as exc:  # the database is busy or failing: the jobs stay queued
                 log.error("sending to %s paused: %s", chat_id, exc)
                 await asyncio.sleep(1.0)
 
@@ -215,7 +214,7 @@ class Sender:
                 if self._stopping:
                     return
                 if job.kind == "send":  # edits are idempotent: sent again after a kill, no harm
-                    await self.queue.sending([job.id])
+                    await self.store.sending([job.id])
                 self._current[chat_id] = job.id
                 wire = asyncio.create_task(self._call(job))  # not cancelled by stop(): it finishes
                 self._on_wire.add(wire)
@@ -259,8 +258,8 @@ class Sender:
         answered by sending again."""
         while True:
             try:
-                return await self.queue.settle([(job, status, message_id, error)])
-            except sqlite3.Error as exc:
+                return await self.store.settle([(job, status, message_id, error)])
+            except self.store.errors as exc:
                 log.error("recording message %s failed (%s); retrying", job.id, exc)
                 await asyncio.sleep(0.5)
 
@@ -284,7 +283,7 @@ class Sender:
         for job in list(self._jobs.get(chat_id, ())):
             if job.id != self._current.get(chat_id):
                 self._finish(job)
-        await self.queue.drop_chat(chat_id, "blocked")
+        await self.store.drop_chat(chat_id, "blocked")
         if self.on_blocked is not None:
             await self.on_blocked(chat_id, Forbidden(error))
 
