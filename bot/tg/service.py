@@ -44,6 +44,7 @@ from .door import ALLOWED_UPDATES, TelegramDoor
 from .http import AiohttpRequest
 from .intake import Intake, Poller
 from .ratelimit import DoorRateLimiter, RateLimits
+from .store_pg import chat_of, telegram_store
 from .webhook import WebhookServer
 
 log = logging.getLogger(__name__)
@@ -129,20 +130,6 @@ def build_application(
     return builder.build()
 
 
-def chat_of(raw: dict[str, Any]) -> int | None:
-    """The chat a raw update comes from (None when it names none)."""
-    for kind in ("message", "edited_message", "my_chat_member", "channel_post"):
-        part = raw.get(kind)
-        if isinstance(part, dict) and isinstance(part.get("chat"), dict):
-            chat_id = part["chat"].get("id")
-            return chat_id if isinstance(chat_id, int) else None
-    cq = raw.get("callback_query")
-    if isinstance(cq, dict) and isinstance(cq.get("message"), dict) and isinstance(cq["message"].get("chat"), dict):
-        chat_id = cq["message"]["chat"].get("id")
-        return chat_id if isinstance(chat_id, int) else None
-    return None
-
-
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -194,6 +181,7 @@ class TelegramService:
             service_chats=service_chats,
             max_parallel=max_parallel,
             typing_after=typing_after,
+            tg_store=telegram_store(runtime.store.database),
         )
         self.door.install(self.application)
         self.intake = Intake(
@@ -202,6 +190,8 @@ class TelegramService:
         self.poller: Poller | None = None
         self.leadership = getattr(runtime, "leadership", None) or SoleLeader()
         self._polling: asyncio.Task[None] | None = None  # polls while this process leads
+        self._adopting: asyncio.Task[None] | None = None
+        self.adopt_every = 1.0
         self.server: WebhookServer | None = None
         self.webhook_secret = settings.webhook_secret
         self._webhook_port = settings.webhook_port if webhook_port is None else webhook_port
@@ -224,6 +214,8 @@ class TelegramService:
         await app.start()
         await self.door.start_sending()
         await self.intake.start()
+        if hasattr(self.door.tg_store, "adopt"):  # several instances: take over what a dead one left
+            self._adopting = asyncio.ensure_future(self._adopt())
         if self.webhook:
             await self._start_webhook()
         else:
@@ -260,6 +252,22 @@ class TelegramService:
             poller, self.poller = self.poller, None
             if poller is not None:
                 await poller.stop()
+
+    async def _adopt(self) -> None:
+        """Every second: the updates and messages of instances that died (or handed to this
+        one) are handled and sent here (``bot.tg.store_pg``)."""
+        store: Any = self.door.tg_store
+        while True:
+            await asyncio.sleep(self.adopt_every)
+            try:
+                updates, jobs = await store.adopt()
+            except store.errors as exc:  # the database is away: the next round tries again
+                log.warning("taking over another instance's work failed: %s", exc)
+                continue
+            if updates:
+                self.intake.take(updates)
+            if jobs and self.door.sender is not None:
+                self.door.sender.add(jobs)
 
     def _refuses(self, raw: dict[str, Any]) -> bool:
         """A follower leaves the agents' chat to the leader (webhook: answered 503)."""
@@ -333,6 +341,9 @@ class TelegramService:
             steps.append(("polling", lambda: _cancel(polling)))
         if self.poller is not None:
             steps.append(("polling", self.poller.stop))
+        if self._adopting is not None:
+            adopting, self._adopting = self._adopting, None
+            steps.append(("taking over", lambda: _cancel(adopting)))
         steps.append(("the intake", self.intake.stop))
         for name, step in steps:
             await self._step(name, step)
