@@ -178,21 +178,17 @@ class PostgresTelegramStore:
         ids = [u for u, _ in updates]
         bodies = [b for _, b in updates]
         chats = [chat_of(_loads(b)) for b in bodies]
-        rows = await self.database.fetchall(
+        rows = await self.database.fetchall(  # queued at once when it stays here (adopt skips it)
             "INSERT INTO tg_inbox AS t (update_id, body, received_at, chat_id, owner, queued) "
-            "SELECT u.id, u.body, ?, u.chat, "
-            "  COALESCE((SELECT w.owner FROM tg_inbox w WHERE w.chat_id = u.chat AND w.status = 'new' "
-            f"            AND w.owner IS NOT NULL AND w.owner <> ? AND {_alive('w.owner')} "
-            "            ORDER BY w.update_id DESC LIMIT 1), ?), FALSE "
-            "FROM unnest(?::bigint[], ?::text[], ?::bigint[]) AS u(id, body, chat) "
+            "SELECT u.id, u.body, ?, u.chat, o.owner, o.owner = ? "
+            "FROM unnest(?::bigint[], ?::text[], ?::bigint[]) AS u(id, body, chat) CROSS JOIN LATERAL ("
+            "  SELECT COALESCE((SELECT w.owner FROM tg_inbox w WHERE w.chat_id = u.chat AND w.status = 'new' "
+            f"    AND w.owner IS NOT NULL AND w.owner <> ? AND {_alive('w.owner')} "
+            "    ORDER BY w.update_id DESC LIMIT 1), ?) AS owner) AS o "
             "ON CONFLICT (update_id) DO NOTHING RETURNING update_id, owner",
-            (now, me, me, ids, bodies, chats),
+            (now, me, ids, bodies, chats, me, me),
         )
         mine = {int(r[0]) for r in rows if int(r[1]) == me}
-        if mine:
-            await self.database.execute(
-                "UPDATE tg_inbox SET queued = TRUE WHERE update_id = ANY(?::bigint[])", (sorted(mine),)
-            )
         if any(u % 1000 == 0 for u in mine):
             await self._forget_old(now)
         return [u for u in ids if u in mine]
@@ -275,17 +271,16 @@ class PostgresTelegramStore:
             # the chat's earlier replies still unsent at another live instance: these go there too
             row = await tx.fetchone(
                 "INSERT INTO tg_outbox (chat_id, kind, priority, body, update_id, created_at, owner, queued) "
-                "VALUES (?, ?, ?, ?, ?, ?, COALESCE((SELECT o.owner FROM tg_outbox o WHERE o.chat_id = ? "
-                "  AND o.status IN ('pending', 'sending') AND o.owner IS NOT NULL AND o.owner <> ? "
-                f"  AND {_alive('o.owner')} ORDER BY o.id DESC LIMIT 1), ?), FALSE) RETURNING id, owner",
-                (sp.chat_id, sp.kind, sp.priority, json.dumps(sp.body, ensure_ascii=False), update_id, now,
+                "SELECT ?, ?, ?, ?, ?, ?, o.owner, o.owner = ? FROM (SELECT COALESCE(("
+                "  SELECT w.owner FROM tg_outbox w WHERE w.chat_id = ? AND w.status IN ('pending', 'sending') "
+                f"  AND w.owner IS NOT NULL AND w.owner <> ? AND {_alive('w.owner')} ORDER BY w.id DESC LIMIT 1"
+                "), ?) AS owner) AS o RETURNING id, owner",
+                (sp.chat_id, sp.kind, sp.priority, json.dumps(sp.body, ensure_ascii=False), update_id, now, me,
                  sp.chat_id, me, me),
             )
             assert row is not None
             if int(row[1]) == me:
                 jobs.append(Job(int(row[0]), sp.chat_id, sp.kind, sp.priority, sp.body, update_id, 0, now))
-        if jobs:
-            await tx.execute("UPDATE tg_outbox SET queued = TRUE WHERE id = ANY(?::bigint[])", ([j.id for j in jobs],))
         return jobs
 
     async def finish(
