@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from bot.config import Settings
 from bot.core.actions import ACTIONS, ActionFn
 from bot.core.answers import AnswerBook, load_answers
 from bot.core.content import Content, load_content
@@ -38,13 +39,14 @@ from bot.core.flows import FlowSet, load_flows, validate_flows
 from bot.core.matcher import Matcher, validate_intents
 from bot.core.semantic import load_encoder
 from bot.learning import LearnedSync
-from bot.store import SQLiteStore
+from bot.store import SQLiteStore, open_store
 from bot.store.leader import Leadership, SoleLeader
 from bot.store.learned import LearnedStore
 
 if TYPE_CHECKING:  # types only: the features' port protocols (no import at run time)
     from bot.agents.ports import GroupGateway
     from bot.escalation.ports import Alerter, FileFetcher, LabNotifier
+    from bot.store.pgstore import PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class Core:
     """What a feature is bound to: the engine (and through it content and flows), the store."""
 
     engine: Engine
-    store: SQLiteStore
+    store: SQLiteStore | PostgresStore
     # which process does the work that must happen once (the agents' group writer, timers,
     # retention) when several share one database; SQLite: this one, always
     leadership: Leadership = field(default_factory=SoleLeader)
@@ -148,7 +150,7 @@ def load_knowledge(content_dir: Path, flows_dir: Path, lang: str = "en",
 @dataclass
 class Runtime:
     knowledge: Knowledge
-    store: SQLiteStore
+    store: SQLiteStore | PostgresStore
     engine: Engine
     features: tuple[Feature, ...] = ()
     owns_store: bool = True
@@ -189,18 +191,19 @@ class Runtime:
             await self.store.close()
 
 
-async def open_runtime(db: str | Path | SQLiteStore, content_dir: Path, flows_dir: Path, lang: str = "en", *,
-                       features: Sequence[Feature] = (), knowledge: Knowledge | None = None,
-                       leadership: Leadership | None = None) -> Runtime:
+async def open_runtime(db: str | Path | SQLiteStore | PostgresStore, content_dir: Path, flows_dir: Path,
+                       lang: str = "en", *, features: Sequence[Feature] = (), knowledge: Knowledge | None = None,
+                       settings: Settings | None = None, leadership: Leadership | None = None) -> Runtime:
     """The bot, assembled: knowledge loaded and validated (or ``knowledge`` as given), the
-    store opened (or ``db`` itself when it is an open store: the caller closes it), the engine
-    with every feature's actions and commands, each feature bound. Nothing runs in the
-    background until ``Runtime.start`` (which also starts competing for ``leadership``:
-    ``bot.store.leader``; default: this process leads)."""
+    store opened (``db``: a SQLite path or a ``postgresql://`` URL — pool size and timeouts
+    from ``settings`` — or an open store, which the caller closes), the engine with every
+    feature's actions and commands, each feature bound. Nothing runs in the background until
+    ``Runtime.start`` (which also starts competing for ``leadership``: ``bot.store.leader``;
+    default: this process leads)."""
     leadership = leadership or SoleLeader()
     knowledge = knowledge or load_knowledge(content_dir, flows_dir, lang, features)
-    owns = not isinstance(db, SQLiteStore)
-    store = await SQLiteStore.open(db) if not isinstance(db, SQLiteStore) else db
+    owns = isinstance(db, (str, Path))
+    store = await open_store(db, settings) if isinstance(db, (str, Path)) else db
     try:
         for f in features:
             await store.database.migrate(f.name, f.migrations())

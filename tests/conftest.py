@@ -12,7 +12,7 @@ from bot.config import Settings
 from bot.core.engine import Engine
 from bot.features import Features, standard_features
 from bot.runtime import Knowledge, Runtime, load_knowledge, open_runtime
-from bot.store import SQLiteStore
+from bot.store import SQLiteStore, open_store
 from tests.support.chat import ChatDriver
 from tests.support.postgres import pg_dsn, pg_server  # noqa: F401 - fixtures: a real PostgreSQL
 
@@ -29,8 +29,13 @@ def knowledge() -> Knowledge:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = await SQLiteStore.open(tmp_path / "test.db")
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """The conversation store: a SQLite file, or — for a test marked ``@both_stores``
+    (tests/support/postgres.py) — also a fresh database on the session's PostgreSQL server."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        s = await SQLiteStore.open(tmp_path / "test.db")
+    else:
+        s = await open_store(request.getfixturevalue("pg_dsn"))  # type: ignore[assignment]
     yield s
     await s.close()
 
@@ -44,7 +49,9 @@ def features() -> Features:
 
 @pytest.fixture
 async def runtime(knowledge: Knowledge, store: SQLiteStore, features: Features) -> AsyncIterator[Runtime]:
-    rt = await open_runtime(store, ROOT / "content", ROOT / "flows", features=features.all, knowledge=knowledge)
+    # the agents' store has no PostgreSQL implementation yet: on PostgreSQL, the quote feature only
+    chosen = features.all if store.database.dialect == "sqlite" else (features.quotes,)
+    rt = await open_runtime(store, ROOT / "content", ROOT / "flows", features=chosen, knowledge=knowledge)
     yield rt
     await rt.stop()
     await features.quotes.close()

@@ -11,6 +11,7 @@ from bot.escalation import schema as quotes_schema
 from bot.features import standard_features
 from bot.runtime import Knowledge, open_runtime
 from bot.store import SQLiteStore, StoreError
+from bot.store import schema as conversation_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ async def test_a_feature_brings_its_own_tables(knowledge: Knowledge, tmp_path: P
     try:
         assert {"quotes", "outbox", "attachments", "agent_topics", "agent_relays"} <= await _tables(full.store)
         versions = dict(await full.store.database.fetchall("SELECT owner, version FROM schema_versions"))
-        assert versions == {"quotes": 2, "agents": 1}
+        assert versions == {"conversations": len(conversation_schema.MIGRATIONS), "quotes": 2, "agents": 1}
     finally:
         await full.close()
 

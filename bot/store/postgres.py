@@ -33,7 +33,7 @@ import contextvars
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -170,7 +170,7 @@ class PostgresDatabase:
                 url, min_size=1, max_size=pool_size, timeout=connect_timeout,
                 command_timeout=command_timeout, statement_cache_size=256,
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise StoreError(f"DATABASE_URL: cannot reach the PostgreSQL server at {shown}: "
                              f"{exc.__class__.__name__}: {exc}") from exc
         except asyncpg.PostgresError as exc:
@@ -184,7 +184,7 @@ class PostgresDatabase:
     async def close(self) -> None:
         try:
             await asyncio.wait_for(self.pool.close(), timeout=10)
-        except (asyncio.TimeoutError, *DB_ERRORS):
+        except (TimeoutError, *DB_ERRORS):
             self.pool.terminate()
 
     # -- the protocol --------------------------------------------------------------------
@@ -258,9 +258,12 @@ class PostgresDatabase:
         steps = pick_migrations(migrations, DIALECT, owner)
         try:
             async with self.pool.acquire() as conn:
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('schema_versions'))")
-                    await conn.execute(_VERSIONS)
+                try:
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('schema_versions'))")
+                        await conn.execute(_VERSIONS)
+                except asyncpg.PostgresError as exc:  # e.g. no right to create tables
+                    raise StoreError(f"cannot set up the schema on {self.path}: {exc}") from exc
                 version = await self._version(conn, owner)
                 if version > len(steps):
                     raise StoreError(
