@@ -163,6 +163,11 @@ MIGRATIONS: list[str] = [
         UNIQUE (text, intent)
     );
     """,
+    # 7: processed_updates (step 1) has been unused since the Telegram door keeps update ids in
+    # tg_inbox (step 4): dropped. Step 1 stays as it shipped.
+    """
+    DROP TABLE IF EXISTS processed_updates;
+    """,
 ]
 
 #: The same steps on PostgreSQL, numbered alike (step N makes what SQLite's step N makes; a

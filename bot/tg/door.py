@@ -35,7 +35,7 @@ import html
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from telegram import (
@@ -95,6 +95,8 @@ DB_AWAY_KEY = "telegram.database_away"
 # a store error in a turn (a lost database connection, a fail-over): nothing of the turn was
 # saved, so it is run again after these pauses; then the user is told to try again
 STORE_RETRIES = (0.5, 1.0, 2.0, 4.0)
+MISSED_KEY = "telegram.missed_answer"
+AGAIN_COMMAND = "again"  # the current step shown again (after an answer that never arrived)
 # Only for the error path, when content lacks ERROR_KEY (the error must still be answered).
 FALLBACK_ERROR = "Sorry, something went wrong on my side. Please try again, or send /restart to start over."
 CHOICE_MARK = "» "
@@ -219,6 +221,8 @@ class TelegramDoor:
         self._claimed: set[int] = set()
         self._blocked: set[int] = set()
         self._told_groups: set[int] = set()
+        self._missed: set[int] = set()  # chats whose last answer was given up: re-show the step
+        engine.commands.setdefault(AGAIN_COMMAND, self._cmd_again)
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._stopping = False
         self.bot_username = ""
@@ -233,6 +237,7 @@ class TelegramDoor:
             self.tg_store,
             application.bot.rate_limiter,
             on_blocked=self.mark_blocked,
+            on_answer=self._answer_outcome,
             retry_delay=self.send_retry_delay,
             typing_after=self.typing_after,
         )
@@ -271,6 +276,7 @@ class TelegramDoor:
 
     async def start_sending(self) -> int:
         assert self.sender is not None, "install() first"
+        self._missed.update(await self.tg_store.missed_answers())
         return await self.sender.start()
 
     async def drain(self, timeout: float | None = None) -> bool:
@@ -495,6 +501,9 @@ class TelegramDoor:
 
     async def _turn(self, work: Work) -> list[Job]:
         assert work.inbound is not None
+        if work.chat_id in self._missed and work.inbound.kind is not EventKind.COMMAND:
+            return await self._reshow(work)
+        self._missed.discard(work.chat_id)  # a command shows where the user is anyway
         cq = work.callback
         sender = self.sender
         self._blocked.discard(work.chat_id)  # they wrote to us: not (or no longer) blocked
@@ -529,6 +538,31 @@ class TelegramDoor:
         if cq is not None:
             await self._answer(cq, next((r.notice for r in replies if r.notice), ""))
         return jobs
+
+    def _answer_outcome(self, chat_id: int, delivered: bool) -> None:
+        if delivered:
+            self._missed.discard(chat_id)
+        else:
+            self._missed.add(chat_id)
+
+    async def _reshow(self, work: Work) -> list[Job]:
+        """The chat's last answer never reached it (given up after its retries): whatever the
+        user sends next — most likely "hello??" or an answer to the step before — is not read
+        against a step they never saw. They get the current step again instead."""
+        assert work.inbound is not None
+        log.info("chat %s missed its last answer: the current step is shown again", work.chat_id)
+        self._missed.discard(work.chat_id)
+        again = Inbound(work.inbound.conversation_id, EventKind.COMMAND, text=AGAIN_COMMAND, user_name=work.inbound.user_name)
+        jobs = await self._turn(replace(work, inbound=again, callback=None))
+        if work.callback is not None:
+            await self._answer(work.callback, "")
+        return jobs
+
+    async def _cmd_again(self, turn: Any, _arg: str) -> None:
+        """``/again`` (a door command): say so, then the current step with its buttons."""
+        if self.content.has(MISSED_KEY):
+            turn.say(MISSED_KEY)
+        await turn.engine.reprompt(turn)
 
     async def _member(self, work: Work) -> list[Job]:
         cid = conversation_id(work.chat_id)

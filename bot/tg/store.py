@@ -123,6 +123,9 @@ class TelegramStore(Protocol):
     async def drop_chat(self, chat_id: int, reason: str) -> int:
         """The chat blocked the bot: its pending jobs fail, its keyboard is forgotten."""
 
+    async def missed_answers(self) -> list[int]:
+        """Chats whose newest answer was given up (failed to send, not blocked)."""
+
     # -- keyboards, figures --
     async def keyboard_of(self, chat_id: int) -> int | None: ...
     async def counts(self) -> dict[str, int]:
@@ -304,6 +307,14 @@ class SQLiteTelegramStore:
 
     async def drop_chat(self, chat_id: int, reason: str) -> int:
         return int(await self._write(_drop_chat, chat_id, reason))
+
+    async def missed_answers(self) -> list[int]:
+        rows = await self.conn.execute_fetchall(
+            "SELECT o.chat_id FROM tg_outbox AS o WHERE o.status = 'failed' AND o.last_error != 'blocked' "
+            "AND o.id = (SELECT MAX(id) FROM tg_outbox WHERE chat_id = o.chat_id AND kind = 'send' AND priority = ?)",
+            (ANSWER,),
+        )
+        return [int(r[0]) for r in rows]
 
     async def keyboard_of(self, chat_id: int) -> int | None:
         rows = await self.conn.execute_fetchall("SELECT message_id FROM tg_keyboards WHERE chat_id = ?", (chat_id,))
