@@ -276,6 +276,10 @@ POSTGRES_MIGRATIONS: list[str] = [
         UNIQUE (text, intent)
     );
     """,
+    # 7: processed_updates (step 1), unused since update ids live in tg_inbox (step 4): dropped
+    """
+    DROP TABLE IF EXISTS processed_updates;
+    """,
 ]
 
 OWNER = "conversations"

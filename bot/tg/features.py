@@ -96,12 +96,20 @@ class _CurrentDesk:
     def __init__(self, agents: Any) -> None:
         self.agents = agents
 
-    def submit(self, item: Any) -> None:
+    def _leading(self) -> Any:
         desk = self.agents.desk
+        return desk if desk is not None and desk.enabled else None  # a follower's desk only records
+
+    def submit(self, item: Any) -> None:
+        desk = self._leading()
         if desk is not None:
             desk.submit(item)
         else:  # polling: only the leader polls; webhook: a follower refuses the agents' chat
             log.warning("an agents' group update reached a process that does not lead: not handled")
+
+    async def is_agent(self, user_id: int) -> bool:
+        desk = self._leading()
+        return desk is not None and bool(await desk.is_agent(user_id))
 
 
 def telegram_ports(service: Any, settings: Settings, features: Features) -> Ports:

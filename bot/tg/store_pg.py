@@ -42,6 +42,7 @@ from typing import Any
 from bot.store.database import StoreError
 
 from .store import (
+    ANSWER,
     HOUSEKEEPING,
     INBOX_MEMORY_S,
     SENT_MEMORY_S,
@@ -355,6 +356,15 @@ class PostgresTelegramStore:
             )
             await tx.execute("DELETE FROM tg_keyboards WHERE chat_id = ?", (chat_id,))
         return n
+
+    async def missed_answers(self) -> list[int]:
+        """Chats whose newest answer was given up (failed to send, not blocked)."""
+        rows = await self.database.fetchall(
+            "SELECT o.chat_id FROM tg_outbox AS o WHERE o.status = 'failed' AND o.last_error <> 'blocked' "
+            "AND o.id = (SELECT MAX(id) FROM tg_outbox WHERE chat_id = o.chat_id AND kind = 'send' AND priority = ?)",
+            (ANSWER,),
+        )
+        return [int(r[0]) for r in rows]
 
     # -- keyboards, figures ---------------------------------------------------------------------
     async def keyboard_of(self, chat_id: int) -> int | None:
