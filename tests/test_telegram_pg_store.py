@@ -4,6 +4,7 @@ most once, a message a dead instance was sending never sent twice, per-chat orde
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -84,3 +85,46 @@ def test_chat_of_reads_messages_and_presses() -> None:
     assert chat_of({"message": {"chat": {"id": 5}}}) == 5
     assert chat_of({"callback_query": {"from": {"id": 9}, "message": {"chat": {"id": 9}}}}) == 9
     assert chat_of({"update_id": 3}) is None
+
+
+async def test_a_lost_database_connection_costs_the_user_nothing(pg_dsn: str, knowledge: Any) -> None:
+    """Every connection of the bot is cut (a fail-over, a restarted server) between two
+    messages: the next message is answered once, and the instance holds its lock again at once
+    (else another instance would take its work over while it is still doing it)."""
+    import asyncpg
+
+    from bot.config import Settings
+    from bot.features import standard_features
+    from bot.runtime import open_runtime
+    from tests.conftest import ROOT
+    from tests.support.fake_botapi import running_bot
+
+    features = standard_features(Settings(), desk=False, deliver=False)
+    runtime = await open_runtime(pg_dsn, ROOT / "content", ROOT / "flows", features=(features.quotes,),
+                                 knowledge=knowledge)
+    try:
+        async with running_bot(runtime, mode="webhook") as bot:
+            assert await bot.say(3301, "hi, my iphone backup failed last night")
+            store = bot.door.tg_store
+            session_before = store._lock_conn
+            admin = await asyncpg.connect(pg_dsn)
+            try:
+                cut = await admin.fetchval(
+                    "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            finally:
+                await admin.close()
+            assert cut >= 1
+            new = await bot._push(3301, lambda: bot.fake.send_text(
+                3301, "it says not enough icloud storage?? i have 5gb only"), timeout=20)
+            assert len(new) == 1
+            rows = await runtime.store.database.fetchall(
+                "SELECT COUNT(*) FROM messages WHERE conversation_id = 'tg:3301' AND direction = 'in'")
+            assert rows[0][0] == 2  # each message handled once
+            for _ in range(50):  # the take-over loop notices within a second
+                if store._lock_conn is not session_before and await store.alive():
+                    break
+                await asyncio.sleep(0.1)
+            assert store._lock_conn is not session_before and await store.alive()  # a new session holds it
+    finally:
+        await runtime.close()

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bot.store.database import StoreError
+from bot.store.leader import connection_errors
 
 from .store import (
     ANSWER,
@@ -141,15 +142,36 @@ class PostgresTelegramStore:
             )
             assert row is not None
             n = int(row[0])
-            conn = await self.database.pool.acquire()
-            try:
-                await conn.execute("SELECT pg_advisory_lock($1, $2)", LOCK_SPACE, n)
-            except BaseException:
-                await self.database.pool.release(conn)
-                raise
-            self._lock_conn = conn
+            await self._lock(n)
             self.instance = n
             log.info("Telegram door: instance %d (%s)", n, name)
+
+    async def _lock(self, n: int) -> None:
+        conn = await self.database.pool.acquire()
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1, $2)", LOCK_SPACE, n)
+        except BaseException:
+            await self.database.pool.release(conn)
+            raise
+        self._lock_conn = conn
+
+    async def _still_alive(self) -> None:
+        """The instance lock's connection was cut (a fail-over, a restarted server): take the
+        lock again at once — until then the others may take this instance's work over, and
+        ``write_turn`` keeps an update from being finished twice."""
+        conn = self._lock_conn
+        if conn is None or self.instance is None:
+            return
+        try:
+            if not conn.is_closed():
+                return
+        except connection_errors():  # the pool took it back: its connection was lost
+            pass
+        log.warning("Telegram door: instance %d lost its database session; taking its lock again", self.instance)
+        with contextlib.suppress(Exception):
+            await self.database.pool.release(conn)
+        self._lock_conn = None
+        await self._lock(self.instance)
 
     async def close(self) -> None:
         """Stop being an instance: what it still owns is taken over by the others at once."""
@@ -160,6 +182,13 @@ class PostgresTelegramStore:
             with contextlib.suppress(Exception):
                 await self.database.pool.release(conn)
         self.instance = None
+
+    async def alive(self) -> bool:
+        """This instance holds its lock (what the others see)."""
+        if self.instance is None:
+            return False
+        row = await self.database.fetchone(f"SELECT {_alive('?::int')}", (self.instance,))
+        return bool(row and row[0])
 
     async def _me(self) -> int:
         if self.instance is None:
@@ -221,6 +250,10 @@ class PostgresTelegramStore:
         yet in its memory); returns them in order. Messages a dead instance was sending become
         ``unsure``."""
         me = await self._me()
+        try:
+            await self._still_alive()
+        except Exception as exc:  # noqa: BLE001 - any failure here is the database's: said, tried again
+            raise StoreError(f"cannot take the instance lock again: {exc}") from exc
         async with self.database.transaction() as tx:
             await tx.execute(
                 "UPDATE tg_outbox SET status = 'unsure', last_error = 'its instance stopped while sending', "
