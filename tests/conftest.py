@@ -14,7 +14,7 @@ from bot.features import Features, standard_features
 from bot.runtime import Knowledge, Runtime, load_knowledge, open_runtime
 from bot.store import SQLiteStore, open_store
 from tests.support.chat import ChatDriver
-from tests.support.postgres import pg_dsn, pg_server  # noqa: F401 - fixtures: a real PostgreSQL
+from tests.support.postgres import empty_database, pg_dsn, pg_server, pg_shared_dsn  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,11 +31,12 @@ def knowledge() -> Knowledge:
 @pytest.fixture
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     """The conversation store: a SQLite file, or — for a test marked ``@both_stores``
-    (tests/support/postgres.py) — also a fresh database on the session's PostgreSQL server."""
+    (tests/support/postgres.py) — also an emptied database on the session's PostgreSQL server."""
     if getattr(request, "param", "sqlite") == "sqlite":
         s = await SQLiteStore.open(tmp_path / "test.db")
     else:
-        s = await open_store(request.getfixturevalue("pg_dsn"))  # type: ignore[assignment]
+        s = await open_store(request.getfixturevalue("pg_shared_dsn"))  # type: ignore[assignment]
+        await empty_database(s.database)
     yield s
     await s.close()
 

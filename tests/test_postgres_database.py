@@ -11,6 +11,7 @@ import pytest
 
 from bot.store import StoreError
 from bot.store.postgres import PostgresDatabase, redact_url, translate
+from tests.support.postgres import PostgresServer
 
 
 def test_placeholders_become_numbered_outside_literals() -> None:
@@ -109,3 +110,41 @@ async def test_an_unreachable_server_is_named_without_its_password(unused_tcp_po
     with pytest.raises(StoreError) as err:
         await PostgresDatabase.open(url, connect_timeout=2)
     assert "DATABASE_URL" in str(err.value) and "hunter2" not in str(err.value)
+
+
+async def test_a_read_survives_a_lost_connection(pg_server: PostgresServer) -> None:
+    """The server ends the pool's connections (a restart, a fail-over, an idle cut): the next
+    read is answered on a new connection, not turned into an error for the user."""
+    dsn = pg_server.create_database()
+    database = await PostgresDatabase.open(dsn, pool_size=2)
+    try:
+        assert await database.fetchone("SELECT 1") == (1,)
+        name = dsn.rsplit("/", 1)[1]
+        pg_server.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        assert await database.fetchone("SELECT 2") == (2,)
+    finally:
+        await database.close()
+
+
+async def test_a_full_pool_is_an_error_naming_the_setting_not_a_hang(pg_dsn: str) -> None:
+    database = await PostgresDatabase.open(pg_dsn, pool_size=2, connect_timeout=1)
+    try:
+        async with database.transaction(), database.transaction():
+            with pytest.raises(StoreError, match="DB_POOL_SIZE"):
+                await database.fetchone("SELECT 1")
+    finally:
+        await database.close()
+
+
+async def test_a_turn_starts_on_a_new_connection_when_the_old_one_was_cut(pg_server: PostgresServer) -> None:
+    dsn = pg_server.create_database()
+    database = await PostgresDatabase.open(dsn, pool_size=2)
+    try:
+        await database.execute("CREATE TABLE c (id TEXT PRIMARY KEY)")
+        name = dsn.rsplit("/", 1)[1]
+        pg_server.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        async with database.turn("tg:1") as tx:
+            await tx.execute("INSERT INTO c VALUES (?)", ("tg:1",))
+        assert await database.fetchall("SELECT id FROM c") == [("tg:1",)]
+    finally:
+        await database.close()

@@ -33,8 +33,8 @@ import contextvars
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -54,6 +54,9 @@ _VERSIONS = """CREATE TABLE IF NOT EXISTS schema_versions (
 
 #: Errors of the connection or the server while working (not at start).
 DB_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+#: ... of which these mean the connection is gone (a read is tried again on a new one)
+LOST: tuple[type[BaseException], ...] = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                                         asyncpg.exceptions.AdminShutdownError, ConnectionError)
 
 
 def redact_url(url: str) -> str:
@@ -146,11 +149,12 @@ class PostgresDatabase:
     #: appended to a SELECT that claims work: rows another instance is claiming are skipped
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, pool: asyncpg.Pool, url: str, *, turn_slots: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str, *, turn_slots: int, acquire_timeout: float = 5.0) -> None:
         self.pool = pool
         self.url = url
         self.path = redact_url(url)  # what messages name (never the password)
         self.lock = asyncio.Lock()  # the protocol's; writes here do not need it
+        self.acquire_timeout = acquire_timeout
         # the connection of the turn running in this task (reads and the save of the turn
         # go through it); turns hold a connection each, so at most ``turn_slots`` run at once
         # and the rest of the pool stays free for what a turn does meanwhile (a quote's
@@ -179,7 +183,7 @@ class PostgresDatabase:
             raise StoreError(f"DATABASE_URL is not a usable PostgreSQL URL ({shown}): {exc}") from exc
         if pool is None:  # pragma: no cover - create_pool returns a pool when awaited
             raise StoreError("DATABASE_URL: no connection pool")
-        return cls(pool, url, turn_slots=max(1, pool_size // 2))
+        return cls(pool, url, turn_slots=max(1, pool_size // 2), acquire_timeout=connect_timeout)
 
     async def close(self) -> None:
         try:
@@ -187,46 +191,112 @@ class PostgresDatabase:
         except (TimeoutError, *DB_ERRORS):
             self.pool.terminate()
 
+    # -- connections -----------------------------------------------------------------------
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, waited for at most ``acquire_timeout`` (DB_CONNECT_TIMEOUT)."""
+        try:
+            conn = await self.pool.acquire(timeout=self.acquire_timeout)
+        except TimeoutError as exc:
+            raise StoreError(f"no free PostgreSQL connection within {self.acquire_timeout:g} s "
+                             "(raise DB_POOL_SIZE or DB_CONNECT_TIMEOUT)") from exc
+        except DB_ERRORS as exc:
+            raise _wrap(exc) from exc
+        try:
+            yield conn
+        finally:
+            await self.pool.release(conn)
+
+    async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+        """A read on a pooled connection; a connection found dead (the server restarted, a
+        fail-over, an idle connection cut) is replaced and the read tried once more."""
+        for attempt in (1, 2):
+            try:
+                async with self._connection() as conn:
+                    return await fn(conn)
+            except LOST as exc:
+                if attempt == 2:
+                    raise _wrap(exc) from exc
+                log.warning("PostgreSQL connection lost (%s); reading again on a new one", type(exc).__name__)
+            except DB_ERRORS as exc:
+                raise _wrap(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # -- the protocol --------------------------------------------------------------------
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         tx = self._turn.get()
         if tx is not None:
             return await tx.fetchall(sql, args)
-        try:
-            return list(await self.pool.fetch(translate(sql), *args))
-        except DB_ERRORS as exc:
-            raise _wrap(exc) from exc
+        query = translate(sql)
+        return list(await self._read(lambda conn: conn.fetch(query, *args)))
 
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
         tx = self._turn.get()
         if tx is not None:
             return await tx.fetchone(sql, args)
-        try:
-            return await self.pool.fetchrow(translate(sql), *args)  # type: ignore[no-any-return]
-        except DB_ERRORS as exc:
-            raise _wrap(exc) from exc
+        query = translate(sql)
+        return await self._read(lambda conn: conn.fetchrow(query, *args))  # type: ignore[no-any-return]
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        try:
-            return _rowcount(await self.pool.execute(translate(sql), *args))
-        except DB_ERRORS as exc:
-            raise _wrap(exc) from exc
+        async with self._connection() as conn:
+            try:
+                return _rowcount(await conn.execute(translate(sql), *args))
+            except DB_ERRORS as exc:
+                raise _wrap(exc) from exc
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         batch = [tuple(r) for r in rows]
         if batch:
+            async with self._connection() as conn:
+                try:
+                    await conn.executemany(translate(sql), batch)
+                except DB_ERRORS as exc:
+                    raise _wrap(exc) from exc
+
+    @asynccontextmanager
+    async def _tx(self, conn: asyncpg.Connection) -> AsyncIterator[_PgTx]:
+        """BEGIN … COMMIT on ``conn``; ROLLBACK on any exception of the body (which is
+        re-raised as it is: only the database's own errors become ``StoreError``)."""
+        tr = conn.transaction()
+        try:
+            await tr.start()
+        except DB_ERRORS as exc:
+            raise _wrap(exc) from exc
+        try:
+            yield _PgTx(conn)
+        except BaseException:
+            with suppress(*DB_ERRORS):
+                await tr.rollback()
+            raise
+        try:
+            await tr.commit()
+        except DB_ERRORS as exc:
+            raise _wrap(exc) from exc
+
+    async def _begin(self, lock_key: str | None = None) -> tuple[AsyncExitStack, _PgTx]:
+        """A connection in BEGIN (holding ``lock_key``'s advisory lock when given). Nothing
+        has happened yet, so a connection found dead here is replaced once."""
+        for attempt in (1, 2):
+            stack = AsyncExitStack()
             try:
-                await self.pool.executemany(translate(sql), batch)
-            except DB_ERRORS as exc:
-                raise _wrap(exc) from exc
+                conn = await stack.enter_async_context(self._connection())
+                tx = await stack.enter_async_context(self._tx(conn))
+                if lock_key is not None:
+                    await tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (lock_key,))
+                return stack, tx
+            except StoreError as exc:
+                await stack.aclose()
+                if attempt == 2 or not isinstance(exc.__cause__, LOST):
+                    raise
+                log.warning("PostgreSQL connection lost (%s); starting again on a new one",
+                            type(exc.__cause__).__name__)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                yield _PgTx(conn)
-        except DB_ERRORS as exc:
-            raise _wrap(exc) from exc
+        stack, tx = await self._begin()
+        async with stack:
+            yield tx
 
     @asynccontextmanager
     async def turn(self, key: str) -> AsyncIterator[Transaction]:
@@ -236,17 +306,13 @@ class PostgresDatabase:
         if self._turn.get() is not None:
             raise RuntimeError("a turn is already open in this task")
         async with self._turn_slots:
-            try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
-                    tx = _PgTx(conn)
-                    token = self._turn.set(tx)
-                    try:
-                        yield tx
-                    finally:
-                        self._turn.reset(token)
-            except DB_ERRORS as exc:
-                raise _wrap(exc) from exc
+            stack, tx = await self._begin(key)
+            async with stack:
+                token = self._turn.set(tx)
+                try:
+                    yield tx
+                finally:
+                    self._turn.reset(token)
 
     def current_turn(self) -> Transaction | None:
         """The turn transaction open in this task, if any."""
@@ -257,7 +323,7 @@ class PostgresDatabase:
         assert owner.isidentifier(), owner
         steps = pick_migrations(migrations, DIALECT, owner)
         try:
-            async with self.pool.acquire() as conn:
+            async with self._connection() as conn:
                 try:
                     async with conn.transaction():
                         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('schema_versions'))")
