@@ -241,15 +241,17 @@ async def test_done_resume_where_it_was(rig: Rig) -> None:
     )
     await rig.settle()
     state = await rig.engine.state_of("tg:6")
-    assert state is not None and not state.paused and before is not None and state.ref == before.ref
+    assert state is not None and not state.paused and before is not None
     sent = rig.gw.replies[6]
-    assert sent[0].key == "agents.handback_resume"
-    assert sent[-1].buttons  # the current step's buttons again
+    assert [r.key for r in sent] == ["agents.handback_resume", "feedback.ask_agent"]  # one tap 1-5 first
     assert "continues where it was" in rig.gw.topic_text(rig.topic(6).thread_id)
     assert "Continue where it was" in rig.gw.group[prompt.message_id].text  # the choice is shown
-    # the bot answers again
-    r = await rig.say(6, "thanks")
-    assert r
+    # rated (no comment), the conversation goes on where it was, with the step's buttons
+    r = await rig.press(6, sent, "r5")
+    r = await rig.press(6, r, "skip")
+    state = await rig.engine.state_of("tg:6")
+    assert state is not None and state.ref == before.ref and r[-1].buttons
+    assert r[0].key == "feedback.thanks"
 
 
 async def test_done_main_menu(rig: Rig) -> None:
@@ -262,8 +264,11 @@ async def test_done_main_menu(rig: Rig) -> None:
     rig.desk.submit(AgentCallback("cb2", GROUP, prompt.message_id, None, AGENT, "Maria", prompt.buttons[1][1]))
     await rig.settle()
     state = await rig.engine.state_of("tg:7")
-    assert state is not None and state.ref == "main_menu.start" and not state.paused
+    assert state is not None and state.ref == "feedback.start" and not state.paused
     assert rig.gw.replies[7][0].key == "agents.handback_menu"
+    r = await rig.press(7, rig.gw.replies[7], "skip")  # no rating: the main menu
+    state = await rig.engine.state_of("tg:7")
+    assert state is not None and state.ref == "main_menu.start" and r
 
 
 async def test_pause_expires_with_a_note(rig: Rig) -> None:

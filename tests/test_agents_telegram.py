@@ -288,12 +288,20 @@ async def test_done_hands_back_where_it_was(agents: Agents) -> None:
     await agents.fake.wait_for(lambda: len(agents.fake.sent(1004)) > n, 10, "the hand-back")
     await agents.settle()
     state = await agents.runtime.engine.state_of("tg:1004")
-    assert state is not None and not state.paused and state.ref == step_before
+    assert state is not None and not state.paused
     back = agents.fake.sent(1004)[n:]
-    assert "handed you back" in back[0].text and back[-1].keyboard  # the step again, with buttons
+    assert "handed you back" in back[0].text
+    assert "How helpful was our support person" in back[-1].text and back[-1].labels[:5] == ["1", "2", "3", "4", "5"]
     assert all(q["answered"] for q in agents.fake.callback_queries.values())
     assert agents.fake.messages[GROUP][prompt.message_id].keyboard is None  # choice recorded
-    assert await agents.user_says(1004, "hello again")  # the bot answers again
+    await agents.user_presses(1004, label="4")
+    got = await agents.user_says(1004, "Maria was quick and explained the storage thing well, thx")
+    assert "Thank you" in got[0].text and got[-1].keyboard  # then the step where it was, with buttons
+    state = await agents.runtime.engine.state_of("tg:1004")
+    assert state is not None and state.ref == step_before
+    await agents.settle()
+    card = agents.fake.messages[GROUP][agents.desk.topic_of("tg:1004").card_message_id]  # type: ignore[union-attr]
+    assert "4/5" in card.text and "explained the storage thing" in card.text  # the rating on the card
 
 
 async def test_pause_times_out(knowledge: Knowledge, tmp_path: Path) -> None:

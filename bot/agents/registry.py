@@ -15,6 +15,8 @@ from typing import Any
 
 import aiosqlite
 
+from bot.store.counters import day_of
+
 TOPIC_COLUMNS = (
     "ref",
     "conversation_id",
@@ -409,6 +411,105 @@ class Registry:
             (after_id, limit),
         ) as cur:
             return [Line(*r) for r in await cur.fetchall()]
+
+    # -- the escalation queue (migration 2; bot/agents/desk/queue.py) ----------------------------
+    async def open_item(self, conversation_id: str, kind: str, now: float, *, status: str = "open",
+                        agent: str = "") -> QueueItem | None:
+        """A new item, unless this conversation has one of this kind not yet resolved (None)."""
+        async with self.lock:
+            async with self.write_db.execute(
+                "SELECT id FROM agent_queue WHERE conversation_id = ? AND kind = ? AND status != 'resolved'",
+                (conversation_id, kind),
+            ) as cur:
+                if await cur.fetchone() is not None:
+                    return None
+            cur = await self.write_db.execute(
+                "INSERT INTO agent_queue (conversation_id, kind, status, agent, opened_at, claimed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (conversation_id, kind, status, agent, now, now if status == "claimed" else None),
+            )
+            item_id = int(cur.lastrowid or 0)
+        return QueueItem(item_id, conversation_id, kind, status, agent, None, now,
+                         now if status == "claimed" else None, None, None)
+
+    async def item(self, item_id: int) -> QueueItem | None:
+        async with self.db.execute(f"SELECT {QUEUE_COLUMNS} FROM agent_queue WHERE id = ?", (item_id,)) as cur:
+            row = await cur.fetchone()
+        return QueueItem(*row) if row else None
+
+    async def unresolved_items(self, conversation_id: str | None = None, limit: int = 200) -> list[QueueItem]:
+        """Items not resolved yet (one conversation's, or all), oldest first."""
+        where, args = "status != 'resolved'", ()
+        if conversation_id is not None:
+            where, args = where + " AND conversation_id = ?", (conversation_id,)
+        async with self.db.execute(
+            f"SELECT {QUEUE_COLUMNS} FROM agent_queue WHERE {where} ORDER BY opened_at, id LIMIT ?", (*args, limit)
+        ) as cur:
+            return [QueueItem(*r) for r in await cur.fetchall()]
+
+    async def items_in_message(self, message_id: int) -> list[QueueItem]:
+        async with self.db.execute(
+            f"SELECT {QUEUE_COLUMNS} FROM agent_queue WHERE message_id = ? ORDER BY id", (message_id,)
+        ) as cur:
+            return [QueueItem(*r) for r in await cur.fetchall()]
+
+    async def set_item_status(self, item_ids: list[int], status: str, agent: str, now: float) -> None:
+        """open (back in the queue: no owner), claimed (by ``agent``) or resolved."""
+        if not item_ids:
+            return
+        marks = ",".join("?" * len(item_ids))
+        if status == "open":
+            sql, args = "status = 'open', agent = '', claimed_at = NULL, alerted_at = NULL", ()
+        elif status == "claimed":
+            sql, args = "status = 'claimed', agent = ?, claimed_at = COALESCE(claimed_at, ?)", (agent, now)
+        else:
+            sql, args = "status = 'resolved', agent = CASE WHEN ? = '' THEN agent ELSE ? END, resolved_at = ?", (
+                agent, agent, now)
+        await self.write(f"UPDATE agent_queue SET {sql} WHERE id IN ({marks})", (*args, *item_ids))
+
+    async def set_item_message(self, item_ids: list[int], message_id: int) -> None:
+        if item_ids:
+            await self.write(
+                f"UPDATE agent_queue SET message_id = ? WHERE id IN ({','.join('?' * len(item_ids))})",
+                (message_id, *item_ids),
+            )
+
+    async def set_item_alerted(self, item_id: int, now: float) -> None:
+        await self.write("UPDATE agent_queue SET alerted_at = ? WHERE id = ?", (now, item_id))
+
+    # -- anonymous counters (bot/store/counters.py) the desk adds: takeovers, times, ... --------
+    async def count(self, counts: dict[str, int | float]) -> None:
+        """Add to today's anonymous counters (no conversation id, no user's name or text)."""
+        counts = {k: v for k, v in counts.items() if v}
+        if counts:
+            day = day_of(time.time())
+            await self.write_many(
+                "INSERT INTO counters (day, name, n) VALUES (?, ?, ?) "
+                "ON CONFLICT (day, name) DO UPDATE SET n = n + excluded.n",
+                [(day, name, int(round(n))) for name, n in counts.items()],
+            )
+
+
+QUEUE_COLUMNS = (
+    "id, conversation_id, kind, status, agent, message_id, opened_at, claimed_at, resolved_at, alerted_at"
+)
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One escalation of one conversation: open -> claimed (by an agent) -> resolved."""
+
+    id: int
+    conversation_id: str
+    kind: str  # human_requested, quote_sent, data_at_risk, not_understood_twice, still_broken,
+    # quote_failed, waiting (a message unanswered during a takeover), takeover
+    status: str  # open | claimed | resolved
+    agent: str
+    message_id: int | None  # its line in the Escalations topic (with the buttons)
+    opened_at: float
+    claimed_at: float | None
+    resolved_at: float | None
+    alerted_at: float | None
 
 
 @dataclass(frozen=True)

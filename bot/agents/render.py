@@ -219,6 +219,12 @@ HIDDEN_VALUES = {
     "plan_name",
     "plan_storage",
     "plan_price",
+    # shown on their own line (the satisfaction answer) or internal (bot/agents/desk/queue.py)
+    "csat",
+    "csat_comment",
+    "csat_of",
+    "return_to",
+    "agent_opens",
 }
 
 

@@ -108,7 +108,18 @@ class CardsPart:
             messages=len(rows),
             since=rows[0].ts if rows else None,
         )
-        return render_card(card, self.texts).html
+        html = render_card(card, self.texts).html
+        rating = values.get("csat", "")
+        if rating.isdigit():  # the satisfaction answer (flows/feedback.yaml)
+            comment = values.get("csat_comment", "")
+            line = self.texts(
+                "agents.desk.card_rating",
+                stars="★" * int(rating) + "☆" * (5 - int(rating)),
+                rating=rating,
+                comment=f" — “{clip(one_line(comment), 200)}”" if comment else "",
+            )
+            html += "\n" + line.html
+        return html
 
     def _steps_tried(self, rows: list[Line], values: dict[str, str]) -> list[tuple[str, bool]]:
         flows, content = self.engine.flows, self.engine.content

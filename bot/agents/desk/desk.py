@@ -20,8 +20,9 @@ Shape (all in one event loop, nothing here imports ``telegram``):
   is over. In every topic and in the feed a user's lines appear in order, none twice.
 * The *agent* task handles what agents do (messages, edits, commands, button presses) in
   the order they arrive; the Telegram side (``bot.tg.agents_gateway.install``) only queues them.
-* The *timers* task ends pauses nobody ended, purges old transcripts, notices failed quote
-  deliveries.
+* The *timers* task raises "waiting" alerts for customers unanswered during a takeover, ends
+  pauses nobody ended (telling a waiting customer when a person will reply), purges old
+  transcripts, notices failed quote deliveries. Escalations are items of a queue (``queue``).
 
 Without an agents' group (``gateway`` None) the desk still records escalations (for
 ``python -m bot stats``) and runs the retention purge.
@@ -61,6 +62,7 @@ from .cards import CardsPart
 from .feed import FeedPart
 from .mirror import MirrorPart
 from .posts import PostsPart
+from .queue import QueuePart
 from .records import (
     NOT_SYMPTOMS,
     AgentCallback,
@@ -77,7 +79,7 @@ from .tools import ToolsPart
 log = logging.getLogger(__name__)
 
 
-class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart, PostsPart):
+class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart, PostsPart, QueuePart):
     """The desk: wiring (engine, store, gateway, options, clock, limiter), lifecycle and the
     four tasks; each part's methods live in its own module, the state in ``DeskState``."""
 
@@ -172,6 +174,8 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             self.st.esc_known = max([self.st.esc_cursor] + [r.id for r in self.st.esc_pending])
         if not self.options.record_only:  # a follower leaves pauses and timers to the leader
             await self._reconcile_pauses()
+        if self.enabled:
+            await self._load_waiting()
         if self.on_turn not in self.engine.listeners:
             self.engine.listeners.append(self.on_turn)
         self._spawn(self._recorder(), "agents-recorder")
@@ -345,6 +349,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         self.st.gap.discard(cid)
         self.st.open_now.discard(cid)
         self.st.escalated.discard(cid)
+        self.st.waiting.pop(cid, None)
         self.st.esc_pending = [r for r in self.st.esc_pending if r.conversation_id != cid]
         for key in [k for k in self.st.flag_times if k[0] == cid]:
             del self.st.flag_times[key]

@@ -98,12 +98,18 @@ class MirrorPart:
             # "Talk to a person" is the human_agent flow: flagged even if the flow raises nothing
             if rec.state.flow == "human_agent" and "human_requested" not in events:
                 events.append("human_requested")
+            # data at risk: the topic alone (a drowned phone, deleted photos...) flags the case;
+            # an answer that confirms it (no backup, a broken iPhone) makes it an escalation
+            if "data_at_risk" in events and not rec.state.values.get("data_at_risk"):
+                events[events.index("data_at_risk")] = "risky_topic"
             for ev in events:
                 try:
                     await self._flag(rec.conversation_id, self.st.topics.get(rec.conversation_id), ev)
                 except sqlite3.Error:
                     self.errors += 1
                     log.exception("agents: flagging %s for %s failed", ev, rec.conversation_id)
+            if "paused_message" in events and self.enabled:  # a customer waits for the agent
+                await self._customer_waiting(rec.conversation_id)
 
     async def _ensure_many(self, cids: list[str], symptoms: dict[str, str] | None = None) -> None:
         missing = list(dict.fromkeys(c for c in cids if c not in self.st.topics))
@@ -120,6 +126,7 @@ class MirrorPart:
         if event in ("paused_message", "forgotten", ""):
             return
         now = self.clock.now()
+        await self._queue_open(cid, event)  # a new item once the last one was resolved, even if not listed again
         last = self.st.flag_times.get((cid, event))
         if last is not None and now - last < self.options.repeat_seconds:
             return

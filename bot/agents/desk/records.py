@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from bot.core.engine import Engine
 from bot.core.errors import Problem
 
+from ..hours import BusinessHours
 from ..render import (
     Html,
 )
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Commands only agents may use. In a private chat anyone else gets no answer at all.
-AGENT_ONLY_COMMANDS = frozenset({"done", "transcript", "stats", "unmatched", "find"})
+AGENT_ONLY_COMMANDS = frozenset({"done", "transcript", "stats", "unmatched", "find", "queue"})
 # Events listed in the Escalations topic; other flags only mark the user's topic and card.
 ESCALATIONS = (
     "human_requested",
@@ -34,7 +35,11 @@ ESCALATIONS = (
     "not_understood_twice",
     "quote_sent",
     "quote_failed",
+    "data_at_risk",
+    "waiting",
 )
+# Escalations that become items of the queue (bot/agents/desk/queue.py)
+QUEUE_KINDS = frozenset(ESCALATIONS) - {"waiting"}
 NOT_SYMPTOMS = frozenset({"main_menu", "common", "human_agent", "quote"})
 NO_CAPTION = frozenset({"sticker", "video_note", "location", "venue", "contact", "dice", "poll"})
 MAX_PENDING = 1500  # transcript rows the mirror holds in memory (the rest waits in SQLite)
@@ -108,7 +113,33 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "agents.desk.find_header",
     "agents.desk.find_none",
     "agents.desk.find_usage",
-    *(f"agents.desk.flag.{e}" for e in (*ESCALATIONS, "data_at_risk")),
+    *(f"agents.desk.flag.{e}" for e in (*ESCALATIONS, "risky_topic")),
+    # the queue, waiting alerts, business hours, satisfaction (content/en/agents_queue.yaml)
+    "agents.pause_expired_waiting",
+    "agents.reply_soon",
+    "agents.reply_at",
+    "agents.desk.waiting_alert",
+    "agents.desk.waiting_requeued",
+    "agents.desk.queue_header",
+    "agents.desk.queue_none",
+    "agents.desk.queue_line",
+    "agents.desk.queue_open",
+    "agents.desk.queue_claimed",
+    "agents.desk.queue_resolved",
+    "agents.desk.btn_claim",
+    "agents.desk.btn_resolve",
+    "agents.desk.queue_taken",
+    "agents.desk.queue_gone",
+    "agents.desk.queue_done_toast",
+    "agents.desk.kind.takeover",
+    "agents.desk.kind.waiting",
+    "agents.desk.card_rating",
+    "agents.desk.stats_weeks",
+    "agents.desk.stats_steps",
+    "agents.desk.stats_flows",
+    "agents.desk.stats_agents",
+    "agents.desk.stats_ratings",
+    "agents.desk.stats_none",
 )
 
 
@@ -146,6 +177,8 @@ class DeskOptions:
     record_only: bool = False
     forget_by_group_admins: bool = False  # FORGET_BY_GROUP_ADMINS: group administrators may erase too
     quote_retention_days: int = 365  # QUOTE_RETENTION_DAYS
+    wait_alert_seconds: float = 5 * 60.0  # AGENT_WAIT_ALERT_MINUTES: unanswered during a takeover
+    hours: BusinessHours = BusinessHours()  # BUSINESS_HOURS, BUSINESS_TZ (default: always open)
 
 
 # -- what agents do, as plain records (filled in by bot.tg.agents_gateway) -----------------------

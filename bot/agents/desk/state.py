@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..registry import Line, Post, Topic
+from ..registry import Line, Post, QueueItem, Topic
 
 
 @dataclass
@@ -60,3 +60,7 @@ class DeskState:
     writer_idle: bool = False
     busy: bool = False
     agent_busy: int = 0
+    # the queue (queue.py): customers' unanswered messages during a takeover, per conversation;
+    # /queue answers (message id -> the items listed, for their buttons)
+    waiting: dict[str, QueueItem] = field(default_factory=dict)
+    queue_views: dict[int, list[int]] = field(default_factory=dict)

@@ -113,6 +113,7 @@ class TakeoverPart:
             cid,
             [Entry(Direction.AGENT, f"{m.user_name}: {what}", kind="media" if m.media else "text")],
         )
+        await self._agent_answered(t, m.user_name)
 
     async def _blocked(self, t: Topic) -> None:
         await self.store.set_flags(t.conversation_id, active=False)
@@ -195,11 +196,14 @@ class TakeoverPart:
                 t.conversation_id,
                 self.texts("agents.desk.note_paused", agent=agent or "?", minutes=minutes),
             )
+            await self._takeover_started(t, agent)
         return newly
 
     async def resume(self, t: Topic, *, agent: str = "", mode: str = "agent") -> None:
         """Hand a conversation back: unpause, note it, and let the engine speak to the user
-        (``mode``: agent = continue where it was, menu = main menu, expired = pause ran out)."""
+        (``mode``: agent = continue where it was, menu = main menu, expired = pause ran out,
+        waiting = pause ran out over an unanswered message: the customer is told when a person
+        will reply and the case goes back to the queue, listed again)."""
         cid = t.conversation_id
         async with conversation_lock(self.engine, cid):
             await self.store.set_flags(cid, paused=False)
@@ -207,12 +211,20 @@ class TakeoverPart:
         t.paused_by = ""
         await self.reg.save(t)
         self._mark_card(t)
+        await self._takeover_ended(t, agent, waiting=mode == "waiting")
         key = {"menu": "agents.desk.note_handback_menu", "expired": "agents.desk.note_expired"}.get(
             mode, "agents.desk.note_handback_resume"
         )
         minutes = str(max(1, round(self.options.pause_seconds / 60)))
-        await self._note(cid, self.texts(key, agent=agent or "?", minutes=minutes))
-        replies = await self.engine.handle(Inbound(cid, EventKind.COMMAND, text=RESUME_COMMAND, arg=mode))
+        arg = mode
+        if mode == "waiting":
+            when = self._reply_when()
+            arg = f"waiting {when}"
+            await self._note(cid, self.texts("agents.desk.note_expired", minutes=minutes))
+            await self._escalate_note(t, "waiting", self.texts.plain("agents.desk.waiting_requeued", when=when))
+        else:
+            await self._note(cid, self.texts(key, agent=agent or "?", minutes=minutes))
+        replies = await self.engine.handle(Inbound(cid, EventKind.COMMAND, text=RESUME_COMMAND, arg=arg))
         uid = privacy.telegram_user_id(cid)
         if uid is None or not replies or self.gateway is None:
             return

@@ -1,5 +1,5 @@
 """The agents' tools: /help, /open_N, /done (and its buttons), /transcript, /stats,
-/unmatched, /find, /forget — who may use them, where the answer goes.
+/unmatched, /find, /forget, /queue (queue.py) — who may use them, where the answer goes.
 """
 
 
@@ -30,6 +30,7 @@ from ..render import (
     pack,
     render_line,
 )
+from .queue import QUEUE_PREFIX
 from .records import (
     CALLBACK_PREFIX,
     CASE_ARG,
@@ -122,6 +123,7 @@ class ToolsPart:
             "unmatched": self._cmd_unmatched,
             "find": self._cmd_find,
             "forget": self._cmd_forget,
+            "queue": self._cmd_queue,
         }.get(name)
         if handler is not None:
             await handler(c)
@@ -185,6 +187,9 @@ class ToolsPart:
         if not data.startswith(CALLBACK_PREFIX):
             with contextlib.suppress(GatewayError):
                 await gw.answer_callback(cb.callback_id)
+            return
+        if data.startswith(QUEUE_PREFIX):  # Claim / Resolve on a queue item
+            await self._on_queue_press(cb)
             return
         kind, _, ref_s = data[len(CALLBACK_PREFIX) :].partition(":")
         if kind in FORGET_CHOICES:
@@ -274,7 +279,7 @@ class ToolsPart:
         return join(rows)
 
     async def _cmd_stats(self, c: AgentCommand) -> None:
-        now = self.clock.now()
+        now = time.time()  # the counters' days are the wall clock's (bot/store/counters.py)
         today = await reports.stats(self.db, reports.start_of_day(now))
         week = await reports.stats(self.db, now - 7 * 86400)
         await self._reply(
@@ -283,9 +288,42 @@ class ToolsPart:
                 [
                     self._fmt_stats("agents.desk.stats_today", today),
                     self._fmt_stats("agents.desk.stats_week", week),
+                    await self._fmt_weeks(now),
                 ],
                 Html("\n\n", 2),
             ),
+        )
+
+    async def _fmt_weeks(self, now: float, weeks: int = 4) -> Html:
+        """Week by week (a monospace table), then the period's breakdowns."""
+        t = self.texts
+        table = reports.week_table(await reports.weekly(self.db, weeks, now))
+        f = await reports.desk_figures(self.db, reports.week_start(now) - (weeks - 1) * 7 * 86400)
+        none = t.plain("agents.desk.stats_none")
+
+        def listed(key: str, pairs: list[str]) -> Html:
+            return t(key) + Html.text(" " + (", ".join(pairs) or none))
+
+        def rating(n_mean: tuple[int, float | None]) -> str:
+            n, mean = n_mean
+            return "-" if mean is None else f"{mean:.1f} ({n})"
+
+        return join(
+            [
+                t("agents.desk.stats_weeks"),
+                Html("<pre>", 0) + Html.text(table) + Html("</pre>", 0),
+                listed("agents.desk.stats_steps", [f"{s} {n}" for s, n in f.fixed_after]),
+                listed(
+                    "agents.desk.stats_flows", [f"{self._flow_title(fl)} {r}/{e}" for fl, r, e in f.resolved_per_flow]
+                ),
+                listed("agents.desk.stats_agents", [f"{a} {n}" for a, n in f.takeovers]),
+                t(
+                    "agents.desk.stats_ratings",
+                    bot=rating(f.ratings["bot"]),
+                    agent=rating(f.ratings["agent"]),
+                    comments=str(f.comments),
+                ),
+            ]
         )
 
     async def _cmd_unmatched(self, c: AgentCommand) -> None:
