@@ -147,7 +147,10 @@ class AiohttpRequest(BaseRequest):
         del write
         try:
             try:
-                await asyncio.wait_for(self._pool_slots.acquire(), pool)
+                if self._pool_slots.locked():  # wait_for costs a task and a loop turn: only when needed
+                    await asyncio.wait_for(self._pool_slots.acquire(), pool)
+                else:
+                    await self._pool_slots.acquire()
             except TimeoutError as err:
                 raise TimedOut(
                     "Pool timeout: all connections are busy; the request was *not* sent to Telegram."

@@ -252,8 +252,6 @@ class Sender:
                 await self.limiter.acquire(chat_id, job.priority)
                 if self._stopping:
                     return
-                if job.kind == "send":  # edits are idempotent: sent again after a kill, no harm
-                    await self.store.sending([job.id])
                 self._current[chat_id] = job.id
                 wire = asyncio.create_task(self._call(job))  # not cancelled by stop(): it finishes
                 self._on_wire.add(wire)
@@ -338,6 +336,10 @@ class Sender:
                 log.error("unknown outgoing job kind %r (job %s): dropped", job.kind, job.id)
                 return "failed", None, f"unknown kind {job.kind}"
             method, payload = request
+            if job.kind == "send":  # edits are idempotent: sent again after a kill, no harm
+                # committed right before the request leaves (nothing else runs in between here,
+                # so a kill finds few "sending" that had not left)
+                await self.store.sending([job.id])
             result = await self.limiter.process_request(self._post, (method, payload), {}, method, payload, RESERVED)
             if job.kind == "send":
                 return "sent", int(result["message_id"]), ""  # type: ignore[index]
