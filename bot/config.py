@@ -98,6 +98,8 @@ class Settings:
     admin_ids: tuple[int, ...] = ()
     pause_minutes: int = 30
     retention_days: int = 90
+    quote_retention_days: int = 365  # quote requests (the lab may need them longer than transcripts)
+    forget_by_group_admins: bool = False  # FORGET_BY_GROUP_ADMINS=1: the group's administrators may erase too
     # stopping: after SIGTERM, turns in flight get this long before the bot stops anyway
     # (the platform's stop timeout — TimeoutStopSec, --stop-timeout — must be longer)
     stop_drain_seconds: int = 8
@@ -147,6 +149,9 @@ class Settings:
         secret = _secret(env, "WEBHOOK_SECRET")
         if secret and (len(secret) > 256 or not all(c.isalnum() or c in "_-" for c in secret)):
             raise ConfigError("WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        forget_admins = env.get("FORGET_BY_GROUP_ADMINS", "").strip() or "0"
+        if forget_admins not in ("0", "1"):
+            raise ConfigError(f"FORGET_BY_GROUP_ADMINS must be 0 or 1, got {forget_admins!r}")
         smtp_host = env.get("SMTP_HOST", "").strip()
         region = env.get("DEFAULT_REGION", "").strip().upper()
         if region and region not in phonenumbers.SUPPORTED_REGIONS:
@@ -194,5 +199,7 @@ class Settings:
             admin_ids=admins,
             pause_minutes=_int(env, "AGENT_PAUSE_MINUTES", d.pause_minutes, 1, 7 * 24 * 60),
             retention_days=_int(env, "RETENTION_DAYS", d.retention_days, 1, 3650),
+            quote_retention_days=_int(env, "QUOTE_RETENTION_DAYS", d.quote_retention_days, 1, 3650),
+            forget_by_group_admins=forget_admins == "1",
             stop_drain_seconds=_int(env, "STOP_DRAIN_SECONDS", d.stop_drain_seconds, 1, 300),
         )

@@ -436,19 +436,6 @@ async def test_user_forget_leaves_nothing(rig: Rig) -> None:
     assert rig.topic(14).thread_id not in (None, thread)
 
 
-async def test_agent_forget_from_topic(rig: Rig) -> None:
-    await rig.say(15, "my icloud backup failed, marker-kk21")
-    await rig.settle()
-    thread = rig.topic(15).thread_id
-    rig.agent_command(15, "forget")
-    await rig.settle()
-    assert await _rows_mentioning(rig.store, "marker-kk21") == []
-    assert await _rows_mentioning(rig.store, "tg:15") == []
-    assert thread not in rig.gw.topics
-    assert "deleted this conversation" in rig.gw.user_texts(15)[-1]
-    assert "erased the data" in rig.gw.topic_text(None)
-
-
 async def test_privacy_explains(rig: Rig) -> None:
     await rig.say(16, "my icloud backup failed")
     replies = await rig.command(16, "privacy")

@@ -414,18 +414,7 @@ async def test_forget_leaves_nothing_of_the_user(agents: Agents) -> None:
     thread = agents.thread_of(1010)
     agents.agent_says(1010, "Hello Jill")
     await agents.fake.wait_for(lambda: any("Hello Jill" in m.text for m in agents.fake.sent(1010)), 10, "relay")
-    got = await agents.user_command(1010, "forget")
-    assert got == []  # paused: the bot is silent even for /forget... then the agent hands back
-    agents.agent_says(1010, "/done")
-    prompt = await agents.fake.wait_for(
-        lambda: next((m for m in agents.topic_messages(thread) if m.keyboard), None), 10, "prompt"
-    )
-    agents.fake.press(GROUP, label=prompt.labels[0], message_id=prompt.message_id, user_id=AGENT)
-    await agents.fake.wait_for(
-        lambda: any("handed you back" in m.text for m in agents.fake.sent(1010)), 10, "hand-back"
-    )
-    await agents.settle()
-    got = await agents.user_command(1010, "forget")
+    got = await agents.user_command(1010, "forget")  # mid-takeover: answered and erased all the same
     assert "deleted this conversation" in got[-1].text and "stay with the lab" in got[-1].text
     await agents.feature.wait_cleanups()
     await agents.settle()
@@ -440,3 +429,36 @@ async def test_forget_leaves_nothing_of_the_user(agents: Agents) -> None:
                 if table not in ("sqlite_sequence", "agent_meta", "agent_trash", "processed_updates"):
                     assert "1010" not in flat.split(), (table, row)
     await agents.fake.wait_for(lambda: agents.fake.topics[GROUP][thread]["deleted"], 10, "topic deleted")
+    await agents.fake.wait_for(lambda: "erased their conversation" in agents.topic_text(None), 10, "agents told")
+    assert "Jill" not in agents.topic_text(None)
+
+    def still_readable() -> list[str]:
+        topics = agents.fake.topics[GROUP]
+        return [m.text for m in agents.fake.messages[GROUP].values()
+                if m.from_bot and not m.deleted and not topics.get(m.thread_id or 0, {}).get("deleted")]
+
+    # the Escalations line (her name, a link to the topic) went too (deleteMessages)
+    await agents.fake.wait_for(lambda: not any("code-xq71" in t for t in still_readable()), 10, "her lines gone")
+    assert any(c.method == "deleteMessages" for c in agents.group_calls())
+    assert not any("User1010" in t or "tg:1010" in t for t in still_readable())
+
+
+async def test_an_admin_forgets_a_case_privately_by_number(agents: Agents) -> None:
+    await agents.user_says(ADMIN, "hello bot, just me trying you out, adminline-77", first_name="Ada")
+    await agents.user_says(1020, "my icloud backup failed, casecode-51", first_name="Karl")
+    await agents.settle()
+    ref = agents.feature.desk.topic_of("tg:1020").ref
+    await agents._handled(agents.fake.command(ADMIN, "forget", f"#{ref}"))
+    confirm = await agents.fake.wait_for(
+        lambda: next((m for m in agents.fake.sent(ADMIN) if m.keyboard and f"#{ref}" in m.text), None), 10, "confirm"
+    )
+    assert "Karl" in confirm.text
+    await agents._handled(agents.fake.press(ADMIN, label="🗑 Erase", message_id=confirm.message_id, user_id=ADMIN))
+    await agents.fake.wait_for(lambda: any("deleted this conversation" in m.text for m in agents.fake.sent(1020)),
+                               10, "the user told")
+    await agents.settle()
+    db = agents.runtime.store.db
+    async with db.execute("SELECT COUNT(*) FROM messages WHERE text LIKE '%casecode-51%'") as cur:
+        assert (await cur.fetchone())[0] == 0
+    async with db.execute("SELECT COUNT(*) FROM messages WHERE text LIKE '%adminline-77%'") as cur:
+        assert (await cur.fetchone())[0] == 1  # the admin's own chat is untouched

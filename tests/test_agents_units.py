@@ -259,6 +259,7 @@ def test_content_has_every_text_the_desk_needs(knowledge: Knowledge) -> None:
     from bot.agents.desk import check_content
 
     assert check_content(knowledge.content) == []
-    for key in ("agents.privacy", "agents.forgotten", "agents.forgotten_by_agent", "agents.handback_resume",
+    for key in ("agents.privacy_stored", "agents.privacy_forget", "agents.forgotten", "agents.forgotten_by_agent",
+                "agents.handback_resume",
                 "agents.handback_menu", "agents.pause_expired", "agents.resume"):
         assert knowledge.content.has(key), key

@@ -33,7 +33,7 @@ async def test_a_feature_brings_its_own_tables(knowledge: Knowledge, tmp_path: P
     try:
         assert {"quotes", "outbox", "attachments", "agent_topics", "agent_relays"} <= await _tables(full.store)
         versions = dict(await full.store.database.fetchall("SELECT owner, version FROM schema_versions"))
-        assert versions == {"conversations": len(conversation_schema.MIGRATIONS), "quotes": 2, "agents": 1}
+        assert versions == {"conversations": len(conversation_schema.MIGRATIONS), "quotes": 2, "agents": 2}
     finally:
         await full.close()
 

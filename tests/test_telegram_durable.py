@@ -127,6 +127,32 @@ async def test_502s_delay_the_answer_but_never_replace_it_with_an_apology(runtim
         assert all(apology not in m.text for m in bot.fake.sent(2005))
 
 
+async def test_after_an_answer_finally_fails_the_user_gets_the_current_step_again(
+    runtime: Runtime, tg_knowledge: Knowledge
+) -> None:
+    async with running_bot(runtime) as bot:
+        bot.door.sender.retry_delay = 0.01  # the back-off between attempts, shortened
+        await bot.command(2010, "start")
+        bot.fake.fail("sendMessage", status=502, times=100)  # Telegram fails every attempt
+        update = bot.fake.send_text(2010, "my icloud storage is full and it wont back up anymore")
+        await bot.wait_handled(update, timeout=15)  # handled: its answer was given up
+        tries = bot.fake.calls_of("sendMessage", chat_id=2010)[1:]
+        assert len(tries) >= 2 and all(c.status == 502 for c in tries), "the answer never arrived"
+        missed = tries[-1].params
+        before = await runtime.engine.state_of("tg:2010")
+        bot.fake.faults.clear()  # Telegram is back; the user, puzzled, writes again
+        new = await bot.say(2010, "hello?? did u get my message, is my backup fixable or not")
+        assert len(new) == 1, "one message"
+        assert new[0].text.startswith(text_of(tg_knowledge, "telegram.missed_answer"))
+        question = visible(missed["text"]).strip().split("\n\n")[-1]
+        assert question in new[0].text, "the step the user never saw, shown again"
+        assert new[0].labels == [b["text"] for row in missed["reply_markup"]["inline_keyboard"] for b in row]
+        after = await runtime.engine.state_of("tg:2010")
+        assert before is not None and after is not None and (after.flow, after.step) == (before.flow, before.step), (
+            "'hello??' was not read as an answer to a step the user never saw"
+        )
+
+
 async def test_replies_queued_at_a_stop_go_out_after_the_restart(runtime: Runtime) -> None:
     fake = FakeBotAPI()
     async with fake:

@@ -243,3 +243,15 @@ async def test_file_fetcher_downloads_and_refuses_big_files() -> None:
                 await fetcher.fetch("bigger")
             fake.fail("getFile", status=400, description="Bad Request: wrong file_id")
             assert await fetcher.fetch("gone") is None
+
+
+async def test_the_unused_processed_updates_table_is_gone_from_the_database(tmp_path: Any) -> None:
+    # update ids live in tg_inbox; the old table (migration 1) is dropped by a later one
+    from bot.store.sqlite import SQLiteStore
+
+    store = await SQLiteStore.open(tmp_path / "bot.db")
+    try:
+        tables = {r[0] for r in await store.db.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        await store.close()
+    assert "tg_inbox" in tables and "processed_updates" not in tables

@@ -116,7 +116,7 @@ async def _transcripts(db, settings: Settings, args: argparse.Namespace, out: Te
             )
         return 0
     if action == "purge":
-        n = await privacy.purge_expired(db, settings.retention_days)
+        n = await privacy.purge_expired(db, settings.retention_days, quote_retention_days=settings.quote_retention_days)
         print(f"purged {n} conversation(s) idle for more than {settings.retention_days} days", file=out)
         return 0
     if action == "export" and args.all:

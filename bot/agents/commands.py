@@ -1,7 +1,10 @@
 """The agents feature's user commands, handed to the engine by ``feature.Agents``:
 
-* ``/privacy`` — what is stored and for how long, and how to erase it;
-* ``/forget``  — erase this conversation and everything stored about it, now;
+* ``/privacy`` — what is stored, who reads it, for how long, what /forget removes and what it
+  cannot — put together from the settings in force (``privacy_text``);
+* ``/forget``  — erase this conversation and everything stored about it, now (an argument is
+  refused: ``/forget 3`` is an agent naming a case, never "erase this chat"). It works during a
+  takeover too (the engine lets it through the pause);
 * ``/resume``  — show where the conversation stands (the desk uses it to hand a conversation
   back after a takeover: ``/resume agent``, ``/resume menu``, ``/resume expired``).
 
@@ -34,11 +37,15 @@ def agent_commands(agents: Agents) -> dict[str, CommandFn]:
     """Engine commands of the agents feature, bound to its instance."""
 
     async def cmd_privacy(turn: Turn, _arg: str) -> None:
-        summary = await privacy.stored_summary(agents.store.db, turn.state.conversation_id)
-        turn.say("agents.privacy", {"messages": str(summary.messages + 1), "days": str(agents.retention_days)})
+        summary = await privacy.stored_summary(agents.store, turn.state.conversation_id)
+        turn.say_text(privacy_text(agents, turn, summary.messages + 1), key="agents.privacy")
         await turn.engine.reprompt(turn)
 
-    async def cmd_forget(turn: Turn, _arg: str) -> None:
+    async def cmd_forget(turn: Turn, arg: str) -> None:
+        if arg.strip():  # "/forget 3" is an agent naming a case, never this chat: refuse, erase nothing
+            turn.say("agents.forget_with_arg")
+            await turn.engine.reprompt(turn)
+            return
         cid = turn.state.conversation_id
         store = agents.store
         agents.forgetting(cid)
@@ -62,6 +69,19 @@ def agent_commands(agents: Agents) -> dict[str, CommandFn]:
         await turn.engine.reprompt(turn)
 
     return {"privacy": cmd_privacy, "forget": cmd_forget, "resume": cmd_resume}
+
+
+def privacy_text(agents: Agents, turn: Turn, messages: int) -> str:
+    """/privacy from the settings in force: who reads the conversation (an agents' group or
+    nobody), how long lines, conversations and quote requests are kept, what /forget removes
+    and what it cannot."""
+    o = agents.options
+    content = turn.engine.content
+    env = {"messages": str(messages), "days": str(o.retention_days), "quote_days": str(o.quote_retention_days)}
+    keys = ["agents.privacy_stored", "agents.privacy_secrets"]
+    keys.append("agents.privacy_team" if agents.enabled else "agents.privacy_no_team")
+    keys += ["agents.privacy_kept", "agents.privacy_quotes", "agents.privacy_forget", "agents.privacy_cannot"]
+    return "\n\n".join(content.text(k, env) for k in keys)
 
 
 async def _after_turn(agents: Agents, turn: Turn, cid: str) -> None:

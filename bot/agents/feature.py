@@ -36,9 +36,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 USER_TEXTS = (
-    "agents.privacy",
+    "agents.privacy_stored",
+    "agents.privacy_secrets",
+    "agents.privacy_team",
+    "agents.privacy_no_team",
+    "agents.privacy_kept",
+    "agents.privacy_quotes",
+    "agents.privacy_forget",
+    "agents.privacy_cannot",
     "agents.forgotten",
+    "agents.forgotten_on_request",
     "agents.forgotten_by_agent",
+    "agents.forget_with_arg",
     "agents.handback_menu",
     "agents.handback_resume",
     "agents.pause_expired",
@@ -61,7 +70,12 @@ class Agents:
     ) -> None:
         self.settings = settings or Settings()
         s = self.settings
-        self.options = options or DeskOptions(pause_seconds=s.pause_minutes * 60.0, retention_days=s.retention_days)
+        self.options = options or DeskOptions(
+            pause_seconds=s.pause_minutes * 60.0,
+            retention_days=s.retention_days,
+            quote_retention_days=s.quote_retention_days,
+            forget_by_group_admins=s.forget_by_group_admins,
+        )
         self.with_desk = desk
         self.clock = clock
         self.limiter = limiter
@@ -140,8 +154,9 @@ class Agents:
             await asyncio.wait_for(asyncio.gather(*list(self._cleanups), return_exceptions=True), timeout)
 
     def forgetting(self, conversation_id: str) -> None:
+        """The user's own /forget is erasing ``conversation_id`` (mid-takeover too)."""
         if self.desk is not None:
-            self.desk.forgetting(conversation_id)
+            self.desk.forgetting(conversation_id, by_user=True)
 
     def forgotten(self, conversation_id: str, upto_id: int) -> None:
         if self.desk is not None:

@@ -33,6 +33,7 @@ class Msg:
     buttons: tuple[tuple[str, str], ...] = ()
     kind: str = "text"
     edits: int = 0
+    data: str = ""  # a document's content
 
     @property
     def text(self) -> str:
@@ -53,6 +54,9 @@ class MemoryGateway:
     private: dict[int, list[str]] = field(default_factory=dict)
     blocked: set[int] = field(default_factory=set)
     members: set[int] = field(default_factory=set)
+    admins: set[int] = field(default_factory=set)
+    private_msgs: dict[int, dict[int, Msg]] = field(default_factory=dict)  # chat -> id -> message
+    undeletable: set[int] = field(default_factory=set)  # message ids Telegram refuses to delete (too old)
     callbacks: list[tuple[str, str]] = field(default_factory=list)
     calls: list[tuple[float, str]] = field(default_factory=list)  # group calls (time, method)
     refused: int = 0
@@ -65,6 +69,13 @@ class MemoryGateway:
 
     def topic_text(self, thread_id: int | None) -> str:
         return "\n".join(m.text for m in self.in_topic(thread_id))
+
+    def visible(self) -> list[str]:
+        """The text of every message still readable anywhere: the group (topics not deleted)
+        and the agents' private chats — what a privacy scan searches."""
+        group = [f"{m.text} {m.data}" for m in self.group.values() if m.thread_id not in self.deleted_topics]
+        private = [f"{m.text} {m.data}" for box in self.private_msgs.values() for m in box.values()]
+        return group + private
 
     def delete_topic_now(self, thread_id: int) -> None:
         """An agent deletes a topic in the Telegram app."""
@@ -142,14 +153,30 @@ class MemoryGateway:
         self._group_call("sendDocument")
         self._thread(thread_id)
         mid = next(self._ids)
-        self.group[mid] = Msg(mid, thread_id, caption_html, kind=f"document:{filename}:{len(data)}")
+        self.group[mid] = Msg(mid, thread_id, caption_html, kind=f"document:{filename}:{len(data)}",
+                              data=data.decode("utf-8", "replace"))
         return Sent(mid, thread_id)
 
     async def answer_callback(self, callback_id: str, text: str = "") -> None:
         self.callbacks.append((callback_id, text))
 
     async def is_member(self, user_id: int) -> bool:
-        return user_id in self.members
+        return user_id in self.members or user_id in self.admins
+
+    async def is_admin(self, user_id: int) -> bool:
+        return user_id in self.admins
+
+    async def delete_messages(self, message_ids: Sequence[int], chat_id: int | None = None) -> None:
+        if chat_id is None:
+            self._group_call("deleteMessages")
+            box = self.group
+        else:
+            box = self.private_msgs.get(chat_id, {})
+        gone = [i for i in message_ids if i in box and i not in self.undeletable]
+        if not gone:
+            raise MessageGone("Bad Request: message to delete not found")
+        for i in gone:
+            del box[i]
 
     # -- users -------------------------------------------------------------------------------------
     def _user(self, chat_id: int) -> list[Msg]:
@@ -186,11 +213,28 @@ class MemoryGateway:
         for r in replies:
             box.append(Msg(next(self._ids), None, _html.escape(r.text), kind="reply"))
 
-    async def send_private(self, chat_id: int, html: str) -> None:
+    async def send_private(self, chat_id: int, html: str, buttons: Sequence[tuple[str, str]] = ()) -> int:
         self.private.setdefault(chat_id, []).append(html)
+        mid = next(self._ids)
+        self.private_msgs.setdefault(chat_id, {})[mid] = Msg(mid, None, html, tuple(buttons))
+        return mid
 
-    async def send_private_document(self, chat_id: int, filename: str, data: bytes, caption_html: str = "") -> None:
+    async def send_private_document(self, chat_id: int, filename: str, data: bytes, caption_html: str = "") -> int:
         self.private.setdefault(chat_id, []).append(f"[document {filename}] {caption_html}")
+        mid = next(self._ids)
+        doc = Msg(mid, None, caption_html, kind=f"document:{filename}",
+                  data=data.decode("utf-8", "replace"))
+        self.private_msgs.setdefault(chat_id, {})[mid] = doc
+        return mid
+
+    async def edit_private(self, chat_id: int, message_id: int, html: str) -> None:
+        m = self.private_msgs.get(chat_id, {}).get(message_id)
+        if m is None:
+            raise MessageGone("Bad Request: message to edit not found")
+        if m.html == html:
+            raise NotModified("Bad Request: message is not modified")
+        m.html, m.buttons = html, ()
+        m.edits += 1
 
     def user_texts(self, chat_id: int) -> list[str]:
         return [m.text for m in self.users.get(chat_id, [])]

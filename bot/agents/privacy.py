@@ -1,80 +1,59 @@
-"""Erasing a user's data (/forget) and the retention purge, on the store's connection.
+"""Erasing a user's data (/forget) and the retention purge: what is erased, and when.
 
-Deletion is generic over the schema so features added later are covered without edits
-here: every table with a ``conversation_id`` column (plus ``conversations`` itself) loses
-that conversation's rows, and rows in tables that reference them by foreign key go first
-(e.g. a quote's outbox entries and photos). For a Telegram conversation (``tg:<id>``),
-tables keyed by ``chat_id`` / ``user_id`` lose that id's rows too. Deleted content is zeroed
-(``secure_delete``), free pages go back to the file system and the WAL is truncated
-(``bot.store.sqlite.reclaim_space``), so the text is not left in the file either.
+The SQL lives in store classes: ``bot.store.erasure.Erasure`` (generic over the schema, so
+tables added by later features are covered without edits here) and the agents' ``Registry``
+(their topics and posted messages). Deleted content is zeroed, free pages go back to the file
+system and the WAL is truncated, so the text is not left in the file either.
 
-Forum topics on Telegram are not deleted here: their thread ids go to ``agent_trash`` and
-the desk deletes them (it owns the group's rate limit). Who must be told around a deletion
+Forum topics and the desk's other posts about a user are not deleted on Telegram here: their
+thread ids go to ``agent_trash`` and their posts are marked in ``agent_posts``; the desk
+deletes (or edits) them (it owns the group's rate limit). Who must be told around a deletion
 (the desk) is told by the caller (``feature.Agents.forgetting`` / ``forgotten``).
+
+Retention (``purge_expired``):
+
+* transcript lines (``messages``, ``unmatched``) older than ``RETENTION_DAYS`` are deleted,
+  in slices; a conversation idle that long is erased like /forget — except its quote
+  requests, which have their own period (``QUOTE_RETENTION_DAYS``: the lab may need them
+  longer) and are deleted when it has passed, whatever the conversation;
+* a conversation still active keeps its state, but the values that quote the user's words
+  (``WORDS_VALUES``: the first words, a message waiting, form answers) go when the line they
+  were typed in has expired, and its case card is drawn again without them;
+* the desk's posts about users older than ``RETENTION_DAYS`` are deleted on Telegram.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 
-from bot.store.sqlite import reclaim_space
+from bot.store.erasure import Erasure
+
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
-_OWN = ("agent_trash", "agent_meta", "sqlite_sequence")
-
-
-@dataclass(frozen=True)
-class _Table:
-    name: str
-    columns: tuple[str, ...]
-    refs: tuple[tuple[str, str, str], ...]  # (parent table, my column, parent column)
-
-
-async def _tables(db: aiosqlite.Connection) -> dict[str, _Table]:
-    async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'") as cur:
-        names = [r[0] for r in await cur.fetchall()]
-    out: dict[str, _Table] = {}
-    for name in names:
-        async with db.execute(f'PRAGMA table_info("{name}")') as cur:
-            cols = tuple(r[1] for r in await cur.fetchall())
-        async with db.execute(f'PRAGMA foreign_key_list("{name}")') as cur:
-            refs = tuple((r[2], r[3], r[4] or "rowid") for r in await cur.fetchall())
-        out[name] = _Table(name, cols, refs)
-    return out
-
-
-async def _delete_where(
-    db: aiosqlite.Connection,
-    tables: dict[str, _Table],
-    table: str,
-    where: str,
-    args: tuple[object, ...],
-    depth: int = 0,
-) -> int:
-    """Delete rows of ``table`` matching ``where``, after the rows that reference them."""
-    deleted = 0
-    if depth < 5:
-        for child in tables.values():
-            for parent, col, parent_col in child.refs:
-                if parent == table:
-                    sub = f'"{col}" IN (SELECT "{parent_col}" FROM "{table}" WHERE {where})'
-                    deleted += await _delete_where(db, tables, child.name, sub, args, depth + 1)
-    cur = await db.execute(f'DELETE FROM "{table}" WHERE {where}', args)
-    return deleted + max(0, cur.rowcount)
-
-
-async def _reclaim(db: aiosqlite.Connection) -> None:
-    try:
-        await reclaim_space(db)
-    except sqlite3.OperationalError:  # busy: the next purge or checkpoint finishes it
-        log.info("reclaiming free pages after a deletion did not complete", exc_info=True)
+_OWN = ("agent_trash", "agent_meta", "agent_posts", "sqlite_sequence")
+# Kept by their own retention (QUOTE_RETENTION_DAYS), not the conversation's: the quote
+# feature's requests (their outbox rows and photos hang off them by foreign key).
+QUOTES = ("quotes", "created_at")
+# State values that hold the user's own words: kept only while the line they came from is.
+WORDS_VALUES = (
+    "trigger_text",
+    "pending_text",
+    "q_name",
+    "q_email",
+    "q_phone",
+    "q_device",
+    "q_damage",
+    "q_data",
+    "q_description",
+    "q_backup",
+)
 
 
 def telegram_user_id(conversation_id: str) -> int | None:
@@ -93,91 +72,116 @@ class _NoLock:
 
 
 async def forget_conversation(
-    db: aiosqlite.Connection, conversation_id: str, *, scrub: bool = True, lock: Any = None
+    db: aiosqlite.Connection,
+    conversation_id: str,
+    *,
+    scrub: bool = True,
+    lock: Any = None,
+    keep_quotes: bool = False,
 ) -> int:
     """Delete everything stored about one conversation, in one transaction. Returns the number
     of rows deleted. ``lock``: the store's ``tx_lock`` when ``db`` is the bot's shared
-    connection. Forum topic thread ids of the conversation are queued in ``agent_trash``."""
+    connection. Its forum topic goes to ``agent_trash``, the desk's posts about it are marked
+    for clean-up. ``keep_quotes``: the retention purge (quotes have their own period)."""
+    erasure = Erasure(db)
     async with lock if lock is not None else _NoLock():
-        tables = await _tables(db)
-        uid = telegram_user_id(conversation_id)
-        await db.execute("PRAGMA secure_delete = ON")  # already on for the store's connections
-        deleted = 0
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            if "agent_topics" in tables and "agent_trash" in tables:
-                await db.execute(
-                    "INSERT OR IGNORE INTO agent_trash (thread_id, ts) SELECT thread_id, ? FROM agent_topics "
-                    "WHERE conversation_id = ? AND thread_id IS NOT NULL",
-                    (time.time(), conversation_id),
-                )
-            for t in tables.values():
-                if t.name in _OWN:
-                    continue
-                if "conversation_id" in t.columns:
-                    deleted += await _delete_where(db, tables, t.name, '"conversation_id" = ?', (conversation_id,))
-                if uid is not None:
-                    for col in ("chat_id", "user_id"):
-                        if col in t.columns:
-                            deleted += await _delete_where(db, tables, t.name, f'"{col}" = ?', (uid,))
-            if "conversations" in tables:
-                deleted += await _delete_where(db, tables, "conversations", '"id" = ?', (conversation_id,))
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
+        tables = await erasure.tables()
+        skip: tuple[str, ...] = _OWN + ((QUOTES[0],) if keep_quotes else ())
+        async with erasure.transaction():
+            if "agent_topics" in tables:
+                reg = Registry(db)
+                thread = await reg.trash_topic_of(conversation_id)
+                if "agent_posts" in tables:
+                    await reg.mark_posts_of(conversation_id, thread)
+            deleted = await erasure.delete_conversation(conversation_id, telegram_user_id(conversation_id), skip=skip)
         if scrub:  # the deleted text must not linger in free pages or the write-ahead log
-            await _reclaim(db)
+            await erasure.reclaim()
     log.info("forgot conversation %s (%d rows)", conversation_id, deleted)
     return deleted
 
 
+@dataclass(frozen=True)
+class Purged:
+    conversations: int  # idle conversations erased
+    pruned: tuple[str, ...]  # active conversations whose state lost expired words (cards to redraw)
+    quotes: int  # quote requests past QUOTE_RETENTION_DAYS
+
+
 async def purge_expired(
-    db: aiosqlite.Connection, retention_days: int, now: float | None = None, lock: Any = None
+    db: aiosqlite.Connection,
+    retention_days: int,
+    now: float | None = None,
+    lock: Any = None,
+    quote_retention_days: int | None = None,
 ) -> int:
-    """Delete transcript lines older than the retention period, and conversations idle that long
-    (with everything that belongs to them). Returns the number of conversations removed."""
-    cutoff = (now if now is not None else time.time()) - retention_days * 86400.0
-    tables = await _tables(db)
-    async with db.execute("SELECT id FROM conversations WHERE updated_at < ?", (cutoff,)) as cur:
-        stale = [r[0] for r in await cur.fetchall()]
-    await db.execute("PRAGMA secure_delete = ON")  # already on for the store's connections
+    """``purge`` without the details: the number of idle conversations erased."""
+    done = await purge(db, retention_days, now=now, lock=lock, quote_retention_days=quote_retention_days)
+    return done.conversations
+
+
+async def purge(
+    db: aiosqlite.Connection,
+    retention_days: int,
+    *,
+    now: float | None = None,
+    lock: Any = None,
+    quote_retention_days: int | None = None,
+) -> Purged:
+    """The retention purge (module docstring). ``quote_retention_days`` None: the same period
+    as the transcripts."""
+    lock = lock if lock is not None else _NoLock()
+    now = now if now is not None else time.time()
+    cutoff = now - retention_days * 86400.0
+    quote_cutoff = now - (quote_retention_days if quote_retention_days is not None else retention_days) * 86400.0
+    erasure = Erasure(db)
+    tables = await erasure.tables()
+    stale = await erasure.idle_conversations(cutoff) if "conversations" in tables else []
+    aging = await erasure.conversations_with_lines_before(cutoff) if "messages" in tables else []
     for table in ("messages", "unmatched"):
-        if table not in tables:
-            continue
         while True:  # in slices, the lock released in between: users' turns go first
-            async with lock if lock is not None else _NoLock():
-                cur = await db.execute(
-                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE ts < ? LIMIT 500)", (cutoff,)
-                )
-            if cur.rowcount < 500:
+            async with lock:
+                n = await erasure.delete_before(table, "ts", cutoff)
+            if n < 500:
                 break
+    quotes = 0
+    while True:
+        async with lock:
+            n = await erasure.delete_before(*QUOTES, quote_cutoff)
+        quotes += n
+        if n < 500:
+            break
     for cid in stale:
-        await forget_conversation(db, cid, scrub=False, lock=lock)
-    async with lock if lock is not None else _NoLock():
-        await _reclaim(db)
-    if stale:
-        log.info("retention: purged %d conversation(s) idle for more than %d days", len(stale), retention_days)
-    return len(stale)
+        await forget_conversation(db, cid, scrub=False, lock=lock, keep_quotes=True)
+    gone = set(stale)
+    pruned: list[str] = []
+    for cid in aging:
+        if cid in gone:
+            continue
+        async with lock:
+            if await erasure.prune_words(cid, WORDS_VALUES) and "agent_topics" in tables:
+                await Registry(db).forget_card(cid)
+                pruned.append(cid)
+    if "agent_posts" in tables:
+        async with lock:
+            await Registry(db).expire_posts(cutoff)
+    async with lock:
+        await erasure.reclaim()
+    if stale or quotes or pruned:
+        log.info(
+            "retention: %d conversation(s) idle for more than %d days purged, %d quote request(s) "
+            "past their period, %d active conversation(s) lost expired words",
+            len(stale), retention_days, quotes, len(pruned),
+        )
+    return Purged(len(stale), tuple(pruned), quotes)
 
 
 @dataclass(frozen=True)
 class StoredSummary:
     messages: int
     first_ts: float | None
-    has_quote: bool
 
 
-async def stored_summary(db: aiosqlite.Connection, conversation_id: str) -> StoredSummary:
-    async with db.execute(
-        "SELECT COUNT(*), MIN(ts) FROM messages WHERE conversation_id = ?", (conversation_id,)
-    ) as cur:
-        row = await cur.fetchone()
-    count, first = (int(row[0]), row[1]) if row else (0, None)
-    has_quote = False
-    try:
-        async with db.execute("SELECT 1 FROM quotes WHERE conversation_id = ? LIMIT 1", (conversation_id,)) as cur:
-            has_quote = await cur.fetchone() is not None
-    except sqlite3.OperationalError:  # no quotes table in this database (no quote feature)
-        has_quote = False
-    return StoredSummary(count, first, has_quote)
+async def stored_summary(store: Any, conversation_id: str) -> StoredSummary:
+    """What /privacy counts (``store``: the conversation store)."""
+    count, first = await store.message_summary(conversation_id)
+    return StoredSummary(count, first)

@@ -246,12 +246,115 @@ class Registry:
             "INSERT OR IGNORE INTO agent_trash (thread_id, ts) VALUES (?, ?)", [(t, time.time()) for t in thread_ids]
         )
 
+    async def trash_topic_of(self, conversation_id: str) -> int | None:
+        """Inside an erasure's transaction (the caller holds the lock): the conversation's
+        forum topic is queued for deletion on Telegram. Returns its thread id."""
+        async with self.write_db.execute(
+            "SELECT thread_id FROM agent_topics WHERE conversation_id = ?", (conversation_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        thread = row[0] if row else None
+        if thread is not None:
+            await self.write_db.execute(
+                "INSERT OR IGNORE INTO agent_trash (thread_id, ts) VALUES (?, ?)", (thread, time.time())
+            )
+        return thread
+
+    async def forget_card(self, conversation_id: str) -> None:
+        """The stored card loses what it showed (the caller holds the lock); drawn again."""
+        await self.write_db.execute(
+            "UPDATE agent_topics SET card_html = '' WHERE conversation_id = ?", (conversation_id,)
+        )
+
     async def trashed(self) -> list[int]:
         async with self.db.execute("SELECT thread_id FROM agent_trash ORDER BY ts") as cur:
             return [int(r[0]) for r in await cur.fetchall()]
 
     async def untrash(self, thread_id: int) -> None:
         await self.write("DELETE FROM agent_trash WHERE thread_id = ?", (thread_id,))
+
+    # -- posts that carry a user's data (agent_posts): cleaned up on /forget and retention ---------
+    async def add_post(
+        self,
+        message_id: int,
+        kind: str,
+        parts: list[tuple[str | None, str]],
+        *,
+        thread_id: int | None = None,
+        private_chat: int | None = None,
+        editable: bool = False,
+    ) -> None:
+        """Record a message the desk posted, with the conversations it is about: ``parts`` are
+        (conversation id or None for a heading, its HTML — kept only when ``editable``)."""
+        async with self.lock:
+            cur = await self.write_db.execute(
+                "INSERT INTO agent_posts (private_chat, thread_id, message_id, kind, editable, ts) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (private_chat, thread_id, message_id, kind, int(editable), time.time()),
+            )
+            post_id = cur.lastrowid
+            await self.write_db.executemany(
+                "INSERT INTO agent_post_parts (post_id, seq, conversation_id, html) VALUES (?, ?, ?, ?)",
+                [(post_id, i, cid, html if editable else "") for i, (cid, html) in enumerate(parts)],
+            )
+
+    async def mark_posts_of(self, conversation_id: str, thread_id: int | None) -> None:
+        """Inside an erasure's transaction (the caller holds the lock): posts about the
+        conversation are to be cleaned up; those in its own topic go with the topic."""
+        db = self.write_db
+        if thread_id is not None:
+            await db.execute("DELETE FROM agent_posts WHERE thread_id = ? AND private_chat IS NULL", (thread_id,))
+        await db.execute(
+            "UPDATE agent_posts SET cleanup = MAX(cleanup, 1) WHERE id IN "
+            "(SELECT post_id FROM agent_post_parts WHERE conversation_id = ?)",
+            (conversation_id,),
+        )
+
+    async def mark_posts_now(self, conversation_id: str) -> None:
+        """After the erasure: posts recorded about the conversation while it ran (their content
+        was made before it) are cleaned up too, and their part of a shared message goes now."""
+        async with self.lock:
+            await self.write_db.execute(
+                "UPDATE agent_posts SET cleanup = MAX(cleanup, 1) WHERE id IN "
+                "(SELECT post_id FROM agent_post_parts WHERE conversation_id = ?)",
+                (conversation_id,),
+            )
+            await self.write_db.execute("DELETE FROM agent_post_parts WHERE conversation_id = ?", (conversation_id,))
+
+    async def expire_posts(self, cutoff: float) -> int:
+        """Posts older than the retention period are deleted on Telegram, whoever they are about."""
+        async with self.lock:
+            cur = await self.write_db.execute(
+                "UPDATE agent_posts SET cleanup = 2 WHERE ts < ? AND cleanup < 2", (cutoff,)
+            )
+            await self.write_db.execute(
+                "DELETE FROM agent_post_parts WHERE post_id IN (SELECT id FROM agent_posts WHERE cleanup = 2)"
+            )
+        return max(0, cur.rowcount)
+
+    async def posts_to_clean(self, limit: int = 500) -> list[Post]:
+        async with self.db.execute(
+            "SELECT id, private_chat, thread_id, message_id, kind, editable, cleanup FROM agent_posts "
+            "WHERE cleanup > 0 ORDER BY id LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [Post(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
+
+    async def post_parts(self, post_id: int) -> list[tuple[str | None, str]]:
+        async with self.db.execute(
+            "SELECT conversation_id, html FROM agent_post_parts WHERE post_id = ? ORDER BY seq", (post_id,)
+        ) as cur:
+            return [(r[0], r[1]) for r in await cur.fetchall()]
+
+    async def drop_posts(self, post_ids: list[int]) -> None:
+        """The messages are gone from Telegram: forget the records (their parts follow)."""
+        await self.write_many("DELETE FROM agent_post_parts WHERE post_id = ?", [(i,) for i in post_ids])
+        await self.write_many("DELETE FROM agent_posts WHERE id = ?", [(i,) for i in post_ids])
+
+    async def post_cleaned(self, post_id: int) -> None:
+        """The message was edited: the erased conversation's part is out of it."""
+        await self.write("UPDATE agent_posts SET cleanup = 0 WHERE id = ?", (post_id,))
 
     # -- meta -------------------------------------------------------------------------------------
     async def meta(self, key: str) -> str | None:
@@ -306,6 +409,20 @@ class Registry:
             (after_id, limit),
         ) as cur:
             return [Line(*r) for r in await cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class Post:
+    """A recorded message the desk posted (``agent_posts``) that needs cleaning up:
+    ``cleanup`` 1 = a conversation in it was erased, 2 = expired (delete it whole)."""
+
+    id: int
+    private_chat: int | None
+    thread_id: int | None
+    message_id: int
+    kind: str
+    editable: bool
+    cleanup: int
 
 
 @dataclass(frozen=True)

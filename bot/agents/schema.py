@@ -49,4 +49,32 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: every message the desk posts that carries a user's data outside the user's own topic
+    # (Escalations and Live-feed lines, /find results, transcripts and answers sent to agents,
+    # confirmations), with the conversations it is about: /forget and the retention purge
+    # delete it on Telegram or edit that conversation's part out of it. ``private_chat`` is the
+    # agent's chat for a message sent privately (NULL: the agents' group). ``parts`` hold, per
+    # conversation, its piece of an editable shared message (NULL conversation: a heading).
+    """
+    CREATE TABLE IF NOT EXISTS agent_posts (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        private_chat INTEGER,
+        thread_id    INTEGER,
+        message_id   INTEGER NOT NULL,
+        kind         TEXT NOT NULL,
+        editable     INTEGER NOT NULL DEFAULT 0,
+        cleanup      INTEGER NOT NULL DEFAULT 0,
+        ts           REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS agent_posts_cleanup ON agent_posts (cleanup) WHERE cleanup > 0;
+    CREATE INDEX IF NOT EXISTS agent_posts_by_ts ON agent_posts (ts);
+    CREATE TABLE IF NOT EXISTS agent_post_parts (
+        post_id         INTEGER NOT NULL REFERENCES agent_posts (id) ON DELETE CASCADE,
+        seq             INTEGER NOT NULL,
+        conversation_id TEXT,
+        html            TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (post_id, seq)
+    );
+    CREATE INDEX IF NOT EXISTS agent_post_parts_by_conversation ON agent_post_parts (conversation_id);
+    """,
 ]

@@ -113,6 +113,16 @@ class Turn:
         self.events.append(name)
 
 
+# Commands a user may run while a person has taken over: erasing can't wait for the agent.
+# With an argument ("/forget me?") it is a line for the agent like any other.
+THROUGH_PAUSE = frozenset({"forget"})
+
+
+def _through_pause(inbound: Inbound) -> bool:
+    name = inbound.text.lower().lstrip("/").split("@")[0]
+    return inbound.kind is EventKind.COMMAND and name in THROUGH_PAUSE and not inbound.arg.strip()
+
+
 class Engine:
     """Runs conversations. One lock per conversation: its turns are strictly ordered."""
 
@@ -200,7 +210,7 @@ class Engine:
             turn.state = replace(turn.state, user_name=inbound.user_name)
         if not turn.state.active:
             turn.state = replace(turn.state, active=True)
-        if turn.state.paused:
+        if turn.state.paused and not _through_pause(inbound):
             # a person has taken over: record what the user said, let the agent answer
             text = clean_text(inbound.text or inbound.payload or "")
             kind = inbound.kind.value

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ TOKENIZER_FILE = "tokenizer.json"
 MAX_TOKENS = 128  # long stories: the first ~90 words carry the problem
 DIM = 384
 BATCH = 32
+RECENT = 1024  # message vectors remembered (exact text)
 
 _warned: set[str] = set()  # reasons already logged (say it once per process)
 
@@ -59,16 +61,22 @@ class Encoder:
         self._session = session
         self._tok = tokenizer
         self.fingerprint = fingerprint
-        self._recent: dict[str, Any] = {}  # the last few messages: matcher and cards share one run
+        # recent texts' vectors, least recently used first: the matcher and the answer cards
+        # share one run per message, and short texts come back from many users ("yes", "still
+        # not working", "icloud storage full"); RECENT x 384 floats is about 1.5 MB
+        self._recent: OrderedDict[str, Any] = OrderedDict()
 
     def encode_one(self, text: str) -> Any:
-        """One message's vector; the last few are remembered (intent and card match reuse it)."""
+        """One message's vector; the last ``RECENT`` texts are remembered."""
         vec = self._recent.get(text)
         if vec is None:
             vec = self.encode([text])[0]
-            if len(self._recent) >= 8:
-                self._recent.pop(next(iter(self._recent)))
+            vec.flags.writeable = False  # shared by every caller with the same text
+            if len(self._recent) >= RECENT:
+                self._recent.popitem(last=False)
             self._recent[text] = vec
+        else:
+            self._recent.move_to_end(text)
         return vec
 
     def encode(self, texts: Sequence[str]) -> Any:

@@ -41,7 +41,8 @@ def turn_counts(
 ) -> Counter[str]:
     """What one turn adds. ``previous``: the conversation's (flow, step, updated_at) before it."""
     counts: Counter[str] = Counter()
-    if previous is None or day_of(previous[2]) != day_of(now):
+    # /forget erased the conversation within its turn: it was counted already, not a new one
+    if (previous is None or day_of(previous[2]) != day_of(now)) and "forgotten" not in events:
         counts["conversations"] += 1
     before = (previous[0], previous[1]) if previous else ("", "")
     entered: set[str] = set()

@@ -90,7 +90,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_by_conversation ON messages (conversation_id, id);
     CREATE INDEX messages_by_ts ON messages (ts);
     """,
-    # 4: the Telegram door's durable intake and replies (bot/tg/queue.py): every update is
+    # 4: the Telegram door's durable intake and replies (bot/tg/store.py): every update is
     # stored before Telegram is told it arrived, and marked done in its turn's transaction;
     # the turn's messages wait in tg_outbox until Telegram has them; tg_keyboards is the
     # message per chat that carries the live keyboard (retired when a newer one is sent).
@@ -162,6 +162,11 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL,
         UNIQUE (text, intent)
     );
+    """,
+    # 7: processed_updates (step 1) has been unused since the Telegram door keeps update ids in
+    # tg_inbox (step 4): dropped. Step 1 stays as it shipped.
+    """
+    DROP TABLE IF EXISTS processed_updates;
     """,
 ]
 
@@ -270,6 +275,10 @@ POSTGRES_MIGRATIONS: list[str] = [
         created_at DOUBLE PRECISION NOT NULL,
         UNIQUE (text, intent)
     );
+    """,
+    # 7: the dead update de-duplication table goes (the Telegram door's tg_inbox does it)
+    """
+    DROP TABLE IF EXISTS processed_updates;
     """,
 ]
 

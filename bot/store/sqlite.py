@@ -244,6 +244,13 @@ class SQLiteStore:
         """Conversations an agent has taken over (the bot stays silent in them)."""
         return [str(r[0]) for r in await self.db.execute_fetchall(sql.PAUSED)]
 
+    async def message_summary(self, conversation_id: str) -> tuple[int, float | None]:
+        """(lines stored, time of the first) for one conversation (what /privacy counts)."""
+        row = await self.fetchone(
+            "SELECT COUNT(*), MIN(ts) FROM messages WHERE conversation_id = ?", (conversation_id,)
+        )
+        return (int(row[0]), row[1]) if row else (0, None)
+
     async def last_message_id(self) -> int:
         """The newest transcript row's id (0 for none): a cursor for readers of the transcript."""
         row = await self.fetchone(sql.LAST_MESSAGE)

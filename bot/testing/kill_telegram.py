@@ -32,21 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from .fakeapi import FakeBotAPI
+from .phrases import ANY_MESSAGE
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "kill-test-secret_42"
-PHRASES = (
-    "my icloud storage is full",
-    "backup failed again",
-    "the backup is stuck at 20% since yesterday",
-    "is icloud down?",
-    "how do I check my backup",
-    "which icloud plan should I get",
-    "thanks",
-    "hello",
-)
 
 
 def _free_port() -> int:
@@ -129,7 +120,7 @@ async def kill_run(
             nonlocal timeouts
             arrived[chat] = asyncio.Event()
             for i in range(messages):
-                text = f"{rng.choice(PHRASES)} (message {i + 1} of user {chat})"
+                text = f"{rng.choice(ANY_MESSAGE)} (message {i + 1} of user {chat})"
                 before = answers[chat]
                 arrived[chat].clear()
                 fake.send_text(chat, text)

@@ -1,4 +1,5 @@
-"""The one list of user messages the benchmarks type (``bench_telegram``, ``bench_agents``).
+"""The one list of user messages the benchmarks type (``bench_telegram``, ``bench_agents``,
+``kill_telegram``).
 
 ``COMPLAINTS`` opens a conversation (one per symptom the bot knows, short as people type them
 on a phone); ``TYPED`` are answers typed mid-conversation instead of pressing a button;

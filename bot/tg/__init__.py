@@ -4,7 +4,7 @@
 builds and runs the PTB ``Application`` (polling or ``webhook``), ``ratelimit`` keeps within
 Telegram's limits and waits out 429s, ``render`` does HTML and splitting, ``cli`` backs
 ``python -m bot run`` and ``backup-db``. The fake Bot API the tests and ``bench`` talk to is in
-the test kit (``bot/testing/fakeapi.py``). Nothing here holds conversation state: the engine does.
+the test kit (``bot/testing/fakeapi/``). Nothing here holds conversation state: the engine does.
 """
 
 import os as _os

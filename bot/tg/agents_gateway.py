@@ -39,6 +39,7 @@ from bot.agents.desk import (
     AgentDesk,
     AgentMessage,
 )
+from bot.agents.desk.records import CALLBACK_PREFIX, FORGET_CHOICES
 from bot.agents.ports import (
     GatewayError,
     MessageGone,
@@ -90,6 +91,8 @@ def _translate(exc: TelegramError) -> GatewayError:
             or "message can't be edited" in msg
             or "message to pin not found" in msg
             or "message to copy not found" in msg
+            or "message to delete not found" in msg
+            or "message can't be deleted" in msg
             or "message_id_invalid" in msg
         ):
             return MessageGone(exc.message)
@@ -192,6 +195,15 @@ class PTBGateway:
             ChatMember.RESTRICTED,
         )
 
+    async def is_admin(self, user_id: int) -> bool:
+        member = await self._do(self.bot.get_chat_member(self.chat_id, user_id))
+        return member.status in (ChatMember.OWNER, ChatMember.ADMINISTRATOR)
+
+    async def delete_messages(self, message_ids: Sequence[int], chat_id: int | None = None) -> None:
+        ok = await self._do(self.bot.delete_messages(chat_id if chat_id is not None else self.chat_id, message_ids))
+        if not ok:
+            raise MessageGone("messages to delete not found")
+
     # users
     async def send_to_user(self, chat_id: int, html: str) -> int:
         msg = await self._do(
@@ -254,16 +266,29 @@ class PTBGateway:
                     )
                 )
 
-    async def send_private(self, chat_id: int, html: str) -> None:
-        await self._do(self.bot.send_message(chat_id, html, parse_mode=ParseMode.HTML, link_preview_options=NO_PREVIEW))
+    async def send_private(self, chat_id: int, html: str, buttons: Sequence[tuple[str, str]] = ()) -> int:
+        msg = await self._do(
+            self.bot.send_message(
+                chat_id, html, parse_mode=ParseMode.HTML, link_preview_options=NO_PREVIEW, reply_markup=_markup(buttons)
+            )
+        )
+        return int(msg.message_id)
 
-    async def send_private_document(self, chat_id: int, filename: str, data: bytes, caption_html: str = "") -> None:
-        await self._do(
+    async def send_private_document(self, chat_id: int, filename: str, data: bytes, caption_html: str = "") -> int:
+        msg = await self._do(
             self.bot.send_document(
                 chat_id,
                 InputFile(data, filename=filename),
                 caption=caption_html or None,
                 parse_mode=ParseMode.HTML,
+            )
+        )
+        return int(msg.message_id)
+
+    async def edit_private(self, chat_id: int, message_id: int, html: str) -> None:
+        await self._do(
+            self.bot.edit_message_text(
+                html, chat_id=chat_id, message_id=message_id, parse_mode=ParseMode.HTML, link_preview_options=NO_PREVIEW
             )
         )
 
@@ -285,6 +310,10 @@ def _command(msg: Message, bot_username: str) -> tuple[str, str] | None:
     if not name:
         return None
     return name.lower(), text[len(head) :].strip()
+
+
+def _forget_press(data: str) -> bool:
+    return data.startswith(CALLBACK_PREFIX) and data[len(CALLBACK_PREFIX) :].partition(":")[0] in FORGET_CHOICES
 
 
 def _media_kind(msg: Message) -> str:
@@ -319,9 +348,24 @@ class AgentUpdates:
             if not self._dup(update.update_id):
                 self._agent_chat(update, username or "")
             raise ApplicationHandlerStop
+        cq = update.callback_query
+        if chat.type == Chat.PRIVATE and cq is not None and _forget_press(cq.data or ""):
+            if not self._dup(update.update_id):  # an administrator confirms /forget #N privately
+                msg_id = cq.message.message_id if cq.message else 0
+                user = cq.from_user
+                name = user.first_name or ""
+                self.desk.submit(AgentCallback(cq.id, chat.id, msg_id, None, user.id, name, cq.data or ""))
+            raise ApplicationHandlerStop
         if chat.type == Chat.PRIVATE and update.message is not None and update.message.text:
             cmd = _command(update.message, username or "")
-            if cmd is not None and cmd[0] in AGENT_ONLY_COMMANDS:
+            sender = update.message.from_user
+            # "/forget #3" from an agent names a case: the desk's (roles, confirmation), never the
+            # agent's own chat. Anyone else's goes on to the engine, which refuses an argument.
+            names_case = (
+                cmd is not None and cmd[0] == "forget" and bool(cmd[1])
+                and sender is not None and await self.desk.is_agent(sender.id)
+            )
+            if cmd is not None and (cmd[0] in AGENT_ONLY_COMMANDS or names_case):
                 if not self._dup(update.update_id):
                     user = update.message.from_user
                     self.desk.submit(

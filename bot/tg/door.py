@@ -4,7 +4,7 @@ durable message.
 A thin translator on the seam, like the terminal door. The engine owns the conversation;
 the door owns what Telegram needs: the intake is stored before it is confirmed
 (``bot.tg.intake``), and a turn's messages are written to the outgoing queue
-(``bot.tg.queue``) **in the turn's own transaction** together with "this update is done"
+(``bot.tg.store``) **in the turn's own transaction** together with "this update is done"
 (through ``TURN_WRITES``: ``SQLiteStore.save_turn`` calls the door inside its transaction,
 where ``SAVING_REPLIES`` holds the replies). ``bot.tg.sender`` delivers them. A kill at any
 moment therefore loses no update and repeats no turn.
@@ -33,10 +33,9 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from telegram import (
@@ -60,7 +59,7 @@ from bot.core.engine import SAVING_REPLIES, Engine
 from bot.core.messages import Attachment, Button, EventKind, Inbound, Reply
 from bot.store.sqlite import TURN_WRITES
 
-from .queue import ANSWER, HOUSEKEEPING, Job, JobSpec, TelegramQueue
+from .store import ANSWER, HOUSEKEEPING, Job, JobSpec, SQLiteTelegramStore, TelegramStore
 from .sender import Sender
 
 from .render import (
@@ -92,6 +91,8 @@ ERROR_KEY = "engine.internal_error"
 EDITED_KEY = "telegram.edited_message"
 PRIVATE_ONLY_KEY = "telegram.private_only"
 STALE_KEY = "engine.stale_button"
+MISSED_KEY = "telegram.missed_answer"
+AGAIN_COMMAND = "again"  # the current step shown again (after an answer that never arrived)
 # Only for the error path, when content lacks ERROR_KEY (the error must still be answered).
 FALLBACK_ERROR = "Sorry, something went wrong on my side. Please try again, or send /restart to start over."
 CHOICE_MARK = "» "
@@ -194,10 +195,13 @@ class TelegramDoor:
         max_pending: int = 2000,
         send_retry_delay: float = 0.5,
         typing_after: float = 1.0,
+        tg_store: TelegramStore | None = None,
     ) -> None:
         self.engine = engine
-        self.store = store  # SQLiteStore: set_flags, and the queue's connection
-        self.queue = TelegramQueue(store)
+        self.store = store  # the conversation store: set_flags
+        # the door's inbox, reply queue and keyboards; by default on the conversation store's
+        # SQLite connection (another database passes its own ``TelegramStore``)
+        self.tg_store: TelegramStore = tg_store if tg_store is not None else SQLiteTelegramStore(store.database)
         self.content = content
         self.service_chats = frozenset(service_chats)  # agents'/lab chats: other features own them
         self.send_retry_delay = send_retry_delay
@@ -213,6 +217,8 @@ class TelegramDoor:
         self._claimed: set[int] = set()
         self._blocked: set[int] = set()
         self._told_groups: set[int] = set()
+        self._missed: set[int] = set()  # chats whose last answer was given up: re-show the step
+        engine.commands.setdefault(AGAIN_COMMAND, self._cmd_again)
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._stopping = False
         self.bot_username = ""
@@ -224,9 +230,10 @@ class TelegramDoor:
         application.add_error_handler(self.on_error)
         self.sender = Sender(
             application.bot,
-            self.queue,
+            self.tg_store,
             application.bot.rate_limiter,
             on_blocked=self.mark_blocked,
+            on_answer=self._answer_outcome,
             retry_delay=self.send_retry_delay,
             typing_after=self.typing_after,
         )
@@ -265,6 +272,7 @@ class TelegramDoor:
 
     async def start_sending(self) -> int:
         assert self.sender is not None, "install() first"
+        self._missed.update(await self.tg_store.missed_answers())
         return await self.sender.start()
 
     async def drain(self, timeout: float | None = None) -> bool:
@@ -416,7 +424,7 @@ class TelegramDoor:
             return await self._edited(work)
         if work.kind == "group":
             return await self._group(work)
-        jobs = await self.queue.finish(work.update_id)
+        jobs = await self.tg_store.finish(work.update_id)
         if work.kind == "answer" and work.callback is not None:
             await self._answer(work.callback, "")
         return jobs
@@ -429,7 +437,7 @@ class TelegramDoor:
         if work.kind == "turn" and work.chat_id not in self._blocked:
             specs = self._messages(work.chat_id, (Reply(text=self.error_text(), key=ERROR_KEY),))
         try:
-            jobs = await self.queue.finish(work.update_id, specs, status="failed")
+            jobs = await self.tg_store.finish(work.update_id, specs, status="failed")
         except Exception as exc2:  # the database itself is failing: the update stays new
             log.error("update %s: could not record the failure: %s", work.update_id, exc2)
             return []
@@ -475,6 +483,9 @@ class TelegramDoor:
 
     async def _turn(self, work: Work) -> list[Job]:
         assert work.inbound is not None
+        if work.chat_id in self._missed and work.inbound.kind is not EventKind.COMMAND:
+            return await self._reshow(work)
+        self._missed.discard(work.chat_id)  # a command shows where the user is anyway
         cq = work.callback
         sender = self.sender
         self._blocked.discard(work.chat_id)  # they wrote to us: not (or no longer) blocked
@@ -484,14 +495,14 @@ class TelegramDoor:
 
         async def writes(db: Any, state: Any) -> None:
             specs, spent = self._plan(work, SAVING_REPLIES.get())
-            written.extend(await self.queue.write_turn(db, work.update_id, specs, spent=spent))
+            written.extend(await self.tg_store.write_turn(db, work.update_id, specs, spent=spent))
 
         log.debug("update %s: %s for %s", work.update_id, work.inbound.kind.value, work.inbound.conversation_id)
         hook = TURN_WRITES.set(writes)
         try:
             replies = await self.engine.handle(work.inbound)
         except _StalePress as stale:
-            jobs = await self.queue.finish(work.update_id, status="stale")
+            jobs = await self.tg_store.finish(work.update_id, status="stale")
             if cq is not None:
                 await self._answer(cq, stale.notice)
             if sender is not None:
@@ -500,15 +511,40 @@ class TelegramDoor:
         finally:
             TURN_WRITES.reset(hook)
         jobs = written
-        if not jobs and await self.queue.update_status(work.update_id) == "new":  # the engine saved nothing
+        if not jobs and await self.tg_store.update_status(work.update_id) == "new":  # the engine saved nothing
             specs, spent = self._plan(work, replies)
-            jobs = await self.queue.finish(work.update_id, specs, spent=spent)
+            jobs = await self.tg_store.finish(work.update_id, specs, spent=spent)
         self._queue(jobs)
         if sender is not None and not any(j.priority == ANSWER for j in jobs):
             sender.answered(work.chat_id)
         if cq is not None:
             await self._answer(cq, next((r.notice for r in replies if r.notice), ""))
         return jobs
+
+    def _answer_outcome(self, chat_id: int, delivered: bool) -> None:
+        if delivered:
+            self._missed.discard(chat_id)
+        else:
+            self._missed.add(chat_id)
+
+    async def _reshow(self, work: Work) -> list[Job]:
+        """The chat's last answer never reached it (given up after its retries): whatever the
+        user sends next — most likely "hello??" or an answer to the step before — is not read
+        against a step they never saw. They get the current step again instead."""
+        assert work.inbound is not None
+        log.info("chat %s missed its last answer: the current step is shown again", work.chat_id)
+        self._missed.discard(work.chat_id)
+        again = Inbound(work.inbound.conversation_id, EventKind.COMMAND, text=AGAIN_COMMAND, user_name=work.inbound.user_name)
+        jobs = await self._turn(replace(work, inbound=again, callback=None))
+        if work.callback is not None:
+            await self._answer(work.callback, "")
+        return jobs
+
+    async def _cmd_again(self, turn: Any, _arg: str) -> None:
+        """``/again`` (a door command): say so, then the current step with its buttons."""
+        if self.content.has(MISSED_KEY):
+            turn.say(MISSED_KEY)
+        await turn.engine.reprompt(turn)
 
     async def _member(self, work: Work) -> list[Job]:
         cid = conversation_id(work.chat_id)
@@ -519,7 +555,7 @@ class TelegramDoor:
             self._blocked.add(work.chat_id)
             log.info("%s blocked the bot: conversation inactive", cid)
         await self.store.set_flags(cid, active=work.active)
-        return await self.queue.finish(work.update_id)
+        return await self.tg_store.finish(work.update_id)
 
     async def _edited(self, work: Work) -> list[Job]:
         # Choice (docs/telegram.md): an edit is not re-read — answering it as a new message
@@ -529,20 +565,20 @@ class TelegramDoor:
             specs = self._messages(work.chat_id, (Reply(text=self.content.text(EDITED_KEY), key=EDITED_KEY),))
         else:
             log.info("edited message in %s ignored (content has no %s)", work.chat_id, EDITED_KEY)
-        jobs = await self.queue.finish(work.update_id, specs)
+        jobs = await self.tg_store.finish(work.update_id, specs)
         self._queue(jobs)
         return jobs
 
     async def _group(self, work: Work) -> list[Job]:
         """The bot works in private chats only: say so once, then leave the group/channel."""
         if work.chat_id in self._told_groups:
-            return await self.queue.finish(work.update_id)
+            return await self.tg_store.finish(work.update_id)
         self._told_groups.add(work.chat_id)
         specs = []
         if work.chat_type != Chat.CHANNEL and self.content.has(PRIVATE_ONLY_KEY):
             text = self.content.text(PRIVATE_ONLY_KEY, {"bot": f"@{self.bot_username}"})
             specs = self._messages(work.chat_id, (Reply(text=text),), priority=ANSWER)
-        jobs = await self.queue.finish(work.update_id, specs)
+        jobs = await self.tg_store.finish(work.update_id, specs)
         self._queue(jobs)
         fut = self.sender.done_future(jobs) if self.sender is not None and jobs else None
         if fut is not None:
@@ -581,7 +617,7 @@ class TelegramDoor:
         if chat_id in self._blocked:
             log.info("chat %s blocked the bot: %d repl(ies) not sent", chat_id, len(replies))
             return 0
-        jobs = await self.queue.finish(None, self._messages(chat_id, replies, thread_id=thread_id))
+        jobs = await self.tg_store.finish(None, self._messages(chat_id, replies, thread_id=thread_id))
         self._queue(jobs)
         return len(jobs)
 

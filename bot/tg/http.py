@@ -6,19 +6,50 @@ webhook server — parses HTTP in C. Only the transport changes: PTB's ``BaseReq
 turns status codes into exceptions (429 -> RetryAfter, 403 -> Forbidden, 400 -> BadRequest,
 401/404 -> InvalidToken, 409 -> Conflict, 5xx -> NetworkError). This class maps transport
 failures the way ``HTTPXRequest`` does: timeouts -> ``TimedOut``, anything else ->
-``NetworkError``. Requests are POSTs: form-encoded, or multipart when files are attached.
+``NetworkError``. Requests are POSTs: a JSON body, or multipart when files are attached.
+``JSONRequestData`` carries a body that is already plain JSON values (the door's outgoing
+messages: no per-field conversion on the way).
 Environment proxies are honoured only with ``trust_env=True`` (never for a local server).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
 from telegram._utils.defaultvalue import DefaultValue
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
+
+
+class JSONRequestData(RequestData):
+    """A Bot API request body of plain JSON values (``BaseRequest.post`` takes it like PTB's
+    own ``RequestData``; any transport can send it)."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__([])
+        self._payload = {k: v for k, v in payload.items() if v is not None}
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return self._payload
+
+    @property
+    def json_parameters(self) -> dict[str, str]:
+        return {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in self._payload.items()}
+
+    @property
+    def json_payload(self) -> bytes:
+        return json.dumps(self._payload, ensure_ascii=False).encode()
+
+    @property
+    def multipart_data(self) -> None:
+        return None
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class AiohttpRequest(BaseRequest):
@@ -89,21 +120,23 @@ class AiohttpRequest(BaseRequest):
         if self._session is None or self._session.closed or self._pool_slots is None:
             raise RuntimeError("This AiohttpRequest is not initialized!")
         files = request_data.multipart_data if request_data else None
-        params = request_data.json_parameters if request_data else None
         read = self._pick(read_timeout, "read")
         write = self._pick(write_timeout, "write") if not files else self._media_write_timeout
         connect = self._pick(connect_timeout, "connect")
         pool = self._pick(pool_timeout, "pool")
         body: Any = None
-        if files:
+        headers = None
+        if files and request_data is not None:
             form = aiohttp.FormData()
-            for name, value in (params or {}).items():
+            for name, value in request_data.json_parameters.items():
                 form.add_field(name, value)
             for part, (filename, content, mimetype) in files.items():
                 form.add_field(part, content, filename=filename, content_type=mimetype)
             body = form
-        elif params:
-            body = params  # form-encoded, as PTB's httpx transport sends it
+        elif request_data is not None and request_data.parameters:
+            # one JSON document, nested values as JSON (PTB's json_payload would encode them as
+            # strings inside it: Telegram takes both, this is smaller and quicker)
+            body, headers = json.dumps(request_data.parameters, ensure_ascii=False).encode(), JSON_HEADERS
         # aiohttp has no separate write timeout: the read timeout counts from the request's end
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -120,7 +153,7 @@ class AiohttpRequest(BaseRequest):
                     "Pool timeout: all connections are busy; the request was *not* sent to Telegram."
                 ) from err
             try:
-                async with self._session.request(method, url, data=body, timeout=timeout) as resp:
+                async with self._session.request(method, url, data=body, headers=headers, timeout=timeout) as resp:
                     return resp.status, await resp.read()
             finally:
                 self._pool_slots.release()

@@ -30,7 +30,7 @@ from telegram.request._requestparameter import RequestParameter
 
 from bot.core.redact import redact_payload
 
-from .queue import TelegramQueue
+from .store import TelegramStore
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,12 @@ class Intake:
     def __init__(
         self,
         application: Any,
-        queue: TelegramQueue,
+        store: TelegramStore,
         claimed: Callable[[int], bool],
         on_done: Callable[[int], None] | None = None,
     ) -> None:
         self.application = application
-        self.queue = queue
+        self.store = store
         self.claimed = claimed
         self.on_done = on_done  # told about updates finished here (unclaimed, unreadable, repeats)
         self._todo: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
@@ -70,7 +70,7 @@ class Intake:
 
     async def start(self) -> int:
         """Queue what an earlier run stored but did not finish; start handing updates over."""
-        left = await self.queue.new_updates()
+        left = await self.store.new_updates()
         for item in left:
             self._todo.put_nowait(item)
         if left:
@@ -100,7 +100,7 @@ class Intake:
             if isinstance(raw.get("update_id"), str):
                 raw = {**raw, "update_id": uid}
             rows.append((uid, json.dumps(redact_payload(raw), ensure_ascii=False)))  # no secret is stored
-        fresh = set(await self.queue.add_updates(rows))
+        fresh = set(await self.store.add_updates(rows))
         self.stored += len(fresh)
         for uid, body in rows:
             if uid in fresh:
@@ -124,12 +124,12 @@ class Intake:
             except BAD_UPDATE as exc:
                 self.skipped += 1
                 log.warning("update %s cannot be read (%s): skipped", uid, type(exc).__name__)
-                await self.queue.finish(uid, status="bad")
+                await self.store.finish(uid, status="bad")
                 self._done(uid)
                 continue
             await app.process_update(update)
             if not self.claimed(uid):
-                await self.queue.finish(uid)
+                await self.store.finish(uid)
                 self._done(uid)
 
 
@@ -159,7 +159,7 @@ class Poller:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        last = await self.intake.queue.last_update_id()
+        last = await self.intake.store.last_update_id()
         self.offset = last + 1 if last else 0
         self._task = asyncio.create_task(self.run(), name="tg-poller")
 

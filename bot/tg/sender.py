@@ -1,4 +1,4 @@
-"""Delivers the durable outgoing queue (``bot.tg.queue``) to Telegram, in order per chat.
+"""Delivers the durable outgoing queue (``bot.tg.store``) to Telegram, in order per chat.
 
 One worker per chat with something to send: answers first (``ANSWER`` jobs in id order), then
 housekeeping (the pressed message's "» choice" edit, an old keyboard's retirement). Each job
@@ -6,7 +6,8 @@ takes its slots from the shared rate limiter first (``acquire``: the chat's ~1/s
 ~30/s, answers granted before housekeeping and the agents' group), is then marked ``sending``
 (committed), and only then leaves — with ``rate_limit_args=RESERVED`` so it is not throttled
 twice. When Telegram answers, the outcome is recorded (``settle``). Retiring an old keyboard
-is the laziest job: it waits until the bot-wide budget is at most a quarter used.
+is the laziest job: it waits until no user waits for an answer and the bot-wide budget is
+at most a quarter used.
 
 Failures: 429 is waited out by the limiter; 403 means the user blocked the bot (the chat's
 jobs are dropped, the door marks the conversation inactive); 400 is logged and the job
@@ -29,43 +30,70 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
-from .http import never_reached_server, server_refused
-from .queue import ANSWER, Job, TelegramQueue
+from .http import JSONRequestData, never_reached_server, server_refused
+from .store import ANSWER, Job, TelegramStore
 from .ratelimit import RESERVED
 
 log = logging.getLogger(__name__)
 
-NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+NO_PREVIEW = {"is_disabled": True}
 MAX_ATTEMPTS = 8  # a job refused (5xx / no connection) this often in a row is given up
 TYPING_EVERY = 4.5  # Telegram shows "typing…" for about 5 s
 TYPING_PER_TICK = 5  # indicators per 0.25 s at most
 LAZY_WAIT = 1.0  # how often a deferred keyboard retirement looks for spare budget
 
 
-def markup_of(rows: list[list[list[str]]] | None) -> InlineKeyboardMarkup | None:
+def markup_of(rows: list[list[list[str]]] | None) -> dict[str, Any] | None:
+    """A stored keyboard ([[label, data], ...] rows) as the Bot API's ``reply_markup``."""
     if not rows:
         return None
-    return InlineKeyboardMarkup([[InlineKeyboardButton(label, callback_data=data) for label, data in row] for row in rows])
+    return {"inline_keyboard": [[{"text": label, "callback_data": data} for label, data in row] for row in rows]}
+
+
+def request_of(job: Job) -> tuple[str, dict[str, Any]] | None:
+    """The Bot API method and its parameters for a job (plain JSON: no PTB objects built)."""
+    body = job.body
+    if job.kind == "send":
+        return "sendMessage", {
+            "chat_id": job.chat_id,
+            "text": body["html"],
+            "parse_mode": ParseMode.HTML.value,
+            "reply_markup": markup_of(body.get("keyboard")),
+            "link_preview_options": NO_PREVIEW,
+            "message_thread_id": body.get("thread_id"),
+        }
+    if job.kind == "edit" and body.get("html") is not None:
+        return "editMessageText", {
+            "chat_id": job.chat_id,
+            "message_id": body["message_id"],
+            "text": body["html"],
+            "parse_mode": ParseMode.HTML.value,
+            "reply_markup": markup_of(body.get("keyboard")),
+            "link_preview_options": NO_PREVIEW,
+        }
+    if job.kind in ("edit", "retire"):  # a retired keyboard: no reply_markup at all
+        keyboard = body.get("keyboard") if job.kind == "edit" else None
+        return "editMessageReplyMarkup", {"chat_id": job.chat_id, "message_id": body["message_id"], "reply_markup": markup_of(keyboard)}
+    return None
 
 
 class Sender:
     def __init__(
         self,
         bot: Any,
-        queue: TelegramQueue,
+        store: TelegramStore,
         limiter: Any,
         *,
         on_blocked: Callable[[int, Exception], Any] | None = None,
+        on_answer: Callable[[int, bool], None] | None = None,
         retry_delay: float = 0.5,
         typing_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -73,9 +101,11 @@ class Sender:
     ) -> None:
         self.bot = bot
         self._wire_slots = asyncio.Semaphore(max_on_wire)
-        self.queue = queue
+        self.store = store
         self.limiter = limiter
         self.on_blocked = on_blocked
+        # (chat, delivered) when an answer (a message to a user) is sent, or given up for good
+        self.on_answer = on_answer
         self.retry_delay = retry_delay
         self.typing_after = typing_after
         self.clock = clock
@@ -97,8 +127,8 @@ class Sender:
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> int:
         """Load what an earlier run left queued; returns how many jobs that is."""
-        await self.queue.open_marks()
-        jobs, unsure = await self.queue.recover()
+        await self.store.open()
+        jobs, unsure = await self.store.recover()
         if unsure:
             self.unsure += unsure
             log.warning("%d message(s) were being sent when the bot stopped: not sent again (they may have arrived)", unsure)
@@ -124,7 +154,7 @@ class Sender:
         if self._typing_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._typing_task
-        await self.queue.close()
+        await self.store.close()
         left = sum(len(q) for q in self._jobs.values())
         if left:
             log.info("%d message(s) stay queued for the next start", left)
@@ -163,6 +193,11 @@ class Sender:
             self._expect.pop(chat_id, None)
             self._typing_sent.pop(chat_id, None)
 
+    def idle(self) -> bool:
+        """No user waits for an answer and the bot-wide budget has room: the moment for work
+        nobody waits for (retiring an old keyboard — a stale press is detected anyway)."""
+        return not self._expect and self.limiter.idle()
+
     # -- the per-chat worker --------------------------------------------------------------
     def _next(self, chat_id: int) -> Job | None:
         q = self._jobs.get(chat_id)
@@ -170,6 +205,9 @@ class Sender:
             return None
         for job in q:
             if job.priority == ANSWER:
+                return job
+        for job in q:  # an old keyboard's retirement waits for a quiet moment: not in front
+            if job.kind != "retire":
                 return job
         return q[0]
 
@@ -194,7 +232,7 @@ class Sender:
             try:
                 await self._work_once(chat_id)
                 return
-            except sqlite3.Error as exc:  # the database is busy or failing: the jobs stay queued
+            except self.store.errors as exc:  # the database is busy or failing: the jobs stay queued
                 log.error("sending to %s paused: %s", chat_id, exc)
                 await asyncio.sleep(1.0)
 
@@ -204,8 +242,8 @@ class Sender:
             job = self._next(chat_id)
             if job is None:
                 return
-            if job.kind == "retire" and not self.limiter.idle():
-                await self._nudged(chat_id, LAZY_WAIT)  # an old keyboard can wait for spare budget
+            if job.kind == "retire" and not self.idle():
+                await self._nudged(chat_id, LAZY_WAIT)  # an old keyboard can wait for a quiet moment
                 continue
             # a connection first (fewer requests at once than the transport has connections),
             # then the rate-limit slot, then the mark: a marked request leaves at once — it
@@ -215,7 +253,7 @@ class Sender:
                 if self._stopping:
                     return
                 if job.kind == "send":  # edits are idempotent: sent again after a kill, no harm
-                    await self.queue.sending([job.id])
+                    await self.store.sending([job.id])
                 self._current[chat_id] = job.id
                 wire = asyncio.create_task(self._call(job))  # not cancelled by stop(): it finishes
                 self._on_wire.add(wire)
@@ -237,6 +275,8 @@ class Sender:
                 self.sent += 1
             elif status == "unsure":
                 self.unsure += 1
+            if job.kind == "send" and job.priority == ANSWER and status in ("sent", "failed") and self.on_answer is not None:
+                self.on_answer(job.chat_id, status == "sent")
             if status == "blocked":
                 self.add(await self._settle(job, status, message_id, error))
                 await self._blocked(chat_id, error)
@@ -259,8 +299,8 @@ class Sender:
         answered by sending again."""
         while True:
             try:
-                return await self.queue.settle([(job, status, message_id, error)])
-            except sqlite3.Error as exc:
+                return await self.store.settle([(job, status, message_id, error)])
+            except self.store.errors as exc:
                 log.error("recording message %s failed (%s); retrying", job.id, exc)
                 await asyncio.sleep(0.5)
 
@@ -284,7 +324,7 @@ class Sender:
         for job in list(self._jobs.get(chat_id, ())):
             if job.id != self._current.get(chat_id):
                 self._finish(job)
-        await self.queue.drop_chat(chat_id, "blocked")
+        await self.store.drop_chat(chat_id, "blocked")
         if self.on_blocked is not None:
             await self.on_blocked(chat_id, Forbidden(error))
 
@@ -293,40 +333,15 @@ class Sender:
         unsure | blocked."""
         body = job.body
         try:
+            request = request_of(job)
+            if request is None:
+                log.error("unknown outgoing job kind %r (job %s): dropped", job.kind, job.id)
+                return "failed", None, f"unknown kind {job.kind}"
+            method, payload = request
+            result = await self.limiter.process_request(self._post, (method, payload), {}, method, payload, RESERVED)
             if job.kind == "send":
-                msg = await self.bot.send_message(
-                    job.chat_id,
-                    body["html"],
-                    parse_mode=ParseMode.HTML,
-                    reply_markup=markup_of(body.get("keyboard")),
-                    link_preview_options=NO_PREVIEW,
-                    message_thread_id=body.get("thread_id"),
-                    rate_limit_args=RESERVED,
-                )
-                return "sent", int(msg.message_id), ""
-            if job.kind == "edit":
-                if body.get("html") is None:
-                    await self.bot.edit_message_reply_markup(
-                        chat_id=job.chat_id, message_id=body["message_id"], reply_markup=markup_of(body.get("keyboard")), rate_limit_args=RESERVED
-                    )
-                else:
-                    await self.bot.edit_message_text(
-                        body["html"],
-                        chat_id=job.chat_id,
-                        message_id=body["message_id"],
-                        parse_mode=ParseMode.HTML,
-                        reply_markup=markup_of(body.get("keyboard")),
-                        link_preview_options=NO_PREVIEW,
-                        rate_limit_args=RESERVED,
-                    )
-                return "sent", int(body["message_id"]), ""
-            if job.kind == "retire":
-                await self.bot.edit_message_reply_markup(
-                    chat_id=job.chat_id, message_id=body["message_id"], reply_markup=None, rate_limit_args=RESERVED
-                )
-                return "sent", int(body["message_id"]), ""
-            log.error("unknown outgoing job kind %r (job %s): dropped", job.kind, job.id)
-            return "failed", None, f"unknown kind {job.kind}"
+                return "sent", int(result["message_id"]), ""  # type: ignore[index]
+            return "sent", int(body["message_id"]), ""
         except Forbidden as exc:
             return "blocked", None, exc.message
         except BadRequest as exc:
@@ -348,6 +363,11 @@ class Sender:
         except TelegramError as exc:
             log.error("%s %s to %s failed: %s", job.kind, job.id, job.chat_id, exc)
             return "failed", None, str(exc)
+
+    async def _post(self, method: str, payload: dict[str, Any]) -> Any:
+        """The request itself, through the bot's transport (PTB turns errors into exceptions);
+        the rate limiter wraps it (slots already reserved; a 429 is waited out and retried)."""
+        return await self.bot.request.post(f"{self.bot.base_url}/{method}", JSONRequestData(payload))
 
     # -- typing --------------------------------------------------------------
     async def _typing_loop(self) -> None:

@@ -169,7 +169,7 @@ class TelegramService:
         )
         self.door.install(self.application)
         self.intake = Intake(
-            self.application, self.door.queue, self.door.claimed, on_done=lambda uid: self.door.notify(uid, 0)
+            self.application, self.door.tg_store, self.door.claimed, on_done=lambda uid: self.door.notify(uid, 0)
         )
         self.poller: Poller | None = None
         self.server: WebhookServer | None = None

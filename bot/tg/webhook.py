@@ -15,7 +15,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -96,7 +95,7 @@ class WebhookServer:
             return web.Response(text="ignored")
         try:
             await self.intake.accept([data])
-        except sqlite3.Error as exc:
+        except self.intake.store.errors as exc:
             log.error("could not store an update (%s): Telegram will send it again", exc)
             return web.Response(status=500, text="not stored")
         self.received += 1

@@ -1,6 +1,6 @@
 """The fake Telegram Bot API for tests, and a harness that runs the real bot against it.
 
-The server itself has one implementation, ``bot/testing/fakeapi.py`` (the benchmark uses it
+The server itself has one implementation, ``bot/testing/fakeapi/`` (a package) (the benchmark uses it
 outside the test suite); it is re-exported here. ``running_bot(runtime)`` starts the real
 PTB ``Application`` + door (``bot.tg.service.TelegramService``) against a fresh fake, in
 polling or webhook mode, and yields a ``BotUnderTest`` whose helpers push an update and

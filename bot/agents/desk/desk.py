@@ -35,6 +35,7 @@ import contextlib
 import logging
 import math
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import aiosqlite
@@ -59,6 +60,7 @@ from ..render import (
 from .cards import CardsPart
 from .feed import FeedPart
 from .mirror import MirrorPart
+from .posts import PostsPart
 from .records import (
     NOT_SYMPTOMS,
     AgentCallback,
@@ -75,7 +77,7 @@ from .tools import ToolsPart
 log = logging.getLogger(__name__)
 
 
-class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart):
+class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart, PostsPart):
     """The desk: wiring (engine, store, gateway, options, clock, limiter), lifecycle and the
     four tasks; each part's methods live in its own module, the state in ``DeskState``."""
 
@@ -255,7 +257,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             "agent_inbox": self.agent_inbox.qsize() + self.st.agent_busy,
             "gaps": len(self.st.gap),
             "cards": len(self.st.card_work),
-            "trash": len(self.st.trash),
+            "trash": len(self.st.trash) + len(self.st.clean),
         }
 
     def caught_up(self, *, full: bool = False) -> bool:
@@ -346,12 +348,19 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             del self.st.flag_times[key]
 
     # around a deletion (the feature's /forget and our own): nothing of it is posted meanwhile
-    def forgetting(self, conversation_id: str) -> None:
+    def forgetting(self, conversation_id: str, *, by_user: bool = False) -> None:
+        t = self.st.topics.get(conversation_id)
+        if by_user and t is not None and t.paused_until is not None and self.gateway is not None:
+            # the user erased it mid-takeover: the agents learn it (without the user's words)
+            gw, note = self.gateway, self.texts("agents.desk.note_user_forgot", ref=str(t.ref))
+            self.st.urgent.append(lambda: gw.send(None, note.html))
+            self._wake.set()
         self.st.forgotten[conversation_id] = math.inf
         self._drop(conversation_id)
 
     def forgotten(self, conversation_id: str, upto_id: int) -> None:
         self.st.forgotten[conversation_id] = upto_id
+        self.st.erased_at[conversation_id] = time.monotonic()
         self._drop(conversation_id)
         self.st.trash_dirty = True
         self._wake.set()

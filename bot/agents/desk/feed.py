@@ -106,8 +106,9 @@ class FeedPart:
             await self.reg.set_meta("live_thread", thread)
             return True
         html = join((join(lines) for lines in blocks.values()), Html("\n\n", 2)).html
+        parts = [(cid, join(lines)) for cid, lines in blocks.items()]  # recorded: /forget edits one out
         try:
-            await self._call(False, lambda: gw.send(thread, html))
+            await self._call(False, lambda: self._post(thread, html, kind="feed", parts=parts))
         except ThreadNotFound:
             self.st.live_thread = None
             await self.reg.set_meta("live_thread", None)
@@ -149,11 +150,11 @@ class FeedPart:
 
     async def _post_escalations(self) -> bool:
         assert self.gateway is not None
-        gw = self.gateway
         if self.st.esc_thread is None:
             await self._escalations_thread(urgent=False)
             return True
         lines: list[Html] = []
+        cids: list[str] = []
         taken = 0
         for r in self.st.esc_pending:
             t = self.st.topics.get(r.conversation_id)
@@ -172,12 +173,14 @@ class FeedPart:
             if sum(x.visible + 1 for x in lines) + line.visible > MAX_VISIBLE:
                 break
             lines.append(line)
+            cids.append(r.conversation_id)
             taken += 1
         done = self.st.esc_pending[:taken]
         if lines:
             thread = self.st.esc_thread
             try:
-                await self._call(False, lambda: gw.send(thread, join(lines).html))
+                parts = list(zip(cids, lines, strict=True))  # recorded: /forget edits a line out
+                await self._call(False, lambda: self._post(thread, join(lines).html, kind="escalations", parts=parts))
             except ThreadNotFound:
                 self.st.esc_thread = None
                 await self.reg.set_meta("escalations_thread", None)

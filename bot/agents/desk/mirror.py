@@ -153,9 +153,10 @@ class MirrorPart:
                 if self.st.trash_dirty:
                     self.st.trash_dirty = False
                     self.st.trash = deque(await self.reg.trashed())
+                    await self._load_clean()
                 # answers to agents and privacy deletions may use the reserved slots; everything
                 # else (escalations first) is spread evenly over the window
-                urgent = bool(self.st.urgent or self.st.trash)
+                urgent = bool(self.st.urgent or self.st.trash or self.st.clean)
                 waiting = self.st.maybe_new or self.st.more or self.st.esc_hint
                 if not urgent and not waiting and not self._normal_work():
                     await self._save_seen(force=True)  # idle: a good moment to persist progress
@@ -341,6 +342,8 @@ class MirrorPart:
             self.st.trash.popleft()
             await self.reg.untrash(thread)
             return True
+        if self.st.clean:
+            return await self._clean_step()
         if self.st.esc_pending:
             return await self._post_escalations()
         fresh = [cid for cid, q in self.st.pending.items() if q]
@@ -452,8 +455,9 @@ class MirrorPart:
             return False
         html, last_id, count = batch
         if html:
+            cid = t.conversation_id  # recorded: the retention purge deletes lines older than its period
             try:
-                await self._call(False, lambda: gw.send(thread, html))
+                await self._call(False, lambda: self._post(thread, html, kind="topic", about=[cid]))
             except ThreadNotFound:
                 self._lost_topic(t)
                 await self.reg.save(t)

@@ -40,6 +40,8 @@ NO_CAPTION = frozenset({"sticker", "video_note", "location", "venue", "contact",
 MAX_PENDING = 1500  # transcript rows the mirror holds in memory (the rest waits in SQLite)
 RESUME_COMMAND = "resume"  # the engine command that hands a conversation back (bot.agents.commands)
 CALLBACK_PREFIX = "ag:"
+FORGET_CHOICES = ("fu", "ft", "fx")  # /forget confirmed: the user asked / the team decided / cancelled
+CASE_ARG = re.compile(r"#?(\d{1,9})")  # how /forget names a case outside its topic: #N
 
 REQUIRED_KEYS: tuple[str, ...] = (
     "agents.joined",
@@ -74,6 +76,15 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "agents.desk.note_failed",
     "agents.desk.note_not_telegram",
     "agents.desk.note_forgotten",
+    "agents.desk.note_user_forgot",
+    "agents.desk.forget_refused",
+    "agents.desk.forget_usage",
+    "agents.desk.forget_confirm",
+    "agents.desk.btn_forget_asked",
+    "agents.desk.btn_forget_team",
+    "agents.desk.btn_forget_cancel",
+    "agents.desk.forget_cancelled",
+    "agents.desk.post_erased",
     "agents.desk.note_edited",
     "agents.desk.edited_as_correction",
     "agents.desk.done_prompt",
@@ -128,6 +139,8 @@ class DeskOptions:
     member_cache_seconds: float = 600.0
     record_every: float = 0.05  # real seconds the recorder collects turns before one pass
     max_backoff: float = 60.0
+    forget_by_group_admins: bool = False  # FORGET_BY_GROUP_ADMINS: group administrators may erase too
+    quote_retention_days: int = 365  # QUOTE_RETENTION_DAYS
 
 
 # -- what agents do, as plain records (filled in by bot.tg.agents_gateway) -----------------------

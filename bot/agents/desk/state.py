@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..registry import Line, Topic
+from ..registry import Line, Post, Topic
 
 
 @dataclass
@@ -40,6 +40,10 @@ class DeskState:
     escalated: set[str] = field(default_factory=set)
     trash: deque[int] = field(default_factory=deque)  # topics to delete (privacy)
     trash_dirty: bool = True
+    clean: deque[Post] = field(default_factory=deque)  # posted messages to delete or edit (privacy)
+    erased_at: dict[str, float] = field(default_factory=dict)  # conversation -> when its erasure ended
+    recheck: set[str] = field(default_factory=set)  # erased, but a post about it was recorded late
+    work_started: float = 0.0  # when the agent task began the command it is answering
     # the Live feed and cursors
     live_thread: int | None = None
     feed_cursor: int = 0

@@ -42,17 +42,28 @@ class TimersPart:
                 log.exception("agents' timers failed; continuing")
                 await self._wait(self._timer_wake, 5.0, self.clock)
 
-    async def purge(self) -> int:
-        n = await privacy.purge_expired(
-            self.store.db, self.options.retention_days, now=self.clock.now(), lock=self._tx_lock
+    async def purge(self, now: float | None = None) -> int:
+        """The retention purge (``privacy.purge``): idle conversations erased (their topics
+        and posts cleaned up on Telegram), expired words out of active ones' cards."""
+        done = await privacy.purge(
+            self.store.db,
+            self.options.retention_days,
+            now=now if now is not None else self.clock.now(),
+            lock=self._tx_lock,
+            quote_retention_days=self.options.quote_retention_days,
         )
-        if n and self.enabled:
+        if self.enabled:
             alive = {t.conversation_id for t in await self.reg.all_topics()}
             for cid in [c for c in self.st.topics if c not in alive]:
                 self._drop(cid)
+            for cid in done.pruned:  # drawn again without the expired words
+                t = self.st.topics.get(cid)
+                if t is not None:
+                    t.card_html = ""
+                    self._mark_card(t)
             self.st.trash_dirty = True
             self._wake.set()
-        return n
+        return done.conversations
 
     async def _poll_quotes(self) -> None:
         if self.quotes is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
 from .. import labelling, privacy, reports
 from ..ports import (
@@ -31,6 +32,8 @@ from ..render import (
 )
 from .records import (
     CALLBACK_PREFIX,
+    CASE_ARG,
+    FORGET_CHOICES,
     AgentCallback,
     AgentCommand,
     conversation_lock,
@@ -59,18 +62,28 @@ class ToolsPart:
         self.st.members[user_id] = (ok, now)
         return ok
 
-    async def _reply(self, c: AgentCommand | AgentCallback, html: Html) -> None:
+    async def _reply(
+        self,
+        c: AgentCommand | AgentCallback,
+        html: Html,
+        *,
+        about: Sequence[str] = (),
+        buttons: Sequence[tuple[str, str]] = (),
+        kind: str = "answer",
+    ) -> None:
+        """Answer an agent where they asked; ``about``: the conversations whose data the answer
+        shows (recorded, so /forget and the retention purge remove it)."""
         assert self.gateway is not None
-        gw = self.gateway
         text = fit(html).html if html.visible > MAX_VISIBLE else html.html
-        if isinstance(c, AgentCommand) and c.private:
+        made = self.st.work_started or time.monotonic()  # the data was read after this
+        if c.chat_id != self.chat_id:  # a private chat
             try:
-                await gw.send_private(c.chat_id, text)
+                await self._post_private(c.chat_id, text, buttons, kind=kind, about=about, made=made)
             except GatewayError as exc:
                 log.info("agents: answer to %s not sent: %s", c.chat_id, exc)
             return
         thread = c.thread_id
-        self.st.urgent.append(lambda: gw.send(thread, text))
+        self.st.urgent.append(lambda: self._post(thread, text, buttons, kind=kind, about=about, made=made))
         self._wake.set()
 
     async def _target(self, c: AgentCommand) -> tuple[str, Topic | None] | None:
@@ -86,6 +99,13 @@ class ToolsPart:
         return None
 
     async def _on_command(self, c: AgentCommand) -> None:
+        self.st.work_started = time.monotonic()  # what the answer shows is read after this
+        try:
+            await self._command(c)
+        finally:
+            self.st.work_started = 0.0
+
+    async def _command(self, c: AgentCommand) -> None:
         if c.private and not await self.is_agent(c.user_id):
             log.info("agent command /%s from non-agent %s ignored", c.name, c.user_id)
             return  # nothing back: not even "unknown command"
@@ -130,21 +150,27 @@ class ToolsPart:
         if t.paused_until is None:
             await self._reply(c, self.texts("agents.desk.done_not_paused"))
             return
-        assert self.gateway is not None
-        gw = self.gateway
         html = self.texts("agents.desk.done_prompt", name=display_name(t.user_name, self.texts)).html
         buttons = [
             (self.texts.plain("agents.desk.btn_resume"), f"{CALLBACK_PREFIX}r:{t.ref}"),
             (self.texts.plain("agents.desk.btn_menu"), f"{CALLBACK_PREFIX}m:{t.ref}"),
         ]
         thread = c.thread_id if not c.private else t.thread_id
-        if c.private:
-            await gw.send_private(c.chat_id, html)  # no buttons in private: use the topic
+        cid = t.conversation_id
+        if c.private:  # no buttons in private: use the topic
+            await self._post_private(c.chat_id, html, kind="done", about=[cid])
             return
-        self.st.urgent.append(lambda: gw.send(thread, html, buttons))
+        self.st.urgent.append(lambda: self._post(thread, html, buttons, kind="done", about=[cid]))
         self._wake.set()
 
     async def _on_callback(self, cb: AgentCallback) -> None:
+        self.st.work_started = time.monotonic()
+        try:
+            await self._callback(cb)
+        finally:
+            self.st.work_started = 0.0
+
+    async def _callback(self, cb: AgentCallback) -> None:
         assert self.gateway is not None
         gw = self.gateway
         data = cb.data or ""
@@ -161,6 +187,9 @@ class ToolsPart:
                 await gw.answer_callback(cb.callback_id)
             return
         kind, _, ref_s = data[len(CALLBACK_PREFIX) :].partition(":")
+        if kind in FORGET_CHOICES:
+            await self._on_forget_press(cb, kind, int(ref_s) if ref_s.isdigit() else 0)
+            return
         cid = self.st.by_ref.get(int(ref_s)) if ref_s.isdigit() else None
         t = self.st.topics.get(cid) if cid else None
         if t is None or t.paused_until is None:
@@ -184,7 +213,6 @@ class ToolsPart:
 
     async def _cmd_transcript(self, c: AgentCommand) -> None:
         assert self.gateway is not None
-        gw = self.gateway
         target = await self._target(c)
         if target is None:
             await self._reply(c, self.texts("agents.desk.need_topic"))
@@ -197,14 +225,19 @@ class ToolsPart:
         name = display_name(info.user_name if info else "", self.texts)
         caption = self.texts("agents.desk.transcript_caption", name=name, ref=ref, count=str(len(lines))).html
         filename = f"transcript-{ref.replace(':', '-')}.md"
+        made = self.st.work_started or time.monotonic()
         if c.private:
             try:
-                await gw.send_private_document(c.chat_id, filename, data, caption)
+                await self._post_private_document(
+                    c.chat_id, filename, data, caption, kind="transcript", about=[cid], made=made
+                )
             except GatewayError as exc:
                 log.info("agents: transcript to %s not sent: %s", c.chat_id, exc)
             return
         thread = c.thread_id
-        self.st.urgent.append(lambda: gw.send_document(thread, filename, data, caption))
+        self.st.urgent.append(
+            lambda: self._post_document(thread, filename, data, caption, kind="transcript", about=[cid], made=made)
+        )
         self._wake.set()
 
     def _flow_title(self, flow: str) -> str:
@@ -267,7 +300,12 @@ class ToolsPart:
         for u in items:
             cands = ", ".join(f"{i} {s:.0f}" for i, s in u.candidates[:3]) or "-"
             rows.append(Html.text(f"• “{clip(one_line(u.text), 150)}” — {u.decision}: {cands}"))
-        await self._reply(c, join(rows[: 1 + pack(rows[1:], MAX_VISIBLE - rows[0].visible - 1)]))
+        await self._reply(
+            c,
+            join(rows[: 1 + pack(rows[1:], MAX_VISIBLE - rows[0].visible - 1)]),
+            about=[u.conversation_id for u in items],
+            kind="unmatched",
+        )
         if not c.private and self.gateway is not None:  # label them: one message each, with buttons
             gw, thread = self.gateway, c.thread_id
             for html, buttons in await labelling.offers(self.store, self.texts):
@@ -293,28 +331,98 @@ class ToolsPart:
                 + Html.text(f" · {day_time(h.line.ts)} · ")
                 + render_line(h.line, self.texts, out_limit=120, in_limit=160)
             )
-        await self._reply(c, join(rows[: 1 + pack(rows[1:], MAX_VISIBLE - rows[0].visible - 1)]))
+        about = [h.line.conversation_id for h in hits]
+        shown = join(rows[: 1 + pack(rows[1:], MAX_VISIBLE - rows[0].visible - 1)])
+        await self._reply(c, shown, about=about, kind="find")
+
+    # -- /forget: administrators only, confirmed with a button that names the case ---------------
+    async def may_erase(self, user_id: int) -> bool:
+        """ADMIN_IDS; with FORGET_BY_GROUP_ADMINS=1 also the group's administrators."""
+        if user_id in self.admin_ids:
+            return True
+        if not self.options.forget_by_group_admins or self.gateway is None:
+            return False
+        try:
+            return await self.gateway.is_admin(user_id)
+        except GatewayError:
+            return False
+
+    def _case(self, c: AgentCommand) -> str | None:
+        """The one case a /forget names, or None if it names none or is ambiguous: in a user's
+        topic, that topic's case (an argument must name the same one); elsewhere — General, a
+        private chat — exactly ``#N`` (or ``N``)."""
+        here = self.st.by_thread.get(c.thread_id) if not c.private and c.thread_id is not None else None
+        arg = c.arg.strip()
+        if not arg:
+            return here
+        m = CASE_ARG.fullmatch(arg)
+        named = self.st.by_ref.get(int(m.group(1))) if m else None
+        if named is None or (here is not None and named != here):
+            return None
+        return named
 
     async def _cmd_forget(self, c: AgentCommand) -> None:
-        target = await self._target(c)
-        if target is None:
-            await self._reply(c, self.texts("agents.desk.need_topic"))
+        if not await self.may_erase(c.user_id):
+            log.info("agents: /forget by %s refused (not an administrator)", c.user_id)
+            await self._reply(c, self.texts("agents.desk.forget_refused"))
             return
-        cid, t = target
-        ref = str(t.ref) if t else cid
-        await self.forget(cid)
-        uid = privacy.telegram_user_id(cid)
-        if uid is not None and self.gateway is not None:
-            try:
-                await self.gateway.send_to_user(uid, self.texts("agents.forgotten_by_agent").html)
-            except GatewayError as exc:
-                log.info("agents: could not tell %s about the deletion: %s", cid, exc)
-        note = self.texts("agents.desk.note_forgotten", agent=c.user_name or "?", ref=ref)
-        if c.private:
-            await self._reply(c, note)
+        cid = self._case(c)
+        t = self.st.topics.get(cid) if cid else None
+        if t is None:
+            await self._reply(c, self.texts("agents.desk.forget_usage"))
             return
+        ref = str(t.ref)
+        html = self.texts(
+            "agents.desk.forget_confirm",
+            ref=ref,
+            name=display_name(t.user_name, self.texts),
+            symptom=self._symptom_title(t.symptom) or "-",
+        )
+        buttons = [
+            (self.texts.plain("agents.desk.btn_forget_asked", ref=ref), f"{CALLBACK_PREFIX}fu:{ref}"),
+            (self.texts.plain("agents.desk.btn_forget_team", ref=ref), f"{CALLBACK_PREFIX}ft:{ref}"),
+            (self.texts.plain("agents.desk.btn_forget_cancel"), f"{CALLBACK_PREFIX}fx:{ref}"),
+        ]
+        await self._reply(c, html, about=[t.conversation_id], buttons=buttons, kind="confirm")
+
+    async def _on_forget_press(self, cb: AgentCallback, kind: str, ref: int) -> None:
         assert self.gateway is not None
         gw = self.gateway
+        if not await self.may_erase(cb.user_id):
+            with contextlib.suppress(GatewayError):
+                await gw.answer_callback(cb.callback_id, self.texts.plain("agents.desk.forget_refused"))
+            return
+        cid = self.st.by_ref.get(ref)
+        with contextlib.suppress(GatewayError):
+            await gw.answer_callback(cb.callback_id)
+        if cid is None or kind == "fx":
+            key = "agents.desk.forget_cancelled" if kind == "fx" else "agents.desk.unknown_ref"
+            html = self.texts(key, ref=str(ref), agent=cb.user_name or "?").html
+            if cb.chat_id != self.chat_id:  # a private chat: outside the group's budget
+                with contextlib.suppress(NotModified, MessageGone, GatewayError):
+                    await gw.edit_private(cb.chat_id, cb.message_id, html)
+                return
+            message_id = cb.message_id
+
+            async def edit() -> None:
+                with contextlib.suppress(NotModified, MessageGone):
+                    await gw.edit(message_id, html)
+
+            self.st.urgent.append(edit)
+            self._wake.set()
+            return
+        await self.forget(cid)  # the confirmation message goes with the rest of the case
+        uid = privacy.telegram_user_id(cid)
+        if uid is not None:
+            key = "agents.forgotten_on_request" if kind == "fu" else "agents.forgotten_by_agent"
+            try:
+                await gw.send_to_user(uid, self.texts(key).html)
+            except GatewayError as exc:
+                log.info("agents: could not tell %s about the deletion: %s", cid, exc)
+        note = self.texts("agents.desk.note_forgotten", agent=cb.user_name or "?", ref=str(ref))
+        if cb.chat_id != self.chat_id:
+            await self._reply(cb, note)
+            return
         self.st.urgent.append(lambda: gw.send(None, note.html))
         self._wake.set()
 

@@ -1,0 +1,417 @@
+"""The Telegram door's durable state, behind one small protocol: updates in (the inbox),
+messages out (the reply queue), and the message per chat that carries the live keyboard.
+
+``TelegramStore`` is all the door (``intake``, ``door``, ``sender``) asks of a database;
+``SQLiteTelegramStore`` implements it on the conversation store's SQLite connection (tables
+``tg_inbox``, ``tg_outbox``, ``tg_keyboards``: ``bot/store/schema.py`` migration 4). A
+PostgreSQL implementation is a class with the same methods in a module of its own, passed to
+``TelegramDoor(..., tg_store=...)``; nothing else in ``bot/tg`` names the database.
+
+The contract that makes a kill -9 lose and double nothing:
+
+* an update is stored (``add_updates``, committed) before Telegram is told it arrived — before
+  the next ``getUpdates`` offset moves, before the webhook answers 200; a repeat is ignored
+  (``add_updates`` returns only the new ids);
+* a turn marks its update done and writes the messages it will send **in the engine's own
+  transaction** (``write_turn(tx, ...)``, called from the conversation store's ``save_turn``
+  through ``bot.store.sqlite.TURN_WRITES``; ``tx`` is whatever that hook is handed — the
+  implementation that matches the conversation store knows its type): either the new state,
+  the transcript, the outgoing messages and "done" are all there, or none is and the update
+  is processed again after the restart. ``finish`` is the same in a transaction of its own
+  (updates that are not engine turns);
+* a message is marked ``sending`` (``sending``, committed) just before its request leaves and
+  its outcome recorded when Telegram answered (``settle``). ``recover`` at start returns the
+  ``pending`` ones to send; a ``sending`` one may or may not have reached Telegram (the Bot
+  API has no idempotency key), so it is not sent again blindly: it becomes ``unsure``.
+
+Statuses: inbox ``new`` → ``done`` | ``failed`` | ``stale`` | ``bad``; outbox ``pending`` →
+``sending`` → ``sent`` | ``failed`` | ``unsure`` | ``blocked`` (a failed send goes back to
+``pending`` until its attempts are used up). Handled updates lose their raw body (the user's
+words) and finished messages their text: the transcript keeps them, redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+ANSWER = 0  # a user is waiting for it
+HOUSEKEEPING = 1  # edits that only tidy up (the pressed keyboard, an old keyboard), other chats
+INBOX_MEMORY_S = 7 * 24 * 3600  # done updates are remembered this long (Telegram keeps ~24 h)
+SENT_MEMORY_S = 2 * 24 * 3600  # finished outgoing rows are kept this long (for `stats`/tests)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One Bot API call to make. ``kind``: send | edit | retire."""
+
+    id: int
+    chat_id: int
+    kind: str
+    priority: int
+    body: dict[str, Any]
+    update_id: int | None = None
+    attempts: int = 0
+    created_at: float = field(default=0.0, compare=False)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job before it has an id."""
+
+    chat_id: int
+    kind: str
+    priority: int
+    body: dict[str, Any]
+
+
+#: ``(job, status, message_id, error)``: what became of one request (``settle``)
+Outcome = tuple[Job, str, "int | None", str]
+
+
+class TelegramStore(Protocol):
+    """What the Telegram door needs from a database. Every method is one transaction (or one
+    statement), except ``write_turn``, which runs inside the caller's open transaction."""
+
+    #: the exceptions that mean "the database is busy or failing" (the door waits and retries,
+    #: or — the webhook — answers 500 so that Telegram sends the update again)
+    errors: tuple[type[Exception], ...]
+
+    # -- updates in --
+    async def add_updates(self, updates: Sequence[tuple[int, str]]) -> list[int]:
+        """Store ``(update_id, raw JSON)`` pairs (committed on return); the ids that were new,
+        in order."""
+    async def new_updates(self) -> list[tuple[int, str]]:
+        """Updates stored but not yet done, oldest first (after a restart: handled first)."""
+    async def last_update_id(self) -> int:
+        """The highest update id ever stored (0: none) — where polling resumes."""
+    async def update_status(self, update_id: int) -> str | None: ...
+
+    # -- a turn's writes --
+    async def write_turn(
+        self, tx: Any, update_id: int | None, specs: Iterable[JobSpec], *, spent: tuple[int, int] | None = None, status: str = "done"
+    ) -> list[Job]:
+        """Inside the conversation store's open transaction ``tx``: queue the turn's jobs,
+        mark its update ``status``, forget the live keyboard ``spent`` = (chat, message id)."""
+    async def finish(
+        self, update_id: int | None, specs: Iterable[JobSpec] = (), *, status: str = "done", spent: tuple[int, int] | None = None
+    ) -> list[Job]:
+        """``write_turn`` in a transaction of its own."""
+
+    # -- messages out --
+    async def open(self) -> None:
+        """Before the first ``sending`` (the sender's start)."""
+    async def close(self) -> None: ...
+    async def recover(self) -> tuple[list[Job], int]:
+        """At start: the jobs still to send, and how many were caught mid-send (now ``unsure``)."""
+    async def sending(self, job_ids: Sequence[int]) -> None:
+        """Committed before the requests leave: after a kill these are not sent again."""
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[Job]:
+        """Record outcomes (``sent``, ``pending`` = try again, ``failed``, ``unsure``,
+        ``blocked``). A sent keyboard becomes the chat's live one; the one it replaces gets a
+        ``retire`` job, returned."""
+    async def drop_chat(self, chat_id: int, reason: str) -> int:
+        """The chat blocked the bot: its pending jobs fail, its keyboard is forgotten."""
+
+    async def missed_answers(self) -> list[int]:
+        """Chats whose newest answer was given up (failed to send, not blocked)."""
+
+    # -- keyboards, figures --
+    async def keyboard_of(self, chat_id: int) -> int | None: ...
+    async def counts(self) -> dict[str, int]:
+        """Outgoing rows per status."""
+
+
+# -- the SQLite implementation ------------------------------------------------------------------
+class _GroupCommit:
+    """Many small writes from many coroutines, one transaction: callers that arrive while a
+    batch is open join it (the sender marks and settles hundreds of messages a second)."""
+
+    def __init__(self, store: SQLiteTelegramStore, write: Any) -> None:
+        self.store = store
+        self.write = write  # async (conn, items) -> dict[key, result]; one statement or its own transaction
+        self.items: list[Any] = []
+        self.waiter: asyncio.Future[dict[Any, Any]] | None = None
+
+    async def add(self, item: Any) -> dict[Any, Any]:
+        self.items.append(item)
+        if self.waiter is None:
+            self.waiter = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().create_task(self._flush(self.waiter))
+        return await asyncio.shield(self.waiter)
+
+    async def _flush(self, waiter: asyncio.Future[dict[Any, Any]]) -> None:
+        await asyncio.sleep(0)  # let the callers of this loop turn join
+        async with self.store.lock:
+            items, self.items, self.waiter = self.items, [], None
+            try:
+                result = await self.write(self.store.conn, items)
+            except Exception as exc:  # every caller of the batch sees it
+                waiter.set_exception(exc)
+                return
+        waiter.set_result(result)
+
+
+class SQLiteTelegramStore:
+    """``TelegramStore`` on the conversation store's aiosqlite connection (``database``: a
+    ``bot.store.database.SQLiteDatabase`` — its ``conn``, write ``lock`` and ``path``).
+
+    Two SQLite-only speed-ups, kept inside this class:
+
+    * several statements for one hand-over to aiosqlite's thread (``_in_db_thread``, which uses
+      aiosqlite's private ``_execute``/``_conn``): under load each hand-over waits for the GIL,
+      and that, not SQLite, is what a statement costs;
+    * the ``sending`` marks on a connection of their own (a file database only): a mark sits
+      between a message's rate-limit slot and its request, so it must not queue behind the
+      turns' transactions on the shared connection (a late mark bunches requests past
+      Telegram's limits). SQLite's busy timeout orders it with the other writers.
+    """
+
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
+    def __init__(self, database: Any) -> None:
+        self.database = database
+        self._marks = _GroupCommit(self, _write_marks)
+        self._settles = _GroupCommit(self, self._write_settles)
+        self._marks_db: aiosqlite.Connection | None = None
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        return self.database.conn  # type: ignore[no-any-return]
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        return self.database.lock  # type: ignore[no-any-return]
+
+    async def _in_db_thread(self, conn: aiosqlite.Connection, fn: Any, *args: Any) -> Any:
+        """Run ``fn(sqlite3_connection, *args)`` on aiosqlite's thread: one hand-over."""
+        return await conn._execute(fn, conn._conn, *args)
+
+    async def _write(self, fn: Any, *args: Any) -> Any:
+        """``fn(sqlite3_connection, *args)`` in one transaction of its own."""
+        async with self.lock:
+            return await self._in_db_thread(self.conn, _in_transaction, fn, *args)
+
+    # -- updates in --------------------------------------------------------------
+    async def add_updates(self, updates: Sequence[tuple[int, str]]) -> list[int]:
+        if not updates:
+            return []
+        now = time.time()
+        async with self.lock:  # one statement: its own transaction
+            rows = await self.conn.execute_fetchall(
+                "INSERT OR IGNORE INTO tg_inbox (update_id, body, received_at) "
+                "SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), ? FROM json_each(?) AS j "
+                "RETURNING update_id",
+                (now, json.dumps([[u, body] for u, body in updates], ensure_ascii=False)),
+            )
+            fresh = {int(r[0]) for r in rows}
+            if any(u % 1000 == 0 for u in fresh):
+                await self.conn.execute("DELETE FROM tg_inbox WHERE status != 'new' AND received_at < ?", (now - INBOX_MEMORY_S,))
+                await self.conn.execute(
+                    "DELETE FROM tg_outbox WHERE status NOT IN ('pending', 'sending') AND created_at < ?",
+                    (now - SENT_MEMORY_S,),
+                )
+        out: list[int] = []
+        for u, _ in updates:
+            if u in fresh:
+                fresh.discard(u)
+                out.append(u)
+        return out
+
+    async def new_updates(self) -> list[tuple[int, str]]:
+        rows = await self.conn.execute_fetchall("SELECT update_id, body FROM tg_inbox WHERE status = 'new' ORDER BY update_id")
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    async def last_update_id(self) -> int:
+        rows = await self.conn.execute_fetchall("SELECT MAX(update_id) FROM tg_inbox")
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+    async def update_status(self, update_id: int) -> str | None:
+        rows = await self.conn.execute_fetchall("SELECT status FROM tg_inbox WHERE update_id = ?", (update_id,))
+        return str(rows[0][0]) if rows else None
+
+    # -- a turn's writes --------------------------------------------------------------
+    async def write_turn(
+        self, tx: Any, update_id: int | None, specs: Iterable[JobSpec], *, spent: tuple[int, int] | None = None, status: str = "done"
+    ) -> list[Job]:
+        specs = list(specs)
+        now = time.time()
+        rows = _rows(specs)
+        conn = tx if isinstance(tx, aiosqlite.Connection) else self.conn
+        ids = await self._in_db_thread(conn, _write_turn, rows, update_id, now, spent, status)
+        return _jobs(ids, specs, update_id, now)
+
+    async def finish(
+        self, update_id: int | None, specs: Iterable[JobSpec] = (), *, status: str = "done", spent: tuple[int, int] | None = None
+    ) -> list[Job]:
+        specs = list(specs)
+        now = time.time()
+        ids = await self._write(_write_turn, _rows(specs), update_id, now, spent, status)
+        return _jobs(ids, specs, update_id, now)
+
+    # -- messages out --------------------------------------------------------------
+    async def open(self) -> None:
+        path = getattr(self.database, "path", ":memory:")
+        if self._marks_db is not None or path == ":memory:":
+            return
+        db = await aiosqlite.connect(path, timeout=5.0, isolation_level=None)
+        await db.execute("PRAGMA busy_timeout = 5000")
+        self._marks_db = db
+
+    async def close(self) -> None:
+        if self._marks_db is not None:
+            db, self._marks_db = self._marks_db, None
+            await db.close()
+
+    async def recover(self) -> tuple[list[Job], int]:
+        unsure = int(await self._write(_mark_unsure))
+        rows = await self.conn.execute_fetchall(
+            "SELECT id, chat_id, kind, priority, body, update_id, attempts, created_at FROM tg_outbox WHERE status = 'pending' ORDER BY id"
+        )
+        jobs = [Job(int(r[0]), int(r[1]), str(r[2]), int(r[3]), json.loads(r[4]), r[5], int(r[6]), float(r[7])) for r in rows]
+        return jobs, unsure
+
+    async def sending(self, job_ids: Sequence[int]) -> None:
+        if self._marks_db is not None:
+            # BEGIN IMMEDIATE: an autocommit UPDATE reads first, and upgrading that read to a
+            # write after another connection committed fails at once ("database is locked")
+            ids = ",".join(str(int(i)) for i in job_ids)  # integers only: safe to inline
+            await self._marks_db.executescript(
+                f"BEGIN IMMEDIATE; UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN ({ids}); COMMIT;"
+            )
+            return
+        await self._marks.add(list(job_ids))
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[Job]:
+        done = await self._settles.add(list(outcomes))
+        return [r for job, *_ in outcomes for r in done.get(job.id, ())]
+
+    async def _write_settles(self, conn: aiosqlite.Connection, items: list[list[Outcome]]) -> dict[Any, Any]:
+        outcomes = [o for batch in items for o in batch]
+        rows = [(job.id, job.chat_id, job.kind, bool(job.body.get("keyboard")), status, mid, error[:300]) for job, status, mid, error in outcomes]
+        made = await self._in_db_thread(conn, _in_transaction, _write_settles, rows, time.time())
+        retire: dict[int, list[Job]] = {}
+        for owner, rid, chat, body, now in made:
+            retire.setdefault(owner, []).append(Job(rid, chat, "retire", HOUSEKEEPING, body, None, 0, now))
+        return retire
+
+    async def drop_chat(self, chat_id: int, reason: str) -> int:
+        return int(await self._write(_drop_chat, chat_id, reason))
+
+    async def missed_answers(self) -> list[int]:
+        rows = await self.conn.execute_fetchall(
+            "SELECT o.chat_id FROM tg_outbox AS o WHERE o.status = 'failed' AND o.last_error != 'blocked' "
+            "AND o.id = (SELECT MAX(id) FROM tg_outbox WHERE chat_id = o.chat_id AND kind = 'send' AND priority = ?)",
+            (ANSWER,),
+        )
+        return [int(r[0]) for r in rows]
+
+    async def keyboard_of(self, chat_id: int) -> int | None:
+        rows = await self.conn.execute_fetchall("SELECT message_id FROM tg_keyboards WHERE chat_id = ?", (chat_id,))
+        return int(rows[0][0]) if rows else None
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.conn.execute_fetchall("SELECT status, COUNT(*) FROM tg_outbox GROUP BY status")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+
+def _rows(specs: Sequence[JobSpec]) -> list[tuple[int, str, int, str]]:
+    return [(sp.chat_id, sp.kind, sp.priority, json.dumps(sp.body, ensure_ascii=False)) for sp in specs]
+
+
+def _jobs(ids: Sequence[int], specs: Sequence[JobSpec], update_id: int | None, now: float) -> list[Job]:
+    return [Job(i, sp.chat_id, sp.kind, sp.priority, sp.body, update_id, 0, now) for i, sp in zip(ids, specs, strict=True)]
+
+
+async def _write_marks(conn: aiosqlite.Connection, items: list[list[int]]) -> dict[Any, Any]:
+    ids = [i for batch in items for i in batch]
+    await conn.execute(
+        "UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(ids),),
+    )
+    return {}
+
+
+# -- run on aiosqlite's thread (one hand-over each) ---------------------------------------------
+def _in_transaction(con: sqlite3.Connection, fn: Any, *args: Any) -> Any:
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(con, *args)
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+    return result
+
+
+def _write_turn(
+    con: sqlite3.Connection, rows: list[tuple[int, str, int, str]], update_id: int | None, now: float, spent: tuple[int, int] | None, status: str
+) -> list[int]:
+    ids = []
+    for chat_id, kind, priority, body in rows:
+        cur = con.execute(
+            "INSERT INTO tg_outbox (chat_id, kind, priority, body, update_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (chat_id, kind, priority, body, update_id, now),
+        )
+        ids.append(int(cur.lastrowid or 0))
+    if spent is not None:
+        con.execute("DELETE FROM tg_keyboards WHERE chat_id = ? AND message_id = ?", spent)
+    if update_id is not None:
+        # the raw update (the user's words) is not kept once handled: only its id, for repeats
+        con.execute("UPDATE tg_inbox SET status = ?, done_at = ?, body = '' WHERE update_id = ?", (status, now, update_id))
+    return ids
+
+
+def _mark_unsure(con: sqlite3.Connection) -> int:
+    cur = con.execute("UPDATE tg_outbox SET status = 'unsure', last_error = 'stopped while sending', body = '{}' WHERE status = 'sending'")
+    return int(cur.rowcount or 0)
+
+
+def _drop_chat(con: sqlite3.Connection, chat_id: int, reason: str) -> int:
+    cur = con.execute(
+        "UPDATE tg_outbox SET status = 'failed', last_error = ?, body = '{}' WHERE chat_id = ? AND status = 'pending'",
+        (reason, chat_id),
+    )
+    con.execute("DELETE FROM tg_keyboards WHERE chat_id = ?", (chat_id,))
+    return int(cur.rowcount or 0)
+
+
+def _write_settles(
+    con: sqlite3.Connection, rows: list[tuple[int, int, str, bool, str, int | None, str]], now: float
+) -> list[tuple[int, int, int, dict[str, Any], float]]:
+    """Outcomes (a finished message's text is not kept — the transcript has it, redacted); a
+    sent keyboard becomes the chat's live one and the one it replaces gets a retire job
+    (returned as (owner job, id, chat, body, created))."""
+    made = []
+    for job_id, chat_id, kind, has_keyboard, status, mid, error in rows:
+        con.execute(
+            "UPDATE tg_outbox SET status = ?, message_id = ?, last_error = ?, sent_at = ?, "
+            "body = CASE WHEN ? = 'pending' THEN body ELSE '{}' END WHERE id = ?",
+            (status, mid, error, now if status == "sent" else None, status, job_id),
+        )
+        if status != "sent" or mid is None or kind != "send" or not has_keyboard:
+            continue
+        old = con.execute("SELECT message_id FROM tg_keyboards WHERE chat_id = ?", (chat_id,)).fetchone()
+        con.execute(
+            "INSERT INTO tg_keyboards (chat_id, message_id, ts) VALUES (?, ?, ?) "
+            "ON CONFLICT(chat_id) DO UPDATE SET message_id = excluded.message_id, ts = excluded.ts",
+            (chat_id, mid, now),
+        )
+        if old is not None and int(old[0]) != mid:
+            body = {"message_id": int(old[0])}
+            cur = con.execute(
+                "INSERT INTO tg_outbox (chat_id, kind, priority, body, created_at) VALUES (?, 'retire', ?, ?, ?)",
+                (chat_id, HOUSEKEEPING, json.dumps(body), now),
+            )
+            made.append((job_id, int(cur.lastrowid or 0), chat_id, body, now))
+    return made
