@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             from bot.escalation.cli import outbox_command
 
             return asyncio.run(outbox_command(settings, args))
-        if command in ("transcripts", "watch", "stats", "unmatched"):  # agents' tools hook
+        if command in ("transcripts", "watch", "stats", "unmatched", "find"):  # agents' tools hook
             from bot.agents.cli import run_command as agents_command
 
             return agents_command(command, settings, args)

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
@@ -58,6 +59,40 @@ def _chat_id(env: Mapping[str, str], name: str) -> int | None:
         raise ConfigError(f"{name} must be a numeric Telegram chat id, got {raw!r}") from exc
 
 
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _business_hours(raw: str) -> tuple[tuple[int, int, int], ...]:
+    """``mon-fri 09:00-17:30; sat 10:00-14:00`` -> (weekday, start minute, end minute)..."""
+    out: list[tuple[int, int, int]] = []
+    for part in (p.strip().lower() for p in raw.replace(",", ";").split(";")):
+        if not part:
+            continue
+        try:
+            days, hours = part.split()
+            first, _, last = days.partition("-")
+            a, b = _DAYS.index(first[:3]), _DAYS.index((last or first)[:3])
+            start_s, end_s = hours.split("-")
+            start, end = (int(x.split(":")[0]) * 60 + int(x.split(":")[1]) for x in (start_s, end_s))
+        except (ValueError, IndexError) as exc:
+            raise ConfigError(
+                f"BUSINESS_HOURS: {part!r} is not like 'mon-fri 09:00-17:30' (days, then hours; ';' between)"
+            ) from exc
+        if not 0 <= start < end <= 24 * 60:
+            raise ConfigError(f"BUSINESS_HOURS: {part!r}: the hours must go forward within one day")
+        days_in = range(a, b + 1) if a <= b else [*range(a, 7), *range(0, b + 1)]
+        out += [(d, start, end) for d in days_in]
+    return tuple(out)
+
+
+def _time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"BUSINESS_TZ: unknown time zone {name!r} (e.g. Europe/Berlin, America/New_York)") from exc
+    return name
+
+
 @dataclass(frozen=True)
 class Settings:
     # storage and content
@@ -94,6 +129,9 @@ class Settings:
     retention_days: int = 90
     quote_retention_days: int = 365  # quote requests (the lab may need them longer than transcripts)
     forget_by_group_admins: bool = False  # FORGET_BY_GROUP_ADMINS=1: the group's administrators may erase too
+    wait_alert_minutes: int = 5  # a message unanswered during a takeover raises an alert after this
+    business_hours: tuple[tuple[int, int, int], ...] = ()  # (weekday, start min, end min); () = always
+    business_tz: str = "UTC"
     # stopping: after SIGTERM, turns in flight get this long before the bot stops anyway
     # (the platform's stop timeout — TimeoutStopSec, --stop-timeout — must be longer)
     stop_drain_seconds: int = 8
@@ -179,5 +217,8 @@ class Settings:
             retention_days=_int(env, "RETENTION_DAYS", d.retention_days, 1, 3650),
             quote_retention_days=_int(env, "QUOTE_RETENTION_DAYS", d.quote_retention_days, 1, 3650),
             forget_by_group_admins=forget_admins == "1",
+            wait_alert_minutes=_int(env, "AGENT_WAIT_ALERT_MINUTES", d.wait_alert_minutes, 1, 24 * 60),
+            business_hours=_business_hours(env.get("BUSINESS_HOURS", "")),
+            business_tz=_time_zone(env.get("BUSINESS_TZ", "").strip() or d.business_tz),
             stop_drain_seconds=_int(env, "STOP_DRAIN_SECONDS", d.stop_drain_seconds, 1, 300),
         )

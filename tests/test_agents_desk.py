@@ -4,19 +4,20 @@ tests/test_agents_telegram.py.)"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from bot.agents.desk import AgentCallback, AgentCommand, AgentDesk, AgentMessage, DeskOptions
+from bot.agents.desk import AgentCallback, AgentCommand, AgentDesk, AgentMessage, DeskOptions, UserMedia
 from bot.agents.feature import Agents
 from bot.agents.limiter import GroupLimiter
 from bot.agents.memory import MemoryGateway
 from bot.agents.ports import Clock, ManualClock, SystemClock
 from bot.config import Settings
 from bot.core.engine import Engine
-from bot.core.messages import EventKind, Inbound, Reply
+from bot.core.messages import Attachment, EventKind, Inbound, Reply
 from bot.escalation import Escalation
 from bot.features import standard_features
 from bot.runtime import Knowledge, Ports, Runtime, check, open_runtime
@@ -96,6 +97,20 @@ class Rig:
                 GROUP, self.topic(uid).thread_id, message_id, AGENT, "Maria", text, text, media=media, edited=edited
             )
         )
+
+    async def take_over(self, uid: int, text: str, *, message_id: int, media: str = "") -> None:
+        """An agent's first reply while the bot is talking: held in the group until the agent
+        taps "send and pause the bot" (done here)."""
+        self.agent_says(uid, text, message_id=message_id, media=media)
+        await self.settle()
+        prompt = self.prompt(uid)
+        assert prompt.buttons[0][1].startswith("ag:s:"), prompt.buttons
+        assert self.gw.users.get(uid, []) == [] or not any(text in m.text for m in self.gw.users[uid])
+        self.desk.submit(
+            AgentCallback(f"cb{message_id}", GROUP, prompt.message_id, self.topic(uid).thread_id, AGENT, "Maria",
+                          prompt.buttons[0][1])
+        )
+        await self.settle()
 
     def agent_command(
         self, uid: int | None, name: str, arg: str = "", *, private: bool = False, user_id: int = AGENT
@@ -202,8 +217,7 @@ async def test_person_requested_is_flagged_and_listed(rig: Rig) -> None:
 async def test_agent_message_pauses_bot_and_is_relayed(rig: Rig) -> None:
     await rig.say(5, "my backup is stuck at 80%", name="Cleo")
     await rig.settle()
-    rig.agent_says(5, "Hi Cleo, I'm Maria. Which iPhone is it?", message_id=9001)
-    await rig.settle()
+    await rig.take_over(5, "Hi Cleo, I'm Maria. Which iPhone is it?", message_id=9001)
     texts = rig.gw.user_texts(5)
     assert "A person from our support team has joined" in texts[0]
     assert texts[1].startswith("👤 Maria · support team") and "Which iPhone" in texts[1]
@@ -230,8 +244,7 @@ async def test_done_resume_where_it_was(rig: Rig) -> None:
     r = await rig.say(6, "my icloud backup failed")
     await rig.settle()
     before = await rig.engine.state_of("tg:6")
-    rig.agent_says(6, "Let me check", message_id=9101)
-    await rig.settle()
+    await rig.take_over(6, "Let me check", message_id=9101)
     rig.agent_command(6, "done")
     await rig.settle()
     prompt = rig.prompt(6)
@@ -241,36 +254,40 @@ async def test_done_resume_where_it_was(rig: Rig) -> None:
     )
     await rig.settle()
     state = await rig.engine.state_of("tg:6")
-    assert state is not None and not state.paused and before is not None and state.ref == before.ref
+    assert state is not None and not state.paused and before is not None
     sent = rig.gw.replies[6]
-    assert sent[0].key == "agents.handback_resume"
-    assert sent[-1].buttons  # the current step's buttons again
+    assert [r.key for r in sent] == ["agents.handback_resume", "feedback.ask_agent"]  # one tap 1-5 first
     assert "continues where it was" in rig.gw.topic_text(rig.topic(6).thread_id)
     assert "Continue where it was" in rig.gw.group[prompt.message_id].text  # the choice is shown
-    # the bot answers again
-    r = await rig.say(6, "thanks")
-    assert r
+    # rated (no comment), the conversation goes on where it was, with the step's buttons
+    r = await rig.press(6, sent, "r5")
+    r = await rig.press(6, r, "skip")
+    state = await rig.engine.state_of("tg:6")
+    assert state is not None and state.ref == before.ref and r[-1].buttons
+    assert r[0].key == "feedback.thanks"
 
 
 async def test_done_main_menu(rig: Rig) -> None:
     await rig.say(7, "my icloud backup failed")
     await rig.settle()
-    rig.agent_says(7, "hello", message_id=9201)
+    await rig.take_over(7, "hello", message_id=9201)
     rig.agent_command(7, "done")
     await rig.settle()
     prompt = rig.prompt(7)
     rig.desk.submit(AgentCallback("cb2", GROUP, prompt.message_id, None, AGENT, "Maria", prompt.buttons[1][1]))
     await rig.settle()
     state = await rig.engine.state_of("tg:7")
-    assert state is not None and state.ref == "main_menu.start" and not state.paused
+    assert state is not None and state.ref == "feedback.start" and not state.paused
     assert rig.gw.replies[7][0].key == "agents.handback_menu"
+    r = await rig.press(7, rig.gw.replies[7], "skip")  # no rating: the main menu
+    state = await rig.engine.state_of("tg:7")
+    assert state is not None and state.ref == "main_menu.start" and r
 
 
 async def test_pause_expires_with_a_note(rig: Rig) -> None:
     await rig.say(8, "my icloud backup failed")
     await rig.settle()
-    rig.agent_says(8, "one moment", message_id=9301)
-    await rig.settle()
+    await rig.take_over(8, "one moment", message_id=9301)
     await rig.clock.advance(599)
     assert (await rig.engine.state_of("tg:8")).paused  # type: ignore[union-attr]
     await rig.clock.advance(2)
@@ -284,8 +301,7 @@ async def test_pause_expires_with_a_note(rig: Rig) -> None:
 async def test_agent_activity_extends_the_pause(rig: Rig) -> None:
     await rig.say(9, "my icloud backup failed")
     await rig.settle()
-    rig.agent_says(9, "one", message_id=9401)
-    await rig.settle()
+    await rig.take_over(9, "one", message_id=9401)
     await rig.clock.advance(500)
     rig.agent_says(9, "two", message_id=9402)
     await rig.settle()
@@ -312,8 +328,7 @@ async def test_blocked_user_agent_is_told(rig: Rig) -> None:
     await rig.say(11, "my icloud backup failed")
     await rig.settle()
     rig.gw.blocked.add(11)
-    rig.agent_says(11, "are you there?", message_id=9501)
-    await rig.settle()
+    await rig.take_over(11, "are you there?", message_id=9501)
     assert "has blocked the bot" in rig.gw.topic_text(rig.topic(11).thread_id)
     state = await rig.engine.state_of("tg:11")
     assert state is not None and not state.active
@@ -322,8 +337,7 @@ async def test_blocked_user_agent_is_told(rig: Rig) -> None:
 async def test_edited_agent_message_edits_the_copy_or_corrects(rig: Rig) -> None:
     await rig.say(12, "my icloud backup failed")
     await rig.settle()
-    rig.agent_says(12, "Try restarting your Mac", message_id=9601)
-    await rig.settle()
+    await rig.take_over(12, "Try restarting your Mac", message_id=9601)
     rig.agent_says(12, "Try restarting your iPhone", message_id=9601, edited=True)
     await rig.settle()
     copy = rig.gw.users[12][-1]
@@ -339,8 +353,7 @@ async def test_edited_agent_message_edits_the_copy_or_corrects(rig: Rig) -> None
 async def test_photo_from_agent_is_copied_with_caption(rig: Rig) -> None:
     await rig.say(13, "my icloud backup failed")
     await rig.settle()
-    rig.agent_says(13, "This screen", message_id=9701, media="photo")
-    await rig.settle()
+    await rig.take_over(13, "This screen", message_id=9701, media="photo")
     copy = rig.gw.users[13][-1]
     assert copy.kind == "copy" and "Maria" in copy.text and "This screen" in copy.text
 
@@ -415,8 +428,7 @@ async def test_user_forget_leaves_nothing(rig: Rig) -> None:
     await rig.say(14, "I want to talk to a human")
     await rig.settle()
     thread = rig.topic(14).thread_id
-    rig.agent_says(14, "hi Zed", message_id=9801)
-    await rig.settle()
+    await rig.take_over(14, "hi Zed", message_id=9801)
     rig.agent_command(14, "done")
     await rig.settle()
     prompt = rig.prompt(14)
@@ -578,3 +590,26 @@ async def test_busy_times_offer_open_and_open_brings_the_topic(agent_knowledge: 
         assert "⚠️ Quote request Q-1 could not be delivered" in gw.topic_text(esc)
     finally:
         await runtime.close()
+
+
+async def test_users_media_is_copied_into_the_topic_or_shown_as_its_line(rig: Rig) -> None:
+    await rig.say(21, "my icloud backup failed", name="Uma")
+    await rig.settle()
+    thread = rig.topic(21).thread_id
+
+    async def sends(kind: str, message_id: int, caption: str = "") -> None:
+        rig.desk.submit(UserMedia("tg:21", 21, message_id, kind, time.time()))  # what the Telegram handler does
+        media = Inbound("tg:21", EventKind.MEDIA, text=caption, attachments=(Attachment(kind, f"f{message_id}", 10),))
+        await rig.engine.handle(media)
+
+    await sends("photo", 501, "this is the error i get every night")
+    rig.gw.gone.add((21, 502))  # the user deleted this one before the desk got to it
+    await sends("document", 502)
+    await rig.settle()
+    copies = [m for m in rig.gw.in_topic(thread) if m.kind.startswith("copy:")]
+    assert [(m.kind, m.text) for m in copies] == [("copy:21:501", "👤 this is the error i get every night")]
+    text = rig.gw.topic_text(thread)
+    assert "👤 [document]" in text  # not copied: its line instead, nothing lost
+    assert "[photo]" not in text  # the copy stands for its line
+    async with rig.store.db.execute("SELECT COUNT(*) FROM agent_media") as cur:
+        assert (await cur.fetchone())[0] == 0  # nothing left waiting

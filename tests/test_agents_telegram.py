@@ -8,7 +8,9 @@ the 50-user test runs in seconds with the same batching logic. Waits are on cond
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from bot.agents import cli as agents_cli
 from bot.agents.desk import AgentDesk, DeskOptions
 from bot.agents.feature import Agents as AgentsFeature
 from bot.agents.limiter import GroupLimiter
@@ -100,6 +103,22 @@ class Agents:
     def agent_says(self, uid: int | None, text: str, *, user_id: int = AGENT) -> dict[str, Any]:
         thread = self.thread_of(uid) if uid is not None else None
         return self.fake.send_text(GROUP, text, user_id=user_id, first_name="Maria", thread_id=thread)
+
+    def prompt(self, thread: int, label_start: str) -> SentMessage | None:
+        """The newest message in the topic with a button whose label starts with ``label_start``."""
+        return next(
+            (m for m in reversed(self.topic_messages(thread)) if any(lb.startswith(label_start) for lb in m.labels)),
+            None,
+        )
+
+    async def take_over(self, uid: int, text: str, *, user_id: int = AGENT) -> dict[str, Any]:
+        """An agent's first reply while the bot is talking: held until the agent taps "send and
+        pause the bot" (done here); returns the agent's update."""
+        upd = self.agent_says(uid, text, user_id=user_id)
+        thread = self.thread_of(uid)
+        prompt = await self.fake.wait_for(lambda: self.prompt(thread, "📨 Send"), 10, "the confirmation")
+        self.fake.press(GROUP, label=prompt.labels[0], message_id=prompt.message_id, user_id=user_id)
+        return upd
 
     async def settle(self, full: bool = True, timeout: float = 30) -> None:
         await self.desk.settle(timeout, full=full)
@@ -255,7 +274,7 @@ async def test_agent_reply_relayed_and_bot_silent_while_paused(agents: Agents) -
     await agents.user_says(1003, "my backup is stuck at 80 percent", first_name="Cleo")
     await agents.settle()
     before = len(agents.fake.sent(1003))
-    agents.agent_says(1003, "Hi Cleo, Maria here. Which iPhone is it?")
+    await agents.take_over(1003, "Hi Cleo, Maria here. Which iPhone is it?")
     got = await agents.fake.wait_for(
         lambda: agents.fake.sent(1003)[before:] if len(agents.fake.sent(1003)) >= before + 2 else None, 10, "the relay"
     )
@@ -275,12 +294,12 @@ async def test_done_hands_back_where_it_was(agents: Agents) -> None:
     await agents.settle()
     step_before = (await agents.runtime.engine.state_of("tg:1004")).ref  # type: ignore[union-attr]
     n = len(agents.fake.sent(1004))
-    agents.agent_says(1004, "Let me look")
+    await agents.take_over(1004, "Let me look")
     await agents.fake.wait_for(lambda: len(agents.fake.sent(1004)) >= n + 2, 10, "relay")
     agents.agent_says(1004, "/done")
     thread = agents.thread_of(1004)
     prompt = await agents.fake.wait_for(
-        lambda: next((m for m in agents.topic_messages(thread) if m.keyboard), None), 10, "the /done prompt"
+        lambda: agents.prompt(thread, "▶️"), 10, "the /done prompt"
     )
     assert len(prompt.labels) == 2
     n = len(agents.fake.sent(1004))
@@ -288,12 +307,26 @@ async def test_done_hands_back_where_it_was(agents: Agents) -> None:
     await agents.fake.wait_for(lambda: len(agents.fake.sent(1004)) > n, 10, "the hand-back")
     await agents.settle()
     state = await agents.runtime.engine.state_of("tg:1004")
-    assert state is not None and not state.paused and state.ref == step_before
+    assert state is not None and not state.paused
     back = agents.fake.sent(1004)[n:]
-    assert "handed you back" in back[0].text and back[-1].keyboard  # the step again, with buttons
+    assert "handed you back" in back[0].text
+    assert "How helpful was our support person" in back[-1].text and back[-1].labels[:5] == ["1", "2", "3", "4", "5"]
     assert all(q["answered"] for q in agents.fake.callback_queries.values())
     assert agents.fake.messages[GROUP][prompt.message_id].keyboard is None  # choice recorded
-    assert await agents.user_says(1004, "hello again")  # the bot answers again
+    await agents.user_presses(1004, label="4")
+    got = await agents.user_says(1004, "Maria was quick and explained the storage thing well, thx")
+    assert "Thank you" in got[0].text and got[-1].keyboard  # then the step where it was, with buttons
+    state = await agents.runtime.engine.state_of("tg:1004")
+    assert state is not None and state.ref == step_before
+    await agents.settle()
+    card = agents.fake.messages[GROUP][agents.desk.topic_of("tg:1004").card_message_id]  # type: ignore[union-attr]
+    assert "4/5" in card.text and "explained the storage thing" in card.text  # the rating on the card
+    text = agents.topic_text(thread)
+    assert "handed back" in text and "👤 /" not in text  # the bot's own hand-back is no user line
+    async with agents.runtime.store.db.execute(
+        "SELECT COUNT(*) FROM messages WHERE conversation_id = 'tg:1004' AND direction = 'in' AND kind = 'command'"
+    ) as cur:
+        assert (await cur.fetchone())[0] == 0
 
 
 async def test_pause_times_out(knowledge: Knowledge, tmp_path: Path) -> None:
@@ -302,7 +335,7 @@ async def test_pause_times_out(knowledge: Knowledge, tmp_path: Path) -> None:
         await agents.user_says(1005, "my icloud backup failed", first_name="Eve")
         await agents.settle()
         n = len(agents.fake.sent(1005))
-        agents.agent_says(1005, "one moment please")
+        await agents.take_over(1005, "one moment please")
         await agents.fake.wait_for(lambda: len(agents.fake.sent(1005)) >= n + 2, 10, "relay")
         await agents.settle()
         await clock.advance(601)
@@ -333,7 +366,7 @@ async def test_blocked_user_agent_told(agents: Agents) -> None:
     await agents.user_says(1007, "my icloud backup failed", first_name="Gus")
     await agents.settle()
     agents.fake.block(1007)
-    agents.agent_says(1007, "are you still there?")
+    await agents.take_over(1007, "are you still there?")
     thread = agents.thread_of(1007)
     await agents.fake.wait_for(lambda: "has blocked the bot" in agents.topic_text(thread), 10, "note")
 
@@ -341,7 +374,7 @@ async def test_blocked_user_agent_told(agents: Agents) -> None:
 async def test_agent_photo_and_edit_relayed(agents: Agents) -> None:
     await agents.user_says(1008, "my icloud backup failed", first_name="Hal")
     await agents.settle()
-    upd = agents.agent_says(1008, "Try the Mac")
+    upd = await agents.take_over(1008, "Try the Mac")
     msg_id = upd["message"]["message_id"]
     await agents.fake.wait_for(lambda: any("Try the Mac" in m.text for m in agents.fake.sent(1008)), 10, "relay")
     edited = {
@@ -412,7 +445,7 @@ async def test_forget_leaves_nothing_of_the_user(agents: Agents) -> None:
     await agents.user_says(1010, "I want to talk to a person")
     await agents.settle()
     thread = agents.thread_of(1010)
-    agents.agent_says(1010, "Hello Jill")
+    await agents.take_over(1010, "Hello Jill")
     await agents.fake.wait_for(lambda: any("Hello Jill" in m.text for m in agents.fake.sent(1010)), 10, "relay")
     got = await agents.user_command(1010, "forget")  # mid-takeover: answered and erased all the same
     assert "deleted this conversation" in got[-1].text and "stay with the lab" in got[-1].text
@@ -462,3 +495,200 @@ async def test_an_admin_forgets_a_case_privately_by_number(agents: Agents) -> No
         assert (await cur.fetchone())[0] == 0
     async with db.execute("SELECT COUNT(*) FROM messages WHERE text LIKE '%adminline-77%'") as cur:
         assert (await cur.fetchone())[0] == 1  # the admin's own chat is untouched
+
+
+# -- the desk as a support desk: notes, the customer's media, ownership, cards (issue 12) ---------
+
+TOM = 4343
+
+
+def agent_in_topic(agents: Agents, uid: int, text: str, *, user_id: int, name: str) -> dict[str, Any]:
+    return agents.fake.send_text(GROUP, text, user_id=user_id, first_name=name, thread_id=agents.thread_of(uid))
+
+
+async def press_id(agents: Agents, uid: int, bid: str) -> list[SentMessage]:
+    """The user presses the button ``bid`` (the flow's id) of their newest keyboard."""
+    msg = agents.fake.last_keyboard(uid)
+    data = next((b["callback_data"] for b in msg.buttons if b["callback_data"].endswith(":" + bid)), None)
+    assert data is not None, (bid, [b["callback_data"] for b in msg.buttons], msg.text[:200])
+    return await agents.user_presses(uid, data=data, message_id=msg.message_id)
+
+
+def card_text(agents: Agents, uid: int) -> str:
+    t = agents.desk.topic_of(f"tg:{uid}")
+    assert t is not None and t.card_message_id is not None
+    return agents.fake.messages[GROUP][t.card_message_id].text
+
+
+async def test_notes_stay_in_the_group_and_show_on_the_card(agents: Agents) -> None:
+    await agents.user_says(1101, "hi my iphone backup keeps failing since yesterday, no idea why", first_name="Nora")
+    await agents.settle()
+    before = len(agents.fake.sent(1101))
+    agents.agent_says(1101, "// @Ana can you take this one? I think she's the angry customer from yesterday")
+    agents.agent_says(1101, "/note she is on iOS 17, asked twice already")
+    await agents.fake.wait_for(lambda: "iOS 17" in card_text(agents, 1101), 10, "the notes on the card")
+    await agents.settle()
+    assert agents.fake.sent(1101)[before:] == []  # nothing reached the customer
+    state = await agents.runtime.engine.state_of("tg:1101")
+    assert state is not None and not state.paused  # and the bot was not paused
+    card = card_text(agents, 1101)
+    assert "Notes:" in card and "angry customer from yesterday" in card and "iOS 17" in card
+    assert agents.prompt(agents.thread_of(1101), "📨") is None  # a note asks nothing
+    assert await agents.user_says(1101, "hello?")  # the bot still answers
+
+
+async def test_first_reply_is_confirmed_before_it_reaches_the_customer(agents: Agents) -> None:
+    await agents.user_says(1102, "backup stuck at 'estimating time remaining' for 3 hours", first_name="Omar")
+    await agents.settle()
+    before = len(agents.fake.sent(1102))
+    agents.agent_says(1102, "Maria here - is your phone plugged in?")
+    thread = agents.thread_of(1102)
+    prompt = await agents.fake.wait_for(lambda: agents.prompt(thread, "📨 Send"), 10, "the confirmation")
+    assert "still talking to Omar" in prompt.text and agents.fake.sent(1102)[before:] == []
+    agents.fake.press(GROUP, label="📝", message_id=prompt.message_id, user_id=AGENT)  # keep it as a note
+    await agents.fake.wait_for(lambda: "plugged in" in card_text(agents, 1102), 10, "the note on the card")
+    await agents.settle()
+    assert agents.fake.sent(1102)[before:] == []
+    assert "plugged in" in card_text(agents, 1102)  # on the card, as a note
+    assert not (await agents.runtime.engine.state_of("tg:1102")).paused  # type: ignore[union-attr]
+
+
+async def test_users_photo_and_files_are_copied_into_the_topic(agents: Agents) -> None:
+    await agents.user_says(1103, "my iCloud backup failed again", first_name="Pia")
+    await agents.settle()
+    upd = agents.fake.send_media(1103, "photo", caption="here is the error screen")
+    await agents._handled(upd)
+    await agents.settle()
+    thread = agents.thread_of(1103)
+    copies = [m for m in agents.topic_messages(thread) if m.kind == "photo"]
+    assert len(copies) == 1 and copies[0].text == "👤 here is the error screen"  # the user's caption
+    # during a takeover: a voice message and a document, in order, none as a bare "[voice]" line
+    await agents.take_over(1103, "Could you send a screenshot of Settings > iCloud?")
+    await agents.fake.wait_for(lambda: any("Settings" in m.text for m in agents.fake.sent(1103)), 10, "the relay")
+    for kind, caption in (("voice", None), ("document", "the log, sorry it's long")):
+        await agents._handled(agents.fake.send_media(1103, kind, caption=caption))
+    await agents.settle()
+    kinds = [m.kind for m in agents.topic_messages(thread) if m.kind != "text"]
+    assert kinds == ["photo", "voice", "document"]
+    assert next(m for m in agents.topic_messages(thread) if m.kind == "document").text == "👤 the log, sorry it's long"
+    assert "[voice]" not in agents.topic_text(thread)
+    copies = agents.fake.calls_of("copyMessage", chat_id=GROUP)
+    assert [c.params["from_chat_id"] for c in copies] == [1103] * 3
+    assert all(c.params["message_thread_id"] == thread for c in copies)
+    assert agents.policy.refused == 0 and agents.max_group_calls_in_window() <= LIMIT
+
+
+async def test_two_agents_replying_one_owner_one_voice(agents: Agents) -> None:
+    await agents.user_says(1104, "I need a real person, my backup ate my photos", first_name="Quinn")
+    await agents.settle()
+    thread = agents.thread_of(1104)
+    # Maria and Tom answer at about the same time
+    agent_in_topic(agents, 1104, "Hi Quinn, Maria here. Do not reset the phone.", user_id=AGENT, name="Maria")
+    agent_in_topic(agents, 1104, "hey, try resetting all settings first", user_id=TOM, name="Tom")
+
+    def prompts() -> list[SentMessage] | None:
+        got = [m for m in agents.topic_messages(thread) if any(lb.startswith("📨 Send") for lb in m.labels)]
+        return got if len(got) == 2 else None
+
+    asks = await agents.fake.wait_for(prompts, 10, "two confirmations")
+    mine = {AGENT: None, TOM: None}
+    for m in asks:
+        data = m.buttons[0]["callback_data"]
+        mine[int(data.rsplit(":", 1)[1])] = m  # type: ignore[assignment]
+    agents.fake.press(GROUP, label="📨", message_id=mine[AGENT].message_id, user_id=AGENT)  # type: ignore[union-attr]
+    await agents.fake.wait_for(lambda: any("Do not reset" in m.text for m in agents.fake.sent(1104)), 10, "relay")
+    agents.fake.press(GROUP, label="📨", message_id=mine[TOM].message_id, user_id=TOM)  # type: ignore[union-attr]
+    warned = await agents.fake.wait_for(lambda: agents.prompt(thread, "📨 Reply anyway"), 10, "the warning")
+    assert "Maria owns this case" in warned.text
+    await agents.settle()
+    from_people = [m.text for m in agents.fake.sent(1104) if "support team" in m.text and "·" in m.text]
+    assert len(from_people) == 1 and "Maria" in from_people[0]  # the user heard one voice
+    assert not any("resetting all settings" in m.text for m in agents.fake.sent(1104))
+    assert "Owner: 🙋 Maria" in card_text(agents, 1104)
+    # Tom's next message waits too, until he chooses
+    agent_in_topic(agents, 1104, "ok sorry, all yours", user_id=TOM, name="Tom")
+    # /release, then the claim button on the card
+    agent_in_topic(agents, 1104, "/release", user_id=AGENT, name="Maria")
+    await agents.fake.wait_for(lambda: "Owner: nobody" in card_text(agents, 1104), 10, "released")
+    assert not any("all yours" in m.text for m in agents.fake.sent(1104))
+    card = agents.desk.topic_of("tg:1104").card_message_id  # type: ignore[union-attr]
+    agents.fake.press(GROUP, label="🙋", message_id=card, user_id=TOM)
+    await agents.fake.wait_for(lambda: agents.desk.topic_of("tg:1104").owner_id == TOM, 10, "Tom claims it")  # type: ignore[union-attr]
+    await agents.settle()
+    assert "Owner: 🙋" in card_text(agents, 1104) and "Owner: nobody" not in card_text(agents, 1104)
+
+
+async def test_assign_by_name(agents: Agents) -> None:
+    await agents.user_says(1105, "backup says not enough storage but i pay for 200gb??", first_name="Rui")
+    await agents.settle()
+    hello = agents.fake._user_message(GROUP, TOM, "Tom", text="morning all")  # Tom is known to the desk
+    hello["from"]["username"] = "tom_support"
+    agents.fake.push({"message": hello})
+    await agents.settle()
+    agent_in_topic(agents, 1105, "/assign @tom_support", user_id=AGENT, name="Maria")
+    await agents.fake.wait_for(lambda: "Owner: 🙋 Tom" in card_text(agents, 1105), 10, "assigned")
+    assert "Maria gave this case to Tom" in agents.topic_text(agents.thread_of(1105))
+    agent_in_topic(agents, 1105, "/assign @nobody_here", user_id=AGENT, name="Maria")
+    thread = agents.thread_of(1105)
+    await agents.fake.wait_for(lambda: "I don't know @nobody_here" in agents.topic_text(thread), 10, "the answer")
+
+
+async def test_quote_card_find_and_transcript_read_right(agents: Agents) -> None:
+    uid = 1106
+    await agents.user_says(
+        uid, "my phone fell in the pool, it wont turn on and the baby photos are on it", first_name="Sam"
+    )
+    await agents.user_command(uid, "start", "quote")
+    await agents.user_says(uid, "iPhone 13 Pro")
+    if any(b["callback_data"].endswith(":water") for b in agents.fake.last_keyboard(uid).buttons):
+        await press_id(agents, uid, "water")  # unless the first message said it already
+    await press_id(agents, uid, "yes")  # knows the passcode
+    await press_id(agents, uid, "m_photos")
+    await press_id(agents, uid, "m__done")
+    await press_id(agents, uid, "none")
+    await agents.user_says(uid, "Sam Okafor")
+    await agents.user_says(uid, "sam.okafor@example.com")
+    await press_id(agents, uid, "skip")
+    await press_id(agents, uid, "done")  # no photos
+    await press_id(agents, uid, "yes")  # consent
+    sent = await press_id(agents, uid, "send")
+    ref = next(w.strip("*.,") for m in sent for w in m.text.split() if w.startswith("Q-"))
+    await agents.settle()
+    card = card_text(agents, uid)
+    assert f"Quote {ref}: iPhone 13 Pro · sam.okafor@example.com ·" in card
+    assert "typical for" in card  # the price band
+    for internal in ("q_ref", "q_sent_contact", "q_sent_where", "q_reply_hours", "maildir"):
+        assert internal not in card
+    assert "Steps tried" not in card  # the passcode and consent answers are not fix steps
+    assert "First words: “my phone fell in the pool" in card
+    text = agents.topic_text(agents.thread_of(uid))
+    assert "m__done" not in text and "▸ [✅ Done]" in text  # the button's label
+    # /find on the reference (only the bot said it) finds the case
+    agents.agent_says(None, f"/find {ref}")
+    found = await agents.fake.wait_for(
+        lambda: next((m for m in agents.topic_messages(None) if "result(s) for" in m.text), None), 10, "/find"
+    )
+    assert f"#{agents.desk.topic_of(f'tg:{uid}').ref}" in found.text and ref in found.text  # type: ignore[union-attr]
+
+
+async def test_names_survive_a_restart_and_terminal_tools_take_numbers(knowledge: Knowledge, tmp_path: Path) -> None:
+    async with running_agents(knowledge, tmp_path) as agents:
+        await agents.user_says(1107, "backup not working since ios update", first_name="Tara")
+        await agents.settle()
+        ref = agents.desk.topic_of("tg:1107").ref  # type: ignore[union-attr]
+    async with running_agents(knowledge, tmp_path) as agents:  # the bot restarted
+        agents.fake.push({"update_id": 10_000, "poll": {}})  # Telegram's update ids go on (the door dedups)
+        agents.agent_says(None, "/find ios update")
+        found = await agents.fake.wait_for(
+            lambda: next((m for m in agents.topic_messages(None) if "result(s) for" in m.text), None), 10, "/find"
+        )
+        assert f"Tara #{ref}" in found.text and "User #" not in found.text
+    db = str(tmp_path / "agents-e2e.db")
+    for name in (f"#{ref}", str(ref), "tg:1107"):
+        out = io.StringIO()
+        args = argparse.Namespace(action="show", conversation=name, db=db)
+        assert await agents_cli._run("transcripts", db, Settings(), args, out) == 0
+        assert "backup not working since ios update" in out.getvalue()
+    out = io.StringIO()
+    assert await agents_cli._run("find", db, Settings(), argparse.Namespace(words=["ios", "update"], limit=5), out) == 0
+    assert "tg:1107 (Tara)" in out.getvalue()

@@ -176,6 +176,7 @@ async def _cli(command: str, db: str, **kw: object) -> str:
         "out": None,
         "limit": 30,
         "days": 7.0,
+        "weeks": 4,
         "json": False,
     }
     defaults.update(kw)
@@ -199,6 +200,9 @@ async def test_cli_transcripts_stats_unmatched(filled_db: str, tmp_path: Path) -
     assert sorted(p.name for p in folder.iterdir()) == ["term_ann.md", "tg_9.md"]
     stats = json.loads(await _cli("stats", filled_db, json=True))
     assert stats["today"]["conversations"] == 2 and stats["today"]["rejected"] >= 1
+    assert len(stats["weeks"]) == 4 and stats["weeks"][-1]["conversations"] == 2  # week by week, this one last
+    table = await _cli("stats", filled_db)
+    assert "Week by week" in table and "1st resp" in table and "satisfaction:" in table
     text = await _cli("unmatched", filled_db)
     assert "qwxz blorp" in text
     await _cli("transcripts", filled_db, action="forget", conversation="tg:9")
@@ -263,3 +267,31 @@ def test_content_has_every_text_the_desk_needs(knowledge: Knowledge) -> None:
                 "agents.handback_resume",
                 "agents.handback_menu", "agents.pause_expired", "agents.resume"):
         assert knowledge.content.has(key), key
+
+
+# -- business hours (BUSINESS_HOURS / BUSINESS_TZ) -----------------------------------------------
+
+
+def test_business_hours_say_when_the_team_is_back() -> None:
+    import datetime as dt
+
+    from bot.agents.hours import BusinessHours
+    from bot.config import ConfigError
+
+    s = Settings.from_env({"BUSINESS_HOURS": "Mon-Fri 09:00-17:30; sat 10:00-14:00", "BUSINESS_TZ": "Europe/Berlin"})
+    hours = BusinessHours(s.business_hours, s.business_tz)
+    berlin = dt.timezone(dt.timedelta(hours=1))  # December: CET
+    friday_evening = dt.datetime(2026, 12, 4, 18, 0, tzinfo=berlin).timestamp()
+    assert not hours.is_open(friday_evening)
+    assert hours.describe_next(friday_evening) == "Saturday 10:00 (Europe/Berlin)"
+    saturday_after = dt.datetime(2026, 12, 5, 14, 0, tzinfo=berlin).timestamp()  # the end is exclusive
+    assert hours.describe_next(saturday_after) == "Monday 09:00 (Europe/Berlin)"
+    assert hours.is_open(dt.datetime(2026, 12, 7, 9, 0, tzinfo=berlin).timestamp())
+    assert BusinessHours().is_open(friday_evening) and BusinessHours().describe_next(friday_evening) == ""
+    for env, named in (
+        ({"BUSINESS_HOURS": "weekdays 9 to 5"}, "BUSINESS_HOURS"),
+        ({"BUSINESS_HOURS": "mon 18:00-09:00"}, "BUSINESS_HOURS"),
+        ({"BUSINESS_TZ": "Berlin"}, "BUSINESS_TZ"),
+    ):
+        with pytest.raises(ConfigError, match=named):
+            Settings.from_env(env)

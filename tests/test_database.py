@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.agents import schema as agents_schema
 from bot.escalation import Escalation
 from bot.escalation import schema as quotes_schema
 from bot.features import standard_features
@@ -30,9 +31,11 @@ async def test_a_feature_brings_its_own_tables(knowledge: Knowledge, tmp_path: P
         tmp_path / "full.db", ROOT / "content", ROOT / "flows", features=standard_features().all, knowledge=knowledge
     )
     try:
-        assert {"quotes", "outbox", "attachments", "agent_topics", "agent_relays"} <= await _tables(full.store)
+        assert {"quotes", "outbox", "attachments", "agent_topics", "agent_relays", "agent_queue"} <= await _tables(
+            full.store
+        )
         versions = dict(await full.store.database.fetchall("SELECT owner, version FROM schema_versions"))
-        assert versions == {"quotes": 2, "agents": 2}
+        assert versions == {"quotes": 2, "agents": len(agents_schema.MIGRATIONS)}
     finally:
         await full.close()
 

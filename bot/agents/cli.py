@@ -3,14 +3,18 @@
 database read-mostly (a second connection is fine next to a running bot: WAL mode).
 
     python -m bot transcripts                       # the latest conversations
-    python -m bot transcripts show tg:123           # one conversation, as text
+    python -m bot transcripts show tg:123           # one conversation, as text (or #42, 42)
     python -m bot transcripts export tg:123 --format jsonl --out t.jsonl
     python -m bot transcripts export --all --format md --out transcripts/
     python -m bot transcripts forget tg:123         # erase one conversation (like /forget)
     python -m bot transcripts purge                 # apply RETENTION_DAYS now
     python -m bot watch [--conversation tg:123]     # follow new lines live (Ctrl-C stops)
-    python -m bot stats [--days 7] [--json]
+    python -m bot stats [--days 7] [--weeks 4] [--json]
     python -m bot unmatched [--limit 30] [--json]
+    python -m bot find Q-KRBMA                      # lines (the bot's too) containing the words
+
+A conversation is named by its id (``tg:123``) or its short number (``#42`` or ``42``, as in
+the agents' group). The SQL is in the store classes (``registry``, ``reports``, ``privacy``).
 """
 
 from __future__ import annotations
@@ -30,33 +34,41 @@ from bot.config import Settings
 from bot.store import SQLiteStore
 
 from . import privacy, reports
-from .registry import Line
+from .registry import Line, Registry
+from .reports_store import ReportStore
 
-COMMANDS = ("transcripts", "watch", "stats", "unmatched")
+COMMANDS = ("transcripts", "watch", "stats", "unmatched", "find")
 _WHO = {"in": "user ", "out": "bot  ", "agent": "agent", "note": "note "}
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("transcripts", help="list, show, export or erase conversations")
     p.add_argument("action", nargs="?", default="list", choices=("list", "show", "export", "forget", "purge"))
-    p.add_argument("conversation", nargs="?", help="a conversation id, e.g. tg:123 (show, export, forget)")
+    p.add_argument(
+        "conversation", nargs="?", help="a conversation id (tg:123) or number (#42, 42) (show, export, forget)"
+    )
     p.add_argument("--all", action="store_true", help="export: every conversation")
     p.add_argument("--format", choices=("md", "jsonl"), default="md", help="export format (default md)")
     p.add_argument("--out", help="export: a file (one conversation) or a folder (--all); default stdout")
     p.add_argument("--limit", type=int, default=30, help="list: how many (default 30)")
     p.add_argument("--db", help="SQLite file (default: BOT_DB)")
     p = sub.add_parser("watch", help="follow new transcript lines of all conversations live")
-    p.add_argument("--conversation", help="only this conversation")
+    p.add_argument("--conversation", help="only this conversation (tg:123, #42 or 42)")
     p.add_argument("--tail", type=int, default=20, help="show this many earlier lines first (default 20)")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between looks (default 0.5)")
     p.add_argument("--db", help="SQLite file (default: BOT_DB)")
     p = sub.add_parser("stats", help="conversations, resolved, escalated, quotes, top problems")
     p.add_argument("--days", type=float, default=7, help="period in days (default 7; today is also shown)")
+    p.add_argument("--weeks", type=int, default=4, help="the week-by-week table: this many weeks (default 4)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--db", help="SQLite file (default: BOT_DB)")
     p = sub.add_parser("unmatched", help="latest messages the matcher rejected or was unsure about")
     p.add_argument("--limit", type=int, default=30)
     p.add_argument("--json", action="store_true", help="JSON lines")
+    p.add_argument("--db", help="SQLite file (default: BOT_DB)")
+    p = sub.add_parser("find", help="newest lines containing the words (users', agents', the bot's, notes)")
+    p.add_argument("words", nargs="+")
+    p.add_argument("--limit", type=int, default=20)
     p.add_argument("--db", help="SQLite file (default: BOT_DB)")
 
 
@@ -82,6 +94,8 @@ async def _run(command: str, db_path: str, settings: Settings, args: argparse.Na
             return await _stats(db, args, out)
         if command == "unmatched":
             return await _unmatched(db, args, out)
+        if command == "find":
+            return await _find(db, args, out)
         return await _transcripts(db, settings, args, out)
     finally:
         await store.close()
@@ -132,10 +146,13 @@ async def _transcripts(db, settings: Settings, args: argparse.Namespace, out: Te
             (target / name).write_text(await _render(db, c.id, args.format), encoding="utf-8")
         print(f"exported {len(convs)} conversation(s) to {target}", file=sys.stderr)
         return 0
-    cid = args.conversation
-    if not cid:
+    if not args.conversation:
         print(f"transcripts {action}: name a conversation id (see `python -m bot transcripts`)", file=sys.stderr)
         return 2
+    cid = await Registry(db).conversation_of(args.conversation)
+    if cid is None:
+        print(f"no conversation {args.conversation}", file=sys.stderr)
+        return 1
     if action == "forget":
         n = await privacy.forget_conversation(db, cid)
         print(f"deleted {n} row(s) of {cid}", file=out)
@@ -168,8 +185,21 @@ async def _stats(db, args: argparse.Namespace, out: TextIO) -> int:  # noqa: ANN
     now = time.time()
     today = await reports.stats(db, reports.start_of_day(now))
     period = await reports.stats(db, now - args.days * 86400)
+    weeks = await reports.weekly(db, args.weeks, now)
+    figures = await reports.desk_figures(db, reports.week_start(now) - (args.weeks - 1) * 7 * 86400)
     if args.json:
-        print(json.dumps({"today": today.as_dict(), f"last_{args.days:g}_days": period.as_dict()}), file=out)
+        print(
+            json.dumps(
+                {
+                    "today": today.as_dict(),
+                    f"last_{args.days:g}_days": period.as_dict(),
+                    "weeks": [w.as_dict() for w in weeks],
+                    f"last_{args.weeks}_weeks": figures.as_dict(),
+                },
+                ensure_ascii=False,
+            ),
+            file=out,
+        )
         return 0
     for label, s in (("Today", today), (f"Last {args.days:g} days", period)):
         print(
@@ -184,7 +214,36 @@ async def _stats(db, args: argparse.Namespace, out: TextIO) -> int:  # noqa: ANN
             f"unsure: {s.unsure_share:.0%}",
             file=out,
         )
+    print(
+        "\nWeek by week (weeks start on Monday; conv = conversations, fixed = resolved by the bot, "
+        "esc = escalations, 1st resp / handle = mean agent times, rating = mean 1-5 (how many)):",
+        file=out,
+    )
+    print(reports.week_table(weeks), file=out)
+    print(f"\nLast {args.weeks} weeks:", file=out)
+    print("  fixed after (step: times): " + (", ".join(f"{s}: {n}" for s, n in figures.fixed_after) or "-"), file=out)
+    print(
+        "  resolved per problem (resolved/entered): "
+        + (", ".join(f"{fl} {r}/{e}" for fl, r, e in figures.resolved_per_flow) or "-"),
+        file=out,
+    )
+    print("  takeovers per agent: " + (", ".join(f"{a} {n}" for a, n in figures.takeovers) or "-"), file=out)
+    (bn, bm), (an, am) = figures.ratings["bot"], figures.ratings["agent"]
+    print(
+        f"  satisfaction: after a fix {'-' if bm is None else f'{bm:.1f}'} ({bn}), after an agent "
+        f"{'-' if am is None else f'{am:.1f}'} ({an}), comments {figures.comments}",
+        file=out,
+    )
     return 0
+
+
+async def _find(db, args: argparse.Namespace, out: TextIO) -> int:  # noqa: ANN001
+    hits = await reports.find(db, " ".join(args.words), args.limit, include_bot=True)
+    for h in hits:
+        print(format_line(h.line, h.user_name), file=out)
+    if not hits:
+        print("nothing found", file=out)
+    return 0 if hits else 1
 
 
 async def _unmatched(db, args: argparse.Namespace, out: TextIO) -> int:  # noqa: ANN001
@@ -229,39 +288,16 @@ async def watch(
     printed = 0
     names: dict[str, str] = {}
     try:
-        db = store.db
-        sql = "SELECT COALESCE(MAX(id), 0) FROM messages" + (" WHERE conversation_id = ?" if conversation else "")
-        async with db.execute(sql, (conversation,) if conversation else ()) as cur:
-            row = await cur.fetchone()
-        last = int(row[0]) if row else 0
-        cursor = 0
-        if tail > 0:
-            q = (
-                "SELECT id FROM messages"
-                + (" WHERE conversation_id = ?" if conversation else "")
-                + " ORDER BY id DESC LIMIT 1 OFFSET ?"
-            )
-            async with db.execute(q, ((conversation,) if conversation else ()) + (tail - 1,)) as cur:
-                r = await cur.fetchone()
-            cursor = int(r[0]) - 1 if r else 0
-        else:
-            cursor = last
+        reads = ReportStore(store.db)
+        if conversation is not None:  # #42 / 42 / tg:123
+            conversation = await Registry(store.db).conversation_of(conversation) or conversation
+        cursor = await reads.watch_cursor(conversation, tail)
         while True:
-            q = (
-                "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages WHERE id > ?"
-                + (" AND conversation_id = ?" if conversation else "")
-                + " ORDER BY id LIMIT 500"
-            )
-            async with db.execute(q, (cursor, conversation) if conversation else (cursor,)) as cur:
-                rows = [Line(*r) for r in await cur.fetchall()]
+            rows = [Line(*r) for r in await reads.lines_after(cursor, conversation, 500)]
             for line in rows:
                 cursor = line.id
                 if line.conversation_id not in names:
-                    async with db.execute(
-                        "SELECT user_name FROM conversations WHERE id = ?", (line.conversation_id,)
-                    ) as cur:
-                        r = await cur.fetchone()
-                    names[line.conversation_id] = str(r[0]) if r and r[0] else ""
+                    names[line.conversation_id] = await reads.user_name(line.conversation_id)
                 print(format_line(line, names[line.conversation_id]), file=out, flush=True)
                 printed += 1
             if stop.is_set():

@@ -6,7 +6,11 @@
   refused: ``/forget 3`` is an agent naming a case, never "erase this chat"). It works during a
   takeover too (the engine lets it through the pause);
 * ``/resume``  — show where the conversation stands (the desk uses it to hand a conversation
-  back after a takeover: ``/resume agent``, ``/resume menu``, ``/resume expired``).
+  back after a takeover: ``/resume agent`` and ``/resume menu`` ask the satisfaction question
+  first (flows/feedback.yaml), then continue where it was / at the menu; ``/resume expired``;
+  ``/resume waiting <when>`` tells a customer left unanswered when a person will reply).
+* ``agents:handback`` — the same for the desk (``agents:handback agent|menu|expired|waiting``):
+  not a Telegram command, so no user can send it, and it leaves no user line in the transcript.
 
 /forget deletes in the turn, then once more right after it: the engine saves every turn
 (state row, the "/forget" line, the reply) after the command ran, and those rows must go
@@ -21,9 +25,9 @@ import sqlite3
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from bot.core.engine import CommandFn, Turn
+from bot.core.engine import RETURN_TO, CommandFn, Turn
 from bot.core.flows import MENU
-from bot.core.ports import State
+from bot.core.ports import Direction, State
 
 from . import privacy
 
@@ -31,6 +35,9 @@ if TYPE_CHECKING:
     from .feature import Agents
 
 log = logging.getLogger(__name__)
+
+HANDBACK_COMMAND = "agents:handback"  # the desk's hand-back (a user cannot type it on Telegram)
+FEEDBACK = "feedback.start"  # flows/feedback.yaml: "how helpful was our support person?"
 
 
 def agent_commands(agents: Agents) -> dict[str, CommandFn]:
@@ -57,18 +64,36 @@ def agent_commands(agents: Agents) -> dict[str, CommandFn]:
         agents.track(_after_turn(agents, turn, cid))
 
     async def cmd_resume(turn: Turn, arg: str) -> None:
-        mode = arg.strip().lower()
+        mode, _, when = arg.strip().partition(" ")
+        mode = mode.lower()
+        rate = turn.engine.flows.has(FEEDBACK)  # the satisfaction question after a person helped
         if mode == "menu":
             keep = {k: v for k, v in turn.state.values.items() if k.startswith("keep_")}
             turn.state = replace(turn.state, flow="", step="", history=(), offer=(), misses=0, values=keep)
             turn.say("agents.handback_menu")
-            await turn.engine.goto(turn, MENU, remember=False)
+            await turn.engine.goto(turn, FEEDBACK if rate else MENU, remember=False)  # the menu after it
+            return
+        if mode == "agent" and rate:
+            turn.say("agents.handback_resume")
+            if turn.state.ref:  # rated (or skipped), the conversation goes on where it was
+                turn.set_values([(RETURN_TO, turn.state.ref)])
+            await turn.engine.goto(turn, FEEDBACK)
+            return
+        if mode == "waiting":  # the pause expired over an unanswered message: say what happens next
+            turn.say("agents.pause_expired_waiting", {"when": when.strip()})
+            await turn.engine.reprompt(turn)
             return
         key = {"agent": "agents.handback_resume", "expired": "agents.pause_expired"}.get(mode, "agents.resume")
         turn.say(key)
         await turn.engine.reprompt(turn)
 
-    return {"privacy": cmd_privacy, "forget": cmd_forget, "resume": cmd_resume}
+    async def cmd_handback(turn: Turn, arg: str) -> None:
+        # the desk's /resume: no "/agents:handback" line from the user in the transcript (the
+        # desk notes the hand-back itself); a user can't send it (not a Telegram command)
+        turn.entries[:] = [e for e in turn.entries if not (e.direction is Direction.IN and e.kind == "command")]
+        await cmd_resume(turn, arg)
+
+    return {"privacy": cmd_privacy, "forget": cmd_forget, "resume": cmd_resume, HANDBACK_COMMAND: cmd_handback}
 
 
 def privacy_text(agents: Agents, turn: Turn, messages: int) -> str:

@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
-from bot.core.actions import ActionFn
+from bot.core.actions import ActionContext, ActionFn, ActionResult
 from bot.core.engine import CommandFn, Engine
 from bot.store import SQLiteStore
 
 from . import schema
 from .commands import agent_commands
 from .desk import REQUIRED_KEYS, AgentDesk, DeskOptions
+from .hours import BusinessHours
 from .limiter import GroupLimiter
 from .ports import Clock, QuoteStates
 
@@ -75,6 +77,8 @@ class Agents:
             retention_days=s.retention_days,
             quote_retention_days=s.quote_retention_days,
             forget_by_group_admins=s.forget_by_group_admins,
+            wait_alert_seconds=s.wait_alert_minutes * 60.0,
+            hours=BusinessHours(s.business_hours, s.business_tz),
         )
         self.with_desk = desk
         self.clock = clock
@@ -101,7 +105,16 @@ class Agents:
         return schema.MIGRATIONS
 
     def actions(self) -> Mapping[str, tuple[ActionFn, tuple[str, ...]]]:
-        return {}
+        return {"team_hours": (self._team_hours, ("open", "closed"))}
+
+    async def _team_hours(self, _ctx: ActionContext) -> ActionResult:
+        """The human_agent flow: is the team in now (business hours)? If not, ``agent_opens``
+        says when it is (the request is queued either way). Replaces the core's "always"."""
+        now = self.clock.now() if self.clock is not None else time.time()
+        hours = self.options.hours
+        if hours.is_open(now):
+            return ActionResult("open")
+        return ActionResult("closed", set=(("agent_opens", hours.describe_next(now)),))
 
     def commands(self) -> Mapping[str, CommandFn]:
         return agent_commands(self)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from bot.store.learned import LearnedStore
 from bot.store.sqlite import SQLiteStore
 
+from .registry import Registry
+
 PREFIX = "lbl:"
 OUT_OF_SCOPE = "x"
 
@@ -31,12 +33,7 @@ class Pending:
 
 
 async def pending(store: SQLiteStore, limit: int = 5) -> list[Pending]:
-    rows = await store.db.execute_fetchall(
-        "SELECT u.id, u.text, u.decision, u.candidates_json FROM unmatched u "
-        "WHERE NOT EXISTS (SELECT 1 FROM learned_examples l WHERE l.text = u.text) "
-        "ORDER BY u.id DESC LIMIT ?",
-        (limit,),
-    )
+    rows = await Registry(store.db).unlabelled(limit)
     out = []
     for r in rows:
         try:
@@ -61,17 +58,15 @@ async def apply(store: SQLiteStore, data: str, agent: str = "") -> tuple[str, st
     ref, _, choice = data[len(PREFIX):].partition(":")
     if not ref.isdigit():
         return None
-    rows = await store.db.execute_fetchall(
-        "SELECT text, candidates_json FROM unmatched WHERE id = ?", (int(ref),)
-    )
-    if not rows:
+    row = await Registry(store.db).unmatched_row(int(ref))
+    if row is None:
         return None
-    text = str(rows[0][0])
+    text, candidates = row
     if choice == OUT_OF_SCOPE:
         intent = "none"
     else:
         try:
-            intent = str(json.loads(rows[0][1])[int(choice)][0])
+            intent = str(json.loads(candidates)[int(choice)][0])
         except (ValueError, TypeError, IndexError, KeyError):
             return None
     await LearnedStore(store).add(text, intent, f"agent:{agent}"[:200])

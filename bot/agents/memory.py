@@ -61,6 +61,7 @@ class MemoryGateway:
     calls: list[tuple[float, str]] = field(default_factory=list)  # group calls (time, method)
     refused: int = 0
     fail_next: list[Exception] = field(default_factory=list)
+    gone: set[tuple[int, int]] = field(default_factory=set)  # users' messages deleted (chat, message)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     # -- helpers for tests -------------------------------------------------------------------
@@ -155,6 +156,17 @@ class MemoryGateway:
         mid = next(self._ids)
         self.group[mid] = Msg(mid, thread_id, caption_html, kind=f"document:{filename}:{len(data)}",
                               data=data.decode("utf-8", "replace"))
+        return Sent(mid, thread_id)
+
+    async def copy_to_topic(
+        self, thread_id: int | None, from_chat_id: int, message_id: int, caption_html: str | None
+    ) -> Sent:
+        self._group_call("copyMessage")
+        self._thread(thread_id)
+        if (from_chat_id, message_id) in self.gone:
+            raise MessageGone("Bad Request: message to copy not found")
+        mid = next(self._ids)
+        self.group[mid] = Msg(mid, thread_id, caption_html or "", kind=f"copy:{from_chat_id}:{message_id}")
         return Sent(mid, thread_id)
 
     async def answer_callback(self, callback_id: str, text: str = "") -> None:

@@ -1,4 +1,7 @@
-"""The desk's own tables (migration 3): topics per conversation, relays, trash, meta.
+"""The desk's own tables (``schema.py``): topics per conversation (with the case's owner),
+relays, users' media waiting to be copied into their topic, trash, meta — and the other
+queries the agents' tools make (``watch``, labelling): the only SQL of bot/agents besides
+``reports`` and ``privacy``.
 
 ``agent_topics`` is the topic registry and the mirror's durable progress: for each
 conversation its forum topic, pinned case card, and two cursors over ``messages.id`` —
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import aiosqlite
+
+from bot.store.counters import day_of
 
 TOPIC_COLUMNS = (
     "ref",
@@ -32,6 +37,8 @@ TOPIC_COLUMNS = (
     "quote_state",
     "created_at",
     "updated_at",
+    "owner_id",
+    "owner_name",
 )
 
 
@@ -55,6 +62,8 @@ class Topic:
     quote_state: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
+    owner_id: int = 0  # the agent who owns the case (0: nobody)
+    owner_name: str = ""
     # in memory only
     user_name: str = field(default="", compare=False)
     card_dirty: bool = field(default=True, compare=False)
@@ -98,6 +107,8 @@ def _row_to_topic(row: Any) -> Topic:
         quote_state=row[13],
         created_at=row[14],
         updated_at=row[15],
+        owner_id=int(row[16] or 0),
+        owner_name=row[17] or "",
     )
 
 
@@ -409,6 +420,159 @@ class Registry:
             (after_id, limit),
         ) as cur:
             return [Line(*r) for r in await cur.fetchall()]
+
+    # -- users' media (copied into their topic; see desk/mirror.py) -------------------------------
+    async def add_media(self, conversation_id: str, chat_id: int, message_id: int, kind: str, ts: float) -> None:
+        await self.write(
+            "INSERT OR IGNORE INTO agent_media (conversation_id, chat_id, message_id, kind, ts) VALUES (?, ?, ?, ?, ?)",
+            (conversation_id, chat_id, message_id, kind, ts),
+        )
+
+    async def media(self) -> list[tuple[str, int, int, str, float]]:
+        """(conversation id, chat id, message id, kind, ts) not yet copied, oldest first."""
+        async with self.db.execute(
+            "SELECT conversation_id, chat_id, message_id, kind, ts FROM agent_media ORDER BY id"
+        ) as cur:
+            return [(str(r[0]), int(r[1]), int(r[2]), str(r[3]), float(r[4])) for r in await cur.fetchall()]
+
+    async def drop_media(self, chat_id: int, message_id: int) -> None:
+        await self.write("DELETE FROM agent_media WHERE chat_id = ? AND message_id = ?", (chat_id, message_id))
+
+    # -- names and look-ups -----------------------------------------------------------------------
+    async def user_names(self) -> dict[str, str]:
+        """Conversation id -> the user's first name, for topics registered here (after a restart)."""
+        async with self.db.execute(
+            "SELECT c.id, c.user_name FROM conversations c JOIN agent_topics t ON t.conversation_id = c.id "
+            "WHERE c.user_name != ''"
+        ) as cur:
+            return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+
+    async def conversation_of(self, ref: str) -> str | None:
+        """``#N`` or ``N`` (a conversation's short number) or a conversation id -> its id."""
+        ref = ref.strip()
+        number = ref.removeprefix("#")
+        if number.isdigit():
+            t = await self.topic_by_ref(int(number))
+            return t.conversation_id if t else None
+        return ref or None
+
+    # -- labelling unmatched messages (bot/agents/labelling.py) -----------------------------------
+    async def unlabelled(self, limit: int) -> list[tuple[int, str, str, str]]:
+        """(id, text, decision, candidates json) of rejected/unsure messages nobody taught yet."""
+        async with self.db.execute(
+            "SELECT u.id, u.text, u.decision, u.candidates_json FROM unmatched u "
+            "WHERE NOT EXISTS (SELECT 1 FROM learned_examples l WHERE l.text = u.text) "
+            "ORDER BY u.id DESC LIMIT ?",
+            (limit,),
+        ) as cur:
+            return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in await cur.fetchall()]
+
+    async def unmatched_row(self, unmatched_id: int) -> tuple[str, str] | None:
+        """(text, candidates json) of one rejected/unsure message."""
+        async with self.db.execute(
+            "SELECT text, candidates_json FROM unmatched WHERE id = ?", (unmatched_id,)
+        ) as cur:
+            r = await cur.fetchone()
+        return (str(r[0]), str(r[1])) if r else None
+
+    # -- the escalation queue (migration 2; bot/agents/desk/queue.py) ----------------------------
+    async def open_item(self, conversation_id: str, kind: str, now: float, *, status: str = "open",
+                        agent: str = "") -> QueueItem | None:
+        """A new item, unless this conversation has one of this kind not yet resolved (None)."""
+        async with self.lock:
+            async with self.write_db.execute(
+                "SELECT id FROM agent_queue WHERE conversation_id = ? AND kind = ? AND status != 'resolved'",
+                (conversation_id, kind),
+            ) as cur:
+                if await cur.fetchone() is not None:
+                    return None
+            cur = await self.write_db.execute(
+                "INSERT INTO agent_queue (conversation_id, kind, status, agent, opened_at, claimed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (conversation_id, kind, status, agent, now, now if status == "claimed" else None),
+            )
+            item_id = int(cur.lastrowid or 0)
+        return QueueItem(item_id, conversation_id, kind, status, agent, None, now,
+                         now if status == "claimed" else None, None, None)
+
+    async def item(self, item_id: int) -> QueueItem | None:
+        async with self.db.execute(f"SELECT {QUEUE_COLUMNS} FROM agent_queue WHERE id = ?", (item_id,)) as cur:
+            row = await cur.fetchone()
+        return QueueItem(*row) if row else None
+
+    async def unresolved_items(self, conversation_id: str | None = None, limit: int = 200) -> list[QueueItem]:
+        """Items not resolved yet (one conversation's, or all), oldest first."""
+        where, args = "status != 'resolved'", ()
+        if conversation_id is not None:
+            where, args = where + " AND conversation_id = ?", (conversation_id,)
+        async with self.db.execute(
+            f"SELECT {QUEUE_COLUMNS} FROM agent_queue WHERE {where} ORDER BY opened_at, id LIMIT ?", (*args, limit)
+        ) as cur:
+            return [QueueItem(*r) for r in await cur.fetchall()]
+
+    async def items_in_message(self, message_id: int) -> list[QueueItem]:
+        async with self.db.execute(
+            f"SELECT {QUEUE_COLUMNS} FROM agent_queue WHERE message_id = ? ORDER BY id", (message_id,)
+        ) as cur:
+            return [QueueItem(*r) for r in await cur.fetchall()]
+
+    async def set_item_status(self, item_ids: list[int], status: str, agent: str, now: float) -> None:
+        """open (back in the queue: no owner), claimed (by ``agent``) or resolved."""
+        if not item_ids:
+            return
+        marks = ",".join("?" * len(item_ids))
+        if status == "open":
+            sql, args = "status = 'open', agent = '', claimed_at = NULL, alerted_at = NULL", ()
+        elif status == "claimed":
+            sql, args = "status = 'claimed', agent = ?, claimed_at = COALESCE(claimed_at, ?)", (agent, now)
+        else:
+            sql, args = "status = 'resolved', agent = CASE WHEN ? = '' THEN agent ELSE ? END, resolved_at = ?", (
+                agent, agent, now)
+        await self.write(f"UPDATE agent_queue SET {sql} WHERE id IN ({marks})", (*args, *item_ids))
+
+    async def set_item_message(self, item_ids: list[int], message_id: int) -> None:
+        if item_ids:
+            await self.write(
+                f"UPDATE agent_queue SET message_id = ? WHERE id IN ({','.join('?' * len(item_ids))})",
+                (message_id, *item_ids),
+            )
+
+    async def set_item_alerted(self, item_id: int, now: float) -> None:
+        await self.write("UPDATE agent_queue SET alerted_at = ? WHERE id = ?", (now, item_id))
+
+    # -- anonymous counters (bot/store/counters.py) the desk adds: takeovers, times, ... --------
+    async def count(self, counts: dict[str, int | float]) -> None:
+        """Add to today's anonymous counters (no conversation id, no user's name or text)."""
+        counts = {k: v for k, v in counts.items() if v}
+        if counts:
+            day = day_of(time.time())
+            await self.write_many(
+                "INSERT INTO counters (day, name, n) VALUES (?, ?, ?) "
+                "ON CONFLICT (day, name) DO UPDATE SET n = n + excluded.n",
+                [(day, name, int(round(n))) for name, n in counts.items()],
+            )
+
+
+QUEUE_COLUMNS = (
+    "id, conversation_id, kind, status, agent, message_id, opened_at, claimed_at, resolved_at, alerted_at"
+)
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One escalation of one conversation: open -> claimed (by an agent) -> resolved."""
+
+    id: int
+    conversation_id: str
+    kind: str  # human_requested, quote_sent, data_at_risk, not_understood_twice, still_broken,
+    # quote_failed, waiting (a message unanswered during a takeover), takeover
+    status: str  # open | claimed | resolved
+    agent: str
+    message_id: int | None  # its line in the Escalations topic (with the buttons)
+    opened_at: float
+    claimed_at: float | None
+    resolved_at: float | None
+    alerted_at: float | None
 
 
 @dataclass(frozen=True)

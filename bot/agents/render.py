@@ -219,7 +219,36 @@ HIDDEN_VALUES = {
     "plan_name",
     "plan_storage",
     "plan_price",
+    # shown on their own line (the satisfaction answer) or internal (bot/agents/desk/queue.py)
+    "csat",
+    "csat_comment",
+    "csat_of",
+    "return_to",
+    "agent_opens",
 }
+# the quote form's answers worth showing while it is filled in; every other q_* value is the
+# form's own bookkeeping (q_ref, q_sent_where, q_show_*...) — after sending, the card's quote
+# line shows the request (reference, device, contact, price band) instead
+QUOTE_ANSWERS = frozenset(
+    {
+        "q_device",
+        "q_damage",
+        "q_description",
+        "q_passcode",
+        "q_data",
+        "q_backup",
+        "q_name",
+        "q_email",
+        "q_phone",
+        "q_photos",
+    }
+)
+
+
+def shown_value(key: str) -> bool:
+    if key in HIDDEN_VALUES or key.startswith("keep_"):
+        return False
+    return not key.startswith("q_") or key in QUOTE_ANSWERS
 
 
 @dataclass(frozen=True)
@@ -239,6 +268,9 @@ class CardData:
     quote_state: str
     messages: int
     since: float | None
+    owner: str = ""  # the agent who owns the case ("" nobody)
+    notes: tuple[str, ...] = ()  # agents' internal notes, newest last
+    quote_case: tuple[str, str, str, str] | None = None  # reference, device, contact, price band
 
 
 def render_card(card: CardData, texts: Texts) -> Html:
@@ -265,6 +297,10 @@ def render_card(card: CardData, texts: Texts) -> Html:
         rows.append(t("agents.desk.card_paused", agent=card.paused_by or "?", until=hhmm(card.paused_until)))
     else:
         rows.append(t("agents.desk.card_bot", step=card.step_ref or "-"))
+    if card.owner:
+        rows.append(t("agents.desk.card_owner", owner=card.owner))
+    else:
+        rows.append(t("agents.desk.card_no_owner"))
     if card.flags:
         labels = [flag_label(f, t) for f in card.flags]
         rows.append(t("agents.desk.card_flags", flags="🚩 " + " · ".join(labels)))
@@ -285,15 +321,30 @@ def render_card(card: CardData, texts: Texts) -> Html:
         rows.append(t("agents.desk.card_storage", figures=", ".join(figures)))
     details = []
     for k, v in sorted(card.values.items()):
-        if k in HIDDEN_VALUES or k.startswith("keep_") or not v:
+        if not shown_value(k) or not v:
             continue
         shown = f"{len([x for x in v.split(',') if x])} file(s)" if k.endswith(("photos", "photo_ids")) else v
         details.append(f"{k}: {clip(one_line(shown), 60)}")
     if details:
         rows.append(t("agents.desk.card_details", details=" · ".join(details[:15])))
+    if card.quote_case:
+        ref, device, contact, price = card.quote_case
+        rows.append(
+            t(
+                "agents.desk.card_quote_case",
+                ref=ref,
+                device=clip(one_line(device), 60) or "-",
+                contact=clip(one_line(contact), 80),
+                price=clip(one_line(price), 120),
+            )
+        )
     if card.quote_state:
         key = f"agents.desk.quote_{card.quote_state}"
         rows.append(t("agents.desk.card_quote", state=t.plain(key) if t.has(key) else card.quote_state))
+    if card.notes:
+        rows.append(t("agents.desk.card_notes"))
+        for note in card.notes[-3:]:
+            rows.append(Html.text(" " + clip(one_line(note), 160)))
     rows.append(
         t(
             "agents.desk.card_counts",

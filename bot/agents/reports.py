@@ -1,8 +1,10 @@
-"""What agents ask the database: statistics, rejected messages, search, transcripts.
+"""What agents ask the database: statistics (today, a period, week by week, the desk's
+figures), rejected messages, search, transcripts.
 
-Plain queries over the store's tables returning typed records; the agents' group (via
-the desk, with texts from content/) and the terminal (``python -m bot stats`` ...) format
-them. Works on any bot database, with or without an agents' group configured.
+Typed records over the store's tables (the SQL is in ``reports_store.ReportStore``); the
+agents' group (via the desk, with texts from content/) and the terminal (``python -m bot
+stats`` ...) format them. Works on any bot database, with or without an agents' group.
+Every figure comes from the anonymous counters, so erasing a person changes none of them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import aiosqlite
 from bot.store.counters import day_of
 
 from .registry import Line
+from .reports_store import ReportStore
 
-_NOT_SYMPTOMS = ("", "main_menu", "common")
+_NOT_SYMPTOMS = ("", "main_menu", "common", "feedback")
 _LABELS = {"in": "user", "out": "bot", "agent": "agent", "note": "note"}
 
 
@@ -64,25 +67,12 @@ def start_of_day(now: float) -> float:
     return d.timestamp()
 
 
-async def _one(db: aiosqlite.Connection, sql: str, args: tuple[Any, ...]) -> Any:
-    async with db.execute(sql, args) as cur:
-        row = await cur.fetchone()
-    return row[0] if row and row[0] is not None else 0
-
-
-async def _has_table(db: aiosqlite.Connection, name: str) -> bool:
-    return bool(await _one(db, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
-
-
 async def stats(db: aiosqlite.Connection, since: float) -> Stats:
     """The figures since ``since``, from the anonymous counters (``bot/store/counters.py``): whole
     local days, the day ``since`` falls in included. An erasure does not change them."""
-    if not await _has_table(db, "counters"):
+    sums = await ReportStore(db).counter_sums(day_of(since))
+    if not sums:
         return Stats(since, 0, 0, 0, 0, (), 0, 0, 0)
-    async with db.execute(
-        "SELECT name, SUM(n) FROM counters WHERE day >= ? GROUP BY name", (day_of(since),)
-    ) as cur:
-        sums = {str(name): int(n) for name, n in await cur.fetchall()}
     flows = [(k.removeprefix("flow:"), n) for k, n in sums.items() if k.startswith("flow:")]
     top = tuple(sorted(((f, n) for f, n in flows if f not in _NOT_SYMPTOMS), key=lambda x: (-x[1], x[0]))[:5])
     rejected, unsure = sums.get("match:reject", 0), sums.get("match:suggest", 0)
@@ -99,6 +89,158 @@ async def stats(db: aiosqlite.Connection, since: float) -> Stats:
     )
 
 
+def _avg(total: int, n: int) -> float | None:
+    return total / n if n else None
+
+
+@dataclass(frozen=True)
+class Week:
+    """One week's figures (Monday to Sunday, local days) from the anonymous counters."""
+
+    start: str  # the Monday, YYYY-MM-DD
+    conversations: int
+    resolved: int  # the bot reached "that fixed it"
+    escalated: int
+    takeovers: int
+    first_response_s: float | None  # mean seconds from an escalation / unanswered message to an agent's reply
+    handle_s: float | None  # mean seconds from takeover to hand-back
+    csat_n: int
+    csat: float | None  # mean rating 1-5 (the bot's and the agents' together)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "week": self.start,
+            "conversations": self.conversations,
+            "resolved_by_bot": self.resolved,
+            "escalated": self.escalated,
+            "takeovers": self.takeovers,
+            "first_response_s": None if self.first_response_s is None else round(self.first_response_s, 1),
+            "handle_s": None if self.handle_s is None else round(self.handle_s, 1),
+            "ratings": self.csat_n,
+            "satisfaction": None if self.csat is None else round(self.csat, 2),
+        }
+
+
+@dataclass(frozen=True)
+class DeskFigures:
+    """A period's breakdowns: step analytics, resolution per flow, takeovers per agent, ratings."""
+
+    fixed_after: tuple[tuple[str, int], ...]  # (flow.step, times the user said "fixed" right after it)
+    resolved_per_flow: tuple[tuple[str, int, int], ...]  # (flow, resolved in it, times entered)
+    takeovers: tuple[tuple[str, int], ...]  # (agent, takeovers)
+    ratings: dict[str, tuple[int, float | None]]  # bot / agent -> (how many, mean)
+    comments: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "fixed_after": [{"step": s, "times": n} for s, n in self.fixed_after],
+            "resolved_per_flow": [{"flow": f, "resolved": r, "entered": e} for f, r, e in self.resolved_per_flow],
+            "takeovers_per_agent": [{"agent": a, "takeovers": n} for a, n in self.takeovers],
+            "ratings": {k: {"n": n, "mean": None if m is None else round(m, 2)} for k, (n, m) in self.ratings.items()},
+            "comments": self.comments,
+        }
+
+
+def week_start(ts: float) -> float:
+    """Local midnight of the Monday of the week ``ts`` falls in."""
+    d = dt.datetime.fromtimestamp(ts).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (d - dt.timedelta(days=d.weekday())).timestamp()
+
+
+def _ratings(sums: dict[str, int], who: str | None = None) -> tuple[int, float | None]:
+    n = total = 0
+    for k, c in sums.items():
+        parts = k.split(":")
+        if len(parts) == 3 and parts[0] == "csat" and parts[2].isdigit() and who in (None, parts[1]):
+            n += c
+            total += c * int(parts[2])
+    return n, _avg(total, n)
+
+
+async def weekly(db: aiosqlite.Connection, weeks: int, now: float) -> list[Week]:
+    """The last ``weeks`` weeks (this one included), oldest first."""
+    first = week_start(now) - (weeks - 1) * 7 * 86400
+    starts = [dt.date.fromtimestamp(first + i * 7 * 86400 + 3600 * 12) for i in range(weeks)]
+    per: dict[str, dict[str, int]] = {d.isoformat(): {} for d in starts}
+    for day, name, n in await ReportStore(db).counter_days(day_of(first)):
+        d = dt.date.fromisoformat(day)
+        key = (d - dt.timedelta(days=d.weekday())).isoformat()
+        if key in per:
+            per[key][name] = per[key].get(name, 0) + n
+    out = []
+    for key, c in per.items():
+        n, mean = _ratings(c)
+        out.append(
+            Week(
+                key,
+                c.get("conversations", 0),
+                c.get("resolved", 0),
+                sum(v for k, v in c.items() if k.startswith("escalation:")),
+                c.get("takeover", 0),
+                _avg(c.get("first_response_s", 0), c.get("first_response_n", 0)),
+                _avg(c.get("handle_s", 0), c.get("handle_n", 0)),
+                n,
+                mean,
+            )
+        )
+    return out
+
+
+async def desk_figures(db: aiosqlite.Connection, since: float, top: int = 8) -> DeskFigures:
+    """Breakdowns since ``since`` (whole local days)."""
+    sums = await ReportStore(db).counter_sums(day_of(since))
+    fixed = sorted(((k[6:], n) for k, n in sums.items() if k.startswith("fixed:")), key=lambda x: (-x[1], x[0]))
+    per_flow: dict[str, int] = {}
+    for step, n in fixed:
+        flow = step.partition(".")[0]
+        per_flow[flow] = per_flow.get(flow, 0) + n
+    resolved = sorted(
+        ((f, r, sums.get(f"flow:{f}", 0)) for f, r in per_flow.items()), key=lambda x: (-x[1], x[0])
+    )
+    agents = sorted(
+        ((k[9:], n) for k, n in sums.items() if k.startswith("takeover:")), key=lambda x: (-x[1], x[0])
+    )
+    return DeskFigures(
+        tuple(fixed[:top]),
+        tuple(resolved[:top]),
+        tuple(agents[:top]),
+        {"bot": _ratings(sums, "bot"), "agent": _ratings(sums, "agent")},
+        sums.get("csat:comment", 0),
+    )
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def week_table(weeks: list[Week]) -> str:
+    """A plain-text table, one row per week (monospace: the group's <pre>, the terminal)."""
+    head = ("week", "conv", "fixed", "esc", "takeov", "1st resp", "handle", "rating")
+    rows = [head]
+    for w in weeks:
+        rating = "-" if w.csat is None else f"{w.csat:.1f} ({w.csat_n})"
+        rows.append((
+            w.start[5:],
+            str(w.conversations),
+            str(w.resolved),
+            str(w.escalated),
+            str(w.takeovers),
+            fmt_duration(w.first_response_s),
+            fmt_duration(w.handle_s),
+            rating,
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)) for r in rows
+    )
+
+
 @dataclass(frozen=True)
 class Unmatched:
     ts: float
@@ -109,11 +251,7 @@ class Unmatched:
 
 
 async def unmatched(db: aiosqlite.Connection, limit: int = 20) -> list[Unmatched]:
-    async with db.execute(
-        "SELECT ts, conversation_id, text, decision, candidates_json FROM unmatched ORDER BY id DESC LIMIT ?",
-        (limit,),
-    ) as cur:
-        rows = await cur.fetchall()
+    rows = await ReportStore(db).unmatched_rows(limit)
     out = []
     for ts, cid, text, decision, cand in rows:
         try:
@@ -130,24 +268,10 @@ class Hit:
     user_name: str
 
 
-def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
 async def find(db: aiosqlite.Connection, text: str, limit: int = 20, include_bot: bool = False) -> list[Hit]:
     """Newest lines containing ``text`` (case-insensitive for ASCII), plus matching user names."""
     directions = ("in", "agent", "note", "out") if include_bot else ("in", "agent", "note")
-    pattern = _like(text.strip())
-    async with db.execute(
-        f"""SELECT m.id, m.conversation_id, m.ts, m.direction, m.kind, m.text, m.flow, m.step,
-                   COALESCE(c.user_name, '')
-            FROM messages m LEFT JOIN conversations c ON c.id = m.conversation_id
-            WHERE m.direction IN ({",".join("?" * len(directions))})
-              AND (m.text LIKE ? ESCAPE '\\' OR c.user_name LIKE ? ESCAPE '\\' OR m.conversation_id LIKE ? ESCAPE '\\')
-            ORDER BY m.id DESC LIMIT ?""",
-        (*directions, pattern, pattern, pattern, limit * 5),
-    ) as cur:
-        rows = await cur.fetchall()
+    rows = await ReportStore(db).find_rows(text.strip(), directions, limit * 5)
     hits: list[Hit] = []
     by_name: set[str] = set()
     needle = text.strip().lower()
@@ -181,34 +305,17 @@ class ConversationInfo:
 
 
 async def conversations(db: aiosqlite.Connection, limit: int = 50) -> list[ConversationInfo]:
-    async with db.execute(
-        """SELECT c.id, c.user_name, c.flow, c.step, c.paused, c.active, c.created_at, c.updated_at,
-                  (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
-           FROM conversations c ORDER BY c.updated_at DESC LIMIT ?""",
-        (limit,),
-    ) as cur:
-        rows = await cur.fetchall()
+    rows = await ReportStore(db).conversation_rows(limit)
     return [ConversationInfo(r[0], r[1], r[2], r[3], bool(r[4]), bool(r[5]), r[6], r[7], r[8]) for r in rows]
 
 
 async def conversation(db: aiosqlite.Connection, conversation_id: str) -> ConversationInfo | None:
-    async with db.execute(
-        """SELECT c.id, c.user_name, c.flow, c.step, c.paused, c.active, c.created_at, c.updated_at,
-                  (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
-           FROM conversations c WHERE c.id = ?""",
-        (conversation_id,),
-    ) as cur:
-        r = await cur.fetchone()
+    r = await ReportStore(db).conversation_row(conversation_id)
     return ConversationInfo(r[0], r[1], r[2], r[3], bool(r[4]), bool(r[5]), r[6], r[7], r[8]) if r else None
 
 
 async def transcript(db: aiosqlite.Connection, conversation_id: str) -> list[Line]:
-    async with db.execute(
-        "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
-        "WHERE conversation_id = ? ORDER BY id",
-        (conversation_id,),
-    ) as cur:
-        return [Line(*r) for r in await cur.fetchall()]
+    return [Line(*r) for r in await ReportStore(db).transcript_rows(conversation_id)]
 
 
 def iso(ts: float) -> str:

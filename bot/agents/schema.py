@@ -77,4 +77,40 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS agent_post_parts_by_conversation ON agent_post_parts (conversation_id);
     """,
+    # 3: the escalation queue (bot/agents/desk/queue.py): one item per escalation of a
+    # conversation, open -> claimed -> resolved; erased with the conversation (its
+    # conversation_id), the anonymous counters keep the figures
+    """
+    CREATE TABLE IF NOT EXISTS agent_queue (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        status          TEXT NOT NULL DEFAULT 'open',
+        agent           TEXT NOT NULL DEFAULT '',
+        message_id      INTEGER,
+        opened_at       REAL NOT NULL,
+        claimed_at      REAL,
+        resolved_at     REAL,
+        alerted_at      REAL
+    );
+    CREATE INDEX IF NOT EXISTS agent_queue_by_status ON agent_queue (status, opened_at);
+    CREATE INDEX IF NOT EXISTS agent_queue_by_conversation ON agent_queue (conversation_id);
+    CREATE INDEX IF NOT EXISTS agent_queue_by_message ON agent_queue (message_id);
+    """,
+    # 4: who owns a case (an agent claimed it: a button, the first confirmed reply, /assign),
+    # and users' media waiting to be copied into their topic (copyMessage from their chat)
+    """
+    ALTER TABLE agent_topics ADD COLUMN owner_id INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agent_topics ADD COLUMN owner_name TEXT NOT NULL DEFAULT '';
+    CREATE TABLE IF NOT EXISTS agent_media (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id TEXT NOT NULL,
+        chat_id         INTEGER NOT NULL,
+        message_id      INTEGER NOT NULL,
+        kind            TEXT NOT NULL,
+        ts              REAL NOT NULL,
+        UNIQUE (chat_id, message_id)
+    );
+    CREATE INDEX IF NOT EXISTS agent_media_by_conversation ON agent_media (conversation_id);
+    """,
 ]

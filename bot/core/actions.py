@@ -172,6 +172,12 @@ async def status_checked(ctx: ActionContext) -> ActionResult:
     return ActionResult("yes" if ctx.values.get("status_ok") == "yes" else "no")
 
 
+async def team_hours(_ctx: ActionContext) -> ActionResult:
+    """Is the support team in now? The core knows no hours: always. The agents feature
+    replaces this action with its business hours (``BUSINESS_HOURS``, bot/agents/hours.py)."""
+    return ActionResult("open")
+
+
 ACTIONS: dict[str, tuple[ActionFn, tuple[str, ...]]] = {
     "recommend_plan": (recommend_plan, ("fits", "upgrade", "too_big", "no_data")),
     "plan_answer": (plan_answer, ("found", "none")),
@@ -181,4 +187,5 @@ ACTIONS: dict[str, tuple[ActionFn, tuple[str, ...]]] = {
     "status_checked": (status_checked, ("yes", "no")),
     "phone_state": (phone_state, ("works", "broken", "gone", "unknown")),
     "backup_state": (backup_state, ("icloud", "computer", "none", "unknown")),
+    "team_hours": (team_hours, ("open", "closed")),
 }

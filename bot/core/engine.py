@@ -31,6 +31,7 @@ from .ports import ConversationStore, Direction, Entry, State
 from .redact import screen, strip_secrets
 from .values import MAX_TEXT, clean_text, parse_email, parse_size_gb, parse_text, phone_candidate
 
+RETURN_TO = "return_to"  # a value: the step a flow that ends returns to (instead of the menu)
 log = logging.getLogger(__name__)
 
 MAX_PHOTO_BYTES = 20 * 1024 * 1024  # what a bot may download from Telegram
@@ -176,6 +177,7 @@ class Engine:
                 state = State(inbound.conversation_id, user_name=inbound.user_name)
             turn = Turn(self, state, inbound, secret=secret)
             await self._dispatch(turn)
+            self._risk_event(state, turn)
             replies = tuple(turn.replies)
             for r in replies:
                 turn.entries.append(Entry(Direction.OUT, r.text, kind="reply",
@@ -193,6 +195,17 @@ class Engine:
             except Exception:  # a listener must never break the conversation
                 log.exception("turn listener failed for %s", inbound.conversation_id)
         return replies
+
+    def _risk_event(self, before: State, turn: Turn) -> None:
+        """``data_at_risk`` as the conversation reaches data at risk: a flow marked
+        ``data_at_risk: true`` entered, or an answer set the ``data_at_risk`` value."""
+        after = turn.state
+        if before.paused or "data_at_risk" in turn.events:
+            return
+        flow = self.flows.flows.get(after.flow)
+        entered = after.flow != before.flow and flow is not None and flow.data_at_risk
+        if entered or (after.values.get("data_at_risk") and not before.values.get("data_at_risk")):
+            turn.event("data_at_risk")
 
     async def state_of(self, conversation_id: str) -> State | None:
         return await self.store.load_state(conversation_id)
@@ -265,6 +278,12 @@ class Engine:
             if step.end:
                 if target == MENU:  # the menu itself ended: nothing more to show
                     return
+                back = turn.state.values.get(RETURN_TO, "")
+                if back:  # a detour (the feedback question after a hand-back) goes back where it was
+                    turn.set_values([(RETURN_TO, "")])
+                    if self.flows.has(back):
+                        target = back
+                        continue
                 target = MENU
                 continue
             self._show_buttons(turn, step)
@@ -330,8 +349,13 @@ class Engine:
         await self._press(turn, bid)
 
     def _label_for(self, state: State, bid: str) -> str:
+        """The label the user saw on the button (for the transcript), "" if unknown."""
+        if bid in state.offer:
+            return self._offer_label(bid)
         if state.ref and self.flows.has(state.ref):
             step = self.flows.step(state.ref)
+            if step.multi and bid == "m__done":
+                return self.content.raw(step.multi.done_label)
             for b in step.buttons + (step.multi.options if step.multi else ()):
                 if b.id == bid or f"m_{b.id}" == bid:
                     return self.content.raw(b.label)
@@ -407,11 +431,18 @@ class Engine:
     async def _on_media(self, turn: Turn) -> None:
         step = self.flows.step(turn.state.ref) if turn.state.ref and self.flows.has(turn.state.ref) else None
         takes_photos = bool(step and step.ask and step.ask.type == "photos")
-        if turn.inbound.text.strip() and not takes_photos:
-            # a screenshot captioned "icloud storage full" says what the same text says
-            await self._on_text(turn, turn.inbound.text)
-            return
         kinds = ",".join(a.kind for a in turn.inbound.attachments) or "media"
+        if turn.inbound.text.strip() and not takes_photos:
+            # a screenshot captioned "icloud storage full" says what the same text says; the
+            # transcript keeps that it was a screenshot ("[photo] icloud storage full")
+            first = len(turn.entries)
+            await self._on_text(turn, turn.inbound.text)
+            for i in range(first, len(turn.entries)):
+                if turn.entries[i].direction is Direction.IN:
+                    e = turn.entries[i]
+                    turn.entries[i] = replace(e, text=f"[{kinds}] {e.text}".strip(), kind="media")
+                    break
+            return
         turn.entries.append(Entry(Direction.IN, f"[{kinds}] {turn.inbound.text}".strip(), kind="media",
                                   flow=turn.state.flow, step=turn.state.step))
         step = self.flows.step(turn.state.ref) if turn.state.ref and self.flows.has(turn.state.ref) else None

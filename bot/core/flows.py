@@ -357,7 +357,9 @@ def validate_flows(
 
 
 def _unreachable(fs: FlowSet) -> list[Problem]:
-    roots = [MENU] + [f"{fid}.start" for fid, f in fs.flows.items() if f.intents or fid == "main_menu"]
+    # every flow's start: intents, the menu, deep links (/start <flow>) and code (the agents'
+    # hand-back enters feedback.start) all begin there
+    roots = [MENU] + [f"{fid}.start" for fid in fs.flows]
     seen: set[str] = set()
     todo = [r for r in roots if fs.has(r)]
     while todo:

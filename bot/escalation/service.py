@@ -27,6 +27,7 @@ from bot.core.engine import CommandFn
 
 from . import form, schema
 from .ports import Alerter, FileFetcher, LabNotifier
+from .render import cost_label, cost_row
 from .store import QuoteStore
 from .transport import MaildirTransport, SMTPTransport, build_transport, recipients
 from .worker import OutboxWorker, RetryPolicy
@@ -130,6 +131,27 @@ class Escalation:
         if self.store is None:
             return []
         return await QuoteStore.sharing(self.store).changes_since(since)
+
+    async def quote_case(self, conversation_id: str) -> tuple[str, str, str, str] | None:
+        """(reference, device, contact, price band) of the newest request, for the case card."""
+        if self.store is None or self.content is None:
+            return None
+        qs = QuoteStore.sharing(self.store)
+        latest = await qs.statuses_for(conversation_id, 1)
+        rec = await qs.quote(latest[0].ref) if latest else None
+        if rec is None:
+            return None
+        f, content = rec.fields, self.content
+        contact = " · ".join(x for x in (f.email, f.phone) if x) or content.raw("quote.mail.no_contact")
+        row = cost_row(content, f.damage)
+        price = (
+            content.text(
+                "quote.mail.price_value", {"price": row.price, "days": row.days, "label": cost_label(content, row)}
+            )
+            if row
+            else content.raw("quote.mail.price_none")
+        )
+        return rec.ref, f.device, contact, price
 
     # -- connections -----------------------------------------------------------------
     @asynccontextmanager

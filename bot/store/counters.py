@@ -13,6 +13,15 @@ leaves the team's figures as they were. ``turn_counts`` decides what one turn ad
   escalation:<name> each escalation the agents' desk records (its notes, repeats suppressed,
                     with or without a group; also quote_failed from the outbox): /stats'
                     "escalated" (``SQLiteStore.add_entries``, via ``note_counts``)
+  fixed:<flow>.<step>  the step after which the user said "fixed" (reached common.resolved):
+                    step analytics, and resolution per flow (summed by flow)
+  csat:<bot|agent>:<1-5>  a satisfaction rating (flows/feedback.yaml: after "fixed", or after
+                    an agent handed back); csat:comment — a comment was added (its text is in
+                    the conversation, erased with it; the counter only says one was given)
+  takeover, takeover:<agent>, first_response_s / first_response_n, handle_s / handle_n
+                    the agents' desk (``Registry.count``): takeovers (per agent's display
+                    name), seconds from an escalation or unanswered message to the first agent
+                    reply, seconds from takeover to hand-back
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ from collections.abc import Sequence
 
 from bot.core.ports import Direction, Entry, State
 
-NOT_TOPICS = ("", "main_menu", "common")
+NOT_TOPICS = ("", "main_menu", "common", "feedback")
 RESOLVED = ("common", "resolved")
+RATED = ("feedback", "comment")  # a rating given: the optional comment is asked next
 
 
 def day_of(ts: float) -> str:
@@ -54,6 +64,12 @@ def turn_counts(
                 entered.add(e.flow)
             if (e.flow, e.step) == RESOLVED and before != RESOLVED:
                 counts["resolved"] = 1
+                if before[0] not in NOT_TOPICS:
+                    counts[f"fixed:{before[0]}.{before[1]}"] = 1
+            if (e.flow, e.step) == RATED and before != RATED and state.values.get("csat"):
+                counts[f"csat:{state.values.get('csat_of') or 'bot'}:{state.values['csat']}"] = 1
+    if before == RATED and state.ref != "feedback.comment" and state.values.get("csat_comment"):
+        counts["csat:comment"] = 1
     for flow in entered:
         counts[f"flow:{flow}"] += 1
     for name in set(events):

@@ -14,6 +14,12 @@ time (seconds of the real 20/min limit). The users' latency is measured in real 
 turn as the engine serves it (``Engine.handle``, in which the mirror's listener runs; the
 same event loop and SQLite connection the mirror works on).
 
+In the mix, as a team would see it: some users send a photo (the desk copies it into their
+topic with ``copyMessage`` — the fake knows those messages), and agents write internal notes
+(``// …``) in the topics of users who asked for a person once the topic is there.
+(``open_cases``: agents also ``/open_N`` every such case at once — opened topics go first, ahead
+of the Live feed, so the catch-up then measures the opening, not the mirror: off by default.)
+
 Result: ``mirror_latency_ratio`` = p99 with mirror / p99 without (target <= 1.2) and
 ``mirror_catchup_s`` = Telegram seconds from the last user message until every line is
 visible in the group (target <= 60), plus the evidence (calls, refusals, busiest minute).
@@ -35,29 +41,47 @@ from typing import Any
 from bot.config import Settings
 from bot.testing.phrases import COMPLAINTS, TYPED
 
+NOTES = (
+    "on it, checking her storage plan",
+    "@Tom can you take this one after lunch?",
+    "same person as yesterday, be patient",
+    "waiting for the screenshot",
+)
+
 log = logging.getLogger(__name__)
 
 GROUP = -1001000000001
+USER_CHAT0 = 10_000
+AGENT = 777
 
 
-def _fake_process(conn: Connection, scale: float) -> None:
+MEDIA_PER_USER = 3  # photos each user may send (message ids 1..3 in their chat, known to the fake)
+
+
+def _fake_process(conn: Connection, scale: float, users: int = 0) -> None:
     """Telegram's side in its own process (its CPU is not the bot's): the fake Bot API with a
     forum group and the 20-per-minute refusal policy (the minute shortened by ``scale``)."""
     logging.basicConfig(level=logging.WARNING)
     try:
-        asyncio.run(_fake_main(conn, scale))
+        asyncio.run(_fake_main(conn, scale, users))
     except BaseException as exc:  # report instead of dying silently
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
 
 
-async def _fake_main(conn: Connection, scale: float) -> None:
-    from bot.testing.fakeapi import FakeBotAPI, RateLimitPolicy, is_group_chat
+async def _fake_main(conn: Connection, scale: float, users: int = 0) -> None:
+    from bot.testing.fakeapi import FakeBotAPI, RateLimitPolicy, SentMessage, is_group_chat
 
     fake = FakeBotAPI()
     await fake.start()
     fake.make_forum(GROUP)
+    for i in range(users):  # the photos users will send (copyMessage copies them into topics)
+        chat = USER_CHAT0 + i
+        for mid in range(1, MEDIA_PER_USER + 1):
+            fake.messages.setdefault(chat, {})[mid] = SentMessage(
+                chat, mid, "", "", [], None, 0, from_bot=False, kind="photo"
+            )
     policy = RateLimitPolicy(20, 60.0 / scale, chats=is_group_chat)
     fake.policies.append(policy)
     conn.send(("ready", fake.port, fake.token))
@@ -85,6 +109,9 @@ class RunResult:
     busiest_minute: int = 0
     lines_posted: int = 0
     escalations: int = 0
+    media: int = 0  # photos users sent
+    copies: int = 0  # copyMessage calls into the group
+    notes: int = 0  # agents' internal notes
     backlog_after: dict[str, int] = field(default_factory=dict)
     retry_afters: int = 0
 
@@ -99,12 +126,13 @@ async def _run(
     think: tuple[float, float],
     seed: int,
     catchup: bool = True,
+    open_cases: bool = False,
 ) -> RunResult:
-    from bot.agents.desk import DeskOptions
+    from bot.agents.desk import AgentCommand, AgentMessage, DeskOptions, UserMedia
     from bot.agents.feature import Agents
     from bot.agents.limiter import GroupLimiter
     from bot.agents.ports import ScaledClock
-    from bot.core.messages import EventKind, Inbound, Reply
+    from bot.core.messages import Attachment, EventKind, Inbound, Reply
     from bot.escalation.service import Escalation
     from bot.runtime import Ports, open_runtime
 
@@ -139,7 +167,9 @@ async def _run(
 
                 ctx = multiprocessing.get_context("spawn")
                 conn, theirs = ctx.Pipe()
-                proc = ctx.Process(target=_fake_process, args=(theirs, scale), name="fake-telegram", daemon=True)
+                proc = ctx.Process(
+                    target=_fake_process, args=(theirs, scale, users), name="fake-telegram", daemon=True
+                )
                 proc.start()
                 theirs.close()
                 msg = await asyncio.to_thread(conn.recv)
@@ -159,16 +189,37 @@ async def _run(
 
             async def user(i: int) -> float:
                 rng = random.Random(seed * 100_003 + i)
-                cid = f"tg:{10_000 + i}"
+                chat = USER_CHAT0 + i
+                cid = f"tg:{chat}"
                 await clock.sleep(rng.uniform(0, think[1]))
                 last: tuple[Reply, ...] = ()
                 ended = clock.now()
+                photos = 0
+                asked = opened = False
                 for n in range(turns):
                     buttons = [b for r in last for b in r.buttons]
-                    if n == 0:
+                    media: UserMedia | None = None
+                    note: AgentMessage | AgentCommand | None = None
+                    t = desk.topic_of(cid) if asked and desk is not None else None
+                    if t is not None and t.thread_id is None and not opened and open_cases:  # an agent opens it
+                        note = AgentCommand(GROUP, None, 1_000_000 + i * 100 + n, AGENT, "Maria", f"open_{t.ref}", "")
+                        opened = True
+                    elif t is not None and t.thread_id is not None:  # and notes something on it
+                        text = f"// {rng.choice(NOTES)}"
+                        note = AgentMessage(GROUP, t.thread_id, 1_000_000 + i * 100 + n, AGENT, "Maria", text, text)
+                        asked = False
+                    if n > 0 and photos < MEDIA_PER_USER and rng.random() < 0.1:
+                        photos += 1
+                        caption = rng.choice(("", "", "this is what it says", "screenshot of the error"))
+                        photo = Attachment("photo", f"p{i}.{photos}", 90_000)
+                        inbound = Inbound(cid, EventKind.MEDIA, text=caption, attachments=(photo,))
+                        media = UserMedia(cid, chat, photos, "photo", time.time())
+                        result.media += 1
+                    elif n == 0:
                         inbound = Inbound(cid, EventKind.TEXT, text=rng.choice(COMPLAINTS), user_name=f"User{i}")
                     elif n == turns // 2 and rng.random() < 0.08:
                         inbound = Inbound(cid, EventKind.TEXT, text="I want to talk to a person")
+                        asked = True
                     elif buttons and rng.random() < 0.85:
                         # people follow the steps: "didn't work" / "worked" / the first option;
                         # "talk to a person" is the path above, not a random tap
@@ -179,6 +230,11 @@ async def _run(
                     else:
                         inbound = Inbound(cid, EventKind.TEXT, text=rng.choice(TYPED))
                     t0 = time.perf_counter()
+                    if desk is not None and media is not None:
+                        desk.submit(media)  # what the Telegram handler does before the door's turn
+                    if desk is not None and note is not None:
+                        desk.submit(note)
+                        result.notes += isinstance(note, AgentMessage)
                     last = await engine.handle(inbound)
                     result.latencies_ms.append((time.perf_counter() - t0) * 1000)
                     ended = clock.now()
@@ -208,6 +264,7 @@ async def _run(
                     raise RuntimeError(f"the fake Bot API failed: {msg}")
                 _, calls, refused = msg
                 result.group_calls = len(calls)
+                result.copies = sum(1 for method, _, status in calls if method == "copyMessage" and status == 200)
                 result.refused = refused
                 window = 60.0 / scale
                 times = sorted(t for _, t, _ in calls)
@@ -309,6 +366,9 @@ async def bench_agents(
         "mirror_429": rush.refused + sum(x.refused for x in ons),
         "mirror_lines_posted": rush.lines_posted,
         "mirror_escalations": rush.escalations,
+        "mirror_media_sent": rush.media + sum(x.media for x in ons),
+        "mirror_media_copied": rush.copies + sum(x.copies for x in ons),
+        "mirror_notes": rush.notes + sum(x.notes for x in ons),
         "mirror_backfill_pending": rush.backlog_after.get("gaps", 0),
         "mirror_time_scale": scale,
     }

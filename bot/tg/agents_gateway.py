@@ -12,6 +12,7 @@ sending an agent command privately gets no answer at all (the desk checks member
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -38,6 +39,7 @@ from bot.agents.desk import (
     AgentCommand,
     AgentDesk,
     AgentMessage,
+    UserMedia,
 )
 from bot.agents.desk.records import CALLBACK_PREFIX, FORGET_CHOICES
 from bot.agents.ports import (
@@ -50,6 +52,7 @@ from bot.agents.ports import (
     UserBlocked,
 )
 from bot.core.messages import Reply
+from bot.tg.door import conversation_id
 from bot.tg.render import keyboard_rows, split_text, to_html
 
 log = logging.getLogger(__name__)
@@ -223,6 +226,22 @@ class PTBGateway:
         )
         return int(mid.message_id)
 
+    async def copy_to_topic(
+        self, thread_id: int | None, from_chat_id: int, message_id: int, caption_html: str | None
+    ) -> Sent:
+        mid = await self._do(
+            self.bot.copy_message(
+                self.chat_id,
+                from_chat_id,
+                message_id,
+                message_thread_id=thread_id,
+                caption=caption_html,
+                parse_mode=ParseMode.HTML if caption_html is not None else None,
+                disable_notification=True,
+            )
+        )
+        return Sent(int(mid.message_id), thread_id)
+
     async def edit_user_message(self, chat_id: int, message_id: int, html: str, caption: bool) -> None:
         if caption:
             await self._do(
@@ -307,8 +326,8 @@ def _command(msg: Message, bot_username: str) -> tuple[str, str] | None:
     name, _, addressee = head[1:].partition("@")
     if addressee and bot_username and addressee.lower() != bot_username.lower():
         return None
-    if not name:
-        return None
+    if not name or not all(ch.isascii() and (ch.isalnum() or ch == "_") for ch in name):
+        return None  # "//": a note, not a command
     return name.lower(), text[len(head) :].strip()
 
 
@@ -356,6 +375,13 @@ class AgentUpdates:
                 name = user.first_name or ""
                 self.desk.submit(AgentCallback(cq.id, chat.id, msg_id, None, user.id, name, cq.data or ""))
             raise ApplicationHandlerStop
+        if chat.type == Chat.PRIVATE and update.message is not None and not update.message.text:
+            kind = _media_kind(update.message)
+            if kind and not self._dup(update.update_id):  # the door answers it; the desk copies it
+                self.desk.submit(
+                    UserMedia(conversation_id(chat.id), chat.id, update.message.message_id, kind, time.time())
+                )
+            return
         if chat.type == Chat.PRIVATE and update.message is not None and update.message.text:
             cmd = _command(update.message, username or "")
             sender = update.message.from_user
@@ -378,6 +404,7 @@ class AgentUpdates:
                             cmd[0],
                             cmd[1],
                             private=True,
+                            username=(user.username or "") if user else "",
                         )
                     )
                 raise ApplicationHandlerStop  # never reaches the engine, whoever sent it
@@ -417,7 +444,18 @@ class AgentUpdates:
         cmd = _command(msg, username) if msg.text else None
         if cmd is not None:
             if not edited:
-                self.desk.submit(AgentCommand(self.chat_id, thread, msg.message_id, user.id, name, cmd[0], cmd[1]))
+                self.desk.submit(
+                    AgentCommand(
+                        self.chat_id,
+                        thread,
+                        msg.message_id,
+                        user.id,
+                        name,
+                        cmd[0],
+                        cmd[1],
+                        username=user.username or "",
+                    )
+                )
             return
         media = _media_kind(msg)
         text = msg.text or msg.caption or ""
@@ -440,6 +478,7 @@ class AgentUpdates:
                 html,
                 media=media,
                 edited=edited,
+                username=user.username or "",
             )
         )
 

@@ -7,7 +7,8 @@
 * ``feed`` — the Live feed and the Escalations topic;
 * ``cards`` — the pinned case cards;
 * ``takeover`` — relaying agents' messages, pause and hand-back;
-* ``timers`` — pause expiry, retention, quote deliveries;
+* ``queue`` — escalation items (open / claimed / resolved), waiting alerts, the desk's figures;
+* ``timers`` — pause expiry, waiting alerts, retention, quote deliveries;
 * ``tools`` — the agents' commands.
 """
 
@@ -19,6 +20,7 @@ from .records import (
     AgentCommand,
     AgentMessage,
     DeskOptions,
+    UserMedia,
     check_content,
     conversation_lock,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "AgentDesk",
     "AgentMessage",
     "DeskOptions",
+    "UserMedia",
     "check_content",
     "conversation_lock",
 ]

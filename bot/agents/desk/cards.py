@@ -20,6 +20,7 @@ from ..render import (
     one_line,
     render_card,
 )
+from .records import CALLBACK_PREFIX, NOTE_KIND
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class CardsPart:
                 t.card_dirty = False
                 if html != t.card_html:
                     try:
-                        await self._call(False, lambda m=message_id, h=html: gw.edit(m, h))
+                        buttons = self._card_buttons(t)
+                        await self._call(False, lambda m=message_id, h=html, b=buttons: gw.edit(m, h, b))
                         t.card_html = html
                     except NotModified:
                         t.card_html = html
@@ -87,10 +89,13 @@ class CardsPart:
         state = await self.rstore.load_state(t.conversation_id)
         rows = await self.reg.conversation_rows(t.conversation_id, 0, None, 5000)
         values = dict(state.values) if state else {}
-        said = values.get("trigger_text", "")
-        if not said:
-            said = next((r.text for r in rows if r.direction == "in" and r.kind == "text"), "")
+        # the conversation's first words (not the text that started the current flow)
+        said = next((r.text for r in rows if r.direction == "in" and r.kind == "text"), "")
+        said = said or values.get("trigger_text", "")
         quote = await self._quote_state(t.conversation_id) or t.quote_state
+        quote_case = None
+        if quote and self.quotes is not None:  # a request exists: its reference, device, contact, price
+            quote_case = await self.quotes.quote_case(t.conversation_id)
         card = CardData(
             ref=t.ref,
             conversation_id=t.conversation_id,
@@ -107,8 +112,22 @@ class CardsPart:
             quote_state=quote,
             messages=len(rows),
             since=rows[0].ts if rows else None,
+            owner=t.owner_name,
+            notes=tuple(r.text for r in rows if r.direction == "note" and r.kind == NOTE_KIND),
+            quote_case=quote_case,
         )
-        return render_card(card, self.texts).html
+        html = render_card(card, self.texts).html
+        rating = values.get("csat", "")
+        if rating.isdigit():  # the satisfaction answer (flows/feedback.yaml)
+            comment = values.get("csat_comment", "")
+            line = self.texts(
+                "agents.desk.card_rating",
+                stars="★" * int(rating) + "☆" * (5 - int(rating)),
+                rating=rating,
+                comment=f" — “{clip(one_line(comment), 200)}”" if comment else "",
+            )
+            html += "\n" + line.html
+        return html
 
     def _steps_tried(self, rows: list[Line], values: dict[str, str]) -> list[tuple[str, bool]]:
         flows, content = self.engine.flows, self.engine.content
@@ -118,8 +137,8 @@ class CardsPart:
         )
         out: list[tuple[str, bool]] = []
         for r in rows:
-            if r.direction != "in" or r.kind not in ("button", "text") or not r.flow:
-                continue
+            if r.direction != "in" or r.kind not in ("button", "text") or not self._symptom_of(r.flow):
+                continue  # only fix steps: the quote form's yes/no answers are not "steps tried"
             ref = f"{r.flow}.{r.step}"
             if not flows.has(ref):
                 continue
@@ -142,6 +161,12 @@ class CardsPart:
                     what = step.say[-1]
             out.append((clip(what or ref, 70), fixed))
         return out
+
+    def _card_buttons(self, t: Topic) -> list[tuple[str, str]]:
+        """🙋 Claim while nobody owns the case (the owner shows on the card)."""
+        if t.owner_id:
+            return []
+        return [(self.texts.plain("agents.desk.btn_claim_case"), f"{CALLBACK_PREFIX}c:{t.ref}")]
 
     async def _quote_state(self, cid: str) -> str:
         return await self.quotes.quote_state(cid) if self.quotes is not None else ""

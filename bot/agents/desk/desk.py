@@ -20,8 +20,9 @@ Shape (all in one event loop, nothing here imports ``telegram``):
   is over. In every topic and in the feed a user's lines appear in order, none twice.
 * The *agent* task handles what agents do (messages, edits, commands, button presses) in
   the order they arrive; the Telegram side (``bot.tg.agents_gateway.install``) only queues them.
-* The *timers* task ends pauses nobody ended, purges old transcripts, notices failed quote
-  deliveries.
+* The *timers* task raises "waiting" alerts for customers unanswered during a takeover, ends
+  pauses nobody ended (telling a waiting customer when a person will reply), purges old
+  transcripts, notices failed quote deliveries. Escalations are items of a queue (``queue``).
 
 Without an agents' group (``gateway`` None) the desk still records escalations (for
 ``python -m bot stats``) and runs the retention purge.
@@ -36,6 +37,7 @@ import logging
 import math
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import aiosqlite
@@ -61,12 +63,14 @@ from .cards import CardsPart
 from .feed import FeedPart
 from .mirror import MirrorPart
 from .posts import PostsPart
+from .queue import QueuePart
 from .records import (
     NOT_SYMPTOMS,
     AgentCallback,
     AgentCommand,
     AgentMessage,
     DeskOptions,
+    UserMedia,
     check_content,
 )
 from .state import DeskState
@@ -77,7 +81,7 @@ from .tools import ToolsPart
 log = logging.getLogger(__name__)
 
 
-class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart, PostsPart):
+class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart, PostsPart, QueuePart):
     """The desk: wiring (engine, store, gateway, options, clock, limiter), lifecycle and the
     four tasks; each part's methods live in its own module, the state in ``DeskState``."""
 
@@ -119,7 +123,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         self._ensure_lock = asyncio.Lock()
         # tasks and signals
         self._inbox: asyncio.Queue[TurnRecord] = asyncio.Queue()
-        self.agent_inbox: asyncio.Queue[AgentMessage | AgentCommand | AgentCallback] = asyncio.Queue()
+        self.agent_inbox: asyncio.Queue[AgentMessage | AgentCommand | AgentCallback | UserMedia] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._progress = asyncio.Event()
@@ -162,15 +166,21 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             live = await reg.meta("live_thread")
             self.st.esc_thread = int(esc) if esc else None
             self.st.live_thread = int(live) if live else None
+            names = await reg.user_names()  # kept in conversations: no "User #1" after a restart
             for t in await reg.all_topics():
+                t.user_name = names.get(t.conversation_id, "")
                 self._cache(t)
                 if t.thread_id is not None:
                     self.st.card_work.add(t.conversation_id)  # re-rendered; edited only if it changed
                 if t.topic_cursor < t.seen_cursor:
                     self.st.gap.add(t.conversation_id)
+            for cid, chat, mid, kind, ts in await reg.media():
+                self.st.media.setdefault(cid, deque()).append(UserMedia(cid, chat, mid, kind, ts))
             self.st.esc_pending = await reg.escalations_after(self.st.esc_cursor, limit=1000)
             self.st.esc_known = max([self.st.esc_cursor] + [r.id for r in self.st.esc_pending])
         await self._reconcile_pauses()
+        if self.enabled:
+            await self._load_waiting()
         if self.on_turn not in self.engine.listeners:
             self.engine.listeners.append(self.on_turn)
         self._spawn(self._recorder(), "agents-recorder")
@@ -221,8 +231,14 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
     async def on_turn(self, record: TurnRecord) -> None:
         self._inbox.put_nowait(record)
 
-    def submit(self, item: AgentMessage | AgentCommand | AgentCallback) -> None:
-        """Queue something an agent did (called by the Telegram handler, in arrival order)."""
+    def submit(self, item: AgentMessage | AgentCommand | AgentCallback | UserMedia) -> None:
+        """Queue something an agent did (called by the Telegram handler, in arrival order) — or
+        a user's media to copy into their topic (noted at once, before the engine stores its
+        transcript line, so the writer always knows it; stored by the agent task)."""
+        if isinstance(item, UserMedia):
+            if not self.enabled or self.st.forgotten.get(item.conversation_id) == math.inf:
+                return
+            self.st.media.setdefault(item.conversation_id, deque()).append(item)
         self.agent_inbox.put_nowait(item)
 
     # -- for other features -----------------------------------------------------------------------
@@ -343,6 +359,9 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         self.st.gap.discard(cid)
         self.st.open_now.discard(cid)
         self.st.escalated.discard(cid)
+        self.st.media.pop(cid, None)
+        self.st.held = {k: v for k, v in self.st.held.items() if k[0] != cid}
+        self.st.waiting.pop(cid, None)
         self.st.esc_pending = [r for r in self.st.esc_pending if r.conversation_id != cid]
         for key in [k for k in self.st.flag_times if k[0] == cid]:
             del self.st.flag_times[key]

@@ -154,7 +154,7 @@ class FeedPart:
             await self._escalations_thread(urgent=False)
             return True
         lines: list[Html] = []
-        cids: list[str] = []
+        listed: list[tuple[str, str]] = []  # (conversation, event): their queue items get buttons
         taken = 0
         for r in self.st.esc_pending:
             t = self.st.topics.get(r.conversation_id)
@@ -169,22 +169,28 @@ class FeedPart:
                 await self._create_topic(t, urgent=False)
                 return True
             event = r.kind.partition(":")[2]
-            line = self.texts("agents.desk.escalation_line", flag=flag_label(event, self.texts), who=self._who(t))
+            label = r.text if event == "waiting" else flag_label(event, self.texts)  # "⏰ waiting 5 min"
+            line = self.texts("agents.desk.escalation_line", flag=label, who=self._who(t))
             if sum(x.visible + 1 for x in lines) + line.visible > MAX_VISIBLE:
                 break
             lines.append(line)
-            cids.append(r.conversation_id)
+            listed.append((r.conversation_id, event))
             taken += 1
         done = self.st.esc_pending[:taken]
         if lines:
             thread = self.st.esc_thread
+            items = await self._listing_items(listed)
+            buttons = self._item_buttons(items)
             try:
-                parts = list(zip(cids, lines, strict=True))  # recorded: /forget edits a line out
-                await self._call(False, lambda: self._post(thread, join(lines).html, kind="escalations", parts=parts))
+                parts = [(cid, line) for (cid, _), line in zip(listed, lines, strict=True)]  # /forget edits a line out
+                sent = await self._call(
+                    False, lambda: self._post(thread, join(lines).html, buttons, kind="escalations", parts=parts)
+                )
             except ThreadNotFound:
                 self.st.esc_thread = None
                 await self.reg.set_meta("escalations_thread", None)
                 return True
+            await self.reg.set_item_message([i.id for i in items], sent.message_id)
         self.st.esc_pending = self.st.esc_pending[taken:]
         if done:
             self.st.esc_cursor = max(self.st.esc_cursor, max(r.id for r in done))

@@ -24,10 +24,13 @@ from ..ports import (
     GatewayError,
     MessageGone,
     RetryLater,
+    Sent,
     ThreadNotFound,
 )
 from ..registry import Line, Topic
 from ..render import (
+    MAX_CAPTION,
+    PREFIX,
     Html,
     fit,
     flag_label,
@@ -39,9 +42,14 @@ from ..render import (
 from .records import (
     ESCALATIONS,
     MAX_PENDING,
+    NO_CAPTION,
+    NOTE_KIND,
     T,
+    UserMedia,
     unhtml,
 )
+
+MEDIA_MATCH_SECONDS = 600.0  # a user's media not matched to a transcript line by then is dropped
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +106,18 @@ class MirrorPart:
             # "Talk to a person" is the human_agent flow: flagged even if the flow raises nothing
             if rec.state.flow == "human_agent" and "human_requested" not in events:
                 events.append("human_requested")
+            # data at risk: the topic alone (a drowned phone, deleted photos...) flags the case;
+            # an answer that confirms it (no backup, a broken iPhone) makes it an escalation
+            if "data_at_risk" in events and not rec.state.values.get("data_at_risk"):
+                events[events.index("data_at_risk")] = "risky_topic"
             for ev in events:
                 try:
                     await self._flag(rec.conversation_id, self.st.topics.get(rec.conversation_id), ev)
                 except sqlite3.Error:
                     self.errors += 1
                     log.exception("agents: flagging %s for %s failed", ev, rec.conversation_id)
+            if "paused_message" in events and self.enabled:  # a customer waits for the agent
+                await self._customer_waiting(rec.conversation_id)
 
     async def _ensure_many(self, cids: list[str], symptoms: dict[str, str] | None = None) -> None:
         missing = list(dict.fromkeys(c for c in cids if c not in self.st.topics))
@@ -120,6 +134,7 @@ class MirrorPart:
         if event in ("paused_message", "forgotten", ""):
             return
         now = self.clock.now()
+        await self._queue_open(cid, event)  # a new item once the last one was resolved, even if not listed again
         last = self.st.flag_times.get((cid, event))
         if last is not None and now - last < self.options.repeat_seconds:
             return
@@ -439,8 +454,9 @@ class MirrorPart:
         thread = t.thread_id
         if t.card_message_id is None:
             html = await self._card_html(t)
+            buttons = self._card_buttons(t)
             try:
-                sent = await self._call(False, lambda: gw.send(thread, html))
+                sent = await self._call(False, lambda: gw.send(thread, html, buttons))
             except ThreadNotFound:
                 self._lost_topic(t)
                 await self.reg.save(t)
@@ -453,16 +469,31 @@ class MirrorPart:
         batch = await self._topic_batch(t)
         if batch is None:
             return False
-        html, last_id, count = batch
-        if html:
-            cid = t.conversation_id  # recorded: the retention purge deletes lines older than its period
+        html, last_id, count, media = batch
+        cid = t.conversation_id  # recorded: the retention purge deletes lines older than its period
+        if media is not None:  # the user's photo, voice...: copied from their chat, captioned
+            line, item = media
+            caption = None if item.kind in NO_CAPTION else fit(self._media_caption(line), MAX_CAPTION).html
+            try:
+                await self._call(False, lambda: self._copy_in(thread, item, caption, cid))
+            except ThreadNotFound:
+                self._lost_topic(t)
+                await self.reg.save(t)
+                return True
+            except MessageGone:  # the user deleted it meanwhile: the line is posted as text
+                log.info("agents: %s's %s %s is gone; posting its line", t.conversation_id, item.kind, item.message_id)
+                await self._media_done(item)
+                return True
+            await self._media_done(item)
+            count = 1
+        elif html:
             try:
                 await self._call(False, lambda: self._post(thread, html, kind="topic", about=[cid]))
             except ThreadNotFound:
                 self._lost_topic(t)
                 await self.reg.save(t)
                 return True
-            self.posted_lines += count
+        self.posted_lines += count
         t.topic_cursor = max(t.topic_cursor, last_id)
         t.seen_cursor = max(t.seen_cursor, last_id)
         self._consume(t.conversation_id, last_id)
@@ -470,10 +501,11 @@ class MirrorPart:
             self.st.gap.discard(t.conversation_id)
         await self.reg.save(t)
         await self._advance_feed()
-        return bool(html)
+        return bool(html) or media is not None
 
-    async def _topic_batch(self, t: Topic) -> tuple[str, int, int] | None:
-        """Lines not yet in this topic (earlier ones first), packed into one message."""
+    async def _topic_batch(self, t: Topic) -> tuple[str, int, int, tuple[Line, UserMedia] | None] | None:
+        """Lines not yet in this topic (earlier ones first), packed into one message — or, when
+        the next line is a user's media waiting to be copied, that copy (lines before it go first)."""
         limit = 400
         rows: list[Line] = []
         if t.topic_cursor < t.seen_cursor:
@@ -483,16 +515,60 @@ class MirrorPart:
         if not rows:
             return None
         items: list[tuple[int, Html]] = []
-        for r in rows:
-            if r.direction == "agent":  # the agent's own message is already in the topic
+        upto = rows[-1].id
+        for i, r in enumerate(rows):
+            if r.direction == "agent" or r.kind == NOTE_KIND:  # the agent's own message is already in the topic
                 continue
+            item = self._media_for(r)
+            if item is not None:
+                if not items:
+                    return "", r.id, 0, (r, item)
+                upto = rows[i - 1].id  # lines before the copy first
+                break
             items.append((r.id, fit(render_line(r, self.texts, out_limit=self.options.topic_out_limit))))
         if not items:
-            return "", rows[-1].id, 0
+            return "", upto, 0, None
         n = pack([h for _, h in items])
-        last_id = rows[-1].id if n == len(items) else items[n - 1][0]
+        last_id = upto if n == len(items) else items[n - 1][0]
         html = join(h for _, h in items[:n]).html
-        return html, last_id, n
+        return html, last_id, n, None
+
+    async def _copy_in(self, thread: int, item: UserMedia, caption: str | None, cid: str) -> Sent:
+        """Copy a user's message into their topic, recorded like the topic's lines (retention)."""
+        assert self.gateway is not None
+        made = time.monotonic()
+        sent = await self.gateway.copy_to_topic(thread, item.chat_id, item.message_id, caption)
+        await self._record(sent.message_id, "topic", [cid], None, made, thread_id=thread)
+        return sent
+
+    def _media_for(self, r: Line) -> UserMedia | None:
+        """The user's media waiting for this ``[photo] caption`` line (oldest of its kind)."""
+        if r.direction != "in" or r.kind != "media" or not r.text.startswith("["):
+            return None
+        q = self.st.media.get(r.conversation_id)
+        if not q:
+            return None
+        kind = r.text[1:].partition("]")[0].split(",")[0]
+        while q and q[0].ts < r.ts - MEDIA_MATCH_SECONDS:  # never matched (an update the engine dropped)
+            self.st.media_done.add((q[0].chat_id, q[0].message_id))
+            q.popleft()
+        return next((m for m in q if m.kind == kind and m.ts <= r.ts + 5), None)
+
+    def _media_caption(self, r: Line) -> Html:
+        caption = r.text.partition("]")[2].strip()
+        return Html.text(f"{PREFIX['in']} {caption}".strip())
+
+    async def _media_done(self, item: UserMedia) -> None:
+        q = self.st.media.get(item.conversation_id)
+        if q is not None:
+            with contextlib.suppress(ValueError):
+                q.remove(item)
+            if not q:
+                del self.st.media[item.conversation_id]
+        if len(self.st.media_done) > 5000:  # only needed until the agent task saw the item
+            self.st.media_done.clear()
+        self.st.media_done.add((item.chat_id, item.message_id))
+        await self.reg.drop_media(item.chat_id, item.message_id)
 
     def _consume(self, cid: str, upto: int) -> None:
         q = self.st.pending.get(cid)

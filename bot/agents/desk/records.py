@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 from bot.core.engine import Engine
 from bot.core.errors import Problem
 
+from ..commands import HANDBACK_COMMAND
+from ..hours import BusinessHours
 from ..render import (
     Html,
 )
@@ -26,7 +28,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Commands only agents may use. In a private chat anyone else gets no answer at all.
-AGENT_ONLY_COMMANDS = frozenset({"done", "transcript", "stats", "unmatched", "find"})
+AGENT_ONLY_COMMANDS = frozenset(
+    {"done", "transcript", "stats", "unmatched", "find", "queue", "note", "assign", "release"}
+)
+NOTE_PREFIX = "//"  # a line an agent starts with this stays in the group (like /note)
+NOTE_KIND = "agent_note"  # transcript kind of an agent's internal note (never sent to the user)
 # Events listed in the Escalations topic; other flags only mark the user's topic and card.
 ESCALATIONS = (
     "human_requested",
@@ -34,11 +40,15 @@ ESCALATIONS = (
     "not_understood_twice",
     "quote_sent",
     "quote_failed",
+    "data_at_risk",
+    "waiting",
 )
+# Escalations that become items of the queue (bot/agents/desk/queue.py)
+QUEUE_KINDS = frozenset(ESCALATIONS) - {"waiting"}
 NOT_SYMPTOMS = frozenset({"main_menu", "common", "human_agent", "quote"})
 NO_CAPTION = frozenset({"sticker", "video_note", "location", "venue", "contact", "dice", "poll"})
 MAX_PENDING = 1500  # transcript rows the mirror holds in memory (the rest waits in SQLite)
-RESUME_COMMAND = "resume"  # the engine command that hands a conversation back (bot.agents.commands)
+RESUME_COMMAND = HANDBACK_COMMAND  # the engine command that hands a conversation back
 CALLBACK_PREFIX = "ag:"
 FORGET_CHOICES = ("fu", "ft", "fx")  # /forget confirmed: the user asked / the team decided / cancelled
 CASE_ARG = re.compile(r"#?(\d{1,9})")  # how /forget names a case outside its topic: #N
@@ -108,7 +118,57 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "agents.desk.find_header",
     "agents.desk.find_none",
     "agents.desk.find_usage",
-    *(f"agents.desk.flag.{e}" for e in (*ESCALATIONS, "data_at_risk")),
+    "agents.desk.note_line",
+    "agents.desk.note_usage",
+    "agents.desk.card_notes",
+    "agents.desk.card_owner",
+    "agents.desk.card_no_owner",
+    "agents.desk.card_quote_case",
+    "agents.desk.btn_claim_case",
+    "agents.desk.note_claimed",
+    "agents.desk.note_assigned",
+    "agents.desk.note_released",
+    "agents.desk.assign_usage",
+    "agents.desk.assign_unknown",
+    "agents.desk.release_none",
+    "agents.desk.owned_prompt",
+    "agents.desk.btn_reply_anyway",
+    "agents.desk.btn_take_over",
+    "agents.desk.confirm_prompt",
+    "agents.desk.btn_send_pause",
+    "agents.desk.btn_keep_note",
+    "agents.desk.held_gone",
+    "agents.desk.held_not_yours",
+    "agents.desk.held_sent",
+    "agents.desk.held_noted",
+    "agents.desk.already_owned",
+    *(f"agents.desk.flag.{e}" for e in (*ESCALATIONS, "risky_topic")),
+    # the queue, waiting alerts, business hours, satisfaction (content/en/agents_queue.yaml)
+    "agents.pause_expired_waiting",
+    "agents.reply_soon",
+    "agents.reply_at",
+    "agents.desk.waiting_alert",
+    "agents.desk.waiting_requeued",
+    "agents.desk.queue_header",
+    "agents.desk.queue_none",
+    "agents.desk.queue_line",
+    "agents.desk.queue_open",
+    "agents.desk.queue_claimed",
+    "agents.desk.queue_resolved",
+    "agents.desk.btn_claim",
+    "agents.desk.btn_resolve",
+    "agents.desk.queue_taken",
+    "agents.desk.queue_gone",
+    "agents.desk.queue_done_toast",
+    "agents.desk.kind.takeover",
+    "agents.desk.kind.waiting",
+    "agents.desk.card_rating",
+    "agents.desk.stats_weeks",
+    "agents.desk.stats_steps",
+    "agents.desk.stats_flows",
+    "agents.desk.stats_agents",
+    "agents.desk.stats_ratings",
+    "agents.desk.stats_none",
 )
 
 
@@ -141,6 +201,8 @@ class DeskOptions:
     max_backoff: float = 60.0
     forget_by_group_admins: bool = False  # FORGET_BY_GROUP_ADMINS: group administrators may erase too
     quote_retention_days: int = 365  # QUOTE_RETENTION_DAYS
+    wait_alert_seconds: float = 5 * 60.0  # AGENT_WAIT_ALERT_MINUTES: unanswered during a takeover
+    hours: BusinessHours = BusinessHours()  # BUSINESS_HOURS, BUSINESS_TZ (default: always open)
 
 
 # -- what agents do, as plain records (filled in by bot.tg.agents_gateway) -----------------------
@@ -157,6 +219,7 @@ class AgentMessage:
     html: str  # the same with the agent's formatting, as Telegram HTML
     media: str = ""  # photo, document, ... ("" for text)
     edited: bool = False
+    username: str = ""  # the agent's @username without the @ ("" if none)
 
 
 @dataclass(frozen=True)
@@ -169,6 +232,7 @@ class AgentCommand:
     name: str  # without the slash and @bot
     arg: str
     private: bool = False  # sent to the bot in a private chat (admins, agents)
+    username: str = ""
 
 
 @dataclass(frozen=True)
@@ -180,6 +244,19 @@ class AgentCallback:
     user_id: int
     user_name: str
     data: str
+
+
+@dataclass(frozen=True)
+class UserMedia:
+    """A user sent a photo, document, voice... in their private chat (seen by the Telegram
+    door before the engine): the desk copies it into their topic (``copyMessage``) where the
+    transcript has its ``[photo] caption`` line."""
+
+    conversation_id: str
+    chat_id: int
+    message_id: int
+    kind: str
+    ts: float
 
 
 def conversation_lock(engine: Engine, conversation_id: str) -> asyncio.Lock:

@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..registry import Line, Post, Topic
+from ..registry import Line, Post, QueueItem, Topic
+from .records import AgentMessage, UserMedia
 
 
 @dataclass
@@ -56,7 +57,18 @@ class DeskState:
     # flags raised recently, agents' membership cache
     flag_times: dict[tuple[str, str], float] = field(default_factory=dict)
     members: dict[int, tuple[bool, float]] = field(default_factory=dict)
+    # users' media waiting to be copied into their topic, per conversation, oldest first
+    media: dict[str, deque[UserMedia]] = field(default_factory=dict)
+    media_done: set[tuple[int, int]] = field(default_factory=set)  # (chat, message) copied or dropped
+    # agents' messages waiting for a tap (confirm / owned by someone else), per (conversation, agent)
+    held: dict[tuple[str, int], list[AgentMessage]] = field(default_factory=dict)
+    # agents seen in the group: user id -> (first name, @username) (for /assign)
+    agents_seen: dict[int, tuple[str, str]] = field(default_factory=dict)
     # busy markers (for settle)
     writer_idle: bool = False
     busy: bool = False
     agent_busy: int = 0
+    # the queue (queue.py): customers' unanswered messages during a takeover, per conversation;
+    # /queue answers (message id -> the items listed, for their buttons)
+    waiting: dict[str, QueueItem] = field(default_factory=dict)
+    queue_views: dict[int, list[int]] = field(default_factory=dict)

@@ -1,10 +1,13 @@
-"""Takeover and hand-back: agents' messages relayed to the user (pausing the bot), edits,
-the hand-back (``resume``) through the engine, pauses restored after a restart.
+"""Takeover and hand-back: agents' messages relayed to the user (pausing the bot), internal
+notes (``//``, ``/note``: never sent), held replies (the bot is still talking: "send and pause
+the bot?"; another agent owns the case: "reply anyway / take over"), ownership, edits, the
+hand-back through the engine, pauses restored after a restart.
 """
 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from bot.core.messages import EventKind, Inbound
@@ -13,6 +16,7 @@ from bot.core.ports import Direction, Entry
 from .. import privacy
 from ..ports import (
     GatewayError,
+    MessageGone,
     NotModified,
     UserBlocked,
 )
@@ -23,14 +27,19 @@ from ..render import (
     NL,
     Html,
     clip,
+    display_name,
     tg_len,
 )
 from .records import (
+    CALLBACK_PREFIX,
     NO_CAPTION,
+    NOTE_KIND,
+    NOTE_PREFIX,
     RESUME_COMMAND,
     AgentCallback,
     AgentCommand,
     AgentMessage,
+    UserMedia,
     conversation_lock,
 )
 
@@ -55,6 +64,14 @@ class TakeoverPart:
                     await self._on_command(item)
                 elif isinstance(item, AgentCallback):
                     await self._on_callback(item)
+                elif isinstance(item, UserMedia):
+                    key = (item.chat_id, item.message_id)
+                    if key in self.st.media_done:  # copied already (or dropped): nothing to keep
+                        self.st.media_done.discard(key)
+                    elif item.conversation_id in self.st.media:
+                        await self.reg.add_media(
+                            item.conversation_id, item.chat_id, item.message_id, item.kind, item.ts
+                        )
             except Exception:
                 self.errors += 1
                 log.exception("agents: handling %s failed", type(item).__name__)
@@ -76,19 +93,132 @@ class TakeoverPart:
         return (head + NL + Html.text(clip(m.text, max(10, limit - head.visible - 2)))).html
 
     async def _on_agent_message(self, m: AgentMessage) -> None:
-        assert self.gateway is not None
-        gw = self.gateway
-        if m.thread_id is None or m.chat_id != self.chat_id:
+        """An agent wrote in a user's topic: a note (``//``), a reply held for a tap (the bot
+        is still talking, or another agent owns the case), or a reply relayed to the user."""
+        if m.chat_id != self.chat_id:
             return
-        cid = self.st.by_thread.get(m.thread_id)
+        self._seen_agent(m.user_id, m.user_name, m.username)
+        cid = self.st.by_thread.get(m.thread_id) if m.thread_id is not None else None
         if cid is None:
             return  # General, Escalations, Live feed: talk among agents
         t = self.st.topics[cid]
         if await self.reg.relay(m.message_id) is not None:
             return  # the same update again
+        if m.text.lstrip().startswith(NOTE_PREFIX):
+            await self._add_note(t, m.user_name, m.text.lstrip()[len(NOTE_PREFIX) :].strip(), m.media)
+            return
+        if privacy.telegram_user_id(cid) is None:
+            await self._note(cid, self.texts("agents.desk.note_not_telegram", conversation=cid))
+            return
+        held = self.st.held.get((cid, m.user_id))
+        if held is not None:  # this agent's earlier message waits for a tap: this one waits with it
+            held.append(m)
+            return
+        if t.owner_id and t.owner_id != m.user_id:
+            self._hold(t, m, "owned")
+        elif t.paused_until is None:
+            self._hold(t, m, "confirm")
+        else:
+            await self._send_held(t, [m], claim=True)
+
+    def _seen_agent(self, user_id: int, name: str, username: str) -> None:
+        if user_id:
+            self.st.agents_seen[user_id] = (name, username)
+
+    async def _add_note(self, t: Topic, agent: str, text: str, media: str = "") -> None:
+        """An internal note: in the transcript and on the card, never sent to the user."""
+        body = f"[{media}] {text}".strip() if media else text
+        line = self.texts.plain("agents.desk.note_line", agent=agent or "?", text=body)
+        await self.store.add_entries(t.conversation_id, [Entry(Direction.NOTE, line, kind=NOTE_KIND)])
+        self._new_rows()
+        self._mark_card(t)
+
+    def _hold(self, t: Topic, m: AgentMessage, why: str) -> None:
+        """Keep ``m`` in the group and ask its author: confirm (the bot is still talking) or
+        owned (another agent owns the case)."""
+        self.st.held[(t.conversation_id, m.user_id)] = [m]
+        data = f"{t.ref}:{m.user_id}"
+        if why == "owned":
+            html = self.texts("agents.desk.owned_prompt", owner=t.owner_name or "?").html
+            buttons = [
+                (self.texts.plain("agents.desk.btn_reply_anyway"), f"{CALLBACK_PREFIX}a:{data}"),
+                (self.texts.plain("agents.desk.btn_take_over"), f"{CALLBACK_PREFIX}t:{data}"),
+            ]
+        else:
+            html = self.texts("agents.desk.confirm_prompt", name=display_name(t.user_name, self.texts)).html
+            buttons = [
+                (self.texts.plain("agents.desk.btn_send_pause"), f"{CALLBACK_PREFIX}s:{data}"),
+                (self.texts.plain("agents.desk.btn_keep_note"), f"{CALLBACK_PREFIX}n:{data}"),
+            ]
+        thread, cid = m.thread_id, t.conversation_id
+        # recorded like the desk's other posts about a user (erasure, retention: bot/agents/desk/posts.py)
+        self.st.urgent.append(lambda: self._post(thread, html, buttons, kind="held", about=[cid]))
+        self._wake.set()
+
+    async def _on_held(self, cb: AgentCallback, kind: str, t: Topic, author: int) -> None:
+        """A tap on a held message's prompt: s = send (and claim), n = keep as notes,
+        a = reply anyway (the owner stays), t = take over the case and send."""
+        assert self.gateway is not None
+        gw = self.gateway
+        key = (t.conversation_id, author)
+        msgs = self.st.held.get(key)
+        if msgs is None:
+            with contextlib.suppress(GatewayError):
+                await gw.answer_callback(cb.callback_id, self.texts.plain("agents.desk.held_gone"))
+            return
+        if cb.user_id != author:
+            name = msgs[0].user_name or "?"
+            with contextlib.suppress(GatewayError):
+                await gw.answer_callback(cb.callback_id, self.texts.plain("agents.desk.held_not_yours", agent=name))
+            return
+        with contextlib.suppress(GatewayError):
+            await gw.answer_callback(cb.callback_id)
+        del self.st.held[key]
+        agent = msgs[0].user_name
+        if kind == "n":
+            for m in msgs:
+                await self._add_note(t, m.user_name, m.text, m.media)
+            choice = self.texts("agents.desk.held_noted", agent=agent or "?").html
+        elif kind == "s" and t.owner_id and t.owner_id != author:
+            # someone else claimed the case meanwhile: ask again, as "owned"
+            self._hold(t, msgs[0], "owned")
+            self.st.held[key].extend(msgs[1:])
+            choice = self.texts("agents.desk.owned_prompt", owner=t.owner_name or "?").html
+        else:
+            if kind == "t":
+                await self._set_owner(t, author, agent, "agents.desk.note_claimed", by=agent)
+            await self._send_held(t, msgs, claim=kind != "a")
+            choice = self.texts("agents.desk.held_sent", agent=agent or "?").html
+        message_id = cb.message_id
+
+        async def edit() -> None:
+            with contextlib.suppress(NotModified, MessageGone):
+                await gw.edit(message_id, choice)
+
+        self.st.urgent.append(edit)
+        self._wake.set()
+
+    async def _set_owner(self, t: Topic, owner_id: int, owner_name: str, note_key: str, *, by: str) -> None:
+        t.owner_id = owner_id
+        t.owner_name = owner_name if owner_id else ""
+        await self.reg.save(t)
+        self._mark_card(t)
+        await self._note(t.conversation_id, self.texts(note_key, agent=by or "?", owner=owner_name or "?"))
+
+    async def _send_held(self, t: Topic, msgs: list[AgentMessage], *, claim: bool) -> None:
+        if claim and not t.owner_id and msgs:  # the owner first: the card says who before the user reads it
+            first = msgs[0]
+            await self._set_owner(t, first.user_id, first.user_name, "agents.desk.note_claimed", by=first.user_name)
+        for m in msgs:
+            await self._relay(t, m)
+
+    async def _relay(self, t: Topic, m: AgentMessage) -> None:
+        """Send one agent message to the user (pausing the bot; the first one says a person joined)."""
+        assert self.gateway is not None
+        gw = self.gateway
+        cid = t.conversation_id
         uid = privacy.telegram_user_id(cid)
         if uid is None:
-            await self._note(cid, self.texts("agents.desk.note_not_telegram", conversation=cid))
             return
         newly = await self._pause(t, m.user_name)
         what = f"[{m.media}] {m.text}".strip() if m.media else m.text
@@ -113,6 +243,7 @@ class TakeoverPart:
             cid,
             [Entry(Direction.AGENT, f"{m.user_name}: {what}", kind="media" if m.media else "text")],
         )
+        await self._agent_answered(t, m.user_name)
 
     async def _blocked(self, t: Topic) -> None:
         await self.store.set_flags(t.conversation_id, active=False)
@@ -123,7 +254,11 @@ class TakeoverPart:
         assert self.gateway is not None
         gw = self.gateway
         relay = await self.reg.relay(m.message_id)
-        if relay is None:
+        if relay is None:  # not sent (yet): a held message takes the new text
+            for msgs in self.st.held.values():
+                for i, h in enumerate(msgs):
+                    if h.message_id == m.message_id:
+                        msgs[i] = m
             return
         cid, user_msg, caption = relay
         uid = privacy.telegram_user_id(cid)
@@ -195,11 +330,14 @@ class TakeoverPart:
                 t.conversation_id,
                 self.texts("agents.desk.note_paused", agent=agent or "?", minutes=minutes),
             )
+            await self._takeover_started(t, agent)
         return newly
 
     async def resume(self, t: Topic, *, agent: str = "", mode: str = "agent") -> None:
         """Hand a conversation back: unpause, note it, and let the engine speak to the user
-        (``mode``: agent = continue where it was, menu = main menu, expired = pause ran out)."""
+        (``mode``: agent = continue where it was, menu = main menu, expired = pause ran out,
+        waiting = pause ran out over an unanswered message: the customer is told when a person
+        will reply and the case goes back to the queue, listed again)."""
         cid = t.conversation_id
         async with conversation_lock(self.engine, cid):
             await self.store.set_flags(cid, paused=False)
@@ -207,12 +345,20 @@ class TakeoverPart:
         t.paused_by = ""
         await self.reg.save(t)
         self._mark_card(t)
+        await self._takeover_ended(t, agent, waiting=mode == "waiting")
         key = {"menu": "agents.desk.note_handback_menu", "expired": "agents.desk.note_expired"}.get(
             mode, "agents.desk.note_handback_resume"
         )
         minutes = str(max(1, round(self.options.pause_seconds / 60)))
-        await self._note(cid, self.texts(key, agent=agent or "?", minutes=minutes))
-        replies = await self.engine.handle(Inbound(cid, EventKind.COMMAND, text=RESUME_COMMAND, arg=mode))
+        arg = mode
+        if mode == "waiting":
+            when = self._reply_when()
+            arg = f"waiting {when}"
+            await self._note(cid, self.texts("agents.desk.note_expired", minutes=minutes))
+            await self._escalate_note(t, "waiting", self.texts.plain("agents.desk.waiting_requeued", when=when))
+        else:
+            await self._note(cid, self.texts(key, agent=agent or "?", minutes=minutes))
+        replies = await self.engine.handle(Inbound(cid, EventKind.COMMAND, text=RESUME_COMMAND, arg=arg))
         uid = privacy.telegram_user_id(cid)
         if uid is None or not replies or self.gateway is None:
             return

@@ -1,4 +1,6 @@
-"""Timers: pauses that expire, the retention purge, quote deliveries that changed.
+"""Timers: waiting alerts (queue.py), pauses that expire, the retention purge, quote
+deliveries that changed. Deadlines come from the desk's clock and from stored state (pauses
+in ``agent_topics``, waiting items in ``agent_queue``), so they survive a restart.
 """
 
 
@@ -29,10 +31,13 @@ class TimersPart:
                 if self.enabled and now >= next_quotes:
                     next_quotes = now + self.options.quote_poll_every
                     await self._poll_quotes()
+                await self._waiting_alerts(now)  # before an expiry at the same moment: alert first
                 for t in [t for t in self.st.topics.values() if t.paused_until is not None and t.paused_until <= now]:
-                    await self.resume(t, mode="expired")
+                    await self.resume(t, mode="waiting" if t.conversation_id in self.st.waiting else "expired")
                 pauses = [t.paused_until for t in self.st.topics.values() if t.paused_until is not None]
-                deadline = min([next_purge, next_quotes if self.enabled else math.inf, *pauses])
+                deadline = min(
+                    [next_purge, next_quotes if self.enabled else math.inf, *pauses, *self._waiting_deadlines()]
+                )
                 self._tick()
                 await self._wait(self._timer_wake, max(0.0, deadline - self.clock.now()), self.clock)
             except asyncio.CancelledError:

@@ -1,5 +1,5 @@
 """The agents' tools: /help, /open_N, /done (and its buttons), /transcript, /stats,
-/unmatched, /find, /forget — who may use them, where the answer goes.
+/unmatched, /find, /forget, /queue (queue.py) — who may use them, where the answer goes.
 """
 
 
@@ -30,6 +30,7 @@ from ..render import (
     pack,
     render_line,
 )
+from .queue import QUEUE_PREFIX
 from .records import (
     CALLBACK_PREFIX,
     CASE_ARG,
@@ -109,6 +110,8 @@ class ToolsPart:
         if c.private and not await self.is_agent(c.user_id):
             log.info("agent command /%s from non-agent %s ignored", c.name, c.user_id)
             return  # nothing back: not even "unknown command"
+        if not c.private:
+            self._seen_agent(c.user_id, c.user_name, c.username)
         name = c.name.lower()
         if name.startswith("open_") and name[5:].isdigit():
             await self._cmd_open(c, int(name[5:]))
@@ -122,9 +125,74 @@ class ToolsPart:
             "unmatched": self._cmd_unmatched,
             "find": self._cmd_find,
             "forget": self._cmd_forget,
+            "note": self._cmd_note,
+            "assign": self._cmd_assign,
+            "release": self._cmd_release,
+            "queue": self._cmd_queue,
         }.get(name)
         if handler is not None:
             await handler(c)
+
+    async def _on_claim(self, cb: AgentCallback, t: Topic) -> None:
+        """🙋 on the card: the presser owns the case (unless someone already does)."""
+        assert self.gateway is not None
+        if t.owner_id and t.owner_id != cb.user_id:
+            with contextlib.suppress(GatewayError):
+                await self.gateway.answer_callback(
+                    cb.callback_id, self.texts.plain("agents.desk.already_owned", owner=t.owner_name or "?")
+                )
+            return
+        with contextlib.suppress(GatewayError):
+            await self.gateway.answer_callback(cb.callback_id)
+        self._seen_agent(cb.user_id, cb.user_name, "")
+        if t.owner_id != cb.user_id:
+            await self._set_owner(t, cb.user_id, cb.user_name, "agents.desk.note_claimed", by=cb.user_name)
+
+    async def _cmd_note(self, c: AgentCommand) -> None:
+        target = await self._target(c)
+        if target is None or target[1] is None or c.private:
+            await self._reply(c, self.texts("agents.desk.need_topic"))
+            return
+        if not c.arg.strip():
+            await self._reply(c, self.texts("agents.desk.note_usage"))
+            return
+        await self._add_note(target[1], c.user_name, c.arg.strip())
+
+    async def _cmd_assign(self, c: AgentCommand) -> None:
+        target = await self._target(c) if not c.private else None
+        if target is None or target[1] is None:
+            await self._reply(c, self.texts("agents.desk.need_topic"))
+            return
+        t = target[1]
+        who = c.arg.strip()
+        if not who:
+            await self._reply(c, self.texts("agents.desk.assign_usage"))
+            return
+        found: tuple[int, str] | None = None
+        if who.lstrip("-").isdigit():
+            uid = int(who)
+            found = (uid, self.st.agents_seen.get(uid, (who, ""))[0] or who)
+        else:
+            handle = who.lstrip("@").lower()
+            for uid, (name, username) in self.st.agents_seen.items():
+                if username and username.lower() == handle:
+                    found = (uid, name or who)
+                    break
+        if found is None:
+            await self._reply(c, self.texts("agents.desk.assign_unknown", who=who[:40]))
+            return
+        await self._set_owner(t, found[0], found[1], "agents.desk.note_assigned", by=c.user_name)
+
+    async def _cmd_release(self, c: AgentCommand) -> None:
+        target = await self._target(c) if not c.private else None
+        if target is None or target[1] is None:
+            await self._reply(c, self.texts("agents.desk.need_topic"))
+            return
+        t = target[1]
+        if not t.owner_id:
+            await self._reply(c, self.texts("agents.desk.release_none"))
+            return
+        await self._set_owner(t, 0, "", "agents.desk.note_released", by=c.user_name)
 
     async def _cmd_help(self, c: AgentCommand) -> None:
         await self._reply(c, self.texts("agents.desk.help"))
@@ -186,12 +254,22 @@ class ToolsPart:
             with contextlib.suppress(GatewayError):
                 await gw.answer_callback(cb.callback_id)
             return
-        kind, _, ref_s = data[len(CALLBACK_PREFIX) :].partition(":")
+        if data.startswith(QUEUE_PREFIX):  # Claim / Resolve on a queue item
+            await self._on_queue_press(cb)
+            return
+        kind, _, rest = data[len(CALLBACK_PREFIX) :].partition(":")
+        ref_s, _, author_s = rest.partition(":")
         if kind in FORGET_CHOICES:
             await self._on_forget_press(cb, kind, int(ref_s) if ref_s.isdigit() else 0)
             return
         cid = self.st.by_ref.get(int(ref_s)) if ref_s.isdigit() else None
         t = self.st.topics.get(cid) if cid else None
+        if t is not None and kind in ("s", "n", "a", "t") and author_s.isdigit():
+            await self._on_held(cb, kind, t, int(author_s))
+            return
+        if t is not None and kind == "c":
+            await self._on_claim(cb, t)
+            return
         if t is None or t.paused_until is None:
             with contextlib.suppress(GatewayError):
                 await gw.answer_callback(cb.callback_id, self.texts.plain("agents.desk.done_not_paused"))
@@ -274,7 +352,7 @@ class ToolsPart:
         return join(rows)
 
     async def _cmd_stats(self, c: AgentCommand) -> None:
-        now = self.clock.now()
+        now = time.time()  # the counters' days are the wall clock's (bot/store/counters.py)
         today = await reports.stats(self.db, reports.start_of_day(now))
         week = await reports.stats(self.db, now - 7 * 86400)
         await self._reply(
@@ -283,9 +361,42 @@ class ToolsPart:
                 [
                     self._fmt_stats("agents.desk.stats_today", today),
                     self._fmt_stats("agents.desk.stats_week", week),
+                    await self._fmt_weeks(now),
                 ],
                 Html("\n\n", 2),
             ),
+        )
+
+    async def _fmt_weeks(self, now: float, weeks: int = 4) -> Html:
+        """Week by week (a monospace table), then the period's breakdowns."""
+        t = self.texts
+        table = reports.week_table(await reports.weekly(self.db, weeks, now))
+        f = await reports.desk_figures(self.db, reports.week_start(now) - (weeks - 1) * 7 * 86400)
+        none = t.plain("agents.desk.stats_none")
+
+        def listed(key: str, pairs: list[str]) -> Html:
+            return t(key) + Html.text(" " + (", ".join(pairs) or none))
+
+        def rating(n_mean: tuple[int, float | None]) -> str:
+            n, mean = n_mean
+            return "-" if mean is None else f"{mean:.1f} ({n})"
+
+        return join(
+            [
+                t("agents.desk.stats_weeks"),
+                Html("<pre>", 0) + Html.text(table) + Html("</pre>", 0),
+                listed("agents.desk.stats_steps", [f"{s} {n}" for s, n in f.fixed_after]),
+                listed(
+                    "agents.desk.stats_flows", [f"{self._flow_title(fl)} {r}/{e}" for fl, r, e in f.resolved_per_flow]
+                ),
+                listed("agents.desk.stats_agents", [f"{a} {n}" for a, n in f.takeovers]),
+                t(
+                    "agents.desk.stats_ratings",
+                    bot=rating(f.ratings["bot"]),
+                    agent=rating(f.ratings["agent"]),
+                    comments=str(f.comments),
+                ),
+            ]
         )
 
     async def _cmd_unmatched(self, c: AgentCommand) -> None:
@@ -317,7 +428,7 @@ class ToolsPart:
         if not query:
             await self._reply(c, self.texts("agents.desk.find_usage"))
             return
-        hits = await reports.find(self.db, query, 15)
+        hits = await reports.find(self.db, query, 15, include_bot=True)
         if not hits:
             await self._reply(c, self.texts("agents.desk.find_none", query=clip(query, 60)))
             return

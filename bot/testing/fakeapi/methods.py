@@ -117,6 +117,31 @@ class BotMethods:
 
         return send
 
+    async def _copy_message(self, call: Call) -> dict[str, Any]:
+        """A copy of any message the fake knows (a user's or the bot's), like Telegram: the
+        source must exist; ``caption`` replaces a media message's caption (media only)."""
+        p = call.params
+        chat_id = self._check_chat(p.get("chat_id"), p.get("message_thread_id"))
+        source = self.messages.get(p.get("from_chat_id"), {}).get(p.get("message_id"))  # type: ignore[arg-type]
+        if source is None or source.deleted:
+            raise bad_request("message to copy not found")
+        text, source_html, entities = source.text, source.source, source.entities
+        if p.get("caption") is not None and source.kind != "text":
+            text, entities, source_html = self._parse_text(p, "caption", 1024)
+        m = SentMessage(
+            chat_id,
+            self._new_message_id(chat_id),
+            text,
+            source_html,
+            entities,
+            self._parse_keyboard(p),
+            int(time.time()),
+            thread_id=p.get("message_thread_id"),
+            kind=source.kind,
+        )
+        self.messages.setdefault(chat_id, {})[m.message_id] = m
+        return {"message_id": m.message_id}
+
     def _find_message(self, p: dict[str, Any]) -> SentMessage:
         chat_id = p.get("chat_id")
         if chat_id in self.blocked:

@@ -441,6 +441,7 @@ class FakeBotAPI(UserActions, BotMethods):
         h["sendMessage"] = self._send_message
         h["sendPhoto"] = self._send_file("photo")
         h["sendDocument"] = self._send_file("document")
+        h["copyMessage"] = self._copy_message
         h["editMessageText"] = self._edit_message_text
         h["editMessageReplyMarkup"] = self._edit_reply_markup
         h["deleteMessage"] = self._delete_message

@@ -3,10 +3,15 @@ presses, blocking the bot) — each becomes an update queued for the bot (``Fake
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from .objects import SentMessage, utf16_len
+
+MEDIA_FIELDS = (
+    "photo", "animation", "video", "video_note", "voice", "audio", "sticker", "document", "location", "contact",
+)
 
 
 class UserActions:
@@ -39,8 +44,10 @@ class UserActions:
             **fields,
         }
         text = fields.get("text") or fields.get("caption") or ""
+        kind = "text" if "text" in fields else next((k for k in MEDIA_FIELDS if k in fields), "text")
         self.messages.setdefault(chat_id, {})[message_id] = SentMessage(
-            chat_id, message_id, text, text, [], None, msg["date"], from_bot=False
+            chat_id, message_id, text, text, [], None, msg["date"], from_bot=False, kind=kind,
+            thread_id=fields.get("message_thread_id"),
         )
         return msg
 
@@ -55,7 +62,7 @@ class UserActions:
     ) -> dict[str, Any]:
         """A user types ``text`` (a leading ``/command`` gets its bot_command entity)."""
         fields: dict[str, Any] = {"text": text}
-        if text.startswith("/") and len(text) > 1:
+        if re.match(r"/[A-Za-z0-9_]", text):  # like Telegram: "//" or "/ x" is no command
             cmd = text.split(maxsplit=1)[0]
             fields["entities"] = [{"type": "bot_command", "offset": 0, "length": utf16_len(cmd)}]
         if thread_id:
