@@ -1,7 +1,7 @@
 """Command line: ``python -m bot <command>``. The default command is ``chat``.
 
 chat (terminal conversation), match, intents, check, bench, run (Telegram), outbox,
-backup-db, transcripts, watch, stats, unmatched. Each command is a thin wrapper; the work
+backup-db, migrate-db, transcripts, watch, stats, unmatched. Each command is a thin wrapper; the work
 lives in the modules it calls.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bot.config import ConfigError, Settings
 from bot.core.errors import ContentError
-from bot.store import StoreError
+from bot.store import StoreError, is_postgres
 
 log = logging.getLogger("bot")
 
@@ -49,11 +49,16 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
 
     # the same database as `run` and `outbox` (BOT_DB): a quote sent here stays in the outbox
     # until delivered, and `python -m bot outbox` shows it
-    db = args.db or settings.db_path
+    db = args.db or settings.database
     undelivered: list[str] = []
     features = standard_features(settings, desk=False)  # no agents' group in a terminal
+    chosen = features.all
+    if is_postgres(db):  # the agents' store has no PostgreSQL implementation yet
+        chosen = (features.quotes,)
+        log.warning("PostgreSQL: /privacy and /forget (the agents feature) are not available yet")
     runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
-                                 features=features.all)
+                                 features=chosen, settings=settings)
+    db = runtime.store.path  # what we show: a PostgreSQL URL without its password
     hub = features.quotes
     try:
         # the same outbox worker as on Telegram: a quote sent here reaches the same inbox
@@ -104,10 +109,10 @@ def _utf8_streams() -> None:
 
 
 async def _learned_rows(db: str) -> list:
-    from bot.store import SQLiteStore
+    from bot.store import open_store
     from bot.store.learned import LearnedStore
 
-    store = await SQLiteStore.open(db)
+    store = await open_store(db)
     try:
         return await LearnedStore(store).since(0)
     finally:
@@ -139,11 +144,11 @@ def _match(settings: Settings, args: argparse.Namespace) -> int:
 async def _learn(settings: Settings, args: argparse.Namespace) -> int:
     from bot.core.matcher import INTENT_IDS
     from bot.learning import export_yaml, import_jsonl
-    from bot.store import SQLiteStore
+    from bot.store import open_store
     from bot.store.learned import LearnedStore
 
-    db = args.db or settings.db_path
-    store = await SQLiteStore.open(db)
+    store = await open_store(args.db or settings.database, settings)
+    db = store.path  # what we show: a PostgreSQL URL without its password
     try:
         learned = LearnedStore(store)
         if args.action == "import":
@@ -202,6 +207,31 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _migrate_db(settings: Settings, args: argparse.Namespace) -> int:
+    """Copy BOT_DB (or --db) into the PostgreSQL database --to; 1 when a table's counts differ."""
+    from bot.features import standard_features  # the features' migrations: only this command needs them
+    from bot.store import schema
+    from bot.store.copy import copy_sqlite_to_postgres
+    from bot.store.postgres import redact_url
+
+    if not is_postgres(args.to):
+        raise ConfigError(f"--to must be a postgresql:// URL, got {redact_url(args.to)}")
+    source = args.db or settings.db_path
+    owners = [(schema.OWNER, schema.BY_DIALECT)]
+    owners += [(f.name, f.migrations()) for f in standard_features(settings, desk=False, deliver=False).all]
+    report = await copy_sqlite_to_postgres(source, args.to, owners, connect_timeout=settings.db_connect_timeout)
+    for table, (a, b) in report.counts.items():
+        print(f"{table}: {a} rows in SQLite, {b} in PostgreSQL ({report.copied[table]} copied now)")
+    for table, n in report.left_behind.items():
+        print(f"{table}: {n} rows in SQLite, no PostgreSQL table (its feature has no PostgreSQL store yet)")
+    bad = report.mismatched
+    if bad:
+        print(f"row counts differ: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    print(f"copied {source} to {redact_url(args.to)}: every table's row count matches")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -226,11 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--kill", action="store_true",
                          help="with --telegram: kill -9 the real bot 10 times per mode under 200 users")
     p_bench.add_argument("--quotes", action="store_true", help="also the quote outbox drain")
+    p_bench.add_argument("--postgres", action="store_true",
+                         help="also the engine on PostgreSQL, one and two instances (needs the [dev] extra)")
     p_bench.add_argument("--agents", action="store_true", help="also agents' mirroring")
     # -- Telegram door hooks (logic in bot/tg/cli.py) --
     p_run = sub.add_parser("run", help="run the Telegram bot (long polling; --webhook to serve a webhook)")
     p_run.add_argument("--webhook", action="store_true",
                        help="serve a webhook (WEBHOOK_URL, WEBHOOK_SECRET, WEBHOOK_LISTEN/PORT)")
+    p_migrate = sub.add_parser("migrate-db", help="copy the SQLite database into PostgreSQL (idempotent)")
+    p_migrate.add_argument("--to", required=True, metavar="postgresql://…", help="the target database's URL")
+    p_migrate.add_argument("--db", help="the SQLite file to copy (default BOT_DB)")
     p_backup = sub.add_parser("backup-db", help="copy the database safely while the bot runs")
     p_backup.add_argument("path", help="backup file (or an existing folder: a dated file inside)")
     p_backup.add_argument("--force", action="store_true", help="overwrite an existing backup file")
@@ -295,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             from bot.agents.cli import run_command as agents_command
 
             return agents_command(command, settings, args)
+        if command == "migrate-db":
+            return asyncio.run(_migrate_db(settings, args))
         if command == "bench":
             from bot.testing.bench import run_bench
 

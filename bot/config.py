@@ -97,6 +97,12 @@ def _time_zone(name: str) -> str:
 class Settings:
     # storage and content
     db_path: str = str(ROOT / "var" / "bot.db")
+    # PostgreSQL instead of the SQLite file (several instances on one database): the URL may
+    # hold a password, so it never reaches a log (DATABASE_URL_FILE reads it from a file)
+    database_url: str = field(default="", repr=False)
+    db_pool_size: int = 10  # connections per process (a turn holds one; at most half the pool in turns)
+    db_connect_timeout: int = 5  # seconds to open a connection (and to get one from the pool)
+    db_command_timeout: int = 30  # seconds one statement may take
     content_dir: Path = ROOT / "content"
     flows_dir: Path = ROOT / "flows"
     lang: str = "en"
@@ -145,6 +151,11 @@ class Settings:
             parts.append(f"{f.name}={value!r}")
         return "Settings(" + ", ".join(parts) + ")"
 
+    @property
+    def database(self) -> str:
+        """Where the bot's data lives: DATABASE_URL when set, else the SQLite file BOT_DB."""
+        return self.database_url or self.db_path
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -186,8 +197,19 @@ class Settings:
         if smtp_host and not labs:
             raise ConfigError("SMTP_HOST is set but LAB_EMAIL is empty: name the lab's address(es) "
                               "the quote requests go to, or unset SMTP_HOST to write them to MAILDIR")
+        database_url = _secret(env, "DATABASE_URL")
+        if database_url:
+            scheme, sep, rest = database_url.partition("://")
+            if not sep or scheme.lower() not in ("postgresql", "postgres") or not rest:
+                shown = scheme if sep else "no scheme"
+                raise ConfigError(f"DATABASE_URL must be postgresql://user:password@host:port/database "
+                                  f"(got {shown}://…); unset it to use the SQLite file BOT_DB")
         return cls(
             db_path=env.get("BOT_DB", "").strip() or d.db_path,
+            database_url=database_url,
+            db_pool_size=_int(env, "DB_POOL_SIZE", d.db_pool_size, 2, 200),
+            db_connect_timeout=_int(env, "DB_CONNECT_TIMEOUT", d.db_connect_timeout, 1, 300),
+            db_command_timeout=_int(env, "DB_COMMAND_TIMEOUT", d.db_command_timeout, 1, 3600),
             content_dir=Path(env.get("CONTENT_DIR", "").strip() or d.content_dir),
             flows_dir=Path(env.get("FLOWS_DIR", "").strip() or d.flows_dir),
             lang=env.get("BOT_LANG", "").strip() or d.lang,

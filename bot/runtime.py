@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from bot.config import Settings
 from bot.core.actions import ACTIONS, ActionFn
 from bot.core.answers import AnswerBook, load_answers
 from bot.core.content import Content, load_content
@@ -38,12 +39,14 @@ from bot.core.flows import FlowSet, load_flows, validate_flows
 from bot.core.matcher import Matcher, validate_intents
 from bot.core.semantic import load_encoder
 from bot.learning import LearnedSync
-from bot.store import SQLiteStore
+from bot.store import SQLiteStore, open_store
+from bot.store.leader import Leadership, SoleLeader
 from bot.store.learned import LearnedStore
 
 if TYPE_CHECKING:  # types only: the features' port protocols (no import at run time)
     from bot.agents.ports import GroupGateway
     from bot.escalation.ports import Alerter, FileFetcher, LabNotifier
+    from bot.store.pgstore import PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,10 @@ class Core:
     """What a feature is bound to: the engine (and through it content and flows), the store."""
 
     engine: Engine
-    store: SQLiteStore
+    store: SQLiteStore | PostgresStore
+    # which process does the work that must happen once (the agents' group writer, timers,
+    # retention) when several share one database; SQLite: this one, always
+    leadership: Leadership = field(default_factory=SoleLeader)
 
     @property
     def content(self) -> Content:
@@ -144,17 +150,19 @@ def load_knowledge(content_dir: Path, flows_dir: Path, lang: str = "en",
 @dataclass
 class Runtime:
     knowledge: Knowledge
-    store: SQLiteStore
+    store: SQLiteStore | PostgresStore
     engine: Engine
     features: tuple[Feature, ...] = ()
     owns_store: bool = True
     _started: list[Feature] = field(default_factory=list)
     learning: LearnedSync | None = None  # agents' examples (learn import, /unmatched), read live
+    leadership: Leadership = field(default_factory=SoleLeader)  # see Core.leadership
 
     async def start(self, ports: Ports | None = None) -> None:
         """Start the features' background work, in order (a door calls this once it can offer
         its ports). If one fails, those already started are closed again."""
         ports = ports or Ports()
+        await self.leadership.start()  # competes from now on (SQLite: leads at once)
         for f in self.features:
             if f in self._started:
                 continue
@@ -176,21 +184,26 @@ class Runtime:
 
     async def close(self) -> None:
         await self.stop()
+        await self.leadership.close()  # a leader gives the lock up: another process takes over
         if self.learning is not None:
             await self.learning.stop()
         if self.owns_store:
             await self.store.close()
 
 
-async def open_runtime(db: str | Path | SQLiteStore, content_dir: Path, flows_dir: Path, lang: str = "en", *,
-                       features: Sequence[Feature] = (), knowledge: Knowledge | None = None) -> Runtime:
+async def open_runtime(db: str | Path | SQLiteStore | PostgresStore, content_dir: Path, flows_dir: Path,
+                       lang: str = "en", *, features: Sequence[Feature] = (), knowledge: Knowledge | None = None,
+                       settings: Settings | None = None, leadership: Leadership | None = None) -> Runtime:
     """The bot, assembled: knowledge loaded and validated (or ``knowledge`` as given), the
-    store opened (or ``db`` itself when it is an open store: the caller closes it), the engine
-    with every feature's actions and commands, each feature bound. Nothing runs in the
-    background until ``Runtime.start``."""
+    store opened (``db``: a SQLite path or a ``postgresql://`` URL — pool size and timeouts
+    from ``settings`` — or an open store, which the caller closes), the engine with every
+    feature's actions and commands, each feature bound. Nothing runs in the background until
+    ``Runtime.start`` (which also starts competing for ``leadership``: ``bot.store.leader``;
+    default: this process leads)."""
+    leadership = leadership or SoleLeader()
     knowledge = knowledge or load_knowledge(content_dir, flows_dir, lang, features)
-    owns = not isinstance(db, SQLiteStore)
-    store = await SQLiteStore.open(db) if not isinstance(db, SQLiteStore) else db
+    owns = isinstance(db, (str, Path))
+    store = await open_store(db, settings) if isinstance(db, (str, Path)) else db
     try:
         for f in features:
             await store.database.migrate(f.name, f.migrations())
@@ -205,10 +218,10 @@ async def open_runtime(db: str | Path | SQLiteStore, content_dir: Path, flows_di
         commands.update(f.commands())
     engine = Engine(knowledge.content, knowledge.flows, knowledge.matcher, store,
                     extra_actions=actions, commands=commands)
-    core = Core(engine, store)
+    core = Core(engine, store, leadership)
     for f in features:
         f.bind(core)
-    runtime = Runtime(knowledge, store, engine, tuple(features), owns_store=owns)
+    runtime = Runtime(knowledge, store, engine, tuple(features), owns_store=owns, leadership=leadership)
     # examples agents taught (python -m bot learn import, the group's /unmatched): live
     sync = LearnedSync(LearnedStore(store), knowledge.matcher)
     await sync.refresh()

@@ -31,6 +31,16 @@ if command -v nginx >/dev/null 2>&1; then
     else
         cat "$tmp/nginx.out"; bad "$(nginx -v 2>&1): deploy/nginx-webhook.conf"
     fi
+    # the two-instance snippet: the compose service names swapped for addresses nginx -t can resolve
+    sed -e "s#/etc/letsencrypt/live/bot.example.com/fullchain.pem#$tmp/cert.pem#" \
+        -e "s#/etc/letsencrypt/live/bot.example.com/privkey.pem#$tmp/key.pem#" \
+        -e "s#/var/log/nginx/#$tmp/logs/#" -e "s#bot\([0-9]\):8080#127.0.0.1:1808\1#g" \
+        deploy/nginx-multi.conf > "$tmp/site.conf"
+    if nginx -t -c "$tmp/nginx.conf" 2>"$tmp/nginx.out"; then
+        ok "$(nginx -v 2>&1): deploy/nginx-multi.conf"
+    else
+        cat "$tmp/nginx.out"; bad "$(nginx -v 2>&1): deploy/nginx-multi.conf"
+    fi
 else
     skip "nginx not installed (apt-get install nginx)"
 fi
@@ -71,6 +81,13 @@ if [ -n "$compose" ]; then
         ok "$($compose version | head -n 1): deploy/compose.yaml"
     else
         bad "$compose config deploy/compose.yaml"
+    fi
+    rm -f deploy/.compose-verify.yaml
+    sed "s#$env_file#$PWD/deploy/bot.env.example#" deploy/compose.multi.yaml > deploy/.compose-verify.yaml
+    if POSTGRES_PASSWORD=verify $compose -f deploy/.compose-verify.yaml config >/dev/null; then
+        ok "$($compose version | head -n 1): deploy/compose.multi.yaml"
+    else
+        bad "$compose config deploy/compose.multi.yaml"
     fi
     rm -f deploy/.compose-verify.yaml
 else

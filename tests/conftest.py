@@ -12,8 +12,9 @@ from bot.config import Settings
 from bot.core.engine import Engine
 from bot.features import Features, standard_features
 from bot.runtime import Knowledge, Runtime, load_knowledge, open_runtime
-from bot.store import SQLiteStore
+from bot.store import SQLiteStore, open_store
 from tests.support.chat import ChatDriver
+from tests.support.postgres import empty_database, pg_dsn, pg_server, pg_shared_dsn  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,8 +29,14 @@ def knowledge() -> Knowledge:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = await SQLiteStore.open(tmp_path / "test.db")
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """The conversation store: a SQLite file, or — for a test marked ``@both_stores``
+    (tests/support/postgres.py) — also an emptied database on the session's PostgreSQL server."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        s = await SQLiteStore.open(tmp_path / "test.db")
+    else:
+        s = await open_store(request.getfixturevalue("pg_shared_dsn"))  # type: ignore[assignment]
+        await empty_database(s.database)
     yield s
     await s.close()
 
@@ -43,7 +50,9 @@ def features() -> Features:
 
 @pytest.fixture
 async def runtime(knowledge: Knowledge, store: SQLiteStore, features: Features) -> AsyncIterator[Runtime]:
-    rt = await open_runtime(store, ROOT / "content", ROOT / "flows", features=features.all, knowledge=knowledge)
+    # the agents' store has no PostgreSQL implementation yet: on PostgreSQL, the quote feature only
+    chosen = features.all if store.database.dialect == "sqlite" else (features.quotes,)
+    rt = await open_runtime(store, ROOT / "content", ROOT / "flows", features=chosen, knowledge=knowledge)
     yield rt
     await rt.stop()
     await features.quotes.close()

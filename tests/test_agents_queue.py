@@ -57,7 +57,7 @@ async def taken_over_and_waiting(agents: Agents, uid: int, name: str) -> int:
     )
     await agents.settle()
     n = len(agents.fake.sent(uid))
-    agents.agent_says(uid, f"Hi {name}, Maria here. Which iPhone is it, and how much iCloud space is free?")
+    await agents.take_over(uid, f"Hi {name}, Maria here. Which iPhone is it, and how much iCloud space is free?")
     await agents.fake.wait_for(lambda: len(agents.fake.sent(uid)) >= n + 2, 10, "the relay")
     answer = await agents.user_says(
         uid, "its an iphone 11, i think 2gb free?? also is it normal that photos take forever", first_name=name
@@ -204,12 +204,12 @@ async def test_satisfaction_is_stored_counted_shown_and_survives_forget(rig: Age
     assert "★★★★☆ 4/5" in card.text and "read the 2nd step twice" in card.text
     # a takeover and a hand-back: the person's help is rated too
     n = len(agents.fake.sent(uid))
-    agents.agent_says(uid, "Hi, Maria here - anything else with the backup?")
+    await agents.take_over(uid, "Hi, Maria here - anything else with the backup?")
     await agents.fake.wait_for(lambda: len(agents.fake.sent(uid)) >= n + 2, 10, "the relay")
     agents.agent_says(uid, "/done")
     thread = agents.thread_of(uid)
     prompt = await agents.fake.wait_for(
-        lambda: next((m for m in agents.topic_messages(thread) if m.keyboard), None), 10, "the /done prompt"
+        lambda: agents.prompt(thread, "▶️"), 10, "the /done prompt"
     )
     agents.fake.press(GROUP, label=prompt.labels[1], message_id=prompt.message_id, user_id=AGENT)  # main menu
     await agents.fake.wait_for(

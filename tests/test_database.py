@@ -12,6 +12,7 @@ from bot.escalation import schema as quotes_schema
 from bot.features import standard_features
 from bot.runtime import Knowledge, open_runtime
 from bot.store import SQLiteStore, StoreError
+from bot.store import schema as conversation_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,8 @@ async def test_a_feature_brings_its_own_tables(knowledge: Knowledge, tmp_path: P
             full.store
         )
         versions = dict(await full.store.database.fetchall("SELECT owner, version FROM schema_versions"))
-        assert versions == {"quotes": 2, "agents": len(agents_schema.MIGRATIONS)}
+        assert versions == {"conversations": len(conversation_schema.MIGRATIONS), "quotes": 2,
+                            "agents": len(agents_schema.MIGRATIONS)}
     finally:
         await full.close()
 

@@ -404,3 +404,42 @@ def test_damaged_database_is_refused_at_start_naming_the_file(tmp_path: Path) ->
         out = run_bot(command, env={"BOT_DB": str(db)})
         assert out.returncode == 2, (command, out.stdout, out.stderr)
         assert str(db) in out.stderr and "Traceback" not in out.stderr
+
+
+# -- several instances: PostgreSQL, two bots, nginx in front ---------------------------------------
+COMPOSE_MULTI = DEPLOY / "compose.multi.yaml"
+NGINX_MULTI = DEPLOY / "nginx-multi.conf"
+
+
+def test_multi_instance_compose_runs_two_webhook_bots_on_one_postgres_behind_nginx() -> None:
+    compose = yaml.safe_load(COMPOSE_MULTI.read_text(encoding="utf-8"))
+    services = compose["services"]
+    bots = {n: s for n, s in services.items() if s.get("image") == "backup-bot"}
+    assert len(bots) >= 2
+    drain = Settings().stop_drain_seconds
+    upstream = re.search(r"upstream backup_bot \{(.*?)\}", NGINX_MULTI.read_text(encoding="utf-8"), re.S)
+    assert upstream
+    for name, bot in bots.items():
+        env = bot["environment"]
+        assert env["DATABASE_URL"].startswith("postgresql://") and "@postgres:" in env["DATABASE_URL"]
+        assert "command" not in bot  # the image's default: run --webhook
+        assert bot["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert int(re.fullmatch(r"(\d+)s", bot["stop_grace_period"]).group(1)) >= drain + CLOSE_MARGIN_S
+        assert f"server {name}:{env['WEBHOOK_PORT']} " in upstream.group(1)  # nginx reaches each one
+        assert env["WEBHOOK_LISTEN"] == "0.0.0.0"  # inside the compose network only: no ports published
+        assert "ports" not in bot
+    assert services["postgres"]["healthcheck"]["test"][1] == "pg_isready"
+    nginx = services["nginx"]
+    assert all(nginx["depends_on"][n]["condition"] == "service_healthy" for n in bots)
+    mounted = {v.split(":")[0] for v in nginx["volumes"]}
+    assert "./nginx-multi.conf" in mounted and (COMPOSE_MULTI.parent / "nginx-multi.conf").exists()
+
+
+def test_multi_instance_nginx_passes_a_failed_update_to_the_next_instance() -> None:
+    text = NGINX_MULTI.read_text(encoding="utf-8")
+    hook = re.search(r"location = /telegram \{(.*?)\n    \}", text, re.S)
+    assert hook
+    body = hook.group(1)
+    assert "proxy_pass http://backup_bot;" in body
+    m = re.search(r"proxy_next_upstream ([^;]+);", body)
+    assert m and {"error", "timeout", "http_503", "non_idempotent"} <= set(m.group(1).split())

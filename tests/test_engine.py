@@ -13,6 +13,7 @@ from bot.core.messages import Attachment, EventKind, Inbound
 from bot.runtime import Knowledge
 from bot.store import SQLiteStore
 from tests.support.chat import ChatDriver
+from tests.support.postgres import both_stores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,6 +136,7 @@ async def test_media_outside_a_photo_step_asks_for_text(chat: ChatDriver) -> Non
     assert "engine.media_only_text" in chat.keys
 
 
+@both_stores
 async def test_password_is_never_stored_and_user_is_warned(chat: ChatDriver, store: SQLiteStore) -> None:
     await chat.command("/start")
     await chat.say("my apple id password is Tr0ub4dor&3 and it says verification failed")
@@ -144,11 +146,12 @@ async def test_password_is_never_stored_and_user_is_warned(chat: ChatDriver, sto
     dump = " ".join(r.text for r in rows)
     assert "Tr0ub4dor&3" not in dump and "482913" not in dump
     assert "[redacted]" in dump
-    async with store.db.execute("SELECT text FROM unmatched UNION ALL SELECT state_json FROM conversations") as cur:
-        other = " ".join(r[0] for r in await cur.fetchall())
+    rows = await store.database.fetchall("SELECT text FROM unmatched UNION ALL SELECT state_json FROM conversations")
+    other = " ".join(r[0] for r in rows)
     assert "Tr0ub4dor&3" not in other and "482913" not in other
 
 
+@both_stores
 async def test_transcript_records_intent_and_score(chat: ChatDriver, store: SQLiteStore) -> None:
     await chat.command("/start")
     await chat.say("icloud storage is full so my iphone wont back up")
@@ -178,7 +181,8 @@ async def test_conversation_survives_a_restart(knowledge: Knowledge, tmp_path: P
     await s2.close()
 
 
-async def test_two_quick_messages_are_handled_in_order(engine: Engine) -> None:
+@both_stores
+async def test_two_quick_messages_are_handled_in_order(engine: Engine, store: SQLiteStore) -> None:
     import asyncio
 
     cid = "test:order"

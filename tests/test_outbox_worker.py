@@ -19,9 +19,15 @@ from bot.runtime import Knowledge
 from bot.store import SQLiteStore
 from bot.testing.bench_quotes import bench_quotes
 from bot.testing.smtpd import LocalInbox
+from tests.support.postgres import both_stores
 from tests.test_mail_delivery import FAST, LABS, eventually, fields
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _target(store: SQLiteStore) -> str:
+    """What a second process would open: the SQLite file, or the PostgreSQL URL."""
+    return str(getattr(store.database, "url", store.path))
 
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:
@@ -32,10 +38,11 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
     assert p.server_delay(1, 0.0) == 1 and p.server_delay(10, 0.0) == 30
 
 
+@both_stores
 async def test_two_workers_never_send_a_row_twice(store: SQLiteStore, knowledge: Knowledge) -> None:
     box = LocalInbox()
     await box.start()
-    q1, q2 = await QuoteStore.open(store.path), await QuoteStore.open(store.path)
+    q1, q2 = await QuoteStore.open(_target(store)), await QuoteStore.open(_target(store))
     try:
         for i in range(40):
             await q1.create_quote(f"tg:{i}", fields(name=f"User {i}"))
@@ -77,10 +84,11 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+@both_stores
 async def test_rows_of_a_dead_process_are_taken_back_at_once(
     store: SQLiteStore, knowledge: Knowledge
 ) -> None:
-    qs = await QuoteStore.open(store.path)
+    qs = await QuoteStore.open(_target(store))
     box = LocalInbox()
     await box.start()
     try:
@@ -115,11 +123,12 @@ async def test_rows_of_a_dead_process_are_taken_back_at_once(
         await box.stop()
 
 
+@both_stores
 async def test_a_crash_after_acceptance_resends_with_the_same_message_id(
     store: SQLiteStore, knowledge: Knowledge
 ) -> None:
     """The other duplicate window: the server said 250 but we died before the commit."""
-    qs = await QuoteStore.open(store.path)
+    qs = await QuoteStore.open(_target(store))
     box = LocalInbox()
     await box.start()
     try:
@@ -136,7 +145,7 @@ async def test_a_crash_after_acceptance_resends_with_the_same_message_id(
         # simulate the lost commit: the row is back to "sending" under a dead owner
         import socket
 
-        await qs.db.execute(
+        await qs.database.execute(
             "UPDATE outbox SET status = 'sending', owner = ?, lease_until = ? WHERE ref = ?",
             (f"{socket.gethostname()}:{_dead_pid()}:x", time.time() + 3600, ref),
         )
@@ -149,8 +158,9 @@ async def test_a_crash_after_acceptance_resends_with_the_same_message_id(
         await box.stop()
 
 
+@both_stores
 async def test_stop_gives_claimed_rows_back(store: SQLiteStore) -> None:
-    qs = await QuoteStore.open(store.path)
+    qs = await QuoteStore.open(_target(store))
     try:
         ref, _ = await qs.create_quote("tg:1", fields())
         await qs.claim(time.time(), "me", lease=3600, limit=10)
@@ -179,7 +189,7 @@ async def _run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
 async def test_cli_lists_and_retries(
     store: SQLiteStore, knowledge: Knowledge, tmp_path: Path
 ) -> None:
-    qs = await QuoteStore.open(store.path)
+    qs = await QuoteStore.open(_target(store))
     box = LocalInbox()
     try:
         failed_ref, _ = await qs.create_quote("tg:1", fields())

@@ -23,6 +23,7 @@ from bot.features import Features
 from bot.runtime import Knowledge
 from bot.store import SQLiteStore
 from tests.support.chat import ChatDriver
+from tests.support.postgres import both_stores
 
 
 def engine_content(chat: ChatDriver) -> Content:
@@ -82,7 +83,7 @@ async def to_contact(chat: ChatDriver, damage: str = "water") -> None:
 
 
 async def stored(store: SQLiteStore) -> list[dict[str, object]]:
-    qs = await QuoteStore.open(store.path)
+    qs = await QuoteStore.beside(store)
     try:
         out = []
         for row in await qs.outbox():
@@ -144,6 +145,7 @@ async def test_cases_without_a_cost_row_say_so_and_show_the_table(
     assert "$200 - $500" in chat.text and "$600 - $1,800" in chat.text
 
 
+@both_stores
 async def test_send_stores_request_and_outbox_and_answers_with_a_reference(
     chat: ChatDriver, store: SQLiteStore
 ) -> None:
@@ -170,6 +172,7 @@ async def test_send_stores_request_and_outbox_and_answers_with_a_reference(
     assert "iPhone 13 Pro" in texts and "Anna Smith" in texts
 
 
+@both_stores
 async def test_status_before_during_and_after(chat: ChatDriver) -> None:
     await chat.command("/start")
     await chat.command("/status")
@@ -188,6 +191,7 @@ async def test_status_before_during_and_after(chat: ChatDriver) -> None:
     assert "quote.status_queued" in chat.keys and "quote.status_draft" not in chat.keys
 
 
+@both_stores
 async def test_a_second_send_of_the_same_draft_makes_no_second_request(
     chat: ChatDriver, engine: Engine, store: SQLiteStore, features: Features
 ) -> None:
@@ -400,6 +404,7 @@ async def test_emoji_only_name_is_a_name(chat: ChatDriver) -> None:
     assert "🦊🌸" in chat.text and chat.keys[-1] == "quote.summary"
 
 
+@both_stores
 async def test_photos_are_collected_and_counted(chat: ChatDriver, store: SQLiteStore) -> None:
     await fill(chat, consent=False)
     await chat.press("yes")
@@ -420,7 +425,7 @@ async def test_photos_are_collected_and_counted(chat: ChatDriver, store: SQLiteS
     await chat.press("done")
     assert chat.keys[-1] == "quote.summary" and "2 attached" in chat.text
     await chat.press("send")
-    qs = await QuoteStore.open(store.path)
+    qs = await QuoteStore.beside(store)
     try:
         ref = (await chat.state()).values["q_ref"]
         assert [a[1] for a in await qs.attachments(ref)] == ["file-a", "file-b"]

@@ -354,3 +354,50 @@ async def test_kill_9_loses_and_doubles_nothing(tmp_path: Path, mode: str) -> No
     # if Telegram never got it, it is one of the few the bot logged as caught mid-send
     assert result["lost_replies"] <= result["unsure"], result
 
+
+
+# -- the database away for a moment -----------------------------------------------------------------
+async def test_a_turn_whose_database_fails_for_a_moment_is_run_again_and_answered(
+    runtime: Runtime, tg_knowledge: Knowledge, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    import sqlite3
+
+    real = runtime.engine.handle
+    failures = {"left": 2}
+
+    async def flaky(inbound: Inbound) -> tuple[Reply, ...]:  # the connection drops twice, then is back
+        if failures["left"]:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real(inbound)
+
+    monkeypatch.setattr(runtime.engine, "handle", flaky)
+    async with running_bot(runtime) as bot:
+        new = await bot._push(2101, lambda: bot.fake.send_text(
+            2101, "hey my iphone says backup failed, last one was in march??"), timeout=15)
+        assert len(new) == 1 and "backup" in new[0].text.lower()
+        assert failures["left"] == 0
+        apology = text_of(tg_knowledge, "engine.internal_error")
+        assert all(apology not in m.text for m in bot.fake.sent(2101))
+        assert await runtime.store.database.fetchone(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = 'tg:2101' AND direction = 'in'") == (1,)
+
+
+async def test_when_the_database_stays_away_the_user_is_told_to_try_again(
+    runtime: Runtime, tg_knowledge: Knowledge, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    import sqlite3
+
+    import bot.tg.door as door_module
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(door_module, "STORE_RETRIES", (0.05, 0.05))
+    monkeypatch.setattr(runtime.engine, "handle", down)
+    async with running_bot(runtime) as bot:
+        monkeypatch.setattr(bot.door.tg_store, "finish", down)
+        bot.fake.send_text(2102, "is anyone there, my backup is stuck at 3%")
+        notice = text_of(tg_knowledge, "telegram.database_away")
+        await bot.fake.wait_for(lambda: any(m.text == notice for m in bot.fake.sent(2102)), 10, "the notice")
+        assert [m.text for m in bot.fake.sent(2102) if m.from_bot] == [notice]

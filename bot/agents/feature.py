@@ -8,6 +8,15 @@ Without an agents' group (``AGENT_CHAT_ID`` unset, or no gateway from the door) 
 only records escalations and runs the retention purge. ``desk=False``: no desk at all
 (tests that need only the commands).
 
+Several processes on one database (``Core.leadership``, ``bot.store.leader``): the desk —
+the group's only writer, its timers, the retention purge — runs in the leading process only.
+It is opened when this process becomes the leader (its state read afresh from the database,
+where the previous leader left it; its writer also looks every second for lines the other
+processes stored) and closed when it stops leading. A follower's desk only records its users'
+escalations (``DeskOptions.record_only``): they reach the group through the database, like
+every transcript line. Alerts raised in a follower go to its log. One process (SQLite) always
+leads: nothing changes there.
+
 It is also the quote feature's ``Alerter``: an alert goes to the agents' Escalations topic
 when there is a group, else to the log.
 """
@@ -15,6 +24,8 @@ when there is a group, else to the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Coroutine, Mapping, Sequence
@@ -24,6 +35,7 @@ from bot.config import Settings
 from bot.core.actions import ActionContext, ActionFn, ActionResult
 from bot.core.engine import CommandFn, Engine
 from bot.store import SQLiteStore
+from bot.store.leader import Leadership, SoleLeader
 
 from . import schema
 from .commands import agent_commands
@@ -87,6 +99,8 @@ class Agents:
         self.desk: AgentDesk | None = None
         self._engine: Engine | None = None
         self._store: SQLiteStore | None = None
+        self._leadership: Leadership = SoleLeader()
+        self._terms: asyncio.Task[None] | None = None  # opens/closes the desk as leadership changes
         self._cleanups: set[asyncio.Task[None]] = set()
         self._early_alerts: list[str] = []  # raised before the desk started: posted when it has
 
@@ -125,21 +139,62 @@ class Agents:
     def bind(self, core: Core) -> None:
         self._engine = core.engine
         self._store = core.store
+        self._leadership = core.leadership
 
     async def start(self, ports: Ports) -> None:
-        if not self.with_desk or self.desk is not None:
+        if not self.with_desk or self.desk is not None or self._terms is not None:
             return
         assert self._engine is not None, "bound by open_runtime"
-        chat_id = self.settings.agent_chat_id if ports.agents_group is not None else None
+        if isinstance(self._leadership, SoleLeader):
+            await self._open_desk(ports, self.options)
+        else:
+            await self._open_desk(ports, self._options_for(self._leadership.is_leader))
+            self._terms = asyncio.ensure_future(self._follow(ports))
+
+    def _options_for(self, leading: bool) -> DeskOptions:
+        if leading:
+            return dataclasses.replace(self.options, look_every=1.0)
+        return dataclasses.replace(self.options, record_only=True)
+
+    def _limiter_for(self, options: DeskOptions) -> GroupLimiter | None:
+        """A leader of several processes starts with the group's budget spent (the previous
+        leader may have used it in its last minute): the group's limit holds across a hand-over."""
+        if isinstance(self._leadership, SoleLeader) or options.record_only:
+            return self.limiter
+        limiter = self.limiter or GroupLimiter(options.group_limit, options.group_window, reserve=options.reserve)
+        limiter.assume_spent()
+        return limiter
+
+    async def _follow(self, ports: Ports) -> None:
+        """The leader's desk while this process leads, a recording one while it follows."""
+        lead = self._leadership
+        while True:
+            leads = self.desk is not None and not self.desk.options.record_only
+            await (lead.wait_lost() if leads else lead.wait_leader())
+            if lead.is_leader == leads:
+                continue
+            try:
+                desk, self.desk = self.desk, None
+                if desk is not None:
+                    await desk.close()
+                await self._open_desk(ports, self._options_for(lead.is_leader))
+            except Exception:  # tried again in a moment (or at the next change of leadership)
+                log.exception("agents' desk: changing over after a change of leadership failed")
+                await asyncio.sleep(5.0)
+
+    async def _open_desk(self, ports: Ports, options: DeskOptions) -> None:
+        assert self._engine is not None, "bound by open_runtime"
+        group = None if options.record_only else ports.agents_group
+        chat_id = self.settings.agent_chat_id if group is not None else None
         self.desk = AgentDesk(
             self._engine,
             self.store,
-            ports.agents_group,
+            group,
             chat_id=chat_id,
             admin_ids=self.settings.admin_ids,
-            options=self.options,
+            options=options,
             clock=self.clock,
-            limiter=self.limiter,
+            limiter=self._limiter_for(options),
             quotes=self.quotes,
         )
         await self.desk.start()
@@ -148,6 +203,11 @@ class Agents:
             await self.desk.alert(text)
 
     async def close(self) -> None:
+        terms, self._terms = self._terms, None
+        if terms is not None:
+            terms.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await terms
         desk, self.desk = self.desk, None
         try:
             if desk is not None:

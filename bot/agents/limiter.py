@@ -76,6 +76,12 @@ class GroupLimiter:
         self.retry_afters += 1
         self._blocked_until = max(self._blocked_until, self.clock.now() + seconds)
 
+    def assume_spent(self) -> None:
+        """Count the whole window as used just now: a new leader of several processes cannot
+        know what the previous one spent in its last minute, so it waits one window."""
+        now = self.clock.now()
+        self._stamps.extend([now] * max(0, self.limit - len(self._stamps)))
+
     def used(self) -> int:
         self._prune(self.clock.now())
         return len(self._stamps)

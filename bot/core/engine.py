@@ -17,6 +17,7 @@ import logging
 import re
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 
 from rapidfuzz import fuzz
@@ -27,7 +28,7 @@ from .answers import AnswerHit, Card
 from .content import Content
 from .flows import MENU, FlowSet, Step
 from .messages import Button, EventKind, Hint, Inbound, MatchResult, Reply
-from .ports import ConversationStore, Direction, Entry, State
+from .ports import ConversationStore, Direction, Entry, State, TurnScope
 from .redact import screen, strip_secrets
 from .values import MAX_TEXT, clean_text, parse_email, parse_size_gb, parse_text, phone_candidate
 
@@ -153,6 +154,10 @@ class Engine:
         self.commands.update(commands or {})
         self.listeners: list[Listener] = []
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # a store shared by several processes holds the conversation across them for a turn
+        self._scope: Callable[[str], AbstractAsyncContextManager[object]] | None = (
+            store.turn if isinstance(store, TurnScope) else None
+        )
         self._yes = tuple(_norm(w) for w in content.words("engine.yes_words"))
         self._no = tuple(_norm(w) for w in content.words("engine.no_words"))
         self._exact = frozenset(_norm(w) for w in content.words("engine.exact_words"))
@@ -171,7 +176,8 @@ class Engine:
         # mirror or mail, logs) ever sees a secret the user typed.
         inbound, secret = screen(inbound)
         lock = self.lock_for(inbound.conversation_id)
-        async with lock:
+        scope = self._scope(inbound.conversation_id) if self._scope is not None else nullcontext()
+        async with lock, scope:
             state = await self.store.load_state(inbound.conversation_id)
             if state is None:
                 state = State(inbound.conversation_id, user_name=inbound.user_name)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -60,3 +61,14 @@ class ConversationStore(Protocol):
         """Write the new state and the turn's transcript lines in one transaction (with the
         anonymous counters for the turn's ``events``, e.g. ``quote_sent``)."""
         ...
+
+
+@runtime_checkable
+class TurnScope(Protocol):
+    """Optional, on a store that several processes share: ``turn(conversation_id)`` holds the
+    conversation across processes for one turn — the engine loads and saves inside it (one
+    transaction), so turns of one conversation stay strictly ordered whichever process runs
+    them. A store of one process needs none: the engine's in-process lock is enough."""
+
+    def turn(self, conversation_id: str) -> AbstractAsyncContextManager[object]: ...
+

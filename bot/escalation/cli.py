@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.core.content import load_content
+from bot.store import is_postgres
 
 from .ports import OutboxRow
 from .reference import normalize_reference
@@ -49,11 +50,11 @@ def _ts(value: float | None) -> str:
 
 async def outbox_command(settings: Settings, args: argparse.Namespace) -> int:
     # the same default as `run` and `chat` (BOT_DB); a missing file is a typo, not a new database
-    db = args.db or settings.db_path
-    if db != ":memory:" and not Path(db).is_file():
+    db = args.db or settings.database
+    if db != ":memory:" and not is_postgres(db) and not Path(db).is_file():
         print(f"no database at {db} (set BOT_DB or use --db)", file=sys.stderr)
         return 2
-    qs = await QuoteStore.open(db)
+    qs = await QuoteStore.open(db, settings)
     try:
         if args.action == "retry":
             return await _retry(settings, qs, args)

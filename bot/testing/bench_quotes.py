@@ -40,7 +40,7 @@ async def _seed_transcripts(qs: QuoteStore, n: int, lines: int, now: float) -> N
                     f"message {j} of conversation {i}: my iPhone fell into water <b>help</b>",
                 )
             )
-    await qs.db.executemany(
+    await qs.database.executemany(
         "INSERT INTO messages (conversation_id, ts, direction, kind, text) VALUES (?, ?, ?, ?, ?)",
         rows,
     )

@@ -61,6 +61,7 @@ async def run(settings: Settings, *, webhook: bool = False, stop: asyncio.Event 
 
     from bot.features import standard_features
     from bot.runtime import open_runtime
+    from bot.store.leader import leadership_for
 
     from .features import attach_features
     from .service import TelegramService
@@ -72,9 +73,17 @@ async def run(settings: Settings, *, webhook: bool = False, stop: asyncio.Event 
             loop.add_signal_handler(sig, stop.set)
     api_host = urlsplit(settings.telegram_base_url).netloc  # never the token
     features = standard_features(settings)
-    runtime = await open_runtime(settings.db_path, settings.content_dir, settings.flows_dir, settings.lang,
-                                 features=features.all)
-    log.info("database: %s", settings.db_path)
+    # several processes on one PostgreSQL database: one of them (per bot) polls, runs the
+    # agents' desk, timers and retention; SQLite: this one
+    bot_id = settings.telegram_token.split(":", 1)[0]  # the bot's public id, never the secret part
+    leadership = leadership_for(settings.database_url, key=f"bot:{bot_id}")
+    chosen = features.all
+    if settings.database_url:  # the agents' store has no PostgreSQL implementation yet
+        chosen = (features.quotes,)
+        log.warning("PostgreSQL: the agents' desk, /privacy and /forget (the agents feature) are not available yet")
+    runtime = await open_runtime(settings.database, settings.content_dir, settings.flows_dir, settings.lang,
+                                 features=chosen, settings=settings, leadership=leadership)
+    log.info("database: %s", runtime.store.path)
     service: TelegramService | None = None
     code = 0
     try:

@@ -91,6 +91,10 @@ ERROR_KEY = "engine.internal_error"
 EDITED_KEY = "telegram.edited_message"
 PRIVATE_ONLY_KEY = "telegram.private_only"
 STALE_KEY = "engine.stale_button"
+DB_AWAY_KEY = "telegram.database_away"
+# a store error in a turn (a lost database connection, a fail-over): nothing of the turn was
+# saved, so it is run again after these pauses; then the user is told to try again
+STORE_RETRIES = (0.5, 1.0, 2.0, 4.0)
 MISSED_KEY = "telegram.missed_answer"
 AGAIN_COMMAND = "again"  # the current step shown again (after an answer that never arrived)
 # Only for the error path, when content lacks ERROR_KEY (the error must still be answered).
@@ -384,7 +388,7 @@ class TelegramDoor:
                 if self._stopping:
                     return
                 try:
-                    jobs = await self._process(work)
+                    jobs = await self._process_retrying(work)
                 except Exception as exc:  # the one broad catch: logged, the user gets the apology
                     jobs = await self._failed(work, exc)
         finally:
@@ -429,6 +433,19 @@ class TelegramDoor:
             await self._answer(work.callback, "")
         return jobs
 
+    async def _process_retrying(self, work: Work) -> list[Job]:
+        """``_process``, run again while the database fails (the turn was rolled back)."""
+        for pause in STORE_RETRIES:
+            try:
+                return await self._process(work)
+            except self.tg_store.errors as exc:
+                if self._stopping:
+                    raise
+                log.warning("update %s: the database failed (%s); the turn runs again in %.1f s",
+                            work.update_id, exc, pause)
+                await asyncio.sleep(pause)
+        return await self._process(work)
+
     async def _failed(self, work: Work, exc: Exception) -> list[Job]:
         log.error("update %s failed: %s: %s", work.update_id, type(exc).__name__, exc, exc_info=exc)
         if work.callback is not None and not self.was_answered(work.callback.id):
@@ -440,6 +457,7 @@ class TelegramDoor:
             jobs = await self.tg_store.finish(work.update_id, specs, status="failed")
         except Exception as exc2:  # the database itself is failing: the update stays new
             log.error("update %s: could not record the failure: %s", work.update_id, exc2)
+            await self._tell_database_away(work)
             return []
         self._queue(jobs)
         if self.sender is not None:
@@ -640,6 +658,17 @@ class TelegramDoor:
         return chat_id in self._blocked
 
     # -- the one error handler --------------------------------------------------------------
+    async def _tell_database_away(self, work: Work) -> None:
+        """The database is away (nothing can be queued): the user is told to try again in a
+        moment, straight through the Bot API."""
+        if work.kind != "turn" or work.chat_id in self._blocked or not self.content.has(DB_AWAY_KEY):
+            return
+        assert self.application is not None
+        try:
+            await self.application.bot.send_message(work.chat_id, self.content.text(DB_AWAY_KEY))
+        except TelegramError as exc:
+            log.warning("update %s: could not tell the user to try again: %s", work.update_id, exc)
+
     def error_text(self) -> str:
         try:
             return self.content.text(ERROR_KEY)

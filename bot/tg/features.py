@@ -13,24 +13,30 @@ stop in ``run``.
 * ``attach_features(service, runtime, settings, features)`` — called by ``python -m bot run``
   before the service starts: ``runtime.start(ports)`` after getMe (then the agents' PTB
   handler goes in, before the door's), ``runtime.stop()`` after the last update in flight,
-  before PTB shuts down.
+  before PTB shuts down. The handler hands agents' updates to whichever desk the feature has
+  now: with several processes only the leader has one (``bot.agents.feature``); the webhook
+  of a follower refuses the agents' chat's updates (503), so the load balancer passes them
+  to the leader (or Telegram sends them again).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import mimetypes
 from typing import Any
 from urllib.parse import quote
 
+from telegram import Update
 from telegram.error import BadRequest, TelegramError
+from telegram.ext import TypeHandler
 
 from bot.config import Settings
 from bot.escalation.ports import ChatAlerter, FileTooLarge
 from bot.features import Features
 from bot.runtime import Ports, Runtime
 
-from .agents_gateway import PTBGateway, install
+from .agents_gateway import AGENTS_GROUP, AgentUpdates, PTBGateway
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,29 @@ def safe_file_path(path: str) -> bool:
     return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
+class _CurrentDesk:
+    """What the agents' handler submits to: the feature's desk of the moment (it comes and goes
+    with leadership when several processes share the database)."""
+
+    def __init__(self, agents: Any) -> None:
+        self.agents = agents
+
+    def _leading(self) -> Any:
+        desk = self.agents.desk
+        return desk if desk is not None and desk.enabled else None  # a follower's desk only records
+
+    def submit(self, item: Any) -> None:
+        desk = self._leading()
+        if desk is not None:
+            desk.submit(item)
+        else:  # polling: only the leader polls; webhook: a follower refuses the agents' chat
+            log.warning("an agents' group update reached a process that does not lead: not handled")
+
+    async def is_agent(self, user_id: int) -> bool:
+        desk = self._leading()
+        return desk is not None and bool(await desk.is_agent(user_id))
+
+
 def telegram_ports(service: Any, settings: Settings, features: Features) -> Ports:
     bot = service.application.bot
     group = None
@@ -100,12 +129,14 @@ def telegram_ports(service: Any, settings: Settings, features: Features) -> Port
 async def attach_features(service: Any, runtime: Runtime, settings: Settings, features: Features) -> None:
     """Start the features with a TelegramService (after getMe), stop them before PTB shuts down."""
     ports = telegram_ports(service, settings, features)
+    if features.agents not in runtime.features:  # left out (PostgreSQL, for now): no agents' group
+        ports = dataclasses.replace(ports, agents_group=None, alerter=None)
 
     async def start() -> None:
         await runtime.start(ports)
-        desk = features.agents.desk
-        if desk is not None:
-            install(service.application, desk)
+        if ports.agents_group is not None and settings.agent_chat_id is not None:
+            handler = AgentUpdates(_CurrentDesk(features.agents), settings.agent_chat_id)  # type: ignore[arg-type]
+            service.application.add_handler(TypeHandler(Update, handler), group=AGENTS_GROUP)
 
     service.on_start.append(start)
     service.on_stop.append(runtime.stop)

@@ -111,6 +111,12 @@ class Intake:
                 self._done(uid)
         return highest
 
+    def take(self, updates: Sequence[tuple[int, str]]) -> None:
+        """Queue stored updates taken over from another instance (several processes on one
+        database: ``bot.tg.store_pg``), in order."""
+        for item in updates:
+            self._todo.put_nowait(item)
+
     def _done(self, uid: int) -> None:
         if self.on_done is not None:
             self.on_done(uid)

@@ -7,6 +7,12 @@ queued go out) and the intake (updates it stored but did not finish are handled 
 then polling (``deleteWebhook`` + our own ``getUpdates`` loop, ``bot.tg.intake.Poller``) or
 the webhook server and ``setWebhook`` (secret token + ``allowed_updates``).
 
+Several processes on one database (``runtime.leadership``, ``bot.store.leader``): only the
+leader polls — a follower waits and takes over polling within a few seconds of the leader's
+death; in webhook mode every process serves the webhook, but a follower refuses updates from
+the agents' chat (503: the load balancer tries the next instance, Telegram retries), since
+only the leader has the agents' desk.
+
 Stop (bounded: ``settings.stop_drain_seconds`` + about 1 s): take no more updates (stop
 polling / close the webhook server), start no new turn (stored updates wait for the next
 start), finish the turns in flight until the drain deadline, let requests already on the
@@ -17,6 +23,7 @@ not keep the others from running) and shut PTB down. The caller closes the datab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import ipaddress
 import logging
@@ -31,11 +38,13 @@ from telegram.ext import Application, ApplicationBuilder
 from telegram.request import HTTPXRequest
 
 from bot.config import Settings
+from bot.store.leader import SoleLeader, lead
 
 from .door import ALLOWED_UPDATES, TelegramDoor
 from .http import AiohttpRequest
 from .intake import Intake, Poller
 from .ratelimit import DoorRateLimiter, RateLimits
+from .store_pg import chat_of, telegram_store
 from .webhook import WebhookServer
 
 log = logging.getLogger(__name__)
@@ -121,6 +130,12 @@ def build_application(
     return builder.build()
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class TelegramService:
     """One running bot: the Application, the door, the intake and (webhook mode) the HTTP server."""
 
@@ -166,12 +181,17 @@ class TelegramService:
             service_chats=service_chats,
             max_parallel=max_parallel,
             typing_after=typing_after,
+            tg_store=telegram_store(runtime.store.database),
         )
         self.door.install(self.application)
         self.intake = Intake(
             self.application, self.door.tg_store, self.door.claimed, on_done=lambda uid: self.door.notify(uid, 0)
         )
         self.poller: Poller | None = None
+        self.leadership = getattr(runtime, "leadership", None) or SoleLeader()
+        self._polling: asyncio.Task[None] | None = None  # polls while this process leads
+        self._adopting: asyncio.Task[None] | None = None
+        self.adopt_every = 1.0
         self.server: WebhookServer | None = None
         self.webhook_secret = settings.webhook_secret
         self._webhook_port = settings.webhook_port if webhook_port is None else webhook_port
@@ -194,26 +214,65 @@ class TelegramService:
         await app.start()
         await self.door.start_sending()
         await self.intake.start()
+        if hasattr(self.door.tg_store, "adopt"):  # several instances: take over what a dead one left
+            self._adopting = asyncio.ensure_future(self._adopt())
         if self.webhook:
             await self._start_webhook()
         else:
             await app.bot.delete_webhook(drop_pending_updates=False)
-            self.poller = Poller(
-                self._requests[1],
-                app.bot.base_url,
-                self.intake,
-                timeout=self.poll_timeout,
-                allowed_updates=ALLOWED_UPDATES,
-                on_fatal=self._fatal,
-                read_timeout=self.updates_read_timeout,
-            )
-            await self.poller.start()
+            if self.leadership.is_leader:
+                await self._start_poller()
+            self._polling = asyncio.ensure_future(lead(self.leadership, self._poll_while_leading, "polling"))
         self._started = True
         log.info(
             "Telegram bot @%s running (%s)",
             app.bot.username,
             "webhook" if self.webhook else "long polling",
         )
+
+    async def _start_poller(self) -> None:
+        self.poller = Poller(
+            self._requests[1],
+            self.application.bot.base_url,
+            self.intake,
+            timeout=self.poll_timeout,
+            allowed_updates=ALLOWED_UPDATES,
+            on_fatal=self._fatal,
+            read_timeout=self.updates_read_timeout,
+        )
+        await self.poller.start()
+
+    async def _poll_while_leading(self) -> None:
+        """Polling for one term of leadership: stopped (cancelled) when this process stops leading."""
+        if self.poller is None:
+            await self._start_poller()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            poller, self.poller = self.poller, None
+            if poller is not None:
+                await poller.stop()
+
+    async def _adopt(self) -> None:
+        """Every second: the updates and messages of instances that died (or handed to this
+        one) are handled and sent here (``bot.tg.store_pg``)."""
+        store: Any = self.door.tg_store
+        while True:
+            await asyncio.sleep(self.adopt_every)
+            try:
+                updates, jobs = await store.adopt()
+            except store.errors as exc:  # the database is away: the next round tries again
+                log.warning("taking over another instance's work failed: %s", exc)
+                continue
+            if updates:
+                self.intake.take(updates)
+            if jobs and self.door.sender is not None:
+                self.door.sender.add(jobs)
+
+    def _refuses(self, raw: dict[str, Any]) -> bool:
+        """A follower leaves the agents' chat to the leader (webhook: answered 503)."""
+        return self.settings.agent_chat_id is not None and not self.leadership.is_leader \
+            and chat_of(raw) == self.settings.agent_chat_id
 
     async def _start_webhook(self) -> None:
         settings = self.settings
@@ -230,6 +289,7 @@ class TelegramService:
             path=webhook_path(settings.webhook_url),
             secret=self.webhook_secret,
             health=self.health,
+            refuse=self._refuses,
         )
         await self.server.start()  # listen first, then tell Telegram where
         await self.application.bot.set_webhook(
@@ -250,16 +310,18 @@ class TelegramService:
         return self.poller is not None and self.poller.running
 
     async def health(self) -> dict[str, Any]:
-        ok = self.application.running and (self.webhook or self.polling)
+        leading = self.leadership.is_leader  # a follower in polling mode waits: that is healthy
+        ok = self.application.running and (self.webhook or self.polling or not leading)
         db = "ok"
         try:
-            await self.runtime.store.db.execute_fetchall("SELECT 1")  # no cursor left open
+            await self.runtime.store.database.fetchone("SELECT 1")  # SQLite or PostgreSQL alike
         except Exception as exc:
             db, ok = type(exc).__name__, False
         return {
             "ok": ok,
             "mode": "webhook" if self.webhook else "polling",
             "db": db,
+            "leader": leading,
             "in_flight": self.door.in_flight,
             "queued": self.door.sender.pending() if self.door.sender else 0,
         }
@@ -274,8 +336,14 @@ class TelegramService:
         steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         if self.server is not None:
             steps.append(("the webhook server", self.server.stop))
+        if self._polling is not None:
+            polling, self._polling = self._polling, None
+            steps.append(("polling", lambda: _cancel(polling)))
         if self.poller is not None:
             steps.append(("polling", self.poller.stop))
+        if self._adopting is not None:
+            adopting, self._adopting = self._adopting, None
+            steps.append(("taking over", lambda: _cancel(adopting)))
         steps.append(("the intake", self.intake.stop))
         for name, step in steps:
             await self._step(name, step)

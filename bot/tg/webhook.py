@@ -6,7 +6,8 @@ without the right ``X-Telegram-Bot-Api-Secret-Token`` (missing, wrong, or not ev
 and only then answered 200: a kill before that makes Telegram deliver it again, a repeat is
 ignored. A body that is JSON but has no usable ``update_id`` is logged and answered 200, so
 it cannot hold Telegram's queue; a database that cannot store it answers 500 (Telegram
-retries). ``GET /healthz`` answers 200 with a small JSON
+retries). ``refuse(update)`` true: 503 before anything is stored (a follower of several
+instances leaves the agents' chat to the leader). ``GET /healthz`` answers 200 with a small JSON
 status while the bot runs and the database answers, 503 otherwise.
 """
 
@@ -39,6 +40,7 @@ class WebhookServer:
         path: str,
         secret: str,
         health: Callable[[], Awaitable[dict[str, Any]]],
+        refuse: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         if not secret:
             raise ValueError("a webhook needs a secret token")
@@ -49,6 +51,7 @@ class WebhookServer:
         self.path = path if path.startswith("/") else f"/{path}"
         self._secret = secret.encode()
         self._health = health
+        self._refuse = refuse
         self._runner: web.AppRunner | None = None
         self.received = 0
         self.refused = 0
@@ -93,6 +96,8 @@ class WebhookServer:
         if update_id_of(data) is None:  # answering non-2xx would hold Telegram's queue
             log.error("webhook body is not an update (no usable update_id): dropped")
             return web.Response(text="ignored")
+        if self._refuse is not None and self._refuse(data):
+            return web.Response(status=503, text="not this instance")  # the balancer tries another
         try:
             await self.intake.accept([data])
         except self.intake.store.errors as exc:

@@ -178,13 +178,15 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
                 self.st.media.setdefault(cid, deque()).append(UserMedia(cid, chat, mid, kind, ts))
             self.st.esc_pending = await reg.escalations_after(self.st.esc_cursor, limit=1000)
             self.st.esc_known = max([self.st.esc_cursor] + [r.id for r in self.st.esc_pending])
-        await self._reconcile_pauses()
+        if not self.options.record_only:  # a follower leaves pauses and timers to the leader
+            await self._reconcile_pauses()
         if self.enabled:
             await self._load_waiting()
         if self.on_turn not in self.engine.listeners:
             self.engine.listeners.append(self.on_turn)
         self._spawn(self._recorder(), "agents-recorder")
-        self._spawn(self._timers(), "agents-timers")
+        if not self.options.record_only:
+            self._spawn(self._timers(), "agents-timers")
         if self.enabled:
             self._spawn(self._writer(), "agents-writer")
             self._spawn(self._agent_worker(), "agents-inbox")

@@ -221,9 +221,11 @@ class MirrorPart:
     async def _idle(self) -> None:
         self.st.writer_idle = True
         try:
-            await self._wait(self._wake, None)
+            await self._wait(self._wake, self.options.look_every)
         finally:
             self.st.writer_idle = False
+        if self.options.look_every is not None:  # other processes may have stored lines or deletions
+            self.st.maybe_new = self.st.trash_dirty = True
 
     def _new_rows(self, *, escalation: bool = False) -> None:
         """Rows were stored (a turn, a note, a flag): the writer reads them at its next slot.

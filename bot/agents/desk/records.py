@@ -199,6 +199,11 @@ class DeskOptions:
     member_cache_seconds: float = 600.0
     record_every: float = 0.05  # real seconds the recorder collects turns before one pass
     max_backoff: float = 60.0
+    # several processes on one database (``bot.agents.feature``): the leader's writer also looks
+    # this often for lines and deletions other processes stored; a follower's desk only records
+    # its turns' escalations (no group, no timers, no purge)
+    look_every: float | None = None
+    record_only: bool = False
     forget_by_group_admins: bool = False  # FORGET_BY_GROUP_ADMINS: group administrators may erase too
     quote_retention_days: int = 365  # QUOTE_RETENTION_DAYS
     wait_alert_seconds: float = 5 * 60.0  # AGENT_WAIT_ALERT_MINUTES: unanswered during a takeover

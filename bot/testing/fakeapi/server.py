@@ -54,6 +54,8 @@ class FakeBotAPI(UserActions, BotMethods):
         self._next_update_id = 1
         self.allowed_updates: list[str] | None = None
         self.served_at: dict[int, float] = {}
+        self._polls: dict[int, web.Request] = {}  # getUpdates requests being answered now
+        self.polls_at_once = 0  # the most from connected clients at one moment (Telegram: 409)
         self.webhook_url = ""
         self.webhook_secret = ""
         self.webhook_deliveries: list[tuple[int, int]] = []  # (update_id, HTTP status)
@@ -389,6 +391,10 @@ class FakeBotAPI(UserActions, BotMethods):
         params, files = await self._read_params(request)
         call = Call(next(self._seq), method, params, files, received_at=self.clock())
         self.calls.append(call)
+        if method == "getUpdates":  # a poll whose client went away (a stopped poller) is not counted
+            self._polls = {k: r for k, r in self._polls.items() if r.transport and not r.transport.is_closing()}
+            self._polls[id(request)] = request
+            self.polls_at_once = max(self.polls_at_once, len(self._polls))
         for listener in self.on_call:
             listener(call)
         self._changed()
@@ -416,6 +422,7 @@ class FakeBotAPI(UserActions, BotMethods):
         except ApiError as exc:
             status, body = exc.status, exc.body()
             call.error = exc.description
+        self._polls.pop(id(request), None)
         call.status = status
         call.done_seq = next(self._done_seq)
         call.answered_at = self.clock()
