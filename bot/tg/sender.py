@@ -39,7 +39,7 @@ from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from .http import JSONRequestData, never_reached_server, server_refused
-from .store import ANSWER, Job, TelegramStore
+from .store import ANSWER, HOUSEKEEPING, Job, TelegramStore
 from .ratelimit import RESERVED
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,10 @@ class Sender:
         max_on_wire: int = 24,
     ) -> None:
         self.bot = bot
-        self._wire_slots = asyncio.Semaphore(max_on_wire)
+        # connections for requests waiting for or on the wire, apart per priority: housekeeping
+        # waiting for its (rarer) rate-limit slots must never hold the connections answers need
+        housekeeping = max(1, max_on_wire // 3)
+        self._wire_slots = {ANSWER: asyncio.Semaphore(max_on_wire - housekeeping), HOUSEKEEPING: asyncio.Semaphore(housekeeping)}
         self.store = store
         self.limiter = limiter
         self.on_blocked = on_blocked
@@ -248,8 +251,11 @@ class Sender:
             # a connection first (fewer requests at once than the transport has connections),
             # then the rate-limit slot, then the mark: a marked request leaves at once — it
             # never waits for a connection, so a kill finds few "sending" that had not left
-            async with self._wire_slots:
-                await self.limiter.acquire(chat_id, job.priority)
+            async with self._wire_slots[ANSWER if job.priority == ANSWER else HOUSEKEEPING]:
+                if job.priority == ANSWER:
+                    await self.limiter.acquire(chat_id, job.priority)
+                elif not await self._acquire_unless_answered(chat_id, job.priority):
+                    continue  # an answer for this chat came in meanwhile: it goes first
                 if self._stopping:
                     return
                 self._current[chat_id] = job.id
@@ -286,6 +292,30 @@ class Sender:
             self._on_wire.add(record)
             record.add_done_callback(self._on_wire.discard)
             self._finish(job)
+
+    async def _acquire_unless_answered(self, chat_id: int, priority: int) -> bool:
+        """Housekeeping's rate-limit slot; given up (False) as soon as an answer for the same
+        chat is queued, so a user never waits behind their own chat's tidying up."""
+        nudge = self._nudge.setdefault(chat_id, asyncio.Event())
+        acquire = asyncio.ensure_future(self.limiter.acquire(chat_id, priority))
+        try:
+            while True:
+                nudge.clear()
+                if any(j.priority == ANSWER for j in self._jobs.get(chat_id, ())):
+                    return False
+                nudged = asyncio.ensure_future(nudge.wait())
+                try:
+                    await asyncio.wait({acquire, nudged}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    nudged.cancel()
+                if acquire.done():
+                    acquire.result()
+                    return True
+        finally:
+            if not acquire.done():
+                acquire.cancel()  # the limiter skips a cancelled waiter: its slot stays free
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acquire
 
     async def _record(self, job: Job, status: str, message_id: int | None, error: str) -> None:
         retire = await self._settle(job, status, message_id, error)

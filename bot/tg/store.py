@@ -137,9 +137,10 @@ class _GroupCommit:
     """Many small writes from many coroutines, one transaction: callers that arrive while a
     batch is open join it (the sender marks and settles hundreds of messages a second)."""
 
-    def __init__(self, store: SQLiteTelegramStore, write: Any) -> None:
+    def __init__(self, store: SQLiteTelegramStore, write: Any, *, own_connection: bool = False) -> None:
         self.store = store
         self.write = write  # async (conn, items) -> dict[key, result]; one statement or its own transaction
+        self.own_connection = own_connection  # the marks' connection when there is one (no shared lock)
         self.items: list[Any] = []
         self.waiter: asyncio.Future[dict[Any, Any]] | None = None
 
@@ -152,10 +153,12 @@ class _GroupCommit:
 
     async def _flush(self, waiter: asyncio.Future[dict[Any, Any]]) -> None:
         await asyncio.sleep(0)  # let the callers of this loop turn join
-        async with self.store.lock:
+        own = self.store._marks_db if self.own_connection else None
+        lock = self.store._marks_lock if own is not None else self.store.lock
+        async with lock:
             items, self.items, self.waiter = self.items, [], None
             try:
-                result = await self.write(self.store.conn, items)
+                result = await self.write(own or self.store.conn, items)
             except Exception as exc:  # every caller of the batch sees it
                 waiter.set_exception(exc)
                 return
@@ -181,7 +184,8 @@ class SQLiteTelegramStore:
 
     def __init__(self, database: Any) -> None:
         self.database = database
-        self._marks = _GroupCommit(self, _write_marks)
+        self._marks = _GroupCommit(self, _write_marks, own_connection=True)
+        self._marks_lock = asyncio.Lock()
         self._settles = _GroupCommit(self, self._write_settles)
         self._marks_db: aiosqlite.Connection | None = None
 
@@ -282,14 +286,8 @@ class SQLiteTelegramStore:
         return jobs, unsure
 
     async def sending(self, job_ids: Sequence[int]) -> None:
-        if self._marks_db is not None:
-            # BEGIN IMMEDIATE: an autocommit UPDATE reads first, and upgrading that read to a
-            # write after another connection committed fails at once ("database is locked")
-            ids = ",".join(str(int(i)) for i in job_ids)  # integers only: safe to inline
-            await self._marks_db.executescript(
-                f"BEGIN IMMEDIATE; UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN ({ids}); COMMIT;"
-            )
-            return
+        # marks arriving together (many chats' requests leaving at once) share one commit:
+        # under load each commit waits for the turns' write lock
         await self._marks.add(list(job_ids))
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[Job]:
@@ -334,10 +332,11 @@ def _jobs(ids: Sequence[int], specs: Sequence[JobSpec], update_id: int | None, n
 
 
 async def _write_marks(conn: aiosqlite.Connection, items: list[list[int]]) -> dict[Any, Any]:
-    ids = [i for batch in items for i in batch]
-    await conn.execute(
-        "UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN (SELECT value FROM json_each(?))",
-        (json.dumps(ids),),
+    # BEGIN IMMEDIATE: an autocommit UPDATE reads first, and upgrading that read to a write
+    # after another connection committed fails at once ("database is locked")
+    ids = ",".join(str(int(i)) for batch in items for i in batch)  # integers only: safe to inline
+    await conn.executescript(
+        f"BEGIN IMMEDIATE; UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN ({ids}); COMMIT;"
     )
     return {}
 
