@@ -52,12 +52,8 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     db = args.db or settings.database
     undelivered: list[str] = []
     features = standard_features(settings, desk=False)  # no agents' group in a terminal
-    chosen = features.all
-    if is_postgres(db):  # the agents' store has no PostgreSQL implementation yet
-        chosen = (features.quotes,)
-        log.warning("PostgreSQL: /privacy and /forget (the agents feature) are not available yet")
     runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
-                                 features=chosen, settings=settings)
+                                 features=features.all, settings=settings)
     db = runtime.store.path  # what we show: a PostgreSQL URL without its password
     hub = features.quotes
     try:

@@ -50,9 +50,7 @@ def features() -> Features:
 
 @pytest.fixture
 async def runtime(knowledge: Knowledge, store: SQLiteStore, features: Features) -> AsyncIterator[Runtime]:
-    # the agents' store has no PostgreSQL implementation yet: on PostgreSQL, the quote feature only
-    chosen = features.all if store.database.dialect == "sqlite" else (features.quotes,)
-    rt = await open_runtime(store, ROOT / "content", ROOT / "flows", features=chosen, knowledge=knowledge)
+    rt = await open_runtime(store, ROOT / "content", ROOT / "flows", features=features.all, knowledge=knowledge)
     yield rt
     await rt.stop()
     await features.quotes.close()

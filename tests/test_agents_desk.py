@@ -1,6 +1,9 @@
 """The agents' desk against an in-memory gateway: mirroring, cards, escalations, takeover,
 hand-back, pause expiry, relays, privacy, the agents' tools. (Through real HTTP and PTB:
-tests/test_agents_telegram.py.)"""
+tests/test_agents_telegram.py.)
+
+The key scenarios (``@both_engines``) run on a SQLite file and on a fresh PostgreSQL database
+(tests/support/postgres.py); the rest on SQLite."""
 
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from bot.runtime import Knowledge, Ports, Runtime, check, open_runtime
 from bot.store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
+#: run a test with the ``rig`` on SQLite and on PostgreSQL
+both_engines = pytest.mark.parametrize("rig", ["sqlite", "postgres"], indirect=True)
 GROUP = -1001234567890
 AGENT = 777
 
@@ -38,7 +43,7 @@ def agent_knowledge() -> Knowledge:
 
 async def open_agents(
     knowledge: Knowledge,
-    db: Path,
+    db: Path | str,
     gw: MemoryGateway,
     *,
     options: DeskOptions,
@@ -123,13 +128,14 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(agent_knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(request: pytest.FixtureRequest, agent_knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Rig]:
     clock = ManualClock()
     gw = MemoryGateway()
     limiter = GroupLimiter(10_000, 1.0, clock=SystemClock(), spread=False)
+    on_postgres = getattr(request, "param", "sqlite") == "postgres"
     runtime, agents = await open_agents(
         agent_knowledge,
-        tmp_path / "agents.db",
+        request.getfixturevalue("pg_dsn") if on_postgres else tmp_path / "agents.db",
         gw,
         admin_ids=(42,),
         options=DeskOptions(pause_seconds=600, digest_threshold=4),
@@ -145,6 +151,7 @@ async def rig(agent_knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Rig]:
 # -- mirroring, naming, cards --------------------------------------------------------------------
 
 
+@both_engines
 async def test_topic_named_card_pinned_and_lines_in_order(rig: Rig) -> None:
     replies = await rig.say(1, "my icloud backup failed", name="Anna")
     await rig.press(1, replies, "green")
@@ -214,6 +221,7 @@ async def test_person_requested_is_flagged_and_listed(rig: Rig) -> None:
 # -- takeover ------------------------------------------------------------------------------------
 
 
+@both_engines
 async def test_agent_message_pauses_bot_and_is_relayed(rig: Rig) -> None:
     await rig.say(5, "my backup is stuck at 80%", name="Cleo")
     await rig.settle()
@@ -240,6 +248,7 @@ async def test_agent_message_pauses_bot_and_is_relayed(rig: Rig) -> None:
     assert sum(x.endswith("Thanks!") for x in rig.gw.user_texts(5)) == 1
 
 
+@both_engines
 async def test_done_resume_where_it_was(rig: Rig) -> None:
     r = await rig.say(6, "my icloud backup failed")
     await rig.settle()
@@ -413,16 +422,14 @@ async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowled
 
 async def _rows_mentioning(store: SQLiteStore, needle: str) -> list[tuple[str, str]]:
     found = []
-    async with store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cur:
-        tables = [r[0] for r in await cur.fetchall()]
-    for table in tables:
-        async with store.db.execute(f'SELECT * FROM "{table}"') as cur:
-            for row in await cur.fetchall():
-                if any(needle in str(v) for v in row):
-                    found.append((table, repr(row)[:120]))
+    for table in await store.database.tables():  # either engine's
+        for row in await store.database.fetchall(f'SELECT * FROM "{table}"'):
+            if any(needle in str(v) for v in row):
+                found.append((table, repr(tuple(row))[:120]))
     return found
 
 
+@both_engines
 async def test_user_forget_leaves_nothing(rig: Rig) -> None:
     await rig.say(14, "my icloud backup failed, marker-zq93", name="Zed")
     await rig.say(14, "I want to talk to a human")
@@ -454,6 +461,7 @@ async def test_privacy_explains(rig: Rig) -> None:
     assert replies[0].key == "agents.privacy" and "/forget" in replies[0].text and "90 days" in replies[0].text
 
 
+@both_engines
 async def test_retention_purge(rig: Rig) -> None:
     import time
 
@@ -473,6 +481,7 @@ async def test_retention_purge(rig: Rig) -> None:
 # -- agents' tools -------------------------------------------------------------------------------
 
 
+@both_engines
 async def test_tools_in_topic_and_private(rig: Rig) -> None:
     await rig.say(19, "my icloud backup failed")
     await rig.say(19, "qwxz blorp fnord")
@@ -592,6 +601,7 @@ async def test_busy_times_offer_open_and_open_brings_the_topic(agent_knowledge: 
         await runtime.close()
 
 
+@both_engines
 async def test_users_media_is_copied_into_the_topic_or_shown_as_its_line(rig: Rig) -> None:
     await rig.say(21, "my icloud backup failed", name="Uma")
     await rig.settle()
@@ -611,5 +621,4 @@ async def test_users_media_is_copied_into_the_topic_or_shown_as_its_line(rig: Ri
     text = rig.gw.topic_text(thread)
     assert "👤 [document]" in text  # not copied: its line instead, nothing lost
     assert "[photo]" not in text  # the copy stands for its line
-    async with rig.store.db.execute("SELECT COUNT(*) FROM agent_media") as cur:
-        assert (await cur.fetchone())[0] == 0  # nothing left waiting
+    assert (await rig.store.database.fetchone("SELECT COUNT(*) FROM agent_media"))[0] == 0  # nothing left waiting

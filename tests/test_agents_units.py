@@ -22,6 +22,7 @@ from bot.core.messages import EventKind, Inbound
 from bot.core.ports import Direction, Entry, State
 from bot.runtime import Knowledge
 from bot.store import SQLiteStore
+from tests.support.postgres import both_stores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,6 +186,7 @@ async def _cli(command: str, db: str, **kw: object) -> str:
     return out.getvalue()
 
 
+@both_stores
 async def test_cli_transcripts_stats_unmatched(filled_db: str, tmp_path: Path) -> None:
     listing = await _cli("transcripts", filled_db)
     assert "term:ann" in listing and "tg:9" in listing and "Ann" in listing
@@ -209,6 +211,7 @@ async def test_cli_transcripts_stats_unmatched(filled_db: str, tmp_path: Path) -
     assert "tg:9" not in await _cli("transcripts", filled_db)
 
 
+@both_stores
 async def test_cli_watch_follows_new_lines(filled_db: str, engine) -> None:  # noqa: ANN001
     out = io.StringIO()
     stop = asyncio.Event()

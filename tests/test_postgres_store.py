@@ -89,9 +89,10 @@ async def test_a_sqlite_file_from_user_version_days_is_taken_over_once(tmp_path:
 
 
 def test_both_engines_have_the_same_numbered_steps() -> None:
+    from bot.agents import schema as agents_schema
     from bot.escalation import schema as quote_schema
 
-    for schema in (conversation_schema, quote_schema):
+    for schema in (conversation_schema, quote_schema, agents_schema):
         assert len(schema.MIGRATIONS) == len(schema.POSTGRES_MIGRATIONS), schema.__name__
 
 

@@ -25,6 +25,8 @@ from tests.test_agents_desk import AGENT, GROUP, ROOT, Rig, _rows_mentioning, ag
 from tests.test_quote_form import fill
 
 ADMIN = 42
+#: the ``rig`` on SQLite and on PostgreSQL (as in tests/test_agents_desk.py)
+both_engines = pytest.mark.parametrize("rig", ["sqlite", "postgres"], indirect=True)
 DAY = 86400
 
 
@@ -133,6 +135,7 @@ async def test_an_answer_read_before_the_erasure_and_sent_after_it_is_removed(
 # -- who may erase ----------------------------------------------------------------------------------
 
 
+@both_engines
 async def test_a_plain_member_cannot_erase_and_an_admin_confirms_naming_the_case(rig: Rig) -> None:  # noqa: F811
     await rig.say(51, "my icloud backup failed again, plainmark, pls help", name="Olga")
     await rig.settle()
@@ -236,6 +239,7 @@ async def test_group_administrators_may_erase_when_the_setting_says_so(
 # -- /forget during a takeover ------------------------------------------------------------------------
 
 
+@both_engines
 async def test_forget_during_a_takeover_erases_answers_and_ends_the_pause(rig: Rig) -> None:  # noqa: F811
     await rig.say(71, "my icloud backup failed and i am panicking a bit, pausemark", name="Greta")
     await rig.say(71, "I want to talk to a human")

@@ -1,6 +1,7 @@
 """The agents' tools in the terminal (no agents' group needed): ``python -m bot transcripts``,
 ``watch``, ``stats`` and ``unmatched``. Thin formatting over ``reports``; they open the bot's
-database read-mostly (a second connection is fine next to a running bot: WAL mode).
+database read-mostly (a second connection is fine next to a running bot: WAL mode), or the
+PostgreSQL database of ``DATABASE_URL`` (``--db`` takes either).
 
     python -m bot transcripts                       # the latest conversations
     python -m bot transcripts show tg:123           # one conversation, as text (or #42, 42)
@@ -28,10 +29,13 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bot.config import Settings
-from bot.store import SQLiteStore
+from bot.store import SQLiteStore, is_postgres, open_store
+
+if TYPE_CHECKING:
+    from bot.store.pgstore import PostgresStore
 
 from . import privacy, reports
 from .registry import Line, Registry
@@ -51,30 +55,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--format", choices=("md", "jsonl"), default="md", help="export format (default md)")
     p.add_argument("--out", help="export: a file (one conversation) or a folder (--all); default stdout")
     p.add_argument("--limit", type=int, default=30, help="list: how many (default 30)")
-    p.add_argument("--db", help="SQLite file (default: BOT_DB)")
+    p.add_argument("--db", help="SQLite file or postgresql:// URL (default: DATABASE_URL, else BOT_DB)")
     p = sub.add_parser("watch", help="follow new transcript lines of all conversations live")
     p.add_argument("--conversation", help="only this conversation (tg:123, #42 or 42)")
     p.add_argument("--tail", type=int, default=20, help="show this many earlier lines first (default 20)")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between looks (default 0.5)")
-    p.add_argument("--db", help="SQLite file (default: BOT_DB)")
+    p.add_argument("--db", help="SQLite file or postgresql:// URL (default: DATABASE_URL, else BOT_DB)")
     p = sub.add_parser("stats", help="conversations, resolved, escalated, quotes, top problems")
     p.add_argument("--days", type=float, default=7, help="period in days (default 7; today is also shown)")
     p.add_argument("--weeks", type=int, default=4, help="the week-by-week table: this many weeks (default 4)")
     p.add_argument("--json", action="store_true", help="one JSON object")
-    p.add_argument("--db", help="SQLite file (default: BOT_DB)")
+    p.add_argument("--db", help="SQLite file or postgresql:// URL (default: DATABASE_URL, else BOT_DB)")
     p = sub.add_parser("unmatched", help="latest messages the matcher rejected or was unsure about")
     p.add_argument("--limit", type=int, default=30)
     p.add_argument("--json", action="store_true", help="JSON lines")
-    p.add_argument("--db", help="SQLite file (default: BOT_DB)")
+    p.add_argument("--db", help="SQLite file or postgresql:// URL (default: DATABASE_URL, else BOT_DB)")
     p = sub.add_parser("find", help="newest lines containing the words (users', agents', the bot's, notes)")
     p.add_argument("words", nargs="+")
     p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--db", help="SQLite file (default: BOT_DB)")
+    p.add_argument("--db", help="SQLite file or postgresql:// URL (default: DATABASE_URL, else BOT_DB)")
 
 
 def run_command(command: str, settings: Settings, args: argparse.Namespace) -> int:
-    db_path = args.db or settings.db_path
-    if db_path != ":memory:" and not Path(db_path).exists():
+    db_path = args.db or settings.database
+    if db_path != ":memory:" and not is_postgres(db_path) and not Path(db_path).exists():
         print(f"no database at {db_path} (set BOT_DB or use --db)", file=sys.stderr)
         return 2
     if command == "watch":
@@ -82,8 +86,8 @@ def run_command(command: str, settings: Settings, args: argparse.Namespace) -> i
     return asyncio.run(_run(command, db_path, settings, args, sys.stdout))
 
 
-async def _open(db_path: str) -> SQLiteStore:
-    return await SQLiteStore.open(db_path)
+async def _open(db_path: str) -> SQLiteStore | PostgresStore:
+    return await open_store(db_path)
 
 
 async def _run(command: str, db_path: str, settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
@@ -315,6 +319,8 @@ async def _watch_main(db_path: str, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    print(f"watching {db_path} (Ctrl-C stops)", file=sys.stderr)
+    from bot.store.postgres import redact_url  # asyncpg only loaded here
+
+    print(f"watching {redact_url(db_path)} (Ctrl-C stops)", file=sys.stderr)
     await watch(db_path, sys.stdout, stop, conversation=args.conversation, tail=args.tail, interval=args.interval)
     return 0

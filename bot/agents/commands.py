@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from bot.core.engine import RETURN_TO, CommandFn, Turn
 from bot.core.flows import MENU
 from bot.core.ports import Direction, State
+from bot.store.database import StoreError
 
 from . import privacy
 
@@ -116,7 +117,7 @@ async def _after_turn(agents: Agents, turn: Turn, cid: str) -> None:
         async with turn.engine.lock_for(cid):  # held by the turn until it is saved
             await privacy.forget_conversation(store.db, cid, lock=store.tx_lock)
             upto = await store.last_message_id()
-    except sqlite3.Error:
+    except (sqlite3.Error, StoreError):
         log.exception("forget: the second pass for %s failed", cid)
     finally:
         agents.forgotten(cid, upto)

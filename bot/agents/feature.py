@@ -115,8 +115,8 @@ class Agents:
         return self._store
 
     # -- the feature seam -------------------------------------------------------------------------
-    def migrations(self) -> Sequence[str]:
-        return schema.MIGRATIONS
+    def migrations(self) -> Mapping[str, Sequence[str]]:
+        return schema.BY_DIALECT
 
     def actions(self) -> Mapping[str, tuple[ActionFn, tuple[str, ...]]]:
         return {"team_hours": (self._team_hours, ("open", "closed"))}

@@ -3,7 +3,9 @@
 The SQL lives in store classes: ``bot.store.erasure.Erasure`` (generic over the schema, so
 tables added by later features are covered without edits here) and the agents' ``Registry``
 (their topics and posted messages). Deleted content is zeroed, free pages go back to the file
-system and the WAL is truncated, so the text is not left in the file either.
+system and the WAL is truncated, so the text is not left in the file either (SQLite; on
+PostgreSQL the rows are gone from every query at once, autovacuum reuses their space).
+``db`` is the store's ``db``: the aiosqlite connection on SQLite, the ``PostgresDatabase``.
 
 Forum topics and the desk's other posts about a user are not deleted on Telegram here: their
 thread ids go to ``agent_trash`` and their posts are marked in ``agent_posts``; the desk
@@ -31,6 +33,7 @@ from typing import Any
 
 import aiosqlite
 
+from bot.store.database import Database
 from bot.store.erasure import Erasure
 
 from .registry import Registry
@@ -72,7 +75,7 @@ class _NoLock:
 
 
 async def forget_conversation(
-    db: aiosqlite.Connection,
+    db: aiosqlite.Connection | Database,
     conversation_id: str,
     *,
     scrub: bool = True,
@@ -87,9 +90,9 @@ async def forget_conversation(
     async with lock if lock is not None else _NoLock():
         tables = await erasure.tables()
         skip: tuple[str, ...] = _OWN + ((QUOTES[0],) if keep_quotes else ())
-        async with erasure.transaction():
+        async with erasure.transaction() as tx:
             if "agent_topics" in tables:
-                reg = Registry(db)
+                reg = Registry(tx)  # its writes go into the erasure's transaction
                 thread = await reg.trash_topic_of(conversation_id)
                 if "agent_posts" in tables:
                     await reg.mark_posts_of(conversation_id, thread)
@@ -108,7 +111,7 @@ class Purged:
 
 
 async def purge_expired(
-    db: aiosqlite.Connection,
+    db: aiosqlite.Connection | Database,
     retention_days: int,
     now: float | None = None,
     lock: Any = None,
@@ -120,7 +123,7 @@ async def purge_expired(
 
 
 async def purge(
-    db: aiosqlite.Connection,
+    db: aiosqlite.Connection | Database,
     retention_days: int,
     *,
     now: float | None = None,

@@ -13,12 +13,15 @@ the mirror continues from them; nothing is posted twice or lost.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import aiosqlite
 
 from bot.store.counters import day_of
+from bot.store.database import _SQLiteTx
 
 TOPIC_COLUMNS = (
     "ref",
@@ -120,68 +123,99 @@ class _NoLock:
         return None
 
 
-class Registry:
-    """SQL for the desk's tables. Reads go to ``db`` (the desk's own connection: WAL readers
-    never wait and never make a user's turn wait); writes go to ``write_db`` (the store's
-    connection) under the store's ``tx_lock``, so they never interleave with a turn's
-    transaction and never contend for SQLite's write lock from a second connection."""
+def _statements(db: Any) -> Any:
+    """A bare aiosqlite connection as a ``Transaction`` (statements on it as they are: no lock,
+    no BEGIN); a ``Database`` or a ``Transaction`` as it is."""
+    return _SQLiteTx(db) if isinstance(db, aiosqlite.Connection) else db
 
-    def __init__(
-        self, db: aiosqlite.Connection, write_db: aiosqlite.Connection | None = None, lock: Any = None
-    ) -> None:
-        self.db = db
-        self.write_db = write_db or db
+
+class Registry:
+    """SQL for the desk's tables, on either engine.
+
+    ``db`` is where reads go, ``write_db`` where writes go (``db`` when not given); each is a
+    ``Database`` (bot/store/database.py), an open ``Transaction`` of one, or — SQLite — a bare
+    aiosqlite connection:
+
+    * SQLite: reads on the desk's own connection (WAL readers never wait and never make a
+      user's turn wait); writes on the store's connection under the store's ``tx_lock``
+      (``lock``), so they never interleave with a turn's transaction and never contend for
+      SQLite's write lock from a second connection;
+    * PostgreSQL: the ``Database`` for both (a pool: each write its own transaction, several
+      statements in ``transaction()``);
+    * inside another's transaction (an erasure): that ``Transaction`` for both.
+
+    SQL is portable (``ON CONFLICT``, ``RETURNING``, ``CASE``); nothing here names the engine."""
+
+    def __init__(self, db: Any, write_db: Any = None, lock: Any = None) -> None:
+        self.db = _statements(db)
+        writer = _statements(write_db if write_db is not None else db)
+        # a Database writes on its own (its lock, or the server's); otherwise statements on a
+        # connection or inside a transaction, under the lock the caller gives
+        self._database = writer if hasattr(writer, "transaction") else None
+        self.write_db = writer
         self.lock = lock if lock is not None else _NoLock()
 
-    async def write(self, sql: str, args: tuple[Any, ...] = ()) -> None:
+    async def write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        if self._database is not None:
+            return int(await self._database.execute(sql, args))
         async with self.lock:
-            await self.write_db.execute(sql, args)
+            return int(await self.write_db.execute(sql, args))
 
     async def write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if rows:
+        if not rows:
+            return
+        if self._database is not None:
+            await self._database.executemany(sql, rows)
+            return
+        async with self.lock:
+            await self.write_db.executemany(sql, rows)
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Any]:
+        """Several writes together: a transaction of the ``Database``, else the statements
+        under the lock (SQLite's connection, as before; or the caller's transaction)."""
+        if self._database is not None:
+            async with self._database.transaction() as tx:
+                yield tx
+        else:
             async with self.lock:
-                await self.write_db.executemany(sql, rows)
+                yield self.write_db
+
+    async def _one(self, sql: str, args: Any = ()) -> Any:
+        return await self.db.fetchone(sql, tuple(args))
+
+    async def _all(self, sql: str, args: Any = ()) -> list[Any]:
+        return list(await self.db.fetchall(sql, tuple(args)))
 
     # -- topics -----------------------------------------------------------------------------------
     async def topic(self, conversation_id: str) -> Topic | None:
-        async with self.db.execute(
-            f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id = ?",
-            (conversation_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._one(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id = ?",
+                              (conversation_id,))
         return _row_to_topic(row) if row else None
 
     async def topic_by_ref(self, ref: int) -> Topic | None:
-        async with self.db.execute(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE ref = ?", (ref,)) as cur:
-            row = await cur.fetchone()
+        row = await self._one(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE ref = ?", (ref,))
         return _row_to_topic(row) if row else None
 
     async def topic_by_thread(self, thread_id: int) -> Topic | None:
-        async with self.db.execute(
-            f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE thread_id = ?", (thread_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._one(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE thread_id = ?", (thread_id,))
         return _row_to_topic(row) if row else None
 
     async def all_topics(self) -> list[Topic]:
-        async with self.db.execute(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics") as cur:
-            rows = await cur.fetchall()
-        return [_row_to_topic(r) for r in rows]
+        return [_row_to_topic(r) for r in await self._all(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics")]
 
     async def create_topic(self, conversation_id: str, cursor: int) -> Topic:
         """Register a conversation; its mirror starts after message id ``cursor``."""
         now = time.time()
-        async with self.lock:
-            await self.write_db.execute(
-                "INSERT OR IGNORE INTO agent_topics (conversation_id, topic_cursor, seen_cursor, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+        async with self._tx() as tx:
+            await tx.execute(
+                "INSERT INTO agent_topics (conversation_id, topic_cursor, seen_cursor, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (conversation_id, cursor, cursor, now, now),
             )
-            async with self.write_db.execute(
-                f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id = ?",
-                (conversation_id,),
-            ) as cur:
-                row = await cur.fetchone()
+            row = await tx.fetchone(
+                f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id = ?", (conversation_id,)
+            )
         assert row is not None
         return _row_to_topic(row)
 
@@ -203,19 +237,18 @@ class Registry:
         now = time.time()
         symptoms = symptoms or {}
         await self.write_many(
-            "INSERT OR IGNORE INTO agent_topics (conversation_id, topic_cursor, seen_cursor, symptom, "
-            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO agent_topics (conversation_id, topic_cursor, seen_cursor, symptom, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(c, cursor, cursor, symptoms.get(c, ""), now, now) for c in conversation_ids],
         )
         out: list[Topic] = []
         for i in range(0, len(conversation_ids), 500):
             chunk = conversation_ids[i : i + 500]
-            async with self.db.execute(
+            out += [_row_to_topic(r) for r in await self._all(
                 f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id IN "
                 f"({','.join('?' * len(chunk))})",
                 chunk,
-            ) as cur:
-                out += [_row_to_topic(r) for r in await cur.fetchall()]
+            )]
         return out
 
     async def save_many(self, topics: list[Topic]) -> None:
@@ -238,48 +271,45 @@ class Registry:
     # -- relays (agent message in the group -> copy in the user's chat) -------------------------
     async def add_relay(self, agent_message_id: int, conversation_id: str, user_message_id: int, caption: bool) -> None:
         await self.write(
-            "INSERT OR REPLACE INTO agent_relays (agent_message_id, conversation_id, user_message_id, "
-            "caption, ts) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO agent_relays (agent_message_id, conversation_id, user_message_id, caption, ts) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent_message_id) DO UPDATE SET "
+            "conversation_id = excluded.conversation_id, user_message_id = excluded.user_message_id, "
+            "caption = excluded.caption, ts = excluded.ts",
             (agent_message_id, conversation_id, user_message_id, int(caption), time.time()),
         )
 
     async def relay(self, agent_message_id: int) -> tuple[str, int, bool] | None:
-        async with self.db.execute(
+        row = await self._one(
             "SELECT conversation_id, user_message_id, caption FROM agent_relays WHERE agent_message_id = ?",
             (agent_message_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return (row[0], int(row[1]), bool(row[2])) if row else None
 
     # -- topics to delete on Telegram (after /forget or the retention purge) ----------------------
     async def trash(self, thread_ids: list[int]) -> None:
         await self.write_many(
-            "INSERT OR IGNORE INTO agent_trash (thread_id, ts) VALUES (?, ?)", [(t, time.time()) for t in thread_ids]
+            "INSERT INTO agent_trash (thread_id, ts) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(t, time.time()) for t in thread_ids],
         )
 
     async def trash_topic_of(self, conversation_id: str) -> int | None:
         """Inside an erasure's transaction (the caller holds the lock): the conversation's
         forum topic is queued for deletion on Telegram. Returns its thread id."""
-        async with self.write_db.execute(
-            "SELECT thread_id FROM agent_topics WHERE conversation_id = ?", (conversation_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        db = self.write_db
+        row = await db.fetchone("SELECT thread_id FROM agent_topics WHERE conversation_id = ?", (conversation_id,))
         thread = row[0] if row else None
         if thread is not None:
-            await self.write_db.execute(
-                "INSERT OR IGNORE INTO agent_trash (thread_id, ts) VALUES (?, ?)", (thread, time.time())
-            )
+            await db.execute("INSERT INTO agent_trash (thread_id, ts) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                             (thread, time.time()))
         return thread
 
     async def forget_card(self, conversation_id: str) -> None:
         """The stored card loses what it showed (the caller holds the lock); drawn again."""
-        await self.write_db.execute(
-            "UPDATE agent_topics SET card_html = '' WHERE conversation_id = ?", (conversation_id,)
-        )
+        await self.write_db.execute("UPDATE agent_topics SET card_html = '' WHERE conversation_id = ?",
+                                    (conversation_id,))
 
     async def trashed(self) -> list[int]:
-        async with self.db.execute("SELECT thread_id FROM agent_trash ORDER BY ts") as cur:
-            return [int(r[0]) for r in await cur.fetchall()]
+        return [int(r[0]) for r in await self._all("SELECT thread_id FROM agent_trash ORDER BY ts")]
 
     async def untrash(self, thread_id: int) -> None:
         await self.write("DELETE FROM agent_trash WHERE thread_id = ?", (thread_id,))
@@ -297,17 +327,20 @@ class Registry:
     ) -> None:
         """Record a message the desk posted, with the conversations it is about: ``parts`` are
         (conversation id or None for a heading, its HTML — kept only when ``editable``)."""
-        async with self.lock:
-            cur = await self.write_db.execute(
+        async with self._tx() as tx:
+            row = await tx.fetchone(
                 "INSERT INTO agent_posts (private_chat, thread_id, message_id, kind, editable, ts) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (private_chat, thread_id, message_id, kind, int(editable), time.time()),
             )
-            post_id = cur.lastrowid
-            await self.write_db.executemany(
+            post_id = int(row[0])
+            await tx.executemany(
                 "INSERT INTO agent_post_parts (post_id, seq, conversation_id, html) VALUES (?, ?, ?, ?)",
                 [(post_id, i, cid, html if editable else "") for i, (cid, html) in enumerate(parts)],
             )
+
+    _MARK = ("UPDATE agent_posts SET cleanup = CASE WHEN cleanup > 1 THEN cleanup ELSE 1 END WHERE id IN "
+             "(SELECT post_id FROM agent_post_parts WHERE conversation_id = ?)")
 
     async def mark_posts_of(self, conversation_id: str, thread_id: int | None) -> None:
         """Inside an erasure's transaction (the caller holds the lock): posts about the
@@ -315,48 +348,37 @@ class Registry:
         db = self.write_db
         if thread_id is not None:
             await db.execute("DELETE FROM agent_posts WHERE thread_id = ? AND private_chat IS NULL", (thread_id,))
-        await db.execute(
-            "UPDATE agent_posts SET cleanup = MAX(cleanup, 1) WHERE id IN "
-            "(SELECT post_id FROM agent_post_parts WHERE conversation_id = ?)",
-            (conversation_id,),
-        )
+        await db.execute(self._MARK, (conversation_id,))
 
     async def mark_posts_now(self, conversation_id: str) -> None:
         """After the erasure: posts recorded about the conversation while it ran (their content
         was made before it) are cleaned up too, and their part of a shared message goes now."""
-        async with self.lock:
-            await self.write_db.execute(
-                "UPDATE agent_posts SET cleanup = MAX(cleanup, 1) WHERE id IN "
-                "(SELECT post_id FROM agent_post_parts WHERE conversation_id = ?)",
-                (conversation_id,),
-            )
-            await self.write_db.execute("DELETE FROM agent_post_parts WHERE conversation_id = ?", (conversation_id,))
+        async with self._tx() as tx:
+            await tx.execute(self._MARK, (conversation_id,))
+            await tx.execute("DELETE FROM agent_post_parts WHERE conversation_id = ?", (conversation_id,))
 
     async def expire_posts(self, cutoff: float) -> int:
         """Posts older than the retention period are deleted on Telegram, whoever they are about."""
-        async with self.lock:
-            cur = await self.write_db.execute(
-                "UPDATE agent_posts SET cleanup = 2 WHERE ts < ? AND cleanup < 2", (cutoff,)
-            )
-            await self.write_db.execute(
+        async with self._tx() as tx:
+            n = await tx.execute("UPDATE agent_posts SET cleanup = 2 WHERE ts < ? AND cleanup < 2", (cutoff,))
+            await tx.execute(
                 "DELETE FROM agent_post_parts WHERE post_id IN (SELECT id FROM agent_posts WHERE cleanup = 2)"
             )
-        return max(0, cur.rowcount)
+        return max(0, int(n))
 
     async def posts_to_clean(self, limit: int = 500) -> list[Post]:
-        async with self.db.execute(
+        rows = await self._all(
             "SELECT id, private_chat, thread_id, message_id, kind, editable, cleanup FROM agent_posts "
             "WHERE cleanup > 0 ORDER BY id LIMIT ?",
             (limit,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [Post(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
 
     async def post_parts(self, post_id: int) -> list[tuple[str | None, str]]:
-        async with self.db.execute(
+        rows = await self._all(
             "SELECT conversation_id, html FROM agent_post_parts WHERE post_id = ? ORDER BY seq", (post_id,)
-        ) as cur:
-            return [(r[0], r[1]) for r in await cur.fetchall()]
+        )
+        return [(r[0], r[1]) for r in rows]
 
     async def drop_posts(self, post_ids: list[int]) -> None:
         """The messages are gone from Telegram: forget the records (their parts follow)."""
@@ -369,29 +391,31 @@ class Registry:
 
     # -- meta -------------------------------------------------------------------------------------
     async def meta(self, key: str) -> str | None:
-        async with self.db.execute("SELECT value FROM agent_meta WHERE key = ?", (key,)) as cur:
-            row = await cur.fetchone()
+        row = await self._one("SELECT value FROM agent_meta WHERE key = ?", (key,))
         return str(row[0]) if row else None
 
     async def set_meta(self, key: str, value: str | int | float | None) -> None:
         if value is None:
             await self.write("DELETE FROM agent_meta WHERE key = ?", (key,))
         else:
-            await self.write("INSERT OR REPLACE INTO agent_meta (key, value) VALUES (?, ?)", (key, str(value)))
+            await self.write(
+                "INSERT INTO agent_meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, str(value)),
+            )
 
     # -- the transcript, as the mirror reads it ---------------------------------------------------
     async def max_message_id(self) -> int:
-        async with self.db.execute("SELECT COALESCE(MAX(id), 0) FROM messages") as cur:
-            row = await cur.fetchone()
+        row = await self._one("SELECT COALESCE(MAX(id), 0) FROM messages")
         return int(row[0]) if row else 0
 
     async def rows_after(self, after_id: int, limit: int = 5000) -> list[Line]:
-        async with self.db.execute(
+        rows = await self._all(
             "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
             "WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
-        ) as cur:
-            return [Line(*r) for r in await cur.fetchall()]
+        )
+        return [Line(*r) for r in rows]
 
     async def conversation_rows(
         self,
@@ -410,30 +434,28 @@ class Registry:
             args.append(upto_id)
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)
-        async with self.db.execute(sql, args) as cur:
-            return [Line(*r) for r in await cur.fetchall()]
+        return [Line(*r) for r in await self._all(sql, args)]
 
     async def escalations_after(self, after_id: int, limit: int = 50) -> list[Line]:
-        async with self.db.execute(
+        rows = await self._all(
             "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
             "WHERE id > ? AND direction = 'note' AND kind LIKE 'escalation:%' ORDER BY id LIMIT ?",
             (after_id, limit),
-        ) as cur:
-            return [Line(*r) for r in await cur.fetchall()]
+        )
+        return [Line(*r) for r in rows]
 
     # -- users' media (copied into their topic; see desk/mirror.py) -------------------------------
     async def add_media(self, conversation_id: str, chat_id: int, message_id: int, kind: str, ts: float) -> None:
         await self.write(
-            "INSERT OR IGNORE INTO agent_media (conversation_id, chat_id, message_id, kind, ts) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO agent_media (conversation_id, chat_id, message_id, kind, ts) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (conversation_id, chat_id, message_id, kind, ts),
         )
 
     async def media(self) -> list[tuple[str, int, int, str, float]]:
         """(conversation id, chat id, message id, kind, ts) not yet copied, oldest first."""
-        async with self.db.execute(
-            "SELECT conversation_id, chat_id, message_id, kind, ts FROM agent_media ORDER BY id"
-        ) as cur:
-            return [(str(r[0]), int(r[1]), int(r[2]), str(r[3]), float(r[4])) for r in await cur.fetchall()]
+        rows = await self._all("SELECT conversation_id, chat_id, message_id, kind, ts FROM agent_media ORDER BY id")
+        return [(str(r[0]), int(r[1]), int(r[2]), str(r[3]), float(r[4])) for r in rows]
 
     async def drop_media(self, chat_id: int, message_id: int) -> None:
         await self.write("DELETE FROM agent_media WHERE chat_id = ? AND message_id = ?", (chat_id, message_id))
@@ -441,11 +463,11 @@ class Registry:
     # -- names and look-ups -----------------------------------------------------------------------
     async def user_names(self) -> dict[str, str]:
         """Conversation id -> the user's first name, for topics registered here (after a restart)."""
-        async with self.db.execute(
+        rows = await self._all(
             "SELECT c.id, c.user_name FROM conversations c JOIN agent_topics t ON t.conversation_id = c.id "
             "WHERE c.user_name != ''"
-        ) as cur:
-            return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
 
     async def conversation_of(self, ref: str) -> str | None:
         """``#N`` or ``N`` (a conversation's short number) or a conversation id -> its id."""
@@ -459,45 +481,40 @@ class Registry:
     # -- labelling unmatched messages (bot/agents/labelling.py) -----------------------------------
     async def unlabelled(self, limit: int) -> list[tuple[int, str, str, str]]:
         """(id, text, decision, candidates json) of rejected/unsure messages nobody taught yet."""
-        async with self.db.execute(
+        rows = await self._all(
             "SELECT u.id, u.text, u.decision, u.candidates_json FROM unmatched u "
             "WHERE NOT EXISTS (SELECT 1 FROM learned_examples l WHERE l.text = u.text) "
             "ORDER BY u.id DESC LIMIT ?",
             (limit,),
-        ) as cur:
-            return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in await cur.fetchall()]
+        )
+        return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
     async def unmatched_row(self, unmatched_id: int) -> tuple[str, str] | None:
         """(text, candidates json) of one rejected/unsure message."""
-        async with self.db.execute(
-            "SELECT text, candidates_json FROM unmatched WHERE id = ?", (unmatched_id,)
-        ) as cur:
-            r = await cur.fetchone()
+        r = await self._one("SELECT text, candidates_json FROM unmatched WHERE id = ?", (unmatched_id,))
         return (str(r[0]), str(r[1])) if r else None
 
     # -- the escalation queue (migration 2; bot/agents/desk/queue.py) ----------------------------
     async def open_item(self, conversation_id: str, kind: str, now: float, *, status: str = "open",
                         agent: str = "") -> QueueItem | None:
         """A new item, unless this conversation has one of this kind not yet resolved (None)."""
-        async with self.lock:
-            async with self.write_db.execute(
+        async with self._tx() as tx:
+            if await tx.fetchone(
                 "SELECT id FROM agent_queue WHERE conversation_id = ? AND kind = ? AND status != 'resolved'",
                 (conversation_id, kind),
-            ) as cur:
-                if await cur.fetchone() is not None:
-                    return None
-            cur = await self.write_db.execute(
+            ) is not None:
+                return None
+            row = await tx.fetchone(
                 "INSERT INTO agent_queue (conversation_id, kind, status, agent, opened_at, claimed_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (conversation_id, kind, status, agent, now, now if status == "claimed" else None),
             )
-            item_id = int(cur.lastrowid or 0)
+            item_id = int(row[0]) if row else 0
         return QueueItem(item_id, conversation_id, kind, status, agent, None, now,
                          now if status == "claimed" else None, None, None)
 
     async def item(self, item_id: int) -> QueueItem | None:
-        async with self.db.execute(f"SELECT {QUEUE_COLUMNS} FROM agent_queue WHERE id = ?", (item_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._one(f"SELECT {QUEUE_COLUMNS} FROM agent_queue WHERE id = ?", (item_id,))
         return QueueItem(*row) if row else None
 
     async def unresolved_items(self, conversation_id: str | None = None, limit: int = 200) -> list[QueueItem]:
@@ -505,16 +522,15 @@ class Registry:
         where, args = "status != 'resolved'", ()
         if conversation_id is not None:
             where, args = where + " AND conversation_id = ?", (conversation_id,)
-        async with self.db.execute(
+        rows = await self._all(
             f"SELECT {QUEUE_COLUMNS} FROM agent_queue WHERE {where} ORDER BY opened_at, id LIMIT ?", (*args, limit)
-        ) as cur:
-            return [QueueItem(*r) for r in await cur.fetchall()]
+        )
+        return [QueueItem(*r) for r in rows]
 
     async def items_in_message(self, message_id: int) -> list[QueueItem]:
-        async with self.db.execute(
-            f"SELECT {QUEUE_COLUMNS} FROM agent_queue WHERE message_id = ? ORDER BY id", (message_id,)
-        ) as cur:
-            return [QueueItem(*r) for r in await cur.fetchall()]
+        rows = await self._all(f"SELECT {QUEUE_COLUMNS} FROM agent_queue WHERE message_id = ? ORDER BY id",
+                               (message_id,))
+        return [QueueItem(*r) for r in rows]
 
     async def set_item_status(self, item_ids: list[int], status: str, agent: str, now: float) -> None:
         """open (back in the queue: no owner), claimed (by ``agent``) or resolved."""
@@ -548,7 +564,7 @@ class Registry:
             day = day_of(time.time())
             await self.write_many(
                 "INSERT INTO counters (day, name, n) VALUES (?, ?, ?) "
-                "ON CONFLICT (day, name) DO UPDATE SET n = n + excluded.n",
+                "ON CONFLICT (day, name) DO UPDATE SET n = counters.n + excluded.n",
                 [(day, name, int(round(n))) for name, n in counts.items()],
             )
 

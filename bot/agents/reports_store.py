@@ -1,7 +1,9 @@
 """The SQL behind ``reports`` (statistics, rejected messages, search, transcripts): the only
 place these reads are written. Plain rows out; ``reports`` turns them into typed records.
 
-Reads only, on whatever connection it is given (the desk's own reader, the terminal's).
+Reads only, on whatever it is given: a ``Database`` (either engine), an open transaction of
+one, or a bare aiosqlite connection (the desk's own reader, the terminal's). The one
+engine-specific read (does a table exist?) asks the database's ``tables()`` when it has one.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import aiosqlite
+
+from bot.store.database import _SQLiteTx
 
 _ROW = "id, conversation_id, ts, direction, kind, text, flow, step"
 
@@ -18,14 +22,18 @@ def like_pattern(text: str) -> str:
 
 
 class ReportStore:
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self.db = db
+    def __init__(self, db: Any) -> None:
+        self.db = _SQLiteTx(db) if isinstance(db, aiosqlite.Connection) else db
+        # LIKE is case-insensitive (for ASCII) on SQLite; PostgreSQL's ILIKE is that
+        self._like = "ILIKE" if getattr(db, "dialect", "sqlite") == "postgresql" else "LIKE"
 
     async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        async with self.db.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return list(await self.db.fetchall(sql, args))
 
     async def has_table(self, name: str) -> bool:
+        tables = getattr(self.db, "tables", None)
+        if tables is not None:
+            return name in await tables()
         rows = await self._all("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
         return bool(rows and rows[0][0])
 
@@ -58,13 +66,14 @@ class ReportStore:
     async def find_rows(self, text: str, directions: tuple[str, ...], limit: int) -> list[tuple[Any, ...]]:
         """Newest lines (with the user's name) whose text, name or conversation id contains ``text``."""
         pattern = like_pattern(text)
+        like = self._like
         rows = await self._all(
             f"""SELECT m.id, m.conversation_id, m.ts, m.direction, m.kind, m.text, m.flow, m.step,
                        COALESCE(c.user_name, '')
                 FROM messages m LEFT JOIN conversations c ON c.id = m.conversation_id
                 WHERE m.direction IN ({",".join("?" * len(directions))})
-                  AND (m.text LIKE ? ESCAPE '\\' OR c.user_name LIKE ? ESCAPE '\\'
-                       OR m.conversation_id LIKE ? ESCAPE '\\')
+                  AND (m.text {like} ? ESCAPE '\\' OR c.user_name {like} ? ESCAPE '\\'
+                       OR m.conversation_id {like} ? ESCAPE '\\')
                 ORDER BY m.id DESC LIMIT ?""",
             (*directions, pattern, pattern, pattern, limit),
         )

@@ -52,6 +52,12 @@ class PostgresStore:
     async def close(self) -> None:
         await self.database.close()
 
+    @property
+    def db(self) -> PostgresDatabase:
+        """What features' SQL runs on (``SQLiteStore.db`` is its aiosqlite connection): the
+        database itself — the agents' stores take either."""
+        return self.database
+
     async def fetchone(self, query: str, args: Sequence[Any] = ()) -> Any:
         return await self.database.fetchone(query, args)
 

@@ -114,6 +114,7 @@ class _PgTx:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        self.open = True  # a turn's: False once it has ended (see ``PostgresDatabase._current``)
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         try:
@@ -223,15 +224,21 @@ class PostgresDatabase:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- the protocol --------------------------------------------------------------------
-    async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+    def _current(self) -> _PgTx | None:
+        """The turn open in this task. A task started during a turn inherits its context (and
+        so the variable) but not the turn: once the turn has ended, reads go to the pool."""
         tx = self._turn.get()
+        return tx if tx is not None and tx.open else None
+
+    async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        tx = self._current()
         if tx is not None:
             return await tx.fetchall(sql, args)
         query = translate(sql)
         return list(await self._read(lambda conn: conn.fetch(query, *args)))
 
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
-        tx = self._turn.get()
+        tx = self._current()
         if tx is not None:
             return await tx.fetchone(sql, args)
         query = translate(sql)
@@ -303,7 +310,7 @@ class PostgresDatabase:
         """One transaction holding the advisory lock on ``key`` (a conversation id) until it
         ends: another instance's turn on the same key waits here. While it is open, this
         task's ``fetchall`` / ``fetchone`` read inside it (the turn sees its own state)."""
-        if self._turn.get() is not None:
+        if self._current() is not None:
             raise RuntimeError("a turn is already open in this task")
         async with self._turn_slots:
             stack, tx = await self._begin(key)
@@ -312,11 +319,12 @@ class PostgresDatabase:
                 try:
                     yield tx
                 finally:
+                    tx.open = False
                     self._turn.reset(token)
 
     def current_turn(self) -> Transaction | None:
         """The turn transaction open in this task, if any."""
-        return self._turn.get()
+        return self._current()
 
     async def migrate(self, owner: str, migrations: Migrations) -> int:
         """Run ``owner``'s PostgreSQL migrations it has not run yet; returns its version."""

@@ -101,13 +101,11 @@ async def bench_engine(settings: Settings, users: int = 200, turns: int = 8, wor
     (two instances start together)."""
     from bot.features import standard_features
     from bot.runtime import open_runtime
-    from bot.store import is_postgres
 
     with tempfile.TemporaryDirectory(prefix="bot-bench-") as tmp:
         features = standard_features(settings)
-        chosen = (features.quotes,) if db and is_postgres(db) else features.all  # no agents' store on PostgreSQL
         rt = await open_runtime(db or str(Path(tmp) / "bench.db"), settings.content_dir, settings.flows_dir,
-                                settings.lang, features=chosen, settings=settings)
+                                settings.lang, features=features.all, settings=settings)
         try:
             if ready is not None:
                 await ready()

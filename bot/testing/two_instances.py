@@ -21,9 +21,8 @@ and the database:
   users, mails the lab received, the distinct quote references in their subjects, and
   references mailed more than once;
 * ``group_429``: calls into the agents' group refused for exceeding its limit (with
-  ``agents_group``; the agents' feature has no PostgreSQL store yet, so ``run`` leaves it out
-  on PostgreSQL and the group's limit across a hand-over is tested in-process:
-  ``tests/test_leadership.py``).
+  ``agents_group``: the leader's desk writes to the fake group; the group's limit across a
+  hand-over is also tested in-process: ``tests/test_leadership.py``).
 
 Used by ``tests/test_two_instances.py``.
 """
@@ -176,7 +175,7 @@ async def two_instance_run(
             "WEBHOOK_LISTEN": "127.0.0.1",
             "LOG_LEVEL": "WARNING",
         }
-        if agents_group:  # the agents' desk (its store is not on PostgreSQL yet: see the test)
+        if agents_group:  # the agents' desk writes to the fake group (the leader's only)
             base_env["AGENT_CHAT_ID"] = str(GROUP)
         logs = [open(workdir / f"instance-{i + 1}.log", "ab") for i in range(2)]  # noqa: SIM115 - closed below
         procs: list[asyncio.subprocess.Process] = []

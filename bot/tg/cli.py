@@ -77,12 +77,8 @@ async def run(settings: Settings, *, webhook: bool = False, stop: asyncio.Event 
     # agents' desk, timers and retention; SQLite: this one
     bot_id = settings.telegram_token.split(":", 1)[0]  # the bot's public id, never the secret part
     leadership = leadership_for(settings.database_url, key=f"bot:{bot_id}")
-    chosen = features.all
-    if settings.database_url:  # the agents' store has no PostgreSQL implementation yet
-        chosen = (features.quotes,)
-        log.warning("PostgreSQL: the agents' desk, /privacy and /forget (the agents feature) are not available yet")
     runtime = await open_runtime(settings.database, settings.content_dir, settings.flows_dir, settings.lang,
-                                 features=chosen, settings=settings, leadership=leadership)
+                                 features=features.all, settings=settings, leadership=leadership)
     log.info("database: %s", runtime.store.path)
     service: TelegramService | None = None
     code = 0

@@ -129,7 +129,7 @@ def telegram_ports(service: Any, settings: Settings, features: Features) -> Port
 async def attach_features(service: Any, runtime: Runtime, settings: Settings, features: Features) -> None:
     """Start the features with a TelegramService (after getMe), stop them before PTB shuts down."""
     ports = telegram_ports(service, settings, features)
-    if features.agents not in runtime.features:  # left out (PostgreSQL, for now): no agents' group
+    if features.agents not in runtime.features:  # left out by the caller: no agents' group
         ports = dataclasses.replace(ports, agents_group=None, alerter=None)
 
     async def start() -> None:

@@ -45,6 +45,7 @@ import aiosqlite
 from bot.core.engine import Engine, TurnRecord
 from bot.core.errors import ContentError
 from bot.store import SQLiteStore
+from bot.store.database import StoreError
 
 from ..limiter import GroupLimiter
 from ..ports import (
@@ -143,7 +144,8 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             return
         self._started = True
         path = getattr(self.store, "path", ":memory:")
-        if path != ":memory:":
+        # SQLite: reads on a connection of the desk's own; PostgreSQL: the pool already is that
+        if path != ":memory:" and getattr(getattr(self.store, "database", None), "dialect", "sqlite") == "sqlite":
             own = await aiosqlite.connect(path, isolation_level=None)
             await own.execute("PRAGMA busy_timeout = 10000")
             await own.execute("PRAGMA foreign_keys = ON")
@@ -212,7 +214,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             with contextlib.suppress(asyncio.CancelledError):  # each task catches its own errors
                 await task
         if self.enabled:
-            with contextlib.suppress(sqlite3.Error):  # progress is saved lazily anyway
+            with contextlib.suppress(sqlite3.Error, StoreError):  # progress is saved lazily anyway
                 await self._save_seen(force=True)
                 await self.reg.set_meta("feed_cursor", self.st.feed_cursor)
         own, self._own_db = self._own_db, None

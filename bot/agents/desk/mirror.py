@@ -18,6 +18,7 @@ from typing import Any
 
 from bot.core.engine import TurnRecord
 from bot.core.ports import Direction, Entry
+from bot.store.database import StoreError
 
 from ..ports import (
     Clock,
@@ -113,7 +114,7 @@ class MirrorPart:
             for ev in events:
                 try:
                     await self._flag(rec.conversation_id, self.st.topics.get(rec.conversation_id), ev)
-                except sqlite3.Error:
+                except (sqlite3.Error, StoreError):
                     self.errors += 1
                     log.exception("agents: flagging %s for %s failed", ev, rec.conversation_id)
             if "paused_message" in events and self.enabled:  # a customer waits for the agent

@@ -24,6 +24,8 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 
+from bot.store.database import StoreError
+
 from ..ports import GatewayError, MessageGone, NotModified, RetryLater, Sent
 from ..registry import Post
 from ..render import Html, join
@@ -137,7 +139,7 @@ class PostsPart:
                 private_chat=private_chat,
                 editable=parts is not None,
             )
-        except sqlite3.Error:
+        except (sqlite3.Error, StoreError):
             self.errors += 1
             log.exception("agents: recording posted message %s (%s) failed", message_id, kind)
 
