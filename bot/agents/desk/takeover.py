@@ -72,7 +72,7 @@ class TakeoverPart:
                         await self.reg.add_media(
                             item.conversation_id, item.chat_id, item.message_id, item.kind, item.ts
                         )
-            except Exception:
+            except Exception:  # the agents' inbox boundary: one bad item must not stop the desk
                 self.errors += 1
                 log.exception("agents: handling %s failed", type(item).__name__)
             finally:

@@ -42,7 +42,7 @@ class TimersPart:
                 await self._wait(self._timer_wake, max(0.0, deadline - self.clock.now()), self.clock)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception:  # the timers' loop boundary: logged, counted, tried again in 5 s
                 self.errors += 1
                 log.exception("agents' timers failed; continuing")
                 await self._wait(self._timer_wake, 5.0, self.clock)
