@@ -14,7 +14,16 @@ from bot.features import Features, standard_features
 from bot.runtime import Knowledge, Runtime, load_knowledge, open_runtime
 from bot.store import SQLiteStore, open_store
 from tests.support.chat import ChatDriver
-from tests.support.postgres import empty_database, pg_dsn, pg_server, pg_shared_dsn  # noqa: F401 - fixtures
+from tests.support.postgres import (  # noqa: F401 - fixtures
+    db_kind,
+    db_target,
+    parametrize_stores,
+    pg_databases,
+    pg_dsn,
+    pg_migrated_dsn,
+    pg_server,
+    pg_template,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,21 +32,21 @@ os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize_stores(metafunc)  # ``both_stores`` tests run on SQLite and on PostgreSQL
+
+
 @pytest.fixture(scope="session")
 def knowledge() -> Knowledge:
     return load_knowledge(ROOT / "content", ROOT / "flows", "en", standard_features().all)
 
 
 @pytest.fixture
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    """The conversation store: a SQLite file, or — for a test marked ``@both_stores``
-    (tests/support/postgres.py) — also an emptied database on the session's PostgreSQL server."""
-    if getattr(request, "param", "sqlite") == "sqlite":
-        s = await SQLiteStore.open(tmp_path / "test.db")
-    else:
-        s = await open_store(request.getfixturevalue("pg_shared_dsn"))  # type: ignore[assignment]
-        await empty_database(s.database)
-    yield s
+async def store(db_target: str | Path) -> AsyncIterator[SQLiteStore]:
+    """The conversation store: a SQLite file, or — for a test marked ``both_stores``
+    (tests/support/postgres.py) — also a fresh database on the session's PostgreSQL server."""
+    s = await open_store(db_target)
+    yield s  # type: ignore[misc]
     await s.close()
 
 

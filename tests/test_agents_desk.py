@@ -2,8 +2,8 @@
 hand-back, pause expiry, relays, privacy, the agents' tools. (Through real HTTP and PTB:
 tests/test_agents_telegram.py.)
 
-The key scenarios (``@both_engines``) run on a SQLite file and on a fresh PostgreSQL database
-(tests/support/postgres.py); the rest on SQLite."""
+Every test runs on a SQLite file and on a fresh PostgreSQL database (``both_stores``,
+tests/support/postgres.py)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ from bot.escalation import Escalation
 from bot.features import standard_features
 from bot.runtime import Knowledge, Ports, Runtime, check, open_runtime
 from bot.store import SQLiteStore
+from tests.support.postgres import both_stores
+
+pytestmark = both_stores  # every test on SQLite and on PostgreSQL (tests/support/postgres.py)
 
 ROOT = Path(__file__).resolve().parents[1]
-#: run a test with the ``rig`` on SQLite and on PostgreSQL
-both_engines = pytest.mark.parametrize("rig", ["sqlite", "postgres"], indirect=True)
 GROUP = -1001234567890
 AGENT = 777
 
@@ -128,14 +129,13 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(request: pytest.FixtureRequest, agent_knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(agent_knowledge: Knowledge, db_target: str | Path) -> AsyncIterator[Rig]:
     clock = ManualClock()
     gw = MemoryGateway()
     limiter = GroupLimiter(10_000, 1.0, clock=SystemClock(), spread=False)
-    on_postgres = getattr(request, "param", "sqlite") == "postgres"
     runtime, agents = await open_agents(
         agent_knowledge,
-        request.getfixturevalue("pg_dsn") if on_postgres else tmp_path / "agents.db",
+        db_target,
         gw,
         admin_ids=(42,),
         options=DeskOptions(pause_seconds=600, digest_threshold=4),
@@ -151,7 +151,6 @@ async def rig(request: pytest.FixtureRequest, agent_knowledge: Knowledge, tmp_pa
 # -- mirroring, naming, cards --------------------------------------------------------------------
 
 
-@both_engines
 async def test_topic_named_card_pinned_and_lines_in_order(rig: Rig) -> None:
     replies = await rig.say(1, "my icloud backup failed", name="Anna")
     await rig.press(1, replies, "green")
@@ -208,10 +207,9 @@ async def test_person_requested_is_flagged_and_listed(rig: Rig) -> None:
     listing = rig.gw.in_topic(esc[0])
     assert listing and "asked for a person" in listing[-1].text and f"#{t.ref}" in listing[-1].text
     assert f"/{t.thread_id}" in listing[-1].html  # a link to the user's topic
-    async with rig.store.db.execute(
-        "SELECT kind FROM messages WHERE conversation_id = 'tg:4' AND direction = 'note'"
-    ) as cur:
-        assert ("escalation:human_requested",) in list(await cur.fetchall())
+    kinds = await rig.store.database.fetchall(
+        "SELECT kind FROM messages WHERE conversation_id = 'tg:4' AND direction = 'note'")
+    assert "escalation:human_requested" in [r[0] for r in kinds]
     # the same request again within the hour is not listed twice
     await rig.say(4, "hello? a human please")
     await rig.settle()
@@ -221,7 +219,6 @@ async def test_person_requested_is_flagged_and_listed(rig: Rig) -> None:
 # -- takeover ------------------------------------------------------------------------------------
 
 
-@both_engines
 async def test_agent_message_pauses_bot_and_is_relayed(rig: Rig) -> None:
     await rig.say(5, "my backup is stuck at 80%", name="Cleo")
     await rig.settle()
@@ -248,7 +245,6 @@ async def test_agent_message_pauses_bot_and_is_relayed(rig: Rig) -> None:
     assert sum(x.endswith("Thanks!") for x in rig.gw.user_texts(5)) == 1
 
 
-@both_engines
 async def test_done_resume_where_it_was(rig: Rig) -> None:
     r = await rig.say(6, "my icloud backup failed")
     await rig.settle()
@@ -370,7 +366,7 @@ async def test_photo_from_agent_is_copied_with_caption(rig: Rig) -> None:
 # -- load: batching into the Live feed -----------------------------------------------------------
 
 
-async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowledge, tmp_path: Path) -> None:
+async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowledge, db_target: str | Path) -> None:
     import asyncio
 
     from bot.agents.ports import ScaledClock
@@ -379,7 +375,7 @@ async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowled
     gw = MemoryGateway(clock=fast, limit=20, window=60.0)
     runtime, agents = await open_agents(
         agent_knowledge,
-        tmp_path / "load.db",
+        db_target,
         gw,
         clock=fast,
         limiter=GroupLimiter(20, 60.0, clock=fast),
@@ -404,10 +400,8 @@ async def test_many_users_batched_in_order_within_limit(agent_knowledge: Knowled
             cid = f"tg:{100 + i}"
             t = desk.topic_of(cid)
             assert t is not None and t.thread_id is not None
-            async with store.db.execute(
-                "SELECT text FROM messages WHERE conversation_id = ? AND direction = 'in' ORDER BY id", (cid,)
-            ) as cur:
-                said = [r[0] for r in await cur.fetchall()]
+            said = [r[0] for r in await store.database.fetchall(
+                "SELECT text FROM messages WHERE conversation_id = ? AND direction = 'in' ORDER BY id", (cid,))]
             text = gw.topic_text(t.thread_id)
             positions = [text.index(f"👤 {s}") for s in said]
             assert positions == sorted(positions), (cid, positions)
@@ -429,7 +423,6 @@ async def _rows_mentioning(store: SQLiteStore, needle: str) -> list[tuple[str, s
     return found
 
 
-@both_engines
 async def test_user_forget_leaves_nothing(rig: Rig) -> None:
     await rig.say(14, "my icloud backup failed, marker-zq93", name="Zed")
     await rig.say(14, "I want to talk to a human")
@@ -461,7 +454,6 @@ async def test_privacy_explains(rig: Rig) -> None:
     assert replies[0].key == "agents.privacy" and "/forget" in replies[0].text and "90 days" in replies[0].text
 
 
-@both_engines
 async def test_retention_purge(rig: Rig) -> None:
     import time
 
@@ -470,8 +462,9 @@ async def test_retention_purge(rig: Rig) -> None:
     await rig.say(17, "my icloud backup failed old-marker")
     await rig.say(18, "my backup is stuck new-marker")
     await rig.settle()  # the desk has recorded both (its topic rows are written after the turn)
-    await rig.store.db.execute("UPDATE messages SET ts = ts - 100 * 86400 WHERE conversation_id = 'tg:17'")
-    await rig.store.db.execute("UPDATE conversations SET updated_at = updated_at - 100 * 86400 WHERE id = 'tg:17'")
+    await rig.store.database.execute("UPDATE messages SET ts = ts - 100 * 86400 WHERE conversation_id = 'tg:17'")
+    await rig.store.database.execute(
+        "UPDATE conversations SET updated_at = updated_at - 100 * 86400 WHERE id = 'tg:17'")
     assert await purge_expired(rig.store.db, 90, now=time.time()) == 1
     assert await _rows_mentioning(rig.store, "old-marker") == []
     assert await _rows_mentioning(rig.store, "tg:17") == []
@@ -481,7 +474,6 @@ async def test_retention_purge(rig: Rig) -> None:
 # -- agents' tools -------------------------------------------------------------------------------
 
 
-@both_engines
 async def test_tools_in_topic_and_private(rig: Rig) -> None:
     await rig.say(19, "my icloud backup failed")
     await rig.say(19, "qwxz blorp fnord")
@@ -513,12 +505,12 @@ async def test_non_agent_private_command_gets_nothing(rig: Rig) -> None:
     assert 5555 not in rig.gw.private and 5555 not in rig.gw.users
 
 
-async def test_restart_continues_without_repeats(agent_knowledge: Knowledge, tmp_path: Path) -> None:
+async def test_restart_continues_without_repeats(agent_knowledge: Knowledge, db_target: str | Path) -> None:
     gw = MemoryGateway()
     opts = DeskOptions(digest_threshold=4)
     runtime, agents = await open_agents(
         agent_knowledge,
-        tmp_path / "restart.db",
+        db_target,
         gw,
         options=opts,
         clock=ManualClock(),
@@ -543,7 +535,9 @@ async def test_restart_continues_without_repeats(agent_knowledge: Knowledge, tmp
     await runtime.close()
 
 
-async def test_busy_times_offer_open_and_open_brings_the_topic(agent_knowledge: Knowledge, tmp_path: Path) -> None:
+async def test_busy_times_offer_open_and_open_brings_the_topic(
+    agent_knowledge: Knowledge, db_target: str | Path
+) -> None:
     import asyncio
 
     from bot.agents.ports import ScaledClock
@@ -552,7 +546,7 @@ async def test_busy_times_offer_open_and_open_brings_the_topic(agent_knowledge: 
     gw = MemoryGateway(clock=fast, limit=20, window=60.0)
     runtime, agents = await open_agents(
         agent_knowledge,
-        tmp_path / "busy.db",
+        db_target,
         gw,
         clock=ManualClock(),
         limiter=GroupLimiter(20, 60.0, clock=fast),
@@ -601,7 +595,6 @@ async def test_busy_times_offer_open_and_open_brings_the_topic(agent_knowledge: 
         await runtime.close()
 
 
-@both_engines
 async def test_users_media_is_copied_into_the_topic_or_shown_as_its_line(rig: Rig) -> None:
     await rig.say(21, "my icloud backup failed", name="Uma")
     await rig.settle()

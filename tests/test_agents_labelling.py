@@ -4,10 +4,15 @@ running bot uses at once (bot.learning.LearnedSync)."""
 
 from __future__ import annotations
 
+import copy
+
 from bot.agents.desk import AgentCallback
 from bot.learning import LearnedSync
 from bot.store.learned import LearnedStore
+from tests.support.postgres import both_stores
 from tests.test_agents_desk import AGENT, GROUP, Rig, agent_knowledge, rig  # noqa: F401 - fixtures
+
+pytestmark = both_stores  # every test on SQLite and on PostgreSQL (tests/support/postgres.py)
 
 TEXT = "the apple cloud thingy ate my kids pictures when i got the new handset"
 
@@ -16,7 +21,7 @@ async def test_unmatched_offers_buttons_and_a_tap_teaches_the_bot(rig: Rig) -> N
     await rig.say(31, "my icloud backup failed")
     await rig.say(31, TEXT)
     await rig.settle()
-    stored = await rig.store.db.execute_fetchall("SELECT id, candidates_json FROM unmatched WHERE text = ?", (TEXT,))
+    stored = await rig.store.database.fetchall("SELECT id, candidates_json FROM unmatched WHERE text = ?", (TEXT,))
     assert stored, "the matcher was unsure: the message waits for a label"
     rig.agent_command(31, "unmatched")
     await rig.settle()
@@ -32,9 +37,11 @@ async def test_unmatched_offers_buttons_and_a_tap_teaches_the_bot(rig: Rig) -> N
     assert [(r.text, r.source) for r in rows] == [(TEXT, "agent:Maria")]
     assert rig.gw.callbacks[-1] == ("cb9", f"Taught: {label}")
     assert "taught by Maria" in rig.gw.group[offers[0].message_id].text
-    # the bot knows it now (the runtime's sync polls; here it is called once)
-    await LearnedSync(LearnedStore(rig.store), rig.engine.matcher).refresh()
-    r = rig.engine.matcher.match(TEXT)
+    # the bot knows it now (the runtime's sync polls; here it is called once — on a copy of the
+    # bot's matcher: the knowledge is shared by the module's tests, which must not learn it)
+    matcher = copy.deepcopy(rig.engine.matcher)
+    await LearnedSync(LearnedStore(rig.store), matcher).refresh()
+    r = matcher.match(TEXT)
     assert r.decision == "accept" and r.intent == rows[0].intent
     # a labelled message is not offered again; a stale press gets an answer, not an error
     rig.agent_command(31, "unmatched")

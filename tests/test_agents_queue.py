@@ -21,7 +21,10 @@ from bot.agents.ports import ManualClock
 from bot.core.engine import Engine
 from bot.runtime import Knowledge
 from tests.support.chat import ChatDriver
+from tests.support.postgres import both_stores
 from tests.test_agents_telegram import AGENT, GROUP, LIMIT, Agents, running_agents
+
+pytestmark = both_stores  # every test on SQLite and on PostgreSQL (tests/support/postgres.py)
 
 SCRIPTS = Path(__file__).parent / "conversations"
 WEEKDAYS_BERLIN = BusinessHours(tuple((d, 9 * 60, 17 * 60) for d in range(5)), "Europe/Berlin")
@@ -34,8 +37,8 @@ def options(**kw: object) -> DeskOptions:
 
 
 @pytest.fixture
-async def rig(knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Agents]:
-    async with running_agents(knowledge, tmp_path) as h:
+async def rig(knowledge: Knowledge, db_target: str | Path) -> AsyncIterator[Agents]:
+    async with running_agents(knowledge, db_target) as h:
         yield h
 
 
@@ -44,8 +47,8 @@ def escalations(agents: Agents) -> int:
 
 
 async def counters(agents: Agents) -> dict[str, int]:
-    async with agents.runtime.store.db.execute("SELECT name, SUM(n) FROM counters GROUP BY name") as cur:
-        return {str(k): int(v) for k, v in await cur.fetchall()}
+    rows = await agents.runtime.store.database.fetchall("SELECT name, SUM(n) FROM counters GROUP BY name")
+    return {str(k): int(v) for k, v in rows}
 
 
 async def taken_over_and_waiting(agents: Agents, uid: int, name: str) -> int:
@@ -79,9 +82,11 @@ async def ask_queue(agents: Agents) -> str:
 # -- waiting alerts and honest expiry ------------------------------------------------------------
 
 
-async def test_unanswered_message_raises_the_alert_before_the_pause_ends(knowledge: Knowledge, tmp_path: Path) -> None:
+async def test_unanswered_message_raises_the_alert_before_the_pause_ends(
+    knowledge: Knowledge, db_target: str | Path
+) -> None:
     clock = ManualClock()
-    async with running_agents(knowledge, tmp_path, clock=clock, options=options()) as agents:
+    async with running_agents(knowledge, db_target, clock=clock, options=options()) as agents:
         thread = await taken_over_and_waiting(agents, 1101, "Lena")
         await clock.advance(119)
         await agents.settle()
@@ -103,9 +108,11 @@ async def test_unanswered_message_raises_the_alert_before_the_pause_ends(knowled
         assert agents.policy.refused == 0 and agents.max_group_calls_in_window() <= LIMIT
 
 
-async def test_pause_expiry_tells_the_waiting_customer_and_requeues(knowledge: Knowledge, tmp_path: Path) -> None:
+async def test_pause_expiry_tells_the_waiting_customer_and_requeues(
+    knowledge: Knowledge, db_target: str | Path
+) -> None:
     clock = ManualClock()
-    async with running_agents(knowledge, tmp_path, clock=clock, options=options(wait_alert_seconds=900)) as agents:
+    async with running_agents(knowledge, db_target, clock=clock, options=options(wait_alert_seconds=900)) as agents:
         await taken_over_and_waiting(agents, 1102, "Omar")
         await clock.advance(601)  # the pause ends before the alert's time: the expiry raises it
         told = await agents.fake.wait_for(
@@ -122,10 +129,12 @@ async def test_pause_expiry_tells_the_waiting_customer_and_requeues(knowledge: K
         assert "🟥 waiting for an answer" in listing and "Omar" in listing  # back in the queue, unclaimed
 
 
-async def test_expiry_outside_business_hours_names_the_next_opening(knowledge: Knowledge, tmp_path: Path) -> None:
+async def test_expiry_outside_business_hours_names_the_next_opening(
+    knowledge: Knowledge, db_target: str | Path
+) -> None:
     clock = ManualClock(SATURDAY_NOON)
     opts = options(wait_alert_seconds=900, hours=WEEKDAYS_BERLIN)
-    async with running_agents(knowledge, tmp_path, clock=clock, options=opts) as agents:
+    async with running_agents(knowledge, db_target, clock=clock, options=opts) as agents:
         await taken_over_and_waiting(agents, 1103, "Pia")
         await clock.advance(601)
         told = await agents.fake.wait_for(
@@ -137,10 +146,10 @@ async def test_expiry_outside_business_hours_names_the_next_opening(knowledge: K
 
 
 async def test_outside_business_hours_a_request_for_a_person_is_told_when_and_queued(
-    knowledge: Knowledge, tmp_path: Path
+    knowledge: Knowledge, db_target: str | Path
 ) -> None:
     clock = ManualClock(SATURDAY_NOON)
-    async with running_agents(knowledge, tmp_path, clock=clock, options=options(hours=WEEKDAYS_BERLIN)) as agents:
+    async with running_agents(knowledge, db_target, clock=clock, options=options(hours=WEEKDAYS_BERLIN)) as agents:
         await agents.user_says(
             1104, "hello?? can I talk to a real person please, the bot doesnt understand my problem", first_name="Rui"
         )
@@ -234,19 +243,20 @@ async def test_satisfaction_is_stored_counted_shown_and_survives_forget(rig: Age
     await agents.user_command(uid, "forget")
     await agents.feature.wait_cleanups()
     await agents.settle()
-    async with db.execute("SELECT COUNT(*) FROM agent_queue WHERE conversation_id = ?", (f"tg:{uid}",)) as cur:
-        assert (await cur.fetchone())[0] == 0  # the person's queue items are erased...
+    left = await agents.runtime.store.database.fetchone(
+        "SELECT COUNT(*) FROM agent_queue WHERE conversation_id = ?", (f"tg:{uid}",))
+    assert left is not None and left[0] == 0  # the person's queue items are erased...
     after = (await reports.weekly(db, 4, time.time()), await reports.desk_figures(db, 0), await counters(agents))
     assert after[:2] == before[:2]  # ...the figures are not
     assert {k: v for k, v in after[2].items() if k != "event:forgotten"} == before[2]  # (an erasure is counted)
 
 
-async def test_a_restart_keeps_the_waiting_clock(knowledge: Knowledge, tmp_path: Path) -> None:
+async def test_a_restart_keeps_the_waiting_clock(knowledge: Knowledge, db_target: str | Path) -> None:
     clock = ManualClock()
-    async with running_agents(knowledge, tmp_path, clock=clock, options=options()) as agents:
+    async with running_agents(knowledge, db_target, clock=clock, options=options()) as agents:
         await taken_over_and_waiting(agents, 1107, "Tom")
         await clock.advance(60)
-    async with running_agents(knowledge, tmp_path, clock=clock, options=options()) as agents:
+    async with running_agents(knowledge, db_target, clock=clock, options=options()) as agents:
         await agents.settle()
         await clock.advance(59)
         await agents.settle()

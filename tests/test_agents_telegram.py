@@ -28,11 +28,14 @@ from bot.config import Settings
 from bot.escalation import Escalation
 from bot.features import Features, standard_features
 from bot.runtime import Knowledge, Runtime, check, open_runtime
-from bot.store import SQLiteStore
+from bot.store import open_store
 from bot.testing.fakeapi import FakeBotAPI, RateLimitPolicy, SentMessage, is_group_chat
 from bot.tg.features import attach_features
 from bot.tg.ratelimit import RateLimits
 from bot.tg.service import TelegramService
+from tests.support.postgres import both_stores
+
+pytestmark = both_stores  # every test on SQLite and on PostgreSQL (tests/support/postgres.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP = -1009876543210
@@ -138,9 +141,11 @@ class Agents:
 
 @asynccontextmanager
 async def running_agents(
-    k: Knowledge, tmp_path: Path, *, clock: Clock | None = None, options: DeskOptions | None = None
+    k: Knowledge, db: str | Path, *, clock: Clock | None = None, options: DeskOptions | None = None
 ) -> AsyncIterator[Agents]:
-    store = await SQLiteStore.open(tmp_path / "agents-e2e.db")
+    """The bot with the agents' feature behind the real Telegram door on a fake Bot API; ``db``:
+    a SQLite file or a PostgreSQL URL (``db_target``)."""
+    store = await open_store(db)
     fake = FakeBotAPI()
     await fake.start()
     fake.make_forum(GROUP)
@@ -182,8 +187,8 @@ async def running_agents(
 
 
 @pytest.fixture
-async def agents(knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[Agents]:
-    async with running_agents(knowledge, tmp_path) as h:
+async def agents(knowledge: Knowledge, db_target: str | Path) -> AsyncIterator[Agents]:
+    async with running_agents(knowledge, db_target) as h:
         yield h
 
 
@@ -323,15 +328,14 @@ async def test_done_hands_back_where_it_was(agents: Agents) -> None:
     assert "4/5" in card.text and "explained the storage thing" in card.text  # the rating on the card
     text = agents.topic_text(thread)
     assert "handed back" in text and "👤 /" not in text  # the bot's own hand-back is no user line
-    async with agents.runtime.store.db.execute(
-        "SELECT COUNT(*) FROM messages WHERE conversation_id = 'tg:1004' AND direction = 'in' AND kind = 'command'"
-    ) as cur:
-        assert (await cur.fetchone())[0] == 0
+    row = await agents.runtime.store.database.fetchone(
+        "SELECT COUNT(*) FROM messages WHERE conversation_id = 'tg:1004' AND direction = 'in' AND kind = 'command'")
+    assert row is not None and row[0] == 0
 
 
-async def test_pause_times_out(knowledge: Knowledge, tmp_path: Path) -> None:
+async def test_pause_times_out(knowledge: Knowledge, db_target: str | Path) -> None:
     clock = ManualClock()
-    async with running_agents(knowledge, tmp_path, clock=clock) as agents:
+    async with running_agents(knowledge, db_target, clock=clock) as agents:
         await agents.user_says(1005, "my icloud backup failed", first_name="Eve")
         await agents.settle()
         n = len(agents.fake.sent(1005))
@@ -407,10 +411,9 @@ async def test_non_agent_sending_agent_commands_gets_nothing(agents: Agents) -> 
         )
     await agents.settle()
     assert agents.fake.sent(3001) == []  # no answer at all
-    async with agents.runtime.store.db.execute(
-        "SELECT COUNT(*) FROM messages WHERE conversation_id = 'tg:3001'"
-    ) as cur:
-        assert (await cur.fetchone())[0] == 0  # nor did they reach the engine
+    row = await agents.runtime.store.database.fetchone(
+        "SELECT COUNT(*) FROM messages WHERE conversation_id = 'tg:3001'")
+    assert row is not None and row[0] == 0  # nor did they reach the engine
     # an admin gets the answer in private
     agents.fake.command(ADMIN, "stats")
     await agents.fake.wait_for(
@@ -451,16 +454,13 @@ async def test_forget_leaves_nothing_of_the_user(agents: Agents) -> None:
     assert "deleted this conversation" in got[-1].text and "stay with the lab" in got[-1].text
     await agents.feature.wait_cleanups()
     await agents.settle()
-    db = agents.runtime.store.db
-    async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cur:
-        tables = [r[0] for r in await cur.fetchall()]
-    for table in tables:
-        async with db.execute(f'SELECT * FROM "{table}"') as cur:
-            for row in await cur.fetchall():
-                flat = " ".join(str(v) for v in row)
-                assert "tg:1010" not in flat and "code-xq71" not in flat and "Jill" not in flat, (table, row)
-                if table not in ("sqlite_sequence", "agent_meta", "agent_trash", "processed_updates"):
-                    assert "1010" not in flat.split(), (table, row)
+    db = agents.runtime.store.database  # either engine's
+    for table in await db.tables():
+        for row in await db.fetchall(f'SELECT * FROM "{table}"'):
+            flat = " ".join(str(v) for v in row)
+            assert "tg:1010" not in flat and "code-xq71" not in flat and "Jill" not in flat, (table, row)
+            if table not in ("sqlite_sequence", "agent_meta", "agent_trash", "processed_updates"):
+                assert "1010" not in flat.split(), (table, row)
     await agents.fake.wait_for(lambda: agents.fake.topics[GROUP][thread]["deleted"], 10, "topic deleted")
     await agents.fake.wait_for(lambda: "erased their conversation" in agents.topic_text(None), 10, "agents told")
     assert "Jill" not in agents.topic_text(None)
@@ -490,11 +490,10 @@ async def test_an_admin_forgets_a_case_privately_by_number(agents: Agents) -> No
     await agents.fake.wait_for(lambda: any("deleted this conversation" in m.text for m in agents.fake.sent(1020)),
                                10, "the user told")
     await agents.settle()
-    db = agents.runtime.store.db
-    async with db.execute("SELECT COUNT(*) FROM messages WHERE text LIKE '%casecode-51%'") as cur:
-        assert (await cur.fetchone())[0] == 0
-    async with db.execute("SELECT COUNT(*) FROM messages WHERE text LIKE '%adminline-77%'") as cur:
-        assert (await cur.fetchone())[0] == 1  # the admin's own chat is untouched
+    db = agents.runtime.store.database  # either engine's
+    assert (await db.fetchone("SELECT COUNT(*) FROM messages WHERE text LIKE '%casecode-51%'"))[0] == 0
+    # the admin's own chat is untouched
+    assert (await db.fetchone("SELECT COUNT(*) FROM messages WHERE text LIKE '%adminline-77%'"))[0] == 1
 
 
 # -- the desk as a support desk: notes, the customer's media, ownership, cards (issue 12) ---------
@@ -671,19 +670,21 @@ async def test_quote_card_find_and_transcript_read_right(agents: Agents) -> None
     assert f"#{agents.desk.topic_of(f'tg:{uid}').ref}" in found.text and ref in found.text  # type: ignore[union-attr]
 
 
-async def test_names_survive_a_restart_and_terminal_tools_take_numbers(knowledge: Knowledge, tmp_path: Path) -> None:
-    async with running_agents(knowledge, tmp_path) as agents:
+async def test_names_survive_a_restart_and_terminal_tools_take_numbers(
+    knowledge: Knowledge, db_target: str | Path
+) -> None:
+    async with running_agents(knowledge, db_target) as agents:
         await agents.user_says(1107, "backup not working since ios update", first_name="Tara")
         await agents.settle()
         ref = agents.desk.topic_of("tg:1107").ref  # type: ignore[union-attr]
-    async with running_agents(knowledge, tmp_path) as agents:  # the bot restarted
+    async with running_agents(knowledge, db_target) as agents:  # the bot restarted
         agents.fake.push({"update_id": 10_000, "poll": {}})  # Telegram's update ids go on (the door dedups)
         agents.agent_says(None, "/find ios update")
         found = await agents.fake.wait_for(
             lambda: next((m for m in agents.topic_messages(None) if "result(s) for" in m.text), None), 10, "/find"
         )
         assert f"Tara #{ref}" in found.text and "User #" not in found.text
-    db = str(tmp_path / "agents-e2e.db")
+    db = str(db_target)
     for name in (f"#{ref}", str(ref), "tg:1107"):
         out = io.StringIO()
         args = argparse.Namespace(action="show", conversation=name, db=db)

@@ -24,6 +24,8 @@ from bot.runtime import Knowledge
 from bot.store import SQLiteStore
 from tests.support.postgres import both_stores
 
+pytestmark = both_stores  # every test on SQLite and on PostgreSQL (tests/support/postgres.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -186,7 +188,6 @@ async def _cli(command: str, db: str, **kw: object) -> str:
     return out.getvalue()
 
 
-@both_stores
 async def test_cli_transcripts_stats_unmatched(filled_db: str, tmp_path: Path) -> None:
     listing = await _cli("transcripts", filled_db)
     assert "term:ann" in listing and "tg:9" in listing and "Ann" in listing
@@ -211,7 +212,6 @@ async def test_cli_transcripts_stats_unmatched(filled_db: str, tmp_path: Path) -
     assert "tg:9" not in await _cli("transcripts", filled_db)
 
 
-@both_stores
 async def test_cli_watch_follows_new_lines(filled_db: str, engine) -> None:  # noqa: ANN001
     out = io.StringIO()
     stop = asyncio.Event()

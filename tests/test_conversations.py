@@ -15,6 +15,8 @@ import yaml
 from tests.support.chat import ChatDriver
 from tests.support.postgres import both_stores
 
+pytestmark = both_stores  # every test on SQLite and on PostgreSQL (tests/support/postgres.py)
+
 SCRIPTS = sorted((Path(__file__).parent / "conversations").glob("*.yaml"))
 
 
@@ -31,7 +33,6 @@ def test_scripts_exist() -> None:
     assert len(CASES) >= 20, "every flow needs conversation scripts"
 
 
-@both_stores
 @pytest.mark.parametrize("script", [c[1] for c in CASES], ids=[c[0] for c in CASES])
 async def test_conversation(chat: ChatDriver, script: dict[str, Any]) -> None:
     for n, turn in enumerate(script["conversation"], 1):

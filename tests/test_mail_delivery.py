@@ -28,6 +28,9 @@ from bot.runtime import Knowledge
 from bot.store import SQLiteStore
 from bot.testing.smtpd import LocalInbox
 from tests.support.chat import ChatDriver
+from tests.support.postgres import both_stores
+
+pytestmark = both_stores  # every test that opens the store on SQLite and on PostgreSQL
 
 FAST = RetryPolicy(base=0.01, cap=0.05, server_base=0.01, server_cap=0.05, max_attempts=4)
 LABS = ("lab@example.com", "intake@example.com")
@@ -111,7 +114,7 @@ def worker_for(quotes: QuoteStore, content: Content, port: int, **kw: object) ->
 
 
 async def add_transcript(store: SQLiteStore, conversation: str) -> None:
-    await store.db.executemany(
+    await store.database.executemany(
         "INSERT INTO messages (conversation_id, ts, direction, kind, text) VALUES (?, ?, ?, ?, ?)",
         [
             (conversation, time.time(), "in", "text", "my iPhone fell in the <b>pool</b>"),

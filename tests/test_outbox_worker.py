@@ -22,6 +22,8 @@ from bot.testing.smtpd import LocalInbox
 from tests.support.postgres import both_stores
 from tests.test_mail_delivery import FAST, LABS, eventually, fields
 
+pytestmark = both_stores  # every test on SQLite and on PostgreSQL (tests/support/postgres.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,7 +40,6 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
     assert p.server_delay(1, 0.0) == 1 and p.server_delay(10, 0.0) == 30
 
 
-@both_stores
 async def test_two_workers_never_send_a_row_twice(store: SQLiteStore, knowledge: Knowledge) -> None:
     box = LocalInbox()
     await box.start()
@@ -84,7 +85,6 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-@both_stores
 async def test_rows_of_a_dead_process_are_taken_back_at_once(
     store: SQLiteStore, knowledge: Knowledge
 ) -> None:
@@ -123,7 +123,6 @@ async def test_rows_of_a_dead_process_are_taken_back_at_once(
         await box.stop()
 
 
-@both_stores
 async def test_a_crash_after_acceptance_resends_with_the_same_message_id(
     store: SQLiteStore, knowledge: Knowledge
 ) -> None:
@@ -158,7 +157,6 @@ async def test_a_crash_after_acceptance_resends_with_the_same_message_id(
         await box.stop()
 
 
-@both_stores
 async def test_stop_gives_claimed_rows_back(store: SQLiteStore) -> None:
     qs = await QuoteStore.open(_target(store))
     try:

@@ -20,13 +20,14 @@ from bot.config import Settings
 from bot.escalation import Escalation
 from bot.runtime import Knowledge, Ports, open_runtime
 from tests.support.chat import ChatDriver
+from tests.support.postgres import both_stores
 from tests.support.scan import byte_hits, table_hits
 from tests.test_agents_desk import AGENT, GROUP, ROOT, Rig, _rows_mentioning, agent_knowledge, open_agents, rig  # noqa: F401
 from tests.test_quote_form import fill
 
+pytestmark = both_stores  # every test on SQLite and on PostgreSQL (tests/support/postgres.py)
+
 ADMIN = 42
-#: the ``rig`` on SQLite and on PostgreSQL (as in tests/test_agents_desk.py)
-both_engines = pytest.mark.parametrize("rig", ["sqlite", "postgres"], indirect=True)
 DAY = 86400
 
 
@@ -50,14 +51,14 @@ async def _counts(rig: Rig) -> tuple[int, int]:  # noqa: F811
 
 
 @pytest.fixture
-async def busy_rig(agent_knowledge: Knowledge, tmp_path: Path) -> AsyncIterator[tuple[Rig, ManualClock]]:  # noqa: F811
+async def busy_rig(agent_knowledge: Knowledge, db_target: str | Path) -> AsyncIterator[tuple[Rig, ManualClock]]:  # noqa: F811
     """A desk whose writer waits for ``advance`` (so two users' lines meet in one Live-feed
     message) and that uses the feed as soon as two conversations wait."""
     slots = ManualClock(start=time.time())
     limiter = GroupLimiter(10_000, 1.0, clock=slots, spread=False)
     gw = MemoryGateway()
     clock = ManualClock()
-    runtime, agents = await open_agents(agent_knowledge, tmp_path / "scan.db", gw, admin_ids=(ADMIN,),
+    runtime, agents = await open_agents(agent_knowledge, db_target, gw, admin_ids=(ADMIN,),
                                         options=DeskOptions(pause_seconds=600, digest_threshold=1),
                                         clock=clock, limiter=limiter)
     try:
@@ -135,7 +136,6 @@ async def test_an_answer_read_before_the_erasure_and_sent_after_it_is_removed(
 # -- who may erase ----------------------------------------------------------------------------------
 
 
-@both_engines
 async def test_a_plain_member_cannot_erase_and_an_admin_confirms_naming_the_case(rig: Rig) -> None:  # noqa: F811
     await rig.say(51, "my icloud backup failed again, plainmark, pls help", name="Olga")
     await rig.settle()
@@ -239,7 +239,6 @@ async def test_group_administrators_may_erase_when_the_setting_says_so(
 # -- /forget during a takeover ------------------------------------------------------------------------
 
 
-@both_engines
 async def test_forget_during_a_takeover_erases_answers_and_ends_the_pause(rig: Rig) -> None:  # noqa: F811
     await rig.say(71, "my icloud backup failed and i am panicking a bit, pausemark", name="Greta")
     await rig.say(71, "I want to talk to a human")
@@ -272,8 +271,8 @@ async def test_retention_takes_expired_words_out_of_an_active_conversation(rig: 
     await rig.say(81, "my iphone backup keeps failing every night, oldwordsmark", name="Hugo")
     await rig.settle(full=True)
     assert "oldwordsmark" in "\n".join(rig.gw.visible())
-    await rig.store.db.execute("UPDATE messages SET ts = ts - 100 * 86400 WHERE conversation_id = 'tg:81'")
-    await rig.store.db.execute("UPDATE agent_posts SET ts = ts - 100 * 86400")
+    await rig.store.database.execute("UPDATE messages SET ts = ts - 100 * 86400 WHERE conversation_id = 'tg:81'")
+    await rig.store.database.execute("UPDATE agent_posts SET ts = ts - 100 * 86400")
     await rig.say(81, "its still failing today btw, newwordsmark")
     await rig.settle(full=True)
     assert await rig.desk.purge(now=time.time()) == 0  # active: not erased

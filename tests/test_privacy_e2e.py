@@ -83,7 +83,7 @@ async def test_secrets_typed_everywhere_are_found_nowhere(
     inbox = LocalInbox()
     await inbox.start()
     texts = list(SECRETS)
-    async with running_agents(knowledge, tmp_path) as agents:
+    async with running_agents(knowledge, tmp_path / "agents-e2e.db") as agents:
         settings = replace(Settings(), smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_tls="none",
                            smtp_password="smtp-Pa55word-xyz", mail_from="bot@example.org",
                            lab_emails=("lab@example.com",))

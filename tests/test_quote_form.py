@@ -25,6 +25,8 @@ from bot.store import SQLiteStore
 from tests.support.chat import ChatDriver
 from tests.support.postgres import both_stores
 
+pytestmark = both_stores  # every test on SQLite and on PostgreSQL (tests/support/postgres.py)
+
 
 def engine_content(chat: ChatDriver) -> Content:
     return chat.engine.content
@@ -145,7 +147,6 @@ async def test_cases_without_a_cost_row_say_so_and_show_the_table(
     assert "$200 - $500" in chat.text and "$600 - $1,800" in chat.text
 
 
-@both_stores
 async def test_send_stores_request_and_outbox_and_answers_with_a_reference(
     chat: ChatDriver, store: SQLiteStore
 ) -> None:
@@ -172,7 +173,6 @@ async def test_send_stores_request_and_outbox_and_answers_with_a_reference(
     assert "iPhone 13 Pro" in texts and "Anna Smith" in texts
 
 
-@both_stores
 async def test_status_before_during_and_after(chat: ChatDriver) -> None:
     await chat.command("/start")
     await chat.command("/status")
@@ -191,7 +191,6 @@ async def test_status_before_during_and_after(chat: ChatDriver) -> None:
     assert "quote.status_queued" in chat.keys and "quote.status_draft" not in chat.keys
 
 
-@both_stores
 async def test_a_second_send_of_the_same_draft_makes_no_second_request(
     chat: ChatDriver, engine: Engine, store: SQLiteStore, features: Features
 ) -> None:
@@ -344,8 +343,7 @@ async def test_never_asks_for_the_passcode_and_redacts_a_typed_one(
     assert "engine.password_warning" in chat.keys
     assert (await chat.state()).step == "ask_device"  # not taken as the device model
     assert "482913" not in json.dumps((await chat.state()).values)
-    async with store.db.execute("SELECT text FROM messages") as cur:
-        assert all("482913" not in r[0] for r in await cur.fetchall())
+    assert all("482913" not in r[0] for r in await store.database.fetchall("SELECT text FROM messages"))
 
 
 async def test_very_long_answers_are_cut_with_a_note(chat: ChatDriver) -> None:
@@ -404,7 +402,6 @@ async def test_emoji_only_name_is_a_name(chat: ChatDriver) -> None:
     assert "🦊🌸" in chat.text and chat.keys[-1] == "quote.summary"
 
 
-@both_stores
 async def test_photos_are_collected_and_counted(chat: ChatDriver, store: SQLiteStore) -> None:
     await fill(chat, consent=False)
     await chat.press("yes")

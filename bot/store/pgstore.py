@@ -112,6 +112,13 @@ class PostgresStore:
     async def paused_conversations(self) -> list[str]:
         return [str(r[0]) for r in await self.database.fetchall(sql.PAUSED)]
 
+    async def message_summary(self, conversation_id: str) -> tuple[int, float | None]:
+        """(lines stored, time of the first) for one conversation (what /privacy counts)."""
+        row = await self.database.fetchone(
+            "SELECT COUNT(*), MIN(ts) FROM messages WHERE conversation_id = ?", (conversation_id,)
+        )
+        return (int(row[0]), row[1]) if row else (0, None)
+
     async def last_message_id(self) -> int:
         row = await self.database.fetchone(sql.LAST_MESSAGE)
         return int(row[0]) if row else 0

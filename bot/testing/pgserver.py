@@ -107,10 +107,16 @@ class PostgresServer:
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, prefix: str = "t") -> str:
-        """A fresh empty database; returns its DSN."""
+    def create_database(self, prefix: str = "t", *, template: str | None = None) -> str:
+        """A fresh database — empty, or a copy of the database ``template`` (a DSN or a name; it
+        must have no open connection): copying a migrated template is much cheaper than
+        migrating a new database. Returns its DSN."""
         name = f"{prefix}_{os.getpid()}_{next(self._names)}"
-        self.psql(f'CREATE DATABASE "{name}"')
+        if template is None:
+            self.psql(f'CREATE DATABASE "{name}"')
+        else:
+            source = template.rsplit("/", 1)[-1]
+            self.psql(f'CREATE DATABASE "{name}" TEMPLATE "{source}" STRATEGY FILE_COPY')
         return self.dsn(name)
 
     def drop_database(self, dsn: str) -> None:
