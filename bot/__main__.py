@@ -204,10 +204,11 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _migrate_db(settings: Settings, args: argparse.Namespace) -> int:
-    """Copy BOT_DB (or --db) into the PostgreSQL database --to; 1 when a table's counts differ."""
+    """Copy BOT_DB (or --db) into the PostgreSQL database --to; 1 when a table's counts differ,
+    2 when the target is neither empty nor a copy of this database."""
     from bot.features import standard_features  # the features' migrations: only this command needs them
     from bot.store import schema
-    from bot.store.copy import copy_sqlite_to_postgres
+    from bot.store.copy import CopyRefused, copy_sqlite_to_postgres
     from bot.store.postgres import redact_url
 
     if not is_postgres(args.to):
@@ -215,7 +216,11 @@ async def _migrate_db(settings: Settings, args: argparse.Namespace) -> int:
     source = args.db or settings.db_path
     owners = [(schema.OWNER, schema.BY_DIALECT)]
     owners += [(f.name, f.migrations()) for f in standard_features(settings, desk=False, deliver=False).all]
-    report = await copy_sqlite_to_postgres(source, args.to, owners, connect_timeout=settings.db_connect_timeout)
+    try:
+        report = await copy_sqlite_to_postgres(source, args.to, owners, connect_timeout=settings.db_connect_timeout)
+    except CopyRefused as exc:
+        print(f"migrate-db: {exc}", file=sys.stderr)
+        return 2
     for table, (a, b) in report.counts.items():
         print(f"{table}: {a} rows in SQLite, {b} in PostgreSQL ({report.copied[table]} copied now)")
     for table, n in report.left_behind.items():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bot.core.ports import State
 from bot.escalation.store import QuoteStore
 from bot.runtime import Knowledge
 from bot.store import SQLiteStore
@@ -64,8 +65,110 @@ async def test_a_sqlite_installation_moves_to_postgres_once(knowledge: Knowledge
         await pg.close()
 
 
-async def test_counts_that_differ_name_the_table(knowledge: Knowledge, tmp_path: Path,
-                                                 pg_server: PostgresServer) -> None:
+async def _installation(knowledge: Knowledge, db: Path, user: str, *lines: str) -> State:
+    """A SQLite installation in ``db`` where ``user`` said ``lines``; the user's state after
+    (the store closed)."""
+    from bot.core.engine import Engine
+
+    store = await SQLiteStore.open(db)
+    chat = ChatDriver(Engine(knowledge.content, knowledge.flows, knowledge.matcher, store), user)
+    for line in lines:
+        await chat.say(line)
+    state = await chat.state()
+    await store.close()
+    return state
+
+
+async def _pg_rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    pg = await PostgresStore.open(url)
+    try:
+        return [tuple(r) for r in await pg.database.fetchall(sql)]
+    finally:
+        await pg.close()
+
+
+async def test_a_second_copy_brings_the_target_up_to_date(knowledge: Knowledge, tmp_path: Path,
+                                                          pg_server: PostgresServer) -> None:
+    """The lab copies, tests PostgreSQL, keeps the SQLite bot running a while, erases a user,
+    then copies again before the switch: the target ends up equal to the source."""
+    db = tmp_path / "bot.db"
+    await _installation(knowledge, db, "tg:1", "my backup failed last night, iphone 12, any idea?")
+    await _installation(knowledge, db, "tg:2", "hi, icloud storage full again :(")
+    url = pg_server.create_database()
+    assert _migrate(db, url).returncode == 0
+    # the SQLite bot went on: tg:1 said more, tg:2 was erased
+    last = await _installation(knowledge, db, "tg:1", "ok it says not enough storage now")
+    store = await SQLiteStore.open(db)
+    from bot.agents.privacy import forget_conversation
+
+    await forget_conversation(store.db, "tg:2")
+    await store.close()
+    again = _migrate(db, url)
+    assert again.returncode == 0, again.stderr
+    assert "every table's row count matches" in again.stdout
+    lines = await _pg_rows(url, "SELECT conversation_id, text FROM messages WHERE direction = 'in' ORDER BY id")
+    assert ("tg:1", "ok it says not enough storage now") in lines
+    assert not [r for r in lines if r[0] == "tg:2"]  # the erasure reached the copy too
+    pg = await PostgresStore.open(url)
+    try:
+        state = await pg.load_state("tg:1")
+        assert state is not None and state.ref == last.ref  # the newer state, not the first copy's
+        assert await pg.load_state("tg:2") is None
+    finally:
+        await pg.close()
+
+
+async def test_an_interrupted_copy_is_finished_by_the_next_run(knowledge: Knowledge, tmp_path: Path,
+                                                               pg_server: PostgresServer) -> None:
+    db = tmp_path / "bot.db"
+    await _installation(knowledge, db, "tg:7", "backup stuck at 20% since yesterday", "still stuck",
+                        "is icloud down??", "thanks anyway")
+    url = pg_server.create_database()
+    assert _migrate(db, url).returncode == 0
+    total = (await _pg_rows(url, "SELECT COUNT(*) FROM messages"))[0][0]
+    # as if the run had died after its first batches: the newest rows never arrived
+    pg = await PostgresStore.open(url)
+    await pg.database.execute("DELETE FROM messages WHERE id > 3")
+    await pg.database.execute("DELETE FROM conversations")
+    await pg.close()
+    out = _migrate(db, url)
+    assert out.returncode == 0, out.stderr
+    assert f"messages: {total} rows in SQLite, {total} in PostgreSQL ({total - 3} copied now)" in out.stdout
+
+
+async def test_another_installations_database_is_refused(knowledge: Knowledge, tmp_path: Path,
+                                                         pg_server: PostgresServer) -> None:
+    ours, theirs = tmp_path / "ours.db", tmp_path / "theirs.db"
+    await _installation(knowledge, theirs, "tg:50", "hello, the other lab's bot here", "backup failed")
+    await _installation(knowledge, ours, "tg:60", "my iphone wont back up, storage full it says")
+    url = pg_server.create_database()
+    assert _migrate(theirs, url).returncode == 0
+    out = _migrate(ours, url)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "another installation's transcript" in out.stderr and "messages" in out.stderr
+    rows = await _pg_rows(url, "SELECT conversation_id FROM messages")
+    assert {r[0] for r in rows} == {"tg:50"}  # not a row of ours went in
+
+
+async def test_a_target_a_bot_has_written_to_since_the_copy_is_refused(knowledge: Knowledge, tmp_path: Path,
+                                                                       pg_server: PostgresServer) -> None:
+    from bot.core.engine import Engine
+
+    db = tmp_path / "bot.db"
+    await _installation(knowledge, db, "tg:8", "my backup failed")
+    url = pg_server.create_database()
+    assert _migrate(db, url).returncode == 0
+    pg = await PostgresStore.open(url)  # the lab switched: the bot runs on PostgreSQL now
+    await ChatDriver(Engine(knowledge.content, knowledge.flows, knowledge.matcher, pg), "tg:9").say("hi")
+    await pg.close()
+    out = _migrate(db, url)
+    assert out.returncode == 2 and "a bot has written to it since the last copy" in out.stderr
+    assert "messages.id" in out.stderr
+    assert ("tg:9",) in await _pg_rows(url, "SELECT conversation_id FROM messages")  # its work is kept
+
+
+async def test_a_target_that_holds_data_no_copy_put_there_is_refused(knowledge: Knowledge, tmp_path: Path,
+                                                                     pg_server: PostgresServer) -> None:
     db = tmp_path / "bot.db"
     store = await SQLiteStore.open(db)
     await store.database.execute("INSERT INTO learned_examples (text, intent, created_at) VALUES ('x', 'y', 1)")
@@ -77,5 +180,6 @@ async def test_counts_that_differ_name_the_table(knowledge: Knowledge, tmp_path:
                               "('more', 'y', 2)")
     await pg.close()
     out = _migrate(db, url)
-    assert out.returncode == 1
-    assert "learned_examples" in out.stderr.splitlines()[-1]
+    assert out.returncode == 2
+    assert "learned_examples: 2 rows" in out.stderr and "empty database" in out.stderr
+    assert len(await _pg_rows(url, "SELECT * FROM learned_examples")) == 2  # untouched
