@@ -250,3 +250,56 @@ async def test_only_the_leader_writes_to_the_agents_group_and_a_follower_takes_o
     finally:
         await a_rt.close()
         await b_rt.close()
+
+
+async def test_a_new_leader_continues_with_what_is_left_of_the_groups_minute(
+    pg_dsn: str, tmp_path, knowledge  # noqa: ANN001, F811
+) -> None:
+    """The group's budget (20 calls a minute) is stored as the leader spends it: after a
+    hand-over the new leader writes at once when the minute has room (it no longer waits a
+    whole minute to be safe), counting the old leader's calls of that minute against it."""
+    from bot.agents.limiter import GroupLimiter
+    from bot.agents.memory import MemoryGateway
+    from bot.core.messages import EventKind, Inbound
+
+    gw = MemoryGateway(limit=20, window=60.0)  # Telegram's: the group refuses a call past 20 a minute
+
+    def group_text() -> str:
+        return "\n".join(m.text for m in gw.group.values())
+
+    async def agents_runtime(leader: AdvisoryLeader):  # noqa: ANN202 - one process each: its own limiter
+        from bot.agents import Agents
+        from bot.agents.desk import DeskOptions
+        from bot.config import Settings
+        from bot.escalation import Escalation
+        from bot.runtime import Ports, open_runtime
+        from tests.conftest import ROOT
+
+        settings = Settings(agent_chat_id=-100777)
+        quotes = Escalation(settings, deliver=False)
+        options = DeskOptions(group_limit=20, group_window=60.0, record_every=0.01)
+        agents = Agents(settings, options=options, quotes=quotes, limiter=GroupLimiter(20, 60.0, spread=False))
+        runtime = await open_runtime(pg_dsn, ROOT / "content", ROOT / "flows", features=[quotes, agents],
+                                     knowledge=knowledge, leadership=leader)
+        await runtime.start(Ports(agents_group=gw))
+        return runtime, agents
+
+    a_rt, a = await agents_runtime(AdvisoryLeader(pg_dsn, "bot:8", **FAST))
+    b_rt, b = await agents_runtime(AdvisoryLeader(pg_dsn, "bot:8", **FAST))
+    try:
+        assert a.enabled and not b.enabled
+        await a_rt.engine.handle(Inbound("tg:41", EventKind.TEXT, text="my icloud backup failed twice", user_name="Ada"))
+        await _until(lambda: "backup failed twice" in group_text(), timeout=15)
+        spent = len(gw.calls)
+        assert 0 < spent < 15  # the old leader used part of the minute
+        await a_rt.close()
+        await _until(lambda: b.enabled, timeout=10)
+        await b_rt.engine.handle(Inbound("tg:42", EventKind.TEXT, text="backup stuck at 20% since monday",
+                                         user_name="Ben"))
+        await _until(lambda: "stuck at 20%" in group_text(), timeout=15)  # at once, not after a minute
+        assert gw.refused == 0
+        # the new leader counts the old one's calls: the minute's room is what both left
+        assert b.desk is not None and b.desk.limiter.used() >= spent
+    finally:
+        await a_rt.close()
+        await b_rt.close()

@@ -156,14 +156,11 @@ class Agents:
             return dataclasses.replace(self.options, look_every=1.0)
         return dataclasses.replace(self.options, record_only=True)
 
-    def _limiter_for(self, options: DeskOptions) -> GroupLimiter | None:
-        """A leader of several processes starts with the group's budget spent (the previous
-        leader may have used it in its last minute): the group's limit holds across a hand-over."""
-        if isinstance(self._leadership, SoleLeader) or options.record_only:
-            return self.limiter
-        limiter = self.limiter or GroupLimiter(options.group_limit, options.group_window, reserve=options.reserve)
-        limiter.assume_spent()
-        return limiter
+    def _shares_budget(self, options: DeskOptions) -> bool:
+        """A leader of several processes shares the group's budget with the leaders before and
+        after it: it stores its calls' times and starts from the previous leader's (the group's
+        limit holds across a hand-over, and the new leader continues at once)."""
+        return not isinstance(self._leadership, SoleLeader) and not options.record_only
 
     async def _follow(self, ports: Ports) -> None:
         """The leader's desk while this process leads, a recording one while it follows."""
@@ -194,9 +191,10 @@ class Agents:
             admin_ids=self.settings.admin_ids,
             options=options,
             clock=self.clock,
-            limiter=self._limiter_for(options),
+            limiter=self.limiter,
             quotes=self.quotes,
         )
+        self.desk.shared_budget = self._shares_budget(options)
         await self.desk.start()
         early, self._early_alerts = self._early_alerts, []
         for text in early:

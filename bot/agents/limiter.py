@@ -77,10 +77,18 @@ class GroupLimiter:
         self._blocked_until = max(self._blocked_until, self.clock.now() + seconds)
 
     def assume_spent(self) -> None:
-        """Count the whole window as used just now: a new leader of several processes cannot
-        know what the previous one spent in its last minute, so it waits one window."""
+        """Count the whole window as used just now (a new leader that cannot read what the
+        previous one spent in its last minute waits one window)."""
         now = self.clock.now()
         self._stamps.extend([now] * max(0, self.limit - len(self._stamps)))
+
+    def restore(self, ages: list[float]) -> None:
+        """Count calls made ``ages`` seconds ago (by the previous leader, read from the
+        database): a new leader continues with what is left of the window."""
+        now = self.clock.now()
+        for age in sorted(ages, reverse=True):
+            if 0 <= age < self.window:
+                self._stamps.append(now - age)
 
     def used(self) -> int:
         self._prune(self.clock.now())

@@ -80,6 +80,8 @@ from .timers import TimersPart
 from .tools import ToolsPart
 
 log = logging.getLogger(__name__)
+#: ``agent_meta`` key: the times (Unix, comma-separated) of the leader's last calls into the group
+BUDGET_KEY = "group_sends"
 
 
 class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart, PostsPart, QueuePart):
@@ -130,6 +132,10 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         self._progress = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        # several processes (PostgreSQL): the leader stores when it called into the group, so
+        # that the next leader continues with what is left of the window (``BUDGET_KEY``)
+        self.shared_budget = False
+        self._sends: deque[float] = deque(maxlen=self.limiter.limit)
         self.errors = 0
         self.posted_lines = 0
 
@@ -154,6 +160,8 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             self.rstore = SQLiteStore(own, path)  # reads only (load_state)
             self.reg = Registry(own, self.store.db, self._tx_lock)
         reg = self.reg
+        if self.enabled and self.shared_budget:
+            await self._restore_budget()
         if self.enabled:
             start = await reg.meta("start_cursor")
             if start is None:  # first start with a group: mirror from now on, not the history
@@ -306,6 +314,23 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), min(remaining, 0.2))
+
+    async def _restore_budget(self) -> None:
+        """A new leader: the previous leader's calls of the last window count against the group's
+        limit (Telegram's 20 a minute is the group's, whoever sends)."""
+        raw = await self.reg.meta(BUDGET_KEY)
+        stamps = sorted(float(x) for x in raw.split(",") if x) if raw else []
+        self._sends.extend(stamps)
+        now = time.time()
+        self.limiter.restore([now - t for t in stamps])
+
+    async def _note_group_send(self) -> None:
+        """Store this call's time before it is made (the group counts arrivals)."""
+        self._sends.append(time.time())
+        try:
+            await self.reg.set_meta(BUDGET_KEY, ",".join(f"{t:.3f}" for t in self._sends))
+        except StoreError as exc:  # the call goes out all the same; a hand-over now could overspend
+            log.warning("agents' desk: could not store the group's budget: %s", exc)
 
     async def settle(self, timeout: float = 10.0, *, full: bool = False) -> None:
         """Wait until the mirror caught up: records processed, every stored line read and

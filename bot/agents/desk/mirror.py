@@ -327,6 +327,8 @@ class MirrorPart:
     async def _call(self, urgent: bool, fn: Callable[[], Awaitable[T]]) -> T:
         """One call into the group, counted against its budget whatever the outcome."""
         self.limiter.started(urgent)
+        if self.shared_budget:
+            await self._note_group_send()
         try:
             return await fn()
         finally:
