@@ -1,7 +1,8 @@
 """Two instances of the real bot (``python -m bot run --webhook``) on one PostgreSQL database
 behind a round-robin proxy, 200 users (some sending a quote request), one instance killed with
-SIGKILL mid-load: every update answered once, every quote mailed once, no conversation's
-steps out of order (``bot/testing/two_instances.py``). About a minute and a half on a quiet
+SIGKILL mid-load: every update answered once, every quote mailed once, the agents' group (its
+desk on whichever instance leads) never sent more than Telegram's 20 messages a minute, no
+conversation's steps out of order (``bot/testing/two_instances.py``). About a minute and a half on a quiet
 2-core machine; marked ``two_instances`` (``pytest -m two_instances`` runs it alone)."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ QUOTE_USERS = 8
 async def test_two_instances_one_killed_nothing_lost_or_doubled(pg_server: PostgresServer, tmp_path: Path) -> None:
     dsn = pg_server.create_database("two")
     r = await two_instance_run(dsn=dsn, workdir=tmp_path, users=200, messages=2, quote_users=QUOTE_USERS,
-                               kill_at=0.4, seed=13, answer_timeout=20)
+                               kill_at=0.4, seed=13, answer_timeout=20, agents_group=True)
     assert r["killed"] == 1 and not r["form_errors"], r
     assert sorted(r["exit_codes"]) == [-9, 0], r  # the survivor stopped cleanly
     # every update handled once, in order
@@ -34,3 +35,5 @@ async def test_two_instances_one_killed_nothing_lost_or_doubled(pg_server: Postg
     assert r["quotes_sent"] == QUOTE_USERS and r["quotes_confirmed_twice"] == 0, r
     assert r["mails"] == QUOTE_USERS and r["mailed_refs"] == QUOTE_USERS and r["mails_twice"] == 0, r
     assert r["passed_on"] > 0  # the proxy did pass requests from the dead instance to the live one
+    # the agents' group: the desk wrote to it, and never beyond its limit (Telegram's 20 a minute)
+    assert r["group_calls"] > 0 and r["group_429"] == 0 and r["group_max_per_minute"] <= 20, r

@@ -20,9 +20,11 @@ and the database:
 * ``quotes_sent`` / ``mails`` / ``mailed_refs`` / ``mails_twice``: quote requests confirmed to
   users, mails the lab received, the distinct quote references in their subjects, and
   references mailed more than once;
-* ``group_429``: calls into the agents' group refused for exceeding its limit (with
-  ``agents_group``: the leader's desk writes to the fake group; the group's limit across a
-  hand-over is also tested in-process: ``tests/test_leadership.py``).
+* ``group_429`` / ``group_calls`` / ``group_max_per_minute``: calls into the agents' group
+  refused for exceeding its limit, those that succeeded, and the most messages the fake
+  received from the bot in any 60 seconds (with ``agents_group``: the leader's desk mirrors
+  every conversation into the fake group — across the kill, a new leader takes the desk over;
+  the hand-over is also tested in-process: ``tests/test_leadership.py``).
 
 Used by ``tests/test_two_instances.py``.
 """
@@ -46,7 +48,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .fakeapi import FakeBotAPI
+from .fakeapi import SEND_METHODS, FakeBotAPI
 from .smtpd import LocalInbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,11 +210,24 @@ async def two_instance_run(
             await inbox.stop()
         result["group_429"] = group_limit.refused
         result["group_calls"] = sum(1 for c in fake.calls if c.chat_id == GROUP and c.ok)
+        result["group_max_per_minute"] = _most_in_window(
+            [c.received_at for c in fake.calls if c.chat_id == GROUP and c.method in SEND_METHODS], 60.0)
         result["passed_on"] = proxy.passed_on
         result["exit_codes"] = [p.returncode for p in procs]
     result.update(await _count_in_db(dsn, result.pop("_sent_texts")))
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def _most_in_window(times: list[float], window: float) -> int:
+    """The most of ``times`` (arrivals at the fake) that fall in any ``window`` seconds."""
+    times = sorted(times)
+    best = j = 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
 
 
 async def _until_healthy(ports: list[int], timeout: float) -> None:
