@@ -47,7 +47,7 @@ class CardsPart:
                 if html != t.card_html:
                     try:
                         buttons = self._card_buttons(t)
-                        await self._call(False, lambda m=message_id, h=html, b=buttons: gw.edit(m, h, b))
+                        await self.ports.call(False, lambda m=message_id, h=html, b=buttons: gw.edit(m, h, b))
                         t.card_html = html
                     except NotModified:
                         t.card_html = html
@@ -56,46 +56,46 @@ class CardsPart:
                         t.card_pinned = False
                     except ThreadNotFound:
                         self._lost_topic(t)
-                    await self.reg.save(t)
+                    await self.ports.reg.save(t)
                     return True
             if not t.card_pinned:
                 try:
-                    await self._call(False, lambda m=message_id: gw.pin(m))
+                    await self.ports.call(False, lambda m=message_id: gw.pin(m))
                     t.card_pinned = True
                 except MessageGone:
                     t.card_message_id = None
                 except ThreadNotFound:
                     self._lost_topic(t)
-                await self.reg.save(t)
+                await self.ports.reg.save(t)
                 return True
             if t.name_dirty:
                 name = self._name_for(t)
                 t.name_dirty = False
                 if name != t.topic_name:
                     try:
-                        await self._call(False, lambda th=thread, n=name: gw.rename_topic(th, n))
+                        await self.ports.call(False, lambda th=thread, n=name: gw.rename_topic(th, n))
                         t.topic_name = name
                     except NotModified:
                         t.topic_name = name
                     except ThreadNotFound:
                         self._lost_topic(t)
-                    await self.reg.save(t)
+                    await self.ports.reg.save(t)
                     return True
             if not (t.card_dirty or t.name_dirty or not t.card_pinned or t.card_message_id is None):
                 self.st.card_work.discard(cid)
         return False
 
     async def _card_html(self, t: Topic) -> str:
-        state = await self.rstore.load_state(t.conversation_id)
-        rows = await self.reg.conversation_rows(t.conversation_id, 0, None, 5000)
+        state = await self.ports.rstore.load_state(t.conversation_id)
+        rows = await self.ports.reg.conversation_rows(t.conversation_id, 0, None, 5000)
         values = dict(state.values) if state else {}
         # the conversation's first words (not the text that started the current flow)
         said = next((r.text for r in rows if r.direction == "in" and r.kind == "text"), "")
         said = said or values.get("trigger_text", "")
         quote = await self._quote_state(t.conversation_id) or t.quote_state
         quote_case = None
-        if quote and self.quotes is not None:  # a request exists: its reference, device, contact, price
-            quote_case = await self.quotes.quote_case(t.conversation_id)
+        if quote and self.ports.quotes is not None:  # a request exists: its reference, device, contact, price
+            quote_case = await self.ports.quotes.quote_case(t.conversation_id)
         card = CardData(
             ref=t.ref,
             conversation_id=t.conversation_id,
@@ -169,4 +169,4 @@ class CardsPart:
         return [(self.texts.plain("agents.desk.btn_claim_case"), f"{CALLBACK_PREFIX}c:{t.ref}")]
 
     async def _quote_state(self, cid: str) -> str:
-        return await self.quotes.quote_state(cid) if self.quotes is not None else ""
+        return await self.ports.quotes.quote_state(cid) if self.ports.quotes is not None else ""

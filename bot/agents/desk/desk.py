@@ -78,6 +78,7 @@ from .state import DeskState
 from .takeover import TakeoverPart
 from .timers import TimersPart
 from .tools import ToolsPart
+from .wiring import DeskPorts, Signals
 
 log = logging.getLogger(__name__)
 
@@ -102,41 +103,55 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         problems = check_content(engine.content)
         if problems:
             raise ContentError(problems)
-        self.engine = engine
-        self.store = store  # SQLiteStore: db, load_state, set_flags, add_entries
-        self.gateway = gateway if chat_id is not None else None
-        self.chat_id = chat_id
-        self.admin_ids = frozenset(admin_ids)
-        self.options = options or DeskOptions()
-        self.quotes = quotes  # the quote feature's port (None: no quote feature, no quote line)
-        self.clock: Clock = clock or SystemClock()
-        o = self.options
-        self.limiter = limiter or GroupLimiter(o.group_limit, o.group_window, reserve=o.reserve)
-        self.texts = Texts(engine.content)
-        # The desk reads and writes on a connection of its own (WAL: readers never wait), so
-        # its queries never queue in front of a user's turn on the engine's connection.
-        self.db = store.db
-        self.rstore = store
-        self._own_db: aiosqlite.Connection | None = None
-        self._tx_lock = store.tx_lock
-        self.reg = Registry(store.db, store.db, self._tx_lock)
+        o = options or DeskOptions()
+        store_gateway = gateway if chat_id is not None else None
         self.st = DeskState()  # the mirror's working state (state.py)
+        # The desk reads and writes on a connection of its own once started (WAL: readers never
+        # wait), so its queries never queue in front of a user's turn on the engine's connection.
+        self.ports = DeskPorts(
+            engine=engine,
+            store=store,
+            gateway=store_gateway,
+            chat_id=chat_id,
+            admin_ids=frozenset(admin_ids),
+            options=o,
+            clock=clock or SystemClock(),
+            limiter=limiter or GroupLimiter(o.group_limit, o.group_window, reserve=o.reserve),
+            texts=Texts(engine.content),
+            quotes=quotes,
+            tx_lock=store.tx_lock,
+            reg=Registry(store.db, store.db, store.tx_lock),
+            rstore=store,
+            db=store.db,
+        )
+        self.signals = Signals(self.st)
+        p = self.ports
+        self.engine, self.store, self.gateway, self.chat_id = engine, store, p.gateway, chat_id
+        self.options, self.clock, self.texts = o, p.clock, p.texts
+        self._own_db: aiosqlite.Connection | None = None
         self._ensure_lock = asyncio.Lock()
         # tasks and signals
         self._inbox: asyncio.Queue[TurnRecord] = asyncio.Queue()
         self.agent_inbox: asyncio.Queue[AgentMessage | AgentCommand | AgentCallback | UserMedia] = asyncio.Queue()
-        self._wake = asyncio.Event()
-        self._timer_wake = asyncio.Event()
-        self._progress = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
-        self.errors = 0
-        self.posted_lines = 0
+
+    @property
+    def limiter(self) -> GroupLimiter:
+        return self.ports.limiter
+
+    @property
+    def errors(self) -> int:
+        return self.ports.errors
+
+    @property
+    def posted_lines(self) -> int:
+        return self.ports.posted_lines
 
     @property
     def enabled(self) -> bool:
         """True when an agents' group is configured (else: escalations + purge only)."""
-        return self.gateway is not None
+        return self.ports.enabled
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -150,11 +165,11 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             await own.execute("PRAGMA busy_timeout = 10000")
             await own.execute("PRAGMA foreign_keys = ON")
             self._own_db = own
-            self.db = own
-            self.rstore = SQLiteStore(own, path)  # reads only (load_state)
-            self.reg = Registry(own, self.store.db, self._tx_lock)
-        reg = self.reg
-        if self.enabled:
+            self.ports.db = own
+            self.ports.rstore = SQLiteStore(own, path)  # reads only (load_state)
+            self.ports.reg = Registry(own, self.store.db, self.ports.tx_lock)
+        reg = self.ports.reg
+        if self.ports.enabled:
             start = await reg.meta("start_cursor")
             if start is None:  # first start with a group: mirror from now on, not the history
                 self.st.start_cursor = await reg.max_message_id()
@@ -182,14 +197,14 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             self.st.esc_known = max([self.st.esc_cursor] + [r.id for r in self.st.esc_pending])
         if not self.options.record_only:  # a follower leaves pauses and timers to the leader
             await self._reconcile_pauses()
-        if self.enabled:
+        if self.ports.enabled:
             await self._load_waiting()
         if self.on_turn not in self.engine.listeners:
             self.engine.listeners.append(self.on_turn)
         self._spawn(self._recorder(), "agents-recorder")
         if not self.options.record_only:
             self._spawn(self._timers(), "agents-timers")
-        if self.enabled:
+        if self.ports.enabled:
             self._spawn(self._writer(), "agents-writer")
             self._spawn(self._agent_worker(), "agents-inbox")
         log.info(
@@ -213,15 +228,15 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):  # each task catches its own errors
                 await task
-        if self.enabled:
+        if self.ports.enabled:
             with contextlib.suppress(sqlite3.Error, StoreError):  # progress is saved lazily anyway
                 await self._save_seen(force=True)
-                await self.reg.set_meta("feed_cursor", self.st.feed_cursor)
+                await self.ports.reg.set_meta("feed_cursor", self.st.feed_cursor)
         own, self._own_db = self._own_db, None
         if own is not None:
-            self.db = self.store.db
-            self.rstore = self.store
-            self.reg = Registry(self.store.db, self.store.db, self._tx_lock)
+            self.ports.db = self.store.db
+            self.ports.rstore = self.store
+            self.ports.reg = Registry(self.store.db, self.store.db, self.ports.tx_lock)
             await own.close()
 
     async def __aenter__(self) -> AgentDesk:
@@ -240,7 +255,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         a user's media to copy into their topic (noted at once, before the engine stores its
         transcript line, so the writer always knows it; stored by the agent task)."""
         if isinstance(item, UserMedia):
-            if not self.enabled or self.st.forgotten.get(item.conversation_id) == math.inf:
+            if not self.ports.enabled or self.st.forgotten.get(item.conversation_id) == math.inf:
                 return
             self.st.media.setdefault(item.conversation_id, deque()).append(item)
         self.agent_inbox.put_nowait(item)
@@ -248,7 +263,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
     # -- for other features -----------------------------------------------------------------------
     async def alert(self, text: str) -> None:
         """``Alerter`` for the quote feature: a line in the Escalations topic."""
-        if not self.enabled:
+        if not self.ports.enabled:
             log.warning("ALERT: %s", text)
             return
         html = fit(Html.text("⚠️ " + text))
@@ -258,13 +273,13 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             await self._send_or_forget_thread(thread, html.html, "escalations")
 
         self.st.urgent.append(send)
-        self._wake.set()
+        self.signals.wake.set()
 
     async def report_event(self, conversation_id: str, event: str) -> None:
         """Flag an event that happened outside a turn (e.g. ``quote_failed``)."""
-        topic = await self._ensure(conversation_id) if self.enabled else None
+        topic = await self._ensure(conversation_id) if self.ports.enabled else None
         await self._flag(conversation_id, topic, event)
-        self._wake.set()
+        self.signals.wake.set()
 
     # -- waiting (tests, benchmark) ---------------------------------------------------------------
     def backlog(self) -> dict[str, int]:
@@ -303,9 +318,9 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError(f"agents' desk: timed out waiting for {what or predicate}; backlog {self.backlog()}")
-            self._progress.clear()
+            self.signals.progress.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), min(remaining, 0.2))
+                await asyncio.wait_for(self.signals.progress.wait(), min(remaining, 0.2))
 
     async def settle(self, timeout: float = 10.0, *, full: bool = False) -> None:
         """Wait until the mirror caught up: records processed, every stored line read and
@@ -316,19 +331,17 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             await self.wait_until(
                 lambda: self.caught_up(full=full), max(0.01, deadline - loop.time()), "the mirror to catch up"
             )
-            if not self.enabled or await self.reg.max_message_id() <= self.st.fetched:
+            if not self.ports.enabled or await self.ports.reg.max_message_id() <= self.st.fetched:
                 if self.caught_up(full=full):
                     return
             else:
-                self._new_rows()
+                self.signals.new_rows()
             if loop.time() > deadline:
                 raise TimeoutError(f"agents' desk: not caught up; backlog {self.backlog()}")
-            self._progress.clear()
+            self.signals.progress.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), 0.2)
+                await asyncio.wait_for(self.signals.progress.wait(), 0.2)
 
-    def _tick(self) -> None:
-        self._progress.set()
 
     # -- the topic cache --------------------------------------------------------------------------
     def _cache(self, t: Topic) -> Topic:
@@ -346,7 +359,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             t = self.st.topics.get(cid)
             if t is not None:
                 return t
-            t = await self.reg.topic(cid) or await self.reg.create_topic(cid, self.st.start_cursor)
+            t = await self.ports.reg.topic(cid) or await self.ports.reg.create_topic(cid, self.st.start_cursor)
             return self._cache(t)
 
     def topic_of(self, conversation_id: str) -> Topic | None:
@@ -377,7 +390,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             # the user erased it mid-takeover: the agents learn it (without the user's words)
             gw, note = self.gateway, self.texts("agents.desk.note_user_forgot", ref=str(t.ref))
             self.st.urgent.append(lambda: gw.send(None, note.html))
-            self._wake.set()
+            self.signals.wake.set()
         self.st.forgotten[conversation_id] = math.inf
         self._drop(conversation_id)
 
@@ -386,7 +399,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         self.st.erased_at[conversation_id] = time.monotonic()
         self._drop(conversation_id)
         self.st.trash_dirty = True
-        self._wake.set()
+        self.signals.wake.set()
 
     def _is_watched(self, t: Topic) -> bool:
         return t.paused_until is not None or t.watched_until > self.clock.now()

@@ -101,23 +101,23 @@ class FeedPart:
         thread = self.st.live_thread
         if thread is None:
             name = self.texts.plain("agents.desk.topic_live")
-            thread = await self._call(False, lambda: gw.create_topic(name))
+            thread = await self.ports.call(False, lambda: gw.create_topic(name))
             self.st.live_thread = thread
-            await self.reg.set_meta("live_thread", thread)
+            await self.ports.reg.set_meta("live_thread", thread)
             return True
         html = join((join(lines) for lines in blocks.values()), Html("\n\n", 2)).html
         parts = [(cid, join(lines)) for cid, lines in blocks.items()]  # recorded: /forget edits one out
         try:
-            await self._call(False, lambda: self._post(thread, html, kind="feed", parts=parts))
+            await self.ports.call(False, lambda: self._post(thread, html, kind="feed", parts=parts))
         except ThreadNotFound:
             self.st.live_thread = None
-            await self.reg.set_meta("live_thread", None)
+            await self.ports.reg.set_meta("live_thread", None)
             return True
         for cid, upto in last.items():
             t = self.st.topics.get(cid)
             if t is None:
                 continue
-            self.posted_lines += counted.get(cid, 0)
+            self.ports.posted_lines += counted.get(cid, 0)
             t.seen_cursor = max(t.seen_cursor, upto)
             self._consume(cid, upto)
             if t.topic_cursor < t.seen_cursor:
@@ -133,9 +133,9 @@ class FeedPart:
         gw = self.gateway
         if self.st.esc_thread is None:
             name = self.texts.plain("agents.desk.topic_escalations")
-            thread = await self._call(urgent, lambda: gw.create_topic(name))
+            thread = await self.ports.call(urgent, lambda: gw.create_topic(name))
             self.st.esc_thread = thread
-            await self.reg.set_meta("escalations_thread", thread)
+            await self.ports.reg.set_meta("escalations_thread", thread)
         return self.st.esc_thread
 
     async def _send_or_forget_thread(self, thread: int, html: str, which: str) -> None:
@@ -145,7 +145,7 @@ class FeedPart:
         except ThreadNotFound:
             if which == "escalations":
                 self.st.esc_thread = None
-                await self.reg.set_meta("escalations_thread", None)
+                await self.ports.reg.set_meta("escalations_thread", None)
             raise
 
     async def _post_escalations(self) -> bool:
@@ -183,16 +183,16 @@ class FeedPart:
             buttons = self._item_buttons(items)
             try:
                 parts = [(cid, line) for (cid, _), line in zip(listed, lines, strict=True)]  # /forget edits a line out
-                sent = await self._call(
+                sent = await self.ports.call(
                     False, lambda: self._post(thread, join(lines).html, buttons, kind="escalations", parts=parts)
                 )
             except ThreadNotFound:
                 self.st.esc_thread = None
-                await self.reg.set_meta("escalations_thread", None)
+                await self.ports.reg.set_meta("escalations_thread", None)
                 return True
-            await self.reg.set_item_message([i.id for i in items], sent.message_id)
+            await self.ports.reg.set_item_message([i.id for i in items], sent.message_id)
         self.st.esc_pending = self.st.esc_pending[taken:]
         if done:
             self.st.esc_cursor = max(self.st.esc_cursor, max(r.id for r in done))
-            await self.reg.set_meta("esc_cursor", self.st.esc_cursor)
+            await self.ports.reg.set_meta("esc_cursor", self.st.esc_cursor)
         return bool(lines)

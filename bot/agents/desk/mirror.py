@@ -13,15 +13,12 @@ import math
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from bot.core.engine import TurnRecord
 from bot.core.ports import Direction, Entry
 from bot.store.database import StoreError
 
 from ..ports import (
-    Clock,
     GatewayError,
     MessageGone,
     RetryLater,
@@ -45,10 +42,10 @@ from .records import (
     MAX_PENDING,
     NO_CAPTION,
     NOTE_KIND,
-    T,
     UserMedia,
     unhtml,
 )
+from .wiring import wait
 
 MEDIA_MATCH_SECONDS = 600.0  # a user's media not matched to a transcript line by then is dropped
 
@@ -72,13 +69,13 @@ class MirrorPart:
             try:
                 await self._record_batch(batch)
             except Exception:  # the listener's boundary: the next batch must still be recorded
-                self.errors += 1
+                self.ports.errors += 1
                 cids = sorted({r.conversation_id for r in batch})
                 log.exception("agents: recording %d turn(s) failed (conversations %s)", len(batch), ", ".join(cids))
             finally:
                 self.st.busy = False
-            self._new_rows()
-            self._tick()
+            self.signals.new_rows()
+            self.signals.tick()
 
     async def _record_batch(self, batch: list[TurnRecord]) -> None:
         """What the mirror needs from a batch of turns, with as few writes as possible (the
@@ -87,11 +84,11 @@ class MirrorPart:
         records = [
             r for r in batch if "forgotten" not in r.events and self.st.forgotten.get(r.conversation_id) != math.inf
         ]
-        if self.enabled:
+        if self.ports.enabled:
             symptoms = {r.conversation_id: self._symptom_of(r.state.flow) for r in records}
             await self._ensure_many([r.conversation_id for r in records], symptoms)
         for rec in records:
-            topic = self.st.topics.get(rec.conversation_id) if self.enabled else None
+            topic = self.st.topics.get(rec.conversation_id) if self.ports.enabled else None
             if topic is None:
                 continue
             if rec.state.user_name and rec.state.user_name != topic.user_name:
@@ -115,9 +112,9 @@ class MirrorPart:
                 try:
                     await self._flag(rec.conversation_id, self.st.topics.get(rec.conversation_id), ev)
                 except (sqlite3.Error, StoreError):
-                    self.errors += 1
+                    self.ports.errors += 1
                     log.exception("agents: flagging %s for %s failed", ev, rec.conversation_id)
-            if "paused_message" in events and self.enabled:  # a customer waits for the agent
+            if "paused_message" in events and self.ports.enabled:  # a customer waits for the agent
                 await self._customer_waiting(rec.conversation_id)
 
     async def _ensure_many(self, cids: list[str], symptoms: dict[str, str] | None = None) -> None:
@@ -127,7 +124,7 @@ class MirrorPart:
         async with self._ensure_lock:
             missing = [c for c in missing if c not in self.st.topics]
             if missing:
-                for t in await self.reg.create_topics(missing, self.st.start_cursor, symptoms):
+                for t in await self.ports.reg.create_topics(missing, self.st.start_cursor, symptoms):
                     if t.conversation_id not in self.st.topics:
                         self._cache(t)
 
@@ -142,7 +139,7 @@ class MirrorPart:
         self.st.flag_times[(cid, event)] = now
         kind = f"escalation:{event}" if event in ESCALATIONS else f"flag:{event}"
         await self.store.add_entries(cid, [Entry(Direction.NOTE, flag_label(event, self.texts), kind=kind)])
-        self._new_rows(escalation=event in ESCALATIONS)
+        self.signals.new_rows(escalation=event in ESCALATIONS)
         if topic is not None:
             topic.add_flag(event)
             if event == "quote_sent":
@@ -152,13 +149,13 @@ class MirrorPart:
             if event in ESCALATIONS:
                 topic.escalated_until = now + self.options.watch_seconds
                 self.st.escalated.add(cid)
-            await self.reg.save(topic)
+            await self.ports.reg.save(topic)
             self._mark_card(topic)
 
     async def _note(self, cid: str, text: Html | str) -> None:
         plain = text if isinstance(text, str) else unhtml(text)
         await self.store.add_entries(cid, [Entry(Direction.NOTE, plain, kind="note")])
-        self._new_rows()
+        self.signals.new_rows()
 
     # -- the writer -------------------------------------------------------------------------------
     async def _writer(self) -> None:
@@ -168,7 +165,7 @@ class MirrorPart:
             try:
                 if self.st.trash_dirty:
                     self.st.trash_dirty = False
-                    self.st.trash = deque(await self.reg.trashed())
+                    self.st.trash = deque(await self.ports.reg.trashed())
                     await self._load_clean()
                 # answers to agents and privacy deletions may use the reserved slots; everything
                 # else (escalations first) is spread evenly over the window
@@ -176,15 +173,15 @@ class MirrorPart:
                 waiting = self.st.maybe_new or self.st.more or self.st.esc_hint
                 if not urgent and not waiting and not self._normal_work():
                     await self._save_seen(force=True)  # idle: a good moment to persist progress
-                    self._tick()
+                    self.signals.tick()
                     await self._idle()
                     continue
-                delay = self.limiter.delay(urgent)
+                delay = self.ports.limiter.delay(urgent)
                 if backoff:
-                    delay = max(delay, resume_at - self.limiter.clock.now())
+                    delay = max(delay, resume_at - self.ports.limiter.clock.now())
                 if delay > 0:
-                    self._tick()
-                    await self._wait(self._wake, delay)
+                    self.signals.tick()
+                    await wait(self.signals.wake, delay, self.ports.limiter.clock)
                     continue
                 if self.st.esc_hint:
                     self.st.esc_hint = False
@@ -201,67 +198,39 @@ class MirrorPart:
                     backoff = 0.0
                 except RetryLater as exc:
                     log.warning("agents' group: 429, waiting %.0f s", exc.retry_after)
-                    self.limiter.block(exc.retry_after)
+                    self.ports.limiter.block(exc.retry_after)
                     called = True
                 except GatewayError as exc:
-                    self.errors += 1
+                    self.ports.errors += 1
                     backoff = min(self.options.max_backoff, backoff * 2 or 1.0)
-                    resume_at = self.limiter.clock.now() + backoff
+                    resume_at = self.ports.limiter.clock.now() + backoff
                     log.warning("agents' group: %s; retrying in %.0f s", exc, backoff)
                     called = True
-                self._tick()
+                self.signals.tick()
                 if not called:
                     await self._idle()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug must not stop the mirror for good
-                self.errors += 1
+                self.ports.errors += 1
                 log.exception("agents' writer failed; continuing")
-                await self._wait(self._wake, 1.0)
+                await wait(self.signals.wake, 1.0, self.ports.limiter.clock)
 
     async def _idle(self) -> None:
         self.st.writer_idle = True
         try:
-            await self._wait(self._wake, self.options.look_every)
+            await wait(self.signals.wake, self.options.look_every, self.ports.limiter.clock)
         finally:
             self.st.writer_idle = False
         if self.options.look_every is not None:  # other processes may have stored lines or deletions
             self.st.maybe_new = self.st.trash_dirty = True
-
-    def _new_rows(self, *, escalation: bool = False) -> None:
-        """Rows were stored (a turn, a note, a flag): the writer reads them at its next slot.
-        It is woken only if idle (or for an escalation, which may use a reserved slot sooner);
-        when it waits for a slot it will look anyway — no wake-up per user turn."""
-        self.st.maybe_new = True
-        if escalation:
-            self.st.esc_hint = True
-        if self.st.writer_idle or escalation:
-            self._wake.set()
-
-    async def _wait(self, event: asyncio.Event, timeout: float | None, clock: Clock | None = None) -> None:
-        if event.is_set():
-            event.clear()
-            return
-        waiter = asyncio.ensure_future(event.wait())
-        waits: set[asyncio.Future[Any]] = {waiter}
-        if timeout is not None:
-            waits.add(asyncio.ensure_future((clock or self.limiter.clock).sleep(timeout)))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-            for w in waits:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await w
-        event.clear()
 
     async def _fetch(self) -> None:
         """Read new transcript rows (oldest first) into the per-conversation queues — at most
         ``MAX_PENDING`` held in memory: a longer backlog stays in the database until needed."""
         self.st.more = False
         while self.st.pending_rows < MAX_PENDING:
-            rows = await self.reg.rows_after(self.st.fetched, 200)
+            rows = await self.ports.reg.rows_after(self.st.fetched, 200)
             await self._ensure_many(
                 [
                     r.conversation_id
@@ -292,7 +261,7 @@ class MirrorPart:
 
     async def _fetch_escalations(self) -> None:
         """Escalations are read ahead of the backlog: they must not wait behind it."""
-        for r in await self.reg.escalations_after(self.st.esc_known, 200):
+        for r in await self.ports.reg.escalations_after(self.st.esc_known, 200):
             if self.st.forgotten.get(r.conversation_id, -1) < r.id and r.conversation_id in self.st.topics:
                 self.st.esc_pending.append(r)
             self.st.esc_known = max(self.st.esc_known, r.id)
@@ -305,7 +274,7 @@ class MirrorPart:
             self.st.seen_saved_at = now
             topics = [self.st.topics[c] for c in self.st.seen_dirty if c in self.st.topics]
             self.st.seen_dirty.clear()
-            await self.reg.save_seen(topics)
+            await self.ports.reg.save_seen(topics)
 
     async def _advance_feed(self) -> None:
         heads = [q[0].id for q in self.st.pending.values() if q]
@@ -315,7 +284,7 @@ class MirrorPart:
             now = time.monotonic()
             if now - self.st.feed_saved_at > 2.0:  # lazily: the topics' own cursors prevent repeats
                 self.st.feed_saved_at = now
-                await self.reg.set_meta("feed_cursor", feed)
+                await self.ports.reg.set_meta("feed_cursor", feed)
 
     def _normal_work(self) -> bool:
         return (
@@ -324,14 +293,6 @@ class MirrorPart:
             or bool(self.st.card_work or self.st.gap or self.st.open_now or self.st.escalated)
         )
 
-    async def _call(self, urgent: bool, fn: Callable[[], Awaitable[T]]) -> T:
-        """One call into the group, counted against its budget whatever the outcome."""
-        self.limiter.started(urgent)
-        try:
-            return await fn()
-        finally:
-            self.limiter.finished()
-
     async def _step(self, urgent: bool) -> bool:
         """Make at most one call into the group; False if nothing needed one."""
         assert self.gateway is not None
@@ -339,7 +300,7 @@ class MirrorPart:
         if self.st.urgent:
             job = self.st.urgent.popleft()
             try:
-                await self._call(True, job)
+                await self.ports.call(True, job)
             except (RetryLater, ThreadNotFound):
                 self.st.urgent.appendleft(job)
                 raise
@@ -349,7 +310,7 @@ class MirrorPart:
         if self.st.trash:
             thread = self.st.trash[0]
             try:
-                await self._call(True, lambda: gw.delete_topic(thread))
+                await self.ports.call(True, lambda: gw.delete_topic(thread))
             except (ThreadNotFound, MessageGone):
                 pass
             except GatewayError as exc:
@@ -358,7 +319,7 @@ class MirrorPart:
                 else:
                     raise
             self.st.trash.popleft()
-            await self.reg.untrash(thread)
+            await self.ports.reg.untrash(thread)
             return True
         if self.st.clean:
             return await self._clean_step()
@@ -431,10 +392,10 @@ class MirrorPart:
         assert self.gateway is not None
         gw = self.gateway
         if not t.user_name:
-            state = await self.rstore.load_state(t.conversation_id)
+            state = await self.ports.rstore.load_state(t.conversation_id)
             t.user_name = state.user_name if state else ""
         name = self._name_for(t)
-        thread = await self._call(urgent, lambda: gw.create_topic(name))
+        thread = await self.ports.call(urgent, lambda: gw.create_topic(name))
         t.thread_id = thread
         t.topic_name = name
         t.name_dirty = False
@@ -442,7 +403,7 @@ class MirrorPart:
         t.card_pinned = False
         t.card_html = ""
         self.st.by_thread[thread] = t.conversation_id
-        await self.reg.save(t)
+        await self.ports.reg.save(t)
         self._mark_card(t)
 
     async def _serve_topic(self, t: Topic) -> bool:
@@ -459,15 +420,15 @@ class MirrorPart:
             html = await self._card_html(t)
             buttons = self._card_buttons(t)
             try:
-                sent = await self._call(False, lambda: gw.send(thread, html, buttons))
+                sent = await self.ports.call(False, lambda: gw.send(thread, html, buttons))
             except ThreadNotFound:
                 self._lost_topic(t)
-                await self.reg.save(t)
+                await self.ports.reg.save(t)
                 return True
             t.card_message_id = sent.message_id
             t.card_html = html
             t.card_dirty = False
-            await self.reg.save(t)
+            await self.ports.reg.save(t)
             return True
         batch = await self._topic_batch(t)
         if batch is None:
@@ -478,10 +439,10 @@ class MirrorPart:
             line, item = media
             caption = None if item.kind in NO_CAPTION else fit(self._media_caption(line), MAX_CAPTION).html
             try:
-                await self._call(False, lambda: self._copy_in(thread, item, caption, cid))
+                await self.ports.call(False, lambda: self._copy_in(thread, item, caption, cid))
             except ThreadNotFound:
                 self._lost_topic(t)
-                await self.reg.save(t)
+                await self.ports.reg.save(t)
                 return True
             except MessageGone:  # the user deleted it meanwhile: the line is posted as text
                 log.info("agents: %s's %s %s is gone; posting its line", t.conversation_id, item.kind, item.message_id)
@@ -491,18 +452,18 @@ class MirrorPart:
             count = 1
         elif html:
             try:
-                await self._call(False, lambda: self._post(thread, html, kind="topic", about=[cid]))
+                await self.ports.call(False, lambda: self._post(thread, html, kind="topic", about=[cid]))
             except ThreadNotFound:
                 self._lost_topic(t)
-                await self.reg.save(t)
+                await self.ports.reg.save(t)
                 return True
-        self.posted_lines += count
+        self.ports.posted_lines += count
         t.topic_cursor = max(t.topic_cursor, last_id)
         t.seen_cursor = max(t.seen_cursor, last_id)
         self._consume(t.conversation_id, last_id)
         if t.topic_cursor >= t.seen_cursor:
             self.st.gap.discard(t.conversation_id)
-        await self.reg.save(t)
+        await self.ports.reg.save(t)
         await self._advance_feed()
         return bool(html) or media is not None
 
@@ -512,7 +473,7 @@ class MirrorPart:
         limit = 400
         rows: list[Line] = []
         if t.topic_cursor < t.seen_cursor:
-            rows = await self.reg.conversation_rows(t.conversation_id, t.topic_cursor, t.seen_cursor, limit)
+            rows = await self.ports.reg.conversation_rows(t.conversation_id, t.topic_cursor, t.seen_cursor, limit)
         if len(rows) < limit:
             rows += [r for r in self.st.pending.get(t.conversation_id, ()) if r.id > max(t.topic_cursor, t.seen_cursor)]
         if not rows:
@@ -571,7 +532,7 @@ class MirrorPart:
         if len(self.st.media_done) > 5000:  # only needed until the agent task saw the item
             self.st.media_done.clear()
         self.st.media_done.add((item.chat_id, item.message_id))
-        await self.reg.drop_media(item.chat_id, item.message_id)
+        await self.ports.reg.drop_media(item.chat_id, item.message_id)
 
     def _consume(self, cid: str, upto: int) -> None:
         q = self.st.pending.get(cid)

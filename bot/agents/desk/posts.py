@@ -129,9 +129,9 @@ class PostsPart:
         if late:  # made before an erasure that has finished meanwhile: cleaned up at once
             self.st.recheck |= late
             self.st.trash_dirty = True
-            self._wake.set()
+            self.signals.wake.set()
         try:
-            await self.reg.add_post(
+            await self.ports.reg.add_post(
                 message_id,
                 kind,
                 rows,
@@ -140,14 +140,14 @@ class PostsPart:
                 editable=parts is not None,
             )
         except (sqlite3.Error, StoreError):
-            self.errors += 1
+            self.ports.errors += 1
             log.exception("agents: recording posted message %s (%s) failed", message_id, kind)
 
     # -- cleaning up --------------------------------------------------------------------------------
     async def _load_clean(self) -> None:
         while self.st.recheck:
-            await self.reg.mark_posts_now(self.st.recheck.pop())
-        self.st.clean = deque(await self.reg.posts_to_clean())
+            await self.ports.reg.mark_posts_now(self.st.recheck.pop())
+        self.st.clean = deque(await self.ports.reg.posts_to_clean())
 
     async def _clean_step(self) -> bool:
         """One call: delete a batch of recorded messages, or edit one shared message."""
@@ -157,13 +157,13 @@ class PostsPart:
             return False
         head = self.st.clean[0]
         if head.cleanup == 1 and head.editable and head.private_chat is None:
-            parts = await self.reg.post_parts(head.id)
+            parts = await self.ports.reg.post_parts(head.id)
             if any(cid for cid, _ in parts):  # others' lines remain: edit the erased ones out
                 self.st.clean.popleft()
                 sep = Html("\n\n", 2) if head.kind == "feed" else Html("\n", 1)
                 html = join((Html(h, 0) for _, h in parts), sep).html
                 try:
-                    await self._call(True, lambda: gw.edit(head.message_id, html))
+                    await self.ports.call(True, lambda: gw.edit(head.message_id, html))
                 except (MessageGone, NotModified):
                     pass
                 except RetryLater:
@@ -171,7 +171,7 @@ class PostsPart:
                     raise
                 except GatewayError as exc:
                     log.warning("agents: editing an erased line out of message %s failed: %s", head.message_id, exc)
-                await self.reg.post_cleaned(head.id)
+                await self.ports.reg.post_cleaned(head.id)
                 return True
         chat = head.private_chat
         batch: list[Post] = []
@@ -186,7 +186,7 @@ class PostsPart:
         self.st.clean = rest
         ids = [p.message_id for p in batch]
         try:
-            await self._call(True, lambda: gw.delete_messages(ids, chat))
+            await self.ports.call(True, lambda: gw.delete_messages(ids, chat))
         except RetryLater:
             self.st.clean.extendleft(reversed(batch))
             raise
@@ -195,7 +195,7 @@ class PostsPart:
                 self._blank(batch)
         except GatewayError as exc:
             log.warning("agents: deleting %d posted message(s) failed (%s); not retried", len(ids), exc)
-        await self.reg.drop_posts([p.id for p in batch])
+        await self.ports.reg.drop_posts([p.id for p in batch])
         return True
 
     def _blank(self, posts: list[Post]) -> None:

@@ -58,7 +58,7 @@ class QueuePart:
     # -- items ------------------------------------------------------------------------------------
     async def _queue_open(self, cid: str, kind: str) -> None:
         if kind in QUEUE_KINDS:
-            await self.reg.open_item(cid, kind, self.clock.now())
+            await self.ports.reg.open_item(cid, kind, self.clock.now())
 
     def _kind_label(self, kind: str) -> str:
         key = f"agents.desk.kind.{kind}"
@@ -95,14 +95,14 @@ class QueuePart:
         """The queue items behind Escalations lines ((conversation, event) each)."""
         out: list[QueueItem] = []
         for cid, event in rows:
-            for item in await self.reg.unresolved_items(cid):
+            for item in await self.ports.reg.unresolved_items(cid):
                 if item.kind == event and item not in out:
                     out.append(item)
         return out
 
     async def _cmd_queue(self, c: AgentCommand) -> None:
-        items = await self.reg.unresolved_items(limit=200)
-        items = [i for i in items if i.conversation_id in self.st.topics or not self.enabled]
+        items = await self.ports.reg.unresolved_items(limit=200)
+        items = [i for i in items if i.conversation_id in self.st.topics or not self.ports.enabled]
         if not items:
             await self._reply(c, self.texts("agents.desk.queue_none"))
             return
@@ -127,13 +127,13 @@ class QueuePart:
                 del views[old]
 
         self.st.urgent.append(send)
-        self._wake.set()
+        self.signals.wake.set()
 
     async def _on_queue_press(self, cb: AgentCallback) -> None:
         assert self.gateway is not None
         gw = self.gateway
         action, _, id_s = cb.data[len(QUEUE_PREFIX) :].partition(":")
-        item = await self.reg.item(int(id_s)) if id_s.isdigit() else None
+        item = await self.ports.reg.item(int(id_s)) if id_s.isdigit() else None
         toast = ""
         if item is None or item.status == "resolved" or item.conversation_id not in self.st.topics:
             toast = self.texts.plain("agents.desk.queue_gone")
@@ -144,7 +144,7 @@ class QueuePart:
             status = "claimed" if action == "c" else "resolved"
             if status == "claimed" and item.status == "open":
                 await self._count_first_response([item], now)
-            await self.reg.set_item_status([item.id], status, cb.user_name, now)
+            await self.ports.reg.set_item_status([item.id], status, cb.user_name, now)
             t = self.st.topics.get(item.conversation_id)
             ref = str(t.ref) if t is not None else str(item.id)
             key = "agents.desk.queue_claimed" if status == "claimed" else "agents.desk.queue_resolved"
@@ -160,12 +160,12 @@ class QueuePart:
         """Re-render a message listing items (an Escalations line or a /queue answer)."""
         ids = self.st.queue_views.get(message_id)
         if ids is not None:
-            items = [i for i in [await self.reg.item(x) for x in ids] if i is not None]
+            items = [i for i in [await self.ports.reg.item(x) for x in ids] if i is not None]
             head: list[Html] = [
                 self.texts("agents.desk.queue_header", count=str(sum(1 for i in items if i.status != "resolved")))
             ]
         else:
-            items = await self.reg.items_in_message(message_id)
+            items = await self.ports.reg.items_in_message(message_id)
             head = []
         if not items:
             return
@@ -179,30 +179,30 @@ class QueuePart:
                 await gw.edit(message_id, html, buttons)
 
         self.st.urgent.append(edit)
-        self._wake.set()
+        self.signals.wake.set()
 
     # -- takeovers, replies, hand-backs: the items and the figures -------------------------------
     async def _count_first_response(self, items: list[QueueItem], now: float) -> None:
         waiting = [i for i in items if i.status == "open" and i.kind != "takeover"]
         if waiting:
             oldest = min(i.opened_at for i in waiting)
-            await self.reg.count({"first_response_s": max(0.0, now - oldest), "first_response_n": 1})
+            await self.ports.reg.count({"first_response_s": max(0.0, now - oldest), "first_response_n": 1})
 
     async def _takeover_started(self, t: Topic, agent: str) -> None:
         now = self.clock.now()
-        await self.reg.open_item(t.conversation_id, "takeover", now, status="claimed", agent=agent)
-        await self.reg.count({"takeover": 1, f"takeover:{agent or '?'}": 1})
+        await self.ports.reg.open_item(t.conversation_id, "takeover", now, status="claimed", agent=agent)
+        await self.ports.reg.count({"takeover": 1, f"takeover:{agent or '?'}": 1})
 
     async def _agent_answered(self, t: Topic, agent: str) -> None:
         """An agent's message reached the customer: open items are claimed by the agent, the
         customer's wait is over (first response counted once per wait)."""
         now = self.clock.now()
-        items = await self.reg.unresolved_items(t.conversation_id)
+        items = await self.ports.reg.unresolved_items(t.conversation_id)
         await self._count_first_response(items, now)
-        await self.reg.set_item_status(
+        await self.ports.reg.set_item_status(
             [i.id for i in items if i.status == "open" and i.kind != "waiting"], "claimed", agent, now
         )
-        await self.reg.set_item_status([i.id for i in items if i.kind == "waiting"], "resolved", agent, now)
+        await self.ports.reg.set_item_status([i.id for i in items if i.kind == "waiting"], "resolved", agent, now)
         if self.st.waiting.pop(t.conversation_id, None) is not None or any(i.kind == "waiting" for i in items):
             self._mark_card(t)
 
@@ -211,18 +211,18 @@ class QueuePart:
         case is resolved — unless a customer's message is still unanswered: then its items
         go back to the queue, open, for the next agent."""
         now = self.clock.now()
-        items = await self.reg.unresolved_items(t.conversation_id)
+        items = await self.ports.reg.unresolved_items(t.conversation_id)
         for i in items:
             if i.kind == "takeover" and i.claimed_at is not None:
-                await self.reg.count({"handle_s": max(0.0, now - i.claimed_at), "handle_n": 1})
+                await self.ports.reg.count({"handle_s": max(0.0, now - i.claimed_at), "handle_n": 1})
         self.st.waiting.pop(t.conversation_id, None)
         takeovers = [i.id for i in items if i.kind == "takeover"]
-        await self.reg.set_item_status(takeovers, "resolved", agent, now)
+        await self.ports.reg.set_item_status(takeovers, "resolved", agent, now)
         rest = [i.id for i in items if i.kind != "takeover"]
         if waiting:
-            await self.reg.set_item_status(rest, "open", "", now)
+            await self.ports.reg.set_item_status(rest, "open", "", now)
         else:
-            await self.reg.set_item_status(rest, "resolved", agent, now)
+            await self.ports.reg.set_item_status(rest, "resolved", agent, now)
 
     # -- a customer waiting during a takeover -----------------------------------------------------
     async def _customer_waiting(self, cid: str) -> None:
@@ -230,16 +230,16 @@ class QueuePart:
         if t is None or t.paused_until is None or cid in self.st.waiting:
             return
         now = self.clock.now()
-        item = await self.reg.open_item(cid, "waiting", now)
+        item = await self.ports.reg.open_item(cid, "waiting", now)
         if item is None:  # already waiting (a restart): keep its start
-            item = next((i for i in await self.reg.unresolved_items(cid) if i.kind == "waiting"), None)
+            item = next((i for i in await self.ports.reg.unresolved_items(cid) if i.kind == "waiting"), None)
         if item is not None:
             self.st.waiting[cid] = item
-            self._timer_wake.set()
+            self.signals.timer_wake.set()
 
     async def _load_waiting(self) -> None:
         """After a restart: unanswered messages of conversations still taken over."""
-        for item in await self.reg.unresolved_items(limit=10_000):
+        for item in await self.ports.reg.unresolved_items(limit=10_000):
             t = self.st.topics.get(item.conversation_id)
             if item.kind == "waiting" and t is not None and t.paused_until is not None:
                 self.st.waiting[item.conversation_id] = item
@@ -259,7 +259,7 @@ class QueuePart:
             text = self.texts.plain(
                 "agents.desk.waiting_alert", minutes=minutes, name=display_name(t.user_name, self.texts)
             )
-            await self.reg.set_item_alerted(item.id, now)
+            await self.ports.reg.set_item_alerted(item.id, now)
             self.st.waiting[cid] = replace(item, alerted_at=now)
             await self._escalate_note(t, "waiting", text)
 
@@ -270,7 +270,7 @@ class QueuePart:
         t.escalated_until = self.clock.now() + self.options.watch_seconds
         self.st.escalated.add(cid)
         self._mark_card(t)
-        self._new_rows(escalation=True)
+        self.signals.new_rows(escalation=True)
 
     def _reply_when(self) -> str:
         """When a person will reply, for the customer: now-ish, or the next opening."""

@@ -69,17 +69,17 @@ class TakeoverPart:
                     if key in self.st.media_done:  # copied already (or dropped): nothing to keep
                         self.st.media_done.discard(key)
                     elif item.conversation_id in self.st.media:
-                        await self.reg.add_media(
+                        await self.ports.reg.add_media(
                             item.conversation_id, item.chat_id, item.message_id, item.kind, item.ts
                         )
             except Exception:  # the agents' inbox boundary: one bad item must not stop the desk
-                self.errors += 1
+                self.ports.errors += 1
                 log.exception("agents: handling %s failed", type(item).__name__)
             finally:
                 self.st.agent_busy = 0
                 self.agent_inbox.task_done()
-                self._new_rows()
-                self._tick()
+                self.signals.new_rows()
+                self.signals.tick()
 
     def _head(self, agent: str) -> Html:
         return Html("<b>", 0) + self.texts("agents.from_person", name=agent or "?") + Html("</b>", 0)
@@ -102,7 +102,7 @@ class TakeoverPart:
         if cid is None:
             return  # General, Escalations, Live feed: talk among agents
         t = self.st.topics[cid]
-        if await self.reg.relay(m.message_id) is not None:
+        if await self.ports.reg.relay(m.message_id) is not None:
             return  # the same update again
         if m.text.lstrip().startswith(NOTE_PREFIX):
             await self._add_note(t, m.user_name, m.text.lstrip()[len(NOTE_PREFIX) :].strip(), m.media)
@@ -130,7 +130,7 @@ class TakeoverPart:
         body = f"[{media}] {text}".strip() if media else text
         line = self.texts.plain("agents.desk.note_line", agent=agent or "?", text=body)
         await self.store.add_entries(t.conversation_id, [Entry(Direction.NOTE, line, kind=NOTE_KIND)])
-        self._new_rows()
+        self.signals.new_rows()
         self._mark_card(t)
 
     def _hold(self, t: Topic, m: AgentMessage, why: str) -> None:
@@ -153,7 +153,7 @@ class TakeoverPart:
         thread, cid = m.thread_id, t.conversation_id
         # recorded like the desk's other posts about a user (erasure, retention: bot/agents/desk/posts.py)
         self.st.urgent.append(lambda: self._post(thread, html, buttons, kind="held", about=[cid]))
-        self._wake.set()
+        self.signals.wake.set()
 
     async def _on_held(self, cb: AgentCallback, kind: str, t: Topic, author: int) -> None:
         """A tap on a held message's prompt: s = send (and claim), n = keep as notes,
@@ -196,12 +196,12 @@ class TakeoverPart:
                 await gw.edit(message_id, choice)
 
         self.st.urgent.append(edit)
-        self._wake.set()
+        self.signals.wake.set()
 
     async def _set_owner(self, t: Topic, owner_id: int, owner_name: str, note_key: str, *, by: str) -> None:
         t.owner_id = owner_id
         t.owner_name = owner_name if owner_id else ""
-        await self.reg.save(t)
+        await self.ports.reg.save(t)
         self._mark_card(t)
         await self._note(t.conversation_id, self.texts(note_key, agent=by or "?", owner=owner_name or "?"))
 
@@ -238,7 +238,7 @@ class TakeoverPart:
         except GatewayError as exc:
             await self._note(cid, self.texts("agents.desk.note_failed", error=str(exc)[:200]))
             return
-        await self.reg.add_relay(m.message_id, cid, user_msg, caption=bool(m.media))
+        await self.ports.reg.add_relay(m.message_id, cid, user_msg, caption=bool(m.media))
         await self.store.add_entries(
             cid,
             [Entry(Direction.AGENT, f"{m.user_name}: {what}", kind="media" if m.media else "text")],
@@ -253,7 +253,7 @@ class TakeoverPart:
     async def _on_agent_edit(self, m: AgentMessage) -> None:
         assert self.gateway is not None
         gw = self.gateway
-        relay = await self.reg.relay(m.message_id)
+        relay = await self.ports.reg.relay(m.message_id)
         if relay is None:  # not sent (yet): a held message takes the new text
             for msgs in self.st.held.values():
                 for i, h in enumerate(msgs):
@@ -321,9 +321,9 @@ class TakeoverPart:
                 await self.store.set_flags(t.conversation_id, paused=True)
         t.paused_until = self.clock.now() + self.options.pause_seconds  # each message extends it
         t.paused_by = agent
-        await self.reg.save(t)
+        await self.ports.reg.save(t)
         self._mark_card(t)
-        self._timer_wake.set()
+        self.signals.timer_wake.set()
         if newly:
             minutes = str(max(1, round(self.options.pause_seconds / 60)))
             await self._note(
@@ -343,7 +343,7 @@ class TakeoverPart:
             await self.store.set_flags(cid, paused=False)
         t.paused_until = None
         t.paused_by = ""
-        await self.reg.save(t)
+        await self.ports.reg.save(t)
         self._mark_card(t)
         await self._takeover_ended(t, agent, waiting=mode == "waiting")
         key = {"menu": "agents.desk.note_handback_menu", "expired": "agents.desk.note_expired"}.get(
@@ -373,7 +373,7 @@ class TakeoverPart:
         """After a restart: a paused conversation gets an expiry; without a group, none stays paused."""
         paused = await self.store.paused_conversations()
         for cid in paused:
-            if not self.enabled:
+            if not self.ports.enabled:
                 log.warning("agents: %s was paused but there is no agents' group: resuming the bot", cid)
                 async with conversation_lock(self.engine, cid):
                     await self.store.set_flags(cid, paused=False)
@@ -381,4 +381,4 @@ class TakeoverPart:
             t = await self._ensure(cid)
             if t.paused_until is None:
                 t.paused_until = self.clock.now() + self.options.pause_seconds
-                await self.reg.save(t)
+                await self.ports.reg.save(t)

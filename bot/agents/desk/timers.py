@@ -11,6 +11,7 @@ import logging
 import math
 
 from .. import privacy
+from .wiring import wait
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class TimersPart:
                 if now >= next_purge:
                     next_purge = now + self.options.purge_every
                     await self.purge()
-                if self.enabled and now >= next_quotes:
+                if self.ports.enabled and now >= next_quotes:
                     next_quotes = now + self.options.quote_poll_every
                     await self._poll_quotes()
                 await self._waiting_alerts(now)  # before an expiry at the same moment: alert first
@@ -36,16 +37,16 @@ class TimersPart:
                     await self.resume(t, mode="waiting" if t.conversation_id in self.st.waiting else "expired")
                 pauses = [t.paused_until for t in self.st.topics.values() if t.paused_until is not None]
                 deadline = min(
-                    [next_purge, next_quotes if self.enabled else math.inf, *pauses, *self._waiting_deadlines()]
+                    [next_purge, next_quotes if self.ports.enabled else math.inf, *pauses, *self._waiting_deadlines()]
                 )
-                self._tick()
-                await self._wait(self._timer_wake, max(0.0, deadline - self.clock.now()), self.clock)
+                self.signals.tick()
+                await wait(self.signals.timer_wake, max(0.0, deadline - self.clock.now()), self.clock)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the timers' loop boundary: logged, counted, tried again in 5 s
-                self.errors += 1
+                self.ports.errors += 1
                 log.exception("agents' timers failed; continuing")
-                await self._wait(self._timer_wake, 5.0, self.clock)
+                await wait(self.signals.timer_wake, 5.0, self.clock)
 
     async def purge(self, now: float | None = None) -> int:
         """The retention purge (``privacy.purge``): idle conversations erased (their topics
@@ -54,11 +55,11 @@ class TimersPart:
             self.store.db,
             self.options.retention_days,
             now=now if now is not None else self.clock.now(),
-            lock=self._tx_lock,
+            lock=self.ports.tx_lock,
             quote_retention_days=self.options.quote_retention_days,
         )
-        if self.enabled:
-            alive = {t.conversation_id for t in await self.reg.all_topics()}
+        if self.ports.enabled:
+            alive = {t.conversation_id for t in await self.ports.reg.all_topics()}
             for cid in [c for c in self.st.topics if c not in alive]:
                 self._drop(cid)
             for cid in done.pruned:  # drawn again without the expired words
@@ -67,14 +68,14 @@ class TimersPart:
                     t.card_html = ""
                     self._mark_card(t)
             self.st.trash_dirty = True
-            self._wake.set()
+            self.signals.wake.set()
         return done.conversations
 
     async def _poll_quotes(self) -> None:
-        if self.quotes is None:
+        if self.ports.quotes is None:
             return
-        since = float(await self.reg.meta("quotes_seen_at") or 0.0)
-        rows = await self.quotes.quote_changes(since)
+        since = float(await self.ports.reg.meta("quotes_seen_at") or 0.0)
+        rows = await self.ports.quotes.quote_changes(since)
         if not rows:
             return
         for cid, status, _ in rows:
@@ -83,5 +84,5 @@ class TimersPart:
                 self._mark_card(t)
             if status == "failed" and since:
                 await self._flag(cid, t, "quote_failed")
-        await self.reg.set_meta("quotes_seen_at", max(r[2] for r in rows))
-        self._wake.set()
+        await self.ports.reg.set_meta("quotes_seen_at", max(r[2] for r in rows))
+        self.signals.wake.set()

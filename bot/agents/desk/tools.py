@@ -48,7 +48,7 @@ class ToolsPart:
 
     # -- commands ---------------------------------------------------------------------------------
     async def is_agent(self, user_id: int) -> bool:
-        if user_id in self.admin_ids:
+        if user_id in self.ports.admin_ids:
             return True
         if self.gateway is None:
             return False
@@ -85,7 +85,7 @@ class ToolsPart:
             return
         thread = c.thread_id
         self.st.urgent.append(lambda: self._post(thread, text, buttons, kind=kind, about=about, made=made))
-        self._wake.set()
+        self.signals.wake.set()
 
     async def _target(self, c: AgentCommand) -> tuple[str, Topic | None] | None:
         if not c.private and c.thread_id is not None and c.thread_id in self.st.by_thread:
@@ -95,7 +95,7 @@ class ToolsPart:
         if arg.isdigit() and int(arg) in self.st.by_ref:
             cid = self.st.by_ref[int(arg)]
             return cid, self.st.topics.get(cid)
-        if ":" in arg and await reports.conversation(self.db, arg) is not None:
+        if ":" in arg and await reports.conversation(self.ports.db, arg) is not None:
             return arg, self.st.topics.get(arg)
         return None
 
@@ -229,7 +229,7 @@ class ToolsPart:
             await self._post_private(c.chat_id, html, kind="done", about=[cid])
             return
         self.st.urgent.append(lambda: self._post(thread, html, buttons, kind="done", about=[cid]))
-        self._wake.set()
+        self.signals.wake.set()
 
     async def _on_callback(self, cb: AgentCallback) -> None:
         self.st.work_started = time.monotonic()
@@ -287,7 +287,7 @@ class ToolsPart:
                 await gw.edit(message_id, chosen)
 
         self.st.urgent.append(edit)
-        self._wake.set()
+        self.signals.wake.set()
 
     async def _cmd_transcript(self, c: AgentCommand) -> None:
         assert self.gateway is not None
@@ -296,8 +296,8 @@ class ToolsPart:
             await self._reply(c, self.texts("agents.desk.need_topic"))
             return
         cid, t = target
-        info = await reports.conversation(self.db, cid)
-        lines = await reports.transcript(self.db, cid)
+        info = await reports.conversation(self.ports.db, cid)
+        lines = await reports.transcript(self.ports.db, cid)
         data = reports.to_markdown(info, cid, lines).encode("utf-8")
         ref = str(t.ref) if t else cid
         name = display_name(info.user_name if info else "", self.texts)
@@ -316,7 +316,7 @@ class ToolsPart:
         self.st.urgent.append(
             lambda: self._post_document(thread, filename, data, caption, kind="transcript", about=[cid], made=made)
         )
-        self._wake.set()
+        self.signals.wake.set()
 
     def _flow_title(self, flow: str) -> str:
         return self._symptom_title(flow) or flow
@@ -353,8 +353,8 @@ class ToolsPart:
 
     async def _cmd_stats(self, c: AgentCommand) -> None:
         now = time.time()  # the counters' days are the wall clock's (bot/store/counters.py)
-        today = await reports.stats(self.db, reports.start_of_day(now))
-        week = await reports.stats(self.db, now - 7 * 86400)
+        today = await reports.stats(self.ports.db, reports.start_of_day(now))
+        week = await reports.stats(self.ports.db, now - 7 * 86400)
         await self._reply(
             c,
             join(
@@ -370,8 +370,8 @@ class ToolsPart:
     async def _fmt_weeks(self, now: float, weeks: int = 4) -> Html:
         """Week by week (a monospace table), then the period's breakdowns."""
         t = self.texts
-        table = reports.week_table(await reports.weekly(self.db, weeks, now))
-        f = await reports.desk_figures(self.db, reports.week_start(now) - (weeks - 1) * 7 * 86400)
+        table = reports.week_table(await reports.weekly(self.ports.db, weeks, now))
+        f = await reports.desk_figures(self.ports.db, reports.week_start(now) - (weeks - 1) * 7 * 86400)
         none = t.plain("agents.desk.stats_none")
 
         def listed(key: str, pairs: list[str]) -> Html:
@@ -400,7 +400,7 @@ class ToolsPart:
         )
 
     async def _cmd_unmatched(self, c: AgentCommand) -> None:
-        items = await reports.unmatched(self.db, 15)
+        items = await reports.unmatched(self.ports.db, 15)
         if not items:
             await self._reply(
                 c,
@@ -421,14 +421,14 @@ class ToolsPart:
             gw, thread = self.gateway, c.thread_id
             for html, buttons in await labelling.offers(self.store, self.texts):
                 self.st.urgent.append(lambda h=html, b=buttons: gw.send(thread, h, b))
-            self._wake.set()
+            self.signals.wake.set()
 
     async def _cmd_find(self, c: AgentCommand) -> None:
         query = c.arg.strip()
         if not query:
             await self._reply(c, self.texts("agents.desk.find_usage"))
             return
-        hits = await reports.find(self.db, query, 15, include_bot=True)
+        hits = await reports.find(self.ports.db, query, 15, include_bot=True)
         if not hits:
             await self._reply(c, self.texts("agents.desk.find_none", query=clip(query, 60)))
             return
@@ -449,7 +449,7 @@ class ToolsPart:
     # -- /forget: administrators only, confirmed with a button that names the case ---------------
     async def may_erase(self, user_id: int) -> bool:
         """ADMIN_IDS; with FORGET_BY_GROUP_ADMINS=1 also the group's administrators."""
-        if user_id in self.admin_ids:
+        if user_id in self.ports.admin_ids:
             return True
         if not self.options.forget_by_group_admins or self.gateway is None:
             return False
@@ -520,7 +520,7 @@ class ToolsPart:
                     await gw.edit(message_id, html)
 
             self.st.urgent.append(edit)
-            self._wake.set()
+            self.signals.wake.set()
             return
         await self.forget(cid)  # the confirmation message goes with the rest of the case
         uid = privacy.telegram_user_id(cid)
@@ -535,13 +535,13 @@ class ToolsPart:
             await self._reply(cb, note)
             return
         self.st.urgent.append(lambda: gw.send(None, note.html))
-        self._wake.set()
+        self.signals.wake.set()
 
     async def forget(self, conversation_id: str) -> None:
         """Erase one conversation everywhere (database, its topic) — an agent's /forget."""
         self.forgetting(conversation_id)
         try:
             async with conversation_lock(self.engine, conversation_id):
-                await privacy.forget_conversation(self.store.db, conversation_id, lock=self._tx_lock)
+                await privacy.forget_conversation(self.store.db, conversation_id, lock=self.ports.tx_lock)
         finally:
-            self.forgotten(conversation_id, await self.reg.max_message_id())
+            self.forgotten(conversation_id, await self.ports.reg.max_message_id())
