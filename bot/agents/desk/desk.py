@@ -63,7 +63,7 @@ from ..render import (
 from .cards import CardsPart
 from .feed import FeedPart
 from .mirror import MirrorPart
-from .posts import PostsPart
+from .posts import Posts
 from .queue import QueuePart
 from .records import (
     NOT_SYMPTOMS,
@@ -83,7 +83,7 @@ from .wiring import DeskPorts, Signals
 log = logging.getLogger(__name__)
 
 
-class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart, PostsPart, QueuePart):
+class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart, QueuePart):
     """The desk: wiring (engine, store, gateway, options, clock, limiter), lifecycle and the
     four tasks; each part's methods live in its own module, the state in ``DeskState``."""
 
@@ -125,6 +125,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             db=store.db,
         )
         self.signals = Signals(self.st)
+        self.posts = Posts(self.ports, self.st, self.signals)
         p = self.ports
         self.engine, self.store, self.gateway, self.chat_id = engine, store, p.gateway, chat_id
         self.options, self.clock, self.texts = o, p.clock, p.texts

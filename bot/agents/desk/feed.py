@@ -108,7 +108,7 @@ class FeedPart:
         html = join((join(lines) for lines in blocks.values()), Html("\n\n", 2)).html
         parts = [(cid, join(lines)) for cid, lines in blocks.items()]  # recorded: /forget edits one out
         try:
-            await self.ports.call(False, lambda: self._post(thread, html, kind="feed", parts=parts))
+            await self.ports.call(False, lambda: self.posts.post(thread, html, kind="feed", parts=parts))
         except ThreadNotFound:
             self.st.live_thread = None
             await self.ports.reg.set_meta("live_thread", None)
@@ -184,7 +184,7 @@ class FeedPart:
             try:
                 parts = [(cid, line) for (cid, _), line in zip(listed, lines, strict=True)]  # /forget edits a line out
                 sent = await self.ports.call(
-                    False, lambda: self._post(thread, join(lines).html, buttons, kind="escalations", parts=parts)
+                    False, lambda: self.posts.post(thread, join(lines).html, buttons, kind="escalations", parts=parts)
                 )
             except ThreadNotFound:
                 self.st.esc_thread = None

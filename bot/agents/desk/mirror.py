@@ -166,7 +166,7 @@ class MirrorPart:
                 if self.st.trash_dirty:
                     self.st.trash_dirty = False
                     self.st.trash = deque(await self.ports.reg.trashed())
-                    await self._load_clean()
+                    await self.posts.load_clean()
                 # answers to agents and privacy deletions may use the reserved slots; everything
                 # else (escalations first) is spread evenly over the window
                 urgent = bool(self.st.urgent or self.st.trash or self.st.clean)
@@ -322,7 +322,7 @@ class MirrorPart:
             await self.ports.reg.untrash(thread)
             return True
         if self.st.clean:
-            return await self._clean_step()
+            return await self.posts.clean_step()
         if self.st.esc_pending:
             return await self._post_escalations()
         fresh = [cid for cid, q in self.st.pending.items() if q]
@@ -452,7 +452,7 @@ class MirrorPart:
             count = 1
         elif html:
             try:
-                await self.ports.call(False, lambda: self._post(thread, html, kind="topic", about=[cid]))
+                await self.ports.call(False, lambda: self.posts.post(thread, html, kind="topic", about=[cid]))
             except ThreadNotFound:
                 self._lost_topic(t)
                 await self.ports.reg.save(t)
@@ -502,7 +502,7 @@ class MirrorPart:
         assert self.gateway is not None
         made = time.monotonic()
         sent = await self.gateway.copy_to_topic(thread, item.chat_id, item.message_id, caption)
-        await self._record(sent.message_id, "topic", [cid], None, made, thread_id=thread)
+        await self.posts.record(sent.message_id, "topic", [cid], None, made, thread_id=thread)
         return sent
 
     def _media_for(self, r: Line) -> UserMedia | None:

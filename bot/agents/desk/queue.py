@@ -104,7 +104,7 @@ class QueuePart:
         items = await self.ports.reg.unresolved_items(limit=200)
         items = [i for i in items if i.conversation_id in self.st.topics or not self.ports.enabled]
         if not items:
-            await self._reply(c, self.texts("agents.desk.queue_none"))
+            await self.posts.reply(c, self.texts("agents.desk.queue_none"))
             return
         head = self.texts("agents.desk.queue_header", count=str(len(items)))
         lines = [self._item_line(i) for i in items]
@@ -113,14 +113,14 @@ class QueuePart:
         shown = items[:n]
         about = list(dict.fromkeys(i.conversation_id for i in shown))  # recorded: /forget removes it
         if c.private or c.chat_id != self.chat_id:
-            await self._reply(c, join([head, *lines[:n]]), about=about, kind="queue")
+            await self.posts.reply(c, join([head, *lines[:n]]), about=about, kind="queue")
             return
         thread = c.thread_id
         buttons = self._item_buttons(shown)
         made = self.st.work_started or time.monotonic()
 
         async def send() -> None:
-            sent = await self._post(thread, html, buttons, kind="queue", about=about, made=made)
+            sent = await self.posts.post(thread, html, buttons, kind="queue", about=about, made=made)
             views = self.st.queue_views
             views[sent.message_id] = [i.id for i in shown]
             for old in sorted(views)[:-50]:  # the buttons of older answers still work, unedited

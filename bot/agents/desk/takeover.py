@@ -152,7 +152,7 @@ class TakeoverPart:
             ]
         thread, cid = m.thread_id, t.conversation_id
         # recorded like the desk's other posts about a user (erasure, retention: bot/agents/desk/posts.py)
-        self.st.urgent.append(lambda: self._post(thread, html, buttons, kind="held", about=[cid]))
+        self.st.urgent.append(lambda: self.posts.post(thread, html, buttons, kind="held", about=[cid]))
         self.signals.wake.set()
 
     async def _on_held(self, cb: AgentCallback, kind: str, t: Topic, author: int) -> None:

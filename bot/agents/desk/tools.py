@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 
 from .. import labelling, privacy, reports
 from ..ports import (
@@ -24,7 +23,6 @@ from ..render import (
     clip,
     day_time,
     display_name,
-    fit,
     join,
     one_line,
     pack,
@@ -62,30 +60,6 @@ class ToolsPart:
             ok = False
         self.st.members[user_id] = (ok, now)
         return ok
-
-    async def _reply(
-        self,
-        c: AgentCommand | AgentCallback,
-        html: Html,
-        *,
-        about: Sequence[str] = (),
-        buttons: Sequence[tuple[str, str]] = (),
-        kind: str = "answer",
-    ) -> None:
-        """Answer an agent where they asked; ``about``: the conversations whose data the answer
-        shows (recorded, so /forget and the retention purge remove it)."""
-        assert self.gateway is not None
-        text = fit(html).html if html.visible > MAX_VISIBLE else html.html
-        made = self.st.work_started or time.monotonic()  # the data was read after this
-        if c.chat_id != self.chat_id:  # a private chat
-            try:
-                await self._post_private(c.chat_id, text, buttons, kind=kind, about=about, made=made)
-            except GatewayError as exc:
-                log.info("agents: answer to %s not sent: %s", c.chat_id, exc)
-            return
-        thread = c.thread_id
-        self.st.urgent.append(lambda: self._post(thread, text, buttons, kind=kind, about=about, made=made))
-        self.signals.wake.set()
 
     async def _target(self, c: AgentCommand) -> tuple[str, Topic | None] | None:
         if not c.private and c.thread_id is not None and c.thread_id in self.st.by_thread:
@@ -151,22 +125,22 @@ class ToolsPart:
     async def _cmd_note(self, c: AgentCommand) -> None:
         target = await self._target(c)
         if target is None or target[1] is None or c.private:
-            await self._reply(c, self.texts("agents.desk.need_topic"))
+            await self.posts.reply(c, self.texts("agents.desk.need_topic"))
             return
         if not c.arg.strip():
-            await self._reply(c, self.texts("agents.desk.note_usage"))
+            await self.posts.reply(c, self.texts("agents.desk.note_usage"))
             return
         await self._add_note(target[1], c.user_name, c.arg.strip())
 
     async def _cmd_assign(self, c: AgentCommand) -> None:
         target = await self._target(c) if not c.private else None
         if target is None or target[1] is None:
-            await self._reply(c, self.texts("agents.desk.need_topic"))
+            await self.posts.reply(c, self.texts("agents.desk.need_topic"))
             return
         t = target[1]
         who = c.arg.strip()
         if not who:
-            await self._reply(c, self.texts("agents.desk.assign_usage"))
+            await self.posts.reply(c, self.texts("agents.desk.assign_usage"))
             return
         found: tuple[int, str] | None = None
         if who.lstrip("-").isdigit():
@@ -179,44 +153,44 @@ class ToolsPart:
                     found = (uid, name or who)
                     break
         if found is None:
-            await self._reply(c, self.texts("agents.desk.assign_unknown", who=who[:40]))
+            await self.posts.reply(c, self.texts("agents.desk.assign_unknown", who=who[:40]))
             return
         await self._set_owner(t, found[0], found[1], "agents.desk.note_assigned", by=c.user_name)
 
     async def _cmd_release(self, c: AgentCommand) -> None:
         target = await self._target(c) if not c.private else None
         if target is None or target[1] is None:
-            await self._reply(c, self.texts("agents.desk.need_topic"))
+            await self.posts.reply(c, self.texts("agents.desk.need_topic"))
             return
         t = target[1]
         if not t.owner_id:
-            await self._reply(c, self.texts("agents.desk.release_none"))
+            await self.posts.reply(c, self.texts("agents.desk.release_none"))
             return
         await self._set_owner(t, 0, "", "agents.desk.note_released", by=c.user_name)
 
     async def _cmd_help(self, c: AgentCommand) -> None:
-        await self._reply(c, self.texts("agents.desk.help"))
+        await self.posts.reply(c, self.texts("agents.desk.help"))
 
     async def _cmd_open(self, c: AgentCommand, ref: int) -> None:
         cid = self.st.by_ref.get(ref)
         if cid is None:
-            await self._reply(c, self.texts("agents.desk.unknown_ref", ref=str(ref)))
+            await self.posts.reply(c, self.texts("agents.desk.unknown_ref", ref=str(ref)))
             return
         t = self.st.topics[cid]
         t.watched_until = max(t.watched_until, self.clock.now() + self.options.watch_seconds)
         self.st.open_now.add(cid)  # served first: topic, card, then everything it missed
         if t.topic_cursor < t.seen_cursor:
             self.st.gap.add(cid)
-        await self._reply(c, self.texts("agents.desk.opened", ref=str(ref)))
+        await self.posts.reply(c, self.texts("agents.desk.opened", ref=str(ref)))
 
     async def _cmd_done(self, c: AgentCommand) -> None:
         target = await self._target(c)
         if target is None or target[1] is None:
-            await self._reply(c, self.texts("agents.desk.need_topic"))
+            await self.posts.reply(c, self.texts("agents.desk.need_topic"))
             return
         t = target[1]
         if t.paused_until is None:
-            await self._reply(c, self.texts("agents.desk.done_not_paused"))
+            await self.posts.reply(c, self.texts("agents.desk.done_not_paused"))
             return
         html = self.texts("agents.desk.done_prompt", name=display_name(t.user_name, self.texts)).html
         buttons = [
@@ -226,9 +200,9 @@ class ToolsPart:
         thread = c.thread_id if not c.private else t.thread_id
         cid = t.conversation_id
         if c.private:  # no buttons in private: use the topic
-            await self._post_private(c.chat_id, html, kind="done", about=[cid])
+            await self.posts.post_private(c.chat_id, html, kind="done", about=[cid])
             return
-        self.st.urgent.append(lambda: self._post(thread, html, buttons, kind="done", about=[cid]))
+        self.st.urgent.append(lambda: self.posts.post(thread, html, buttons, kind="done", about=[cid]))
         self.signals.wake.set()
 
     async def _on_callback(self, cb: AgentCallback) -> None:
@@ -293,7 +267,7 @@ class ToolsPart:
         assert self.gateway is not None
         target = await self._target(c)
         if target is None:
-            await self._reply(c, self.texts("agents.desk.need_topic"))
+            await self.posts.reply(c, self.texts("agents.desk.need_topic"))
             return
         cid, t = target
         info = await reports.conversation(self.ports.db, cid)
@@ -306,7 +280,7 @@ class ToolsPart:
         made = self.st.work_started or time.monotonic()
         if c.private:
             try:
-                await self._post_private_document(
+                await self.posts.post_private_document(
                     c.chat_id, filename, data, caption, kind="transcript", about=[cid], made=made
                 )
             except GatewayError as exc:
@@ -314,7 +288,7 @@ class ToolsPart:
             return
         thread = c.thread_id
         self.st.urgent.append(
-            lambda: self._post_document(thread, filename, data, caption, kind="transcript", about=[cid], made=made)
+            lambda: self.posts.post_document(thread, filename, data, caption, kind="transcript", about=[cid], made=made)
         )
         self.signals.wake.set()
 
@@ -355,7 +329,7 @@ class ToolsPart:
         now = time.time()  # the counters' days are the wall clock's (bot/store/counters.py)
         today = await reports.stats(self.ports.db, reports.start_of_day(now))
         week = await reports.stats(self.ports.db, now - 7 * 86400)
-        await self._reply(
+        await self.posts.reply(
             c,
             join(
                 [
@@ -402,7 +376,7 @@ class ToolsPart:
     async def _cmd_unmatched(self, c: AgentCommand) -> None:
         items = await reports.unmatched(self.ports.db, 15)
         if not items:
-            await self._reply(
+            await self.posts.reply(
                 c,
                 self.texts("agents.desk.unmatched_header") + NL + self.texts("agents.desk.unmatched_none"),
             )
@@ -411,7 +385,7 @@ class ToolsPart:
         for u in items:
             cands = ", ".join(f"{i} {s:.0f}" for i, s in u.candidates[:3]) or "-"
             rows.append(Html.text(f"• “{clip(one_line(u.text), 150)}” — {u.decision}: {cands}"))
-        await self._reply(
+        await self.posts.reply(
             c,
             join(rows[: 1 + pack(rows[1:], MAX_VISIBLE - rows[0].visible - 1)]),
             about=[u.conversation_id for u in items],
@@ -426,11 +400,11 @@ class ToolsPart:
     async def _cmd_find(self, c: AgentCommand) -> None:
         query = c.arg.strip()
         if not query:
-            await self._reply(c, self.texts("agents.desk.find_usage"))
+            await self.posts.reply(c, self.texts("agents.desk.find_usage"))
             return
         hits = await reports.find(self.ports.db, query, 15, include_bot=True)
         if not hits:
-            await self._reply(c, self.texts("agents.desk.find_none", query=clip(query, 60)))
+            await self.posts.reply(c, self.texts("agents.desk.find_none", query=clip(query, 60)))
             return
         rows = [self.texts("agents.desk.find_header", count=str(len(hits)), query=clip(query, 60))]
         for h in hits:
@@ -444,7 +418,7 @@ class ToolsPart:
             )
         about = [h.line.conversation_id for h in hits]
         shown = join(rows[: 1 + pack(rows[1:], MAX_VISIBLE - rows[0].visible - 1)])
-        await self._reply(c, shown, about=about, kind="find")
+        await self.posts.reply(c, shown, about=about, kind="find")
 
     # -- /forget: administrators only, confirmed with a button that names the case ---------------
     async def may_erase(self, user_id: int) -> bool:
@@ -475,12 +449,12 @@ class ToolsPart:
     async def _cmd_forget(self, c: AgentCommand) -> None:
         if not await self.may_erase(c.user_id):
             log.info("agents: /forget by %s refused (not an administrator)", c.user_id)
-            await self._reply(c, self.texts("agents.desk.forget_refused"))
+            await self.posts.reply(c, self.texts("agents.desk.forget_refused"))
             return
         cid = self._case(c)
         t = self.st.topics.get(cid) if cid else None
         if t is None:
-            await self._reply(c, self.texts("agents.desk.forget_usage"))
+            await self.posts.reply(c, self.texts("agents.desk.forget_usage"))
             return
         ref = str(t.ref)
         html = self.texts(
@@ -494,7 +468,7 @@ class ToolsPart:
             (self.texts.plain("agents.desk.btn_forget_team", ref=ref), f"{CALLBACK_PREFIX}ft:{ref}"),
             (self.texts.plain("agents.desk.btn_forget_cancel"), f"{CALLBACK_PREFIX}fx:{ref}"),
         ]
-        await self._reply(c, html, about=[t.conversation_id], buttons=buttons, kind="confirm")
+        await self.posts.reply(c, html, about=[t.conversation_id], buttons=buttons, kind="confirm")
 
     async def _on_forget_press(self, cb: AgentCallback, kind: str, ref: int) -> None:
         assert self.gateway is not None
@@ -532,7 +506,7 @@ class ToolsPart:
                 log.info("agents: could not tell %s about the deletion: %s", cid, exc)
         note = self.texts("agents.desk.note_forgotten", agent=cb.user_name or "?", ref=str(ref))
         if cb.chat_id != self.chat_id:
-            await self._reply(cb, note)
+            await self.posts.reply(cb, note)
             return
         self.st.urgent.append(lambda: gw.send(None, note.html))
         self.signals.wake.set()
