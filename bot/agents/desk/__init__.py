@@ -2,6 +2,10 @@
 
 * ``records`` — options, required texts, what agents do (plain records), the engine's lock;
 * ``state`` — ``DeskState``, the mirror's working state;
+* ``wiring`` — ``DeskPorts`` (engine, store, group, budget, clock, texts) and ``Signals``:
+  what every part is built with, besides the state and the few other parts it calls;
+* ``topics`` — the topic cache, topics created, renamed, dropped;
+* ``posts`` — sending recorded (and answers to agents), cleaning up after an erasure;
 * ``desk`` — ``AgentDesk``: wiring, lifecycle, the engine listener, waiting (tests, bench);
 * ``mirror`` — the recorder and the writer (the only caller into the group), topics;
 * ``feed`` — the Live feed and the Escalations topic;

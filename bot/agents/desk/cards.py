@@ -55,7 +55,7 @@ class CardsPart:
                         t.card_message_id = None
                         t.card_pinned = False
                     except ThreadNotFound:
-                        self._lost_topic(t)
+                        self.topics.lost(t)
                     await self.ports.reg.save(t)
                     return True
             if not t.card_pinned:
@@ -65,11 +65,11 @@ class CardsPart:
                 except MessageGone:
                     t.card_message_id = None
                 except ThreadNotFound:
-                    self._lost_topic(t)
+                    self.topics.lost(t)
                 await self.ports.reg.save(t)
                 return True
             if t.name_dirty:
-                name = self._name_for(t)
+                name = self.topics.name_for(t)
                 t.name_dirty = False
                 if name != t.topic_name:
                     try:
@@ -78,7 +78,7 @@ class CardsPart:
                     except NotModified:
                         t.topic_name = name
                     except ThreadNotFound:
-                        self._lost_topic(t)
+                        self.topics.lost(t)
                     await self.ports.reg.save(t)
                     return True
             if not (t.card_dirty or t.name_dirty or not t.card_pinned or t.card_message_id is None):
@@ -100,7 +100,7 @@ class CardsPart:
             ref=t.ref,
             conversation_id=t.conversation_id,
             user_name=(state.user_name if state and state.user_name else t.user_name),
-            symptom_title=self._symptom_title(t.symptom),
+            symptom_title=self.topics.symptom_title(t.symptom),
             said=said,
             step_ref=state.ref if state else "",
             paused_by=t.paused_by,
@@ -137,7 +137,7 @@ class CardsPart:
         )
         out: list[tuple[str, bool]] = []
         for r in rows:
-            if r.direction != "in" or r.kind not in ("button", "text") or not self._symptom_of(r.flow):
+            if r.direction != "in" or r.kind not in ("button", "text") or not self.topics.symptom_of(r.flow):
                 continue  # only fix steps: the quote form's yes/no answers are not "steps tried"
             ref = f"{r.flow}.{r.step}"
             if not flows.has(ref):

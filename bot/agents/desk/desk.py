@@ -36,7 +36,6 @@ import contextlib
 import logging
 import math
 import sqlite3
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -66,7 +65,6 @@ from .mirror import MirrorPart
 from .posts import Posts
 from .queue import QueuePart
 from .records import (
-    NOT_SYMPTOMS,
     AgentCallback,
     AgentCommand,
     AgentMessage,
@@ -78,6 +76,7 @@ from .state import DeskState
 from .takeover import TakeoverPart
 from .timers import TimersPart
 from .tools import ToolsPart
+from .topics import Topics
 from .wiring import DeskPorts, Signals
 
 log = logging.getLogger(__name__)
@@ -125,12 +124,12 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             db=store.db,
         )
         self.signals = Signals(self.st)
+        self.topics = Topics(self.ports, self.st, self.signals)
         self.posts = Posts(self.ports, self.st, self.signals)
         p = self.ports
         self.engine, self.store, self.gateway, self.chat_id = engine, store, p.gateway, chat_id
         self.options, self.clock, self.texts = o, p.clock, p.texts
         self._own_db: aiosqlite.Connection | None = None
-        self._ensure_lock = asyncio.Lock()
         # tasks and signals
         self._inbox: asyncio.Queue[TurnRecord] = asyncio.Queue()
         self.agent_inbox: asyncio.Queue[AgentMessage | AgentCommand | AgentCallback | UserMedia] = asyncio.Queue()
@@ -187,7 +186,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             names = await reg.user_names()  # kept in conversations: no "User #1" after a restart
             for t in await reg.all_topics():
                 t.user_name = names.get(t.conversation_id, "")
-                self._cache(t)
+                self.topics.cache(t)
                 if t.thread_id is not None:
                     self.st.card_work.add(t.conversation_id)  # re-rendered; edited only if it changed
                 if t.topic_cursor < t.seen_cursor:
@@ -278,7 +277,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
 
     async def report_event(self, conversation_id: str, event: str) -> None:
         """Flag an event that happened outside a turn (e.g. ``quote_failed``)."""
-        topic = await self._ensure(conversation_id) if self.ports.enabled else None
+        topic = await self.topics.ensure(conversation_id) if self.ports.enabled else None
         await self._flag(conversation_id, topic, event)
         self.signals.wake.set()
 
@@ -344,84 +343,13 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
                 await asyncio.wait_for(self.signals.progress.wait(), 0.2)
 
 
-    # -- the topic cache --------------------------------------------------------------------------
-    def _cache(self, t: Topic) -> Topic:
-        self.st.topics[t.conversation_id] = t
-        self.st.by_ref[t.ref] = t.conversation_id
-        if t.thread_id is not None:
-            self.st.by_thread[t.thread_id] = t.conversation_id
-        return t
-
-    async def _ensure(self, cid: str) -> Topic:
-        t = self.st.topics.get(cid)
-        if t is not None:
-            return t
-        async with self._ensure_lock:
-            t = self.st.topics.get(cid)
-            if t is not None:
-                return t
-            t = await self.ports.reg.topic(cid) or await self.ports.reg.create_topic(cid, self.st.start_cursor)
-            return self._cache(t)
-
+    # -- for the feature and the tests ------------------------------------------------------------
     def topic_of(self, conversation_id: str) -> Topic | None:
-        return self.st.topics.get(conversation_id)
+        return self.topics.topic_of(conversation_id)
 
-    def _drop(self, cid: str) -> None:
-        t = self.st.topics.pop(cid, None)
-        if t is not None:
-            self.st.by_ref.pop(t.ref, None)
-            if t.thread_id is not None:
-                self.st.by_thread.pop(t.thread_id, None)
-        self.st.pending_rows -= len(self.st.pending.pop(cid, ()))
-        self.st.card_work.discard(cid)
-        self.st.gap.discard(cid)
-        self.st.open_now.discard(cid)
-        self.st.escalated.discard(cid)
-        self.st.media.pop(cid, None)
-        self.st.held = {k: v for k, v in self.st.held.items() if k[0] != cid}
-        self.st.waiting.pop(cid, None)
-        self.st.esc_pending = [r for r in self.st.esc_pending if r.conversation_id != cid]
-        for key in [k for k in self.st.flag_times if k[0] == cid]:
-            del self.st.flag_times[key]
-
-    # around a deletion (the feature's /forget and our own): nothing of it is posted meanwhile
     def forgetting(self, conversation_id: str, *, by_user: bool = False) -> None:
-        t = self.st.topics.get(conversation_id)
-        if by_user and t is not None and t.paused_until is not None and self.gateway is not None:
-            # the user erased it mid-takeover: the agents learn it (without the user's words)
-            gw, note = self.gateway, self.texts("agents.desk.note_user_forgot", ref=str(t.ref))
-            self.st.urgent.append(lambda: gw.send(None, note.html))
-            self.signals.wake.set()
-        self.st.forgotten[conversation_id] = math.inf
-        self._drop(conversation_id)
+        """Around a deletion (the feature's /forget and the desk's own): nothing of it is posted meanwhile."""
+        self.topics.forgetting(conversation_id, by_user=by_user)
 
     def forgotten(self, conversation_id: str, upto_id: int) -> None:
-        self.st.forgotten[conversation_id] = upto_id
-        self.st.erased_at[conversation_id] = time.monotonic()
-        self._drop(conversation_id)
-        self.st.trash_dirty = True
-        self.signals.wake.set()
-
-    def _is_watched(self, t: Topic) -> bool:
-        return t.paused_until is not None or t.watched_until > self.clock.now()
-
-    def _mark_card(self, t: Topic) -> None:
-        t.card_dirty = True
-        if t.thread_id is not None:
-            self.st.card_work.add(t.conversation_id)
-
-    def _symptom_of(self, flow: str) -> str:
-        f = self.engine.flows.flows.get(flow)
-        if f is None or not f.intents or flow in NOT_SYMPTOMS:
-            return ""
-        return flow
-
-    def _symptom_title(self, flow: str) -> str:
-        f = self.engine.flows.flows.get(flow)
-        if f is None:
-            return ""
-        try:
-            return self.engine.content.raw(f.title)
-        except KeyError:
-            return flow
-
+        self.topics.forgotten(conversation_id, upto_id)

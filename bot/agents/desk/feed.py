@@ -11,17 +11,13 @@ import logging
 from ..ports import (
     ThreadNotFound,
 )
-from ..registry import Topic
 from ..render import (
     MAX_VISIBLE,
     Html,
-    display_name,
     fit,
     flag_label,
     join,
-    link,
     render_line,
-    topic_link,
 )
 
 log = logging.getLogger(__name__)
@@ -31,12 +27,6 @@ class FeedPart:
     """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
 
     # -- the Live feed (busy times) ---------------------------------------------------------------
-    def _who(self, t: Topic) -> Html:
-        name = f"{display_name(t.user_name, self.texts)} #{t.ref}"
-        if t.thread_id is not None and self.chat_id is not None:
-            return link(name, topic_link(self.chat_id, t.thread_id))
-        return Html.text(f"{name} /open_{t.ref}")
-
     async def _post_digest(self, cids: list[str]) -> bool:
         assert self.gateway is not None
         gw = self.gateway
@@ -80,14 +70,14 @@ class FeedPart:
             )
             cost = line.visible + 1
             if cid not in blocks:
-                cost += self._who(t).visible + 4
+                cost += self.topics.who(t).visible + 4
             if used + cost > MAX_VISIBLE and used:
                 stopped.add(cid)
                 if len(stopped) > 20 or used > MAX_VISIBLE - 60:
                     break
                 continue
             if cid not in blocks:
-                blocks[cid] = [Html("<b>", 0) + self._who(t) + Html("</b>", 0)]
+                blocks[cid] = [Html("<b>", 0) + self.topics.who(t) + Html("</b>", 0)]
             blocks[cid].append(line)
             if r.direction == "out":
                 merged[cid] = (line, 0)
@@ -166,11 +156,11 @@ class FeedPart:
                 # call counts, the line offers /open_N instead and the topic comes later)
                 if lines:
                     break
-                await self._create_topic(t, urgent=False)
+                await self.topics.create(t, urgent=False)
                 return True
             event = r.kind.partition(":")[2]
             label = r.text if event == "waiting" else flag_label(event, self.texts)  # "⏰ waiting 5 min"
-            line = self.texts("agents.desk.escalation_line", flag=label, who=self._who(t))
+            line = self.texts("agents.desk.escalation_line", flag=label, who=self.topics.who(t))
             if sum(x.visible + 1 for x in lines) + line.visible > MAX_VISIBLE:
                 break
             lines.append(line)

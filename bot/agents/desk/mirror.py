@@ -35,7 +35,6 @@ from ..render import (
     join,
     pack,
     render_line,
-    topic_name,
 )
 from .records import (
     ESCALATIONS,
@@ -85,20 +84,20 @@ class MirrorPart:
             r for r in batch if "forgotten" not in r.events and self.st.forgotten.get(r.conversation_id) != math.inf
         ]
         if self.ports.enabled:
-            symptoms = {r.conversation_id: self._symptom_of(r.state.flow) for r in records}
-            await self._ensure_many([r.conversation_id for r in records], symptoms)
+            symptoms = {r.conversation_id: self.topics.symptom_of(r.state.flow) for r in records}
+            await self.topics.ensure_many([r.conversation_id for r in records], symptoms)
         for rec in records:
             topic = self.st.topics.get(rec.conversation_id) if self.ports.enabled else None
             if topic is None:
                 continue
             if rec.state.user_name and rec.state.user_name != topic.user_name:
                 topic.user_name = rec.state.user_name
-            symptom = self._symptom_of(rec.state.flow)
+            symptom = self.topics.symptom_of(rec.state.flow)
             if symptom and symptom != topic.symptom:
                 topic.symptom = symptom  # saved with the topic's next save (no write per turn)
                 if topic.thread_id is not None:
                     topic.name_dirty = True
-            self._mark_card(topic)
+            self.topics.mark_card(topic)
         for rec in records:
             events = list(rec.events)
             # "Talk to a person" is the human_agent flow: flagged even if the flow raises nothing
@@ -116,17 +115,6 @@ class MirrorPart:
                     log.exception("agents: flagging %s for %s failed", ev, rec.conversation_id)
             if "paused_message" in events and self.ports.enabled:  # a customer waits for the agent
                 await self._customer_waiting(rec.conversation_id)
-
-    async def _ensure_many(self, cids: list[str], symptoms: dict[str, str] | None = None) -> None:
-        missing = list(dict.fromkeys(c for c in cids if c not in self.st.topics))
-        if not missing:
-            return
-        async with self._ensure_lock:
-            missing = [c for c in missing if c not in self.st.topics]
-            if missing:
-                for t in await self.ports.reg.create_topics(missing, self.st.start_cursor, symptoms):
-                    if t.conversation_id not in self.st.topics:
-                        self._cache(t)
 
     async def _flag(self, cid: str, topic: Topic | None, event: str) -> None:
         if event in ("paused_message", "forgotten", ""):
@@ -150,7 +138,7 @@ class MirrorPart:
                 topic.escalated_until = now + self.options.watch_seconds
                 self.st.escalated.add(cid)
             await self.ports.reg.save(topic)
-            self._mark_card(topic)
+            self.topics.mark_card(topic)
 
     async def _note(self, cid: str, text: Html | str) -> None:
         plain = text if isinstance(text, str) else unhtml(text)
@@ -231,7 +219,7 @@ class MirrorPart:
         self.st.more = False
         while self.st.pending_rows < MAX_PENDING:
             rows = await self.ports.reg.rows_after(self.st.fetched, 200)
-            await self._ensure_many(
+            await self.topics.ensure_many(
                 [
                     r.conversation_id
                     for r in rows
@@ -244,7 +232,7 @@ class MirrorPart:
                 barrier = self.st.forgotten.get(cid)
                 if barrier is not None and r.id <= barrier:
                     continue
-                t = self.st.topics.get(cid) or await self._ensure(cid)
+                t = self.st.topics.get(cid) or await self.topics.ensure(cid)
                 if r.id <= t.seen_cursor:
                     continue
                 self.st.pending.setdefault(cid, deque()).append(r)
@@ -327,7 +315,8 @@ class MirrorPart:
             return await self._post_escalations()
         fresh = [cid for cid, q in self.st.pending.items() if q]
         candidates = set(fresh) | self.st.gap | self.st.open_now
-        watched = [cid for cid in candidates if (t := self.st.topics.get(cid)) is not None and self._is_watched(t)]
+        topics = self.st.topics
+        watched = [c for c in candidates if (t := topics.get(c)) is not None and self.topics.is_watched(t)]
         for cid in sorted(watched, key=self._age):
             if await self._serve_topic(self.st.topics[cid]):
                 return True
@@ -374,38 +363,6 @@ class MirrorPart:
         return t.topic_cursor if t else 0
 
     # -- topics -----------------------------------------------------------------------------------
-    def _lost_topic(self, t: Topic) -> None:
-        log.info("agents: topic %s of %s is gone; it will be recreated", t.thread_id, t.conversation_id)
-        if t.thread_id is not None:
-            self.st.by_thread.pop(t.thread_id, None)
-        t.thread_id = None
-        t.card_message_id = None
-        t.card_pinned = False
-        t.card_html = ""
-        t.card_dirty = True
-        self.st.card_work.discard(t.conversation_id)
-
-    def _name_for(self, t: Topic) -> str:
-        return topic_name(t.user_name, t.ref, self._symptom_title(t.symptom), self.texts)
-
-    async def _create_topic(self, t: Topic, urgent: bool) -> None:
-        assert self.gateway is not None
-        gw = self.gateway
-        if not t.user_name:
-            state = await self.ports.rstore.load_state(t.conversation_id)
-            t.user_name = state.user_name if state else ""
-        name = self._name_for(t)
-        thread = await self.ports.call(urgent, lambda: gw.create_topic(name))
-        t.thread_id = thread
-        t.topic_name = name
-        t.name_dirty = False
-        t.card_message_id = None
-        t.card_pinned = False
-        t.card_html = ""
-        self.st.by_thread[thread] = t.conversation_id
-        await self.ports.reg.save(t)
-        self._mark_card(t)
-
     async def _serve_topic(self, t: Topic) -> bool:
         """The next call for one conversation's topic: create it, post its card, then lines."""
         assert self.gateway is not None
@@ -413,7 +370,7 @@ class MirrorPart:
         if t.conversation_id not in self.st.topics:
             return False
         if t.thread_id is None:
-            await self._create_topic(t, urgent=False)
+            await self.topics.create(t, urgent=False)
             return True
         thread = t.thread_id
         if t.card_message_id is None:
@@ -422,7 +379,7 @@ class MirrorPart:
             try:
                 sent = await self.ports.call(False, lambda: gw.send(thread, html, buttons))
             except ThreadNotFound:
-                self._lost_topic(t)
+                self.topics.lost(t)
                 await self.ports.reg.save(t)
                 return True
             t.card_message_id = sent.message_id
@@ -441,7 +398,7 @@ class MirrorPart:
             try:
                 await self.ports.call(False, lambda: self._copy_in(thread, item, caption, cid))
             except ThreadNotFound:
-                self._lost_topic(t)
+                self.topics.lost(t)
                 await self.ports.reg.save(t)
                 return True
             except MessageGone:  # the user deleted it meanwhile: the line is posted as text
@@ -454,7 +411,7 @@ class MirrorPart:
             try:
                 await self.ports.call(False, lambda: self.posts.post(thread, html, kind="topic", about=[cid]))
             except ThreadNotFound:
-                self._lost_topic(t)
+                self.topics.lost(t)
                 await self.ports.reg.save(t)
                 return True
         self.ports.posted_lines += count

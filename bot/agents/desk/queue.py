@@ -66,7 +66,7 @@ class QueuePart:
 
     def _item_line(self, item: QueueItem) -> Html:
         t = self.st.topics.get(item.conversation_id)
-        who = self._who(t) if t is not None else Html.text(item.conversation_id)
+        who = self.topics.who(t) if t is not None else Html.text(item.conversation_id)
         if item.status == "claimed":
             mark = self.texts("agents.desk.queue_claimed", agent=item.agent or "?")
         elif item.status == "resolved":
@@ -151,7 +151,7 @@ class QueuePart:
             label = self.texts.plain(key, agent=cb.user_name or "?")
             toast = self.texts.plain("agents.desk.queue_done_toast", status=label.rstrip(" ·"), ref=ref)
             if t is not None:
-                self._mark_card(t)
+                self.topics.mark_card(t)
         with contextlib.suppress(GatewayError):
             await gw.answer_callback(cb.callback_id, toast)
         await self._refresh_listing(cb.message_id)
@@ -204,7 +204,7 @@ class QueuePart:
         )
         await self.ports.reg.set_item_status([i.id for i in items if i.kind == "waiting"], "resolved", agent, now)
         if self.st.waiting.pop(t.conversation_id, None) is not None or any(i.kind == "waiting" for i in items):
-            self._mark_card(t)
+            self.topics.mark_card(t)
 
     async def _takeover_ended(self, t: Topic, agent: str, waiting: bool) -> None:
         """The hand-back (or the pause's expiry): the takeover's handle time is counted; the
@@ -269,7 +269,7 @@ class QueuePart:
         await self.store.add_entries(cid, [Entry(Direction.NOTE, text, kind=f"escalation:{event}")])
         t.escalated_until = self.clock.now() + self.options.watch_seconds
         self.st.escalated.add(cid)
-        self._mark_card(t)
+        self.topics.mark_card(t)
         self.signals.new_rows(escalation=True)
 
     def _reply_when(self) -> str:

@@ -131,7 +131,7 @@ class TakeoverPart:
         line = self.texts.plain("agents.desk.note_line", agent=agent or "?", text=body)
         await self.store.add_entries(t.conversation_id, [Entry(Direction.NOTE, line, kind=NOTE_KIND)])
         self.signals.new_rows()
-        self._mark_card(t)
+        self.topics.mark_card(t)
 
     def _hold(self, t: Topic, m: AgentMessage, why: str) -> None:
         """Keep ``m`` in the group and ask its author: confirm (the bot is still talking) or
@@ -202,7 +202,7 @@ class TakeoverPart:
         t.owner_id = owner_id
         t.owner_name = owner_name if owner_id else ""
         await self.ports.reg.save(t)
-        self._mark_card(t)
+        self.topics.mark_card(t)
         await self._note(t.conversation_id, self.texts(note_key, agent=by or "?", owner=owner_name or "?"))
 
     async def _send_held(self, t: Topic, msgs: list[AgentMessage], *, claim: bool) -> None:
@@ -248,7 +248,7 @@ class TakeoverPart:
     async def _blocked(self, t: Topic) -> None:
         await self.store.set_flags(t.conversation_id, active=False)
         await self._note(t.conversation_id, self.texts("agents.desk.note_blocked"))
-        self._mark_card(t)
+        self.topics.mark_card(t)
 
     async def _on_agent_edit(self, m: AgentMessage) -> None:
         assert self.gateway is not None
@@ -322,7 +322,7 @@ class TakeoverPart:
         t.paused_until = self.clock.now() + self.options.pause_seconds  # each message extends it
         t.paused_by = agent
         await self.ports.reg.save(t)
-        self._mark_card(t)
+        self.topics.mark_card(t)
         self.signals.timer_wake.set()
         if newly:
             minutes = str(max(1, round(self.options.pause_seconds / 60)))
@@ -344,7 +344,7 @@ class TakeoverPart:
         t.paused_until = None
         t.paused_by = ""
         await self.ports.reg.save(t)
-        self._mark_card(t)
+        self.topics.mark_card(t)
         await self._takeover_ended(t, agent, waiting=mode == "waiting")
         key = {"menu": "agents.desk.note_handback_menu", "expired": "agents.desk.note_expired"}.get(
             mode, "agents.desk.note_handback_resume"
@@ -378,7 +378,7 @@ class TakeoverPart:
                 async with conversation_lock(self.engine, cid):
                     await self.store.set_flags(cid, paused=False)
                 continue
-            t = await self._ensure(cid)
+            t = await self.topics.ensure(cid)
             if t.paused_until is None:
                 t.paused_until = self.clock.now() + self.options.pause_seconds
                 await self.ports.reg.save(t)

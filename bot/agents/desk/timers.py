@@ -61,12 +61,12 @@ class TimersPart:
         if self.ports.enabled:
             alive = {t.conversation_id for t in await self.ports.reg.all_topics()}
             for cid in [c for c in self.st.topics if c not in alive]:
-                self._drop(cid)
+                self.topics.drop(cid)
             for cid in done.pruned:  # drawn again without the expired words
                 t = self.st.topics.get(cid)
                 if t is not None:
                     t.card_html = ""
-                    self._mark_card(t)
+                    self.topics.mark_card(t)
             self.st.trash_dirty = True
             self.signals.wake.set()
         return done.conversations
@@ -81,7 +81,7 @@ class TimersPart:
         for cid, status, _ in rows:
             t = self.st.topics.get(cid)
             if t is not None:
-                self._mark_card(t)
+                self.topics.mark_card(t)
             if status == "failed" and since:
                 await self._flag(cid, t, "quote_failed")
         await self.ports.reg.set_meta("quotes_seen_at", max(r[2] for r in rows))

@@ -293,7 +293,7 @@ class ToolsPart:
         self.signals.wake.set()
 
     def _flow_title(self, flow: str) -> str:
-        return self._symptom_title(flow) or flow
+        return self.topics.symptom_title(flow) or flow
 
     def _fmt_stats(self, period_key: str, s: reports.Stats) -> Html:
         t = self.texts
@@ -409,7 +409,8 @@ class ToolsPart:
         rows = [self.texts("agents.desk.find_header", count=str(len(hits)), query=clip(query, 60))]
         for h in hits:
             t = self.st.topics.get(h.line.conversation_id)
-            who = self._who(t) if t else Html.text(f"{display_name(h.user_name, self.texts)} {h.line.conversation_id}")
+            name = display_name(h.user_name, self.texts)
+            who = self.topics.who(t) if t else Html.text(f"{name} {h.line.conversation_id}")
             rows.append(
                 Html.text("• ")
                 + who
@@ -461,7 +462,7 @@ class ToolsPart:
             "agents.desk.forget_confirm",
             ref=ref,
             name=display_name(t.user_name, self.texts),
-            symptom=self._symptom_title(t.symptom) or "-",
+            symptom=self.topics.symptom_title(t.symptom) or "-",
         )
         buttons = [
             (self.texts.plain("agents.desk.btn_forget_asked", ref=ref), f"{CALLBACK_PREFIX}fu:{ref}"),
@@ -513,9 +514,9 @@ class ToolsPart:
 
     async def forget(self, conversation_id: str) -> None:
         """Erase one conversation everywhere (database, its topic) — an agent's /forget."""
-        self.forgetting(conversation_id)
+        self.topics.forgetting(conversation_id)
         try:
             async with conversation_lock(self.engine, conversation_id):
                 await privacy.forget_conversation(self.store.db, conversation_id, lock=self.ports.tx_lock)
         finally:
-            self.forgotten(conversation_id, await self.ports.reg.max_message_id())
+            self.topics.forgotten(conversation_id, await self.ports.reg.max_message_id())
