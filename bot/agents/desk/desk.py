@@ -63,7 +63,7 @@ from .cards import CardsPart
 from .feed import FeedPart
 from .mirror import MirrorPart
 from .posts import Posts
-from .queue import QueuePart
+from .queue import Queue
 from .records import (
     AgentCallback,
     AgentCommand,
@@ -82,7 +82,7 @@ from .wiring import DeskPorts, Signals
 log = logging.getLogger(__name__)
 
 
-class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart, QueuePart):
+class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart):
     """The desk: wiring (engine, store, gateway, options, clock, limiter), lifecycle and the
     four tasks; each part's methods live in its own module, the state in ``DeskState``."""
 
@@ -126,6 +126,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         self.signals = Signals(self.st)
         self.topics = Topics(self.ports, self.st, self.signals)
         self.posts = Posts(self.ports, self.st, self.signals)
+        self.queue = Queue(self.ports, self.st, self.signals, self.topics, self.posts)
         p = self.ports
         self.engine, self.store, self.gateway, self.chat_id = engine, store, p.gateway, chat_id
         self.options, self.clock, self.texts = o, p.clock, p.texts
@@ -198,7 +199,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         if not self.options.record_only:  # a follower leaves pauses and timers to the leader
             await self._reconcile_pauses()
         if self.ports.enabled:
-            await self._load_waiting()
+            await self.queue.load_waiting()
         if self.on_turn not in self.engine.listeners:
             self.engine.listeners.append(self.on_turn)
         self._spawn(self._recorder(), "agents-recorder")

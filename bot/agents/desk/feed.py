@@ -169,8 +169,8 @@ class FeedPart:
         done = self.st.esc_pending[:taken]
         if lines:
             thread = self.st.esc_thread
-            items = await self._listing_items(listed)
-            buttons = self._item_buttons(items)
+            items = await self.queue.listing_items(listed)
+            buttons = self.queue.item_buttons(items)
             try:
                 parts = [(cid, line) for (cid, _), line in zip(listed, lines, strict=True)]  # /forget edits a line out
                 sent = await self.ports.call(

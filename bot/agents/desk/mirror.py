@@ -114,13 +114,13 @@ class MirrorPart:
                     self.ports.errors += 1
                     log.exception("agents: flagging %s for %s failed", ev, rec.conversation_id)
             if "paused_message" in events and self.ports.enabled:  # a customer waits for the agent
-                await self._customer_waiting(rec.conversation_id)
+                await self.queue.customer_waiting(rec.conversation_id)
 
     async def _flag(self, cid: str, topic: Topic | None, event: str) -> None:
         if event in ("paused_message", "forgotten", ""):
             return
         now = self.clock.now()
-        await self._queue_open(cid, event)  # a new item once the last one was resolved, even if not listed again
+        await self.queue.open(cid, event)  # a new item once the last one was resolved, even if not listed again
         last = self.st.flag_times.get((cid, event))
         if last is not None and now - last < self.options.repeat_seconds:
             return

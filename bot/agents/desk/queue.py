@@ -35,7 +35,11 @@ from ..render import (
     join,
     pack,
 )
+from .posts import Posts
 from .records import CALLBACK_PREFIX, QUEUE_KINDS, AgentCallback, AgentCommand
+from .state import DeskState
+from .topics import Topics
+from .wiring import DeskPorts, Part, Signals
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +56,25 @@ def _age(seconds: float) -> str:
     return f"{minutes // 1440} d"
 
 
-class QueuePart:
-    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+class Queue(Part):
+    """The queue's items, the waiting clocks and the figures (the state's ``waiting`` and
+    ``queue_views``); it names cases through ``Topics`` and answers through ``Posts``."""
+
+    def __init__(self, ports: DeskPorts, st: DeskState, signals: Signals, topics: Topics, posts: Posts) -> None:
+        super().__init__(ports, st, signals)
+        self.topics = topics
+        self.posts = posts
 
     # -- items ------------------------------------------------------------------------------------
-    async def _queue_open(self, cid: str, kind: str) -> None:
+    async def open(self, cid: str, kind: str) -> None:
         if kind in QUEUE_KINDS:
             await self.ports.reg.open_item(cid, kind, self.clock.now())
 
-    def _kind_label(self, kind: str) -> str:
+    def kind_label(self, kind: str) -> str:
         key = f"agents.desk.kind.{kind}"
         return self.texts.plain(key) if self.texts.has(key) else flag_label(kind, self.texts)
 
-    def _item_line(self, item: QueueItem) -> Html:
+    def item_line(self, item: QueueItem) -> Html:
         t = self.st.topics.get(item.conversation_id)
         who = self.topics.who(t) if t is not None else Html.text(item.conversation_id)
         if item.status == "claimed":
@@ -76,12 +86,12 @@ class QueuePart:
         return self.texts(
             "agents.desk.queue_line",
             mark=mark,
-            kind=self._kind_label(item.kind),
+            kind=self.kind_label(item.kind),
             who=who,
             age=_age(self.clock.now() - item.opened_at),
         )
 
-    def _item_buttons(self, items: list[QueueItem]) -> list[tuple[str, str]]:
+    def item_buttons(self, items: list[QueueItem]) -> list[tuple[str, str]]:
         buttons: list[tuple[str, str]] = []
         for item in [i for i in items if i.status != "resolved"][:MAX_BUTTONS]:
             t = self.st.topics.get(item.conversation_id)
@@ -91,7 +101,7 @@ class QueuePart:
             buttons.append((self.texts.plain("agents.desk.btn_resolve", ref=ref), f"{QUEUE_PREFIX}r:{item.id}"))
         return buttons
 
-    async def _listing_items(self, rows: list[tuple[str, str]]) -> list[QueueItem]:
+    async def listing_items(self, rows: list[tuple[str, str]]) -> list[QueueItem]:
         """The queue items behind Escalations lines ((conversation, event) each)."""
         out: list[QueueItem] = []
         for cid, event in rows:
@@ -100,14 +110,14 @@ class QueuePart:
                     out.append(item)
         return out
 
-    async def _cmd_queue(self, c: AgentCommand) -> None:
+    async def cmd_queue(self, c: AgentCommand) -> None:
         items = await self.ports.reg.unresolved_items(limit=200)
         items = [i for i in items if i.conversation_id in self.st.topics or not self.ports.enabled]
         if not items:
             await self.posts.reply(c, self.texts("agents.desk.queue_none"))
             return
         head = self.texts("agents.desk.queue_header", count=str(len(items)))
-        lines = [self._item_line(i) for i in items]
+        lines = [self.item_line(i) for i in items]
         n = pack(lines, MAX_VISIBLE - head.visible - 1)
         html = join([head, *lines[:n]]).html
         shown = items[:n]
@@ -116,7 +126,7 @@ class QueuePart:
             await self.posts.reply(c, join([head, *lines[:n]]), about=about, kind="queue")
             return
         thread = c.thread_id
-        buttons = self._item_buttons(shown)
+        buttons = self.item_buttons(shown)
         made = self.st.work_started or time.monotonic()
 
         async def send() -> None:
@@ -129,7 +139,7 @@ class QueuePart:
         self.st.urgent.append(send)
         self.signals.wake.set()
 
-    async def _on_queue_press(self, cb: AgentCallback) -> None:
+    async def on_press(self, cb: AgentCallback) -> None:
         assert self.gateway is not None
         gw = self.gateway
         action, _, id_s = cb.data[len(QUEUE_PREFIX) :].partition(":")
@@ -143,7 +153,7 @@ class QueuePart:
             now = self.clock.now()
             status = "claimed" if action == "c" else "resolved"
             if status == "claimed" and item.status == "open":
-                await self._count_first_response([item], now)
+                await self.count_first_response([item], now)
             await self.ports.reg.set_item_status([item.id], status, cb.user_name, now)
             t = self.st.topics.get(item.conversation_id)
             ref = str(t.ref) if t is not None else str(item.id)
@@ -154,9 +164,9 @@ class QueuePart:
                 self.topics.mark_card(t)
         with contextlib.suppress(GatewayError):
             await gw.answer_callback(cb.callback_id, toast)
-        await self._refresh_listing(cb.message_id)
+        await self.refresh_listing(cb.message_id)
 
-    async def _refresh_listing(self, message_id: int) -> None:
+    async def refresh_listing(self, message_id: int) -> None:
         """Re-render a message listing items (an Escalations line or a /queue answer)."""
         ids = self.st.queue_views.get(message_id)
         if ids is not None:
@@ -171,8 +181,8 @@ class QueuePart:
             return
         assert self.gateway is not None
         gw = self.gateway
-        html = join([*head, *[self._item_line(i) for i in items]]).html
-        buttons = self._item_buttons(items)
+        html = join([*head, *[self.item_line(i) for i in items]]).html
+        buttons = self.item_buttons(items)
 
         async def edit() -> None:
             with contextlib.suppress(NotModified, MessageGone):
@@ -182,23 +192,23 @@ class QueuePart:
         self.signals.wake.set()
 
     # -- takeovers, replies, hand-backs: the items and the figures -------------------------------
-    async def _count_first_response(self, items: list[QueueItem], now: float) -> None:
+    async def count_first_response(self, items: list[QueueItem], now: float) -> None:
         waiting = [i for i in items if i.status == "open" and i.kind != "takeover"]
         if waiting:
             oldest = min(i.opened_at for i in waiting)
             await self.ports.reg.count({"first_response_s": max(0.0, now - oldest), "first_response_n": 1})
 
-    async def _takeover_started(self, t: Topic, agent: str) -> None:
+    async def takeover_started(self, t: Topic, agent: str) -> None:
         now = self.clock.now()
         await self.ports.reg.open_item(t.conversation_id, "takeover", now, status="claimed", agent=agent)
         await self.ports.reg.count({"takeover": 1, f"takeover:{agent or '?'}": 1})
 
-    async def _agent_answered(self, t: Topic, agent: str) -> None:
+    async def agent_answered(self, t: Topic, agent: str) -> None:
         """An agent's message reached the customer: open items are claimed by the agent, the
         customer's wait is over (first response counted once per wait)."""
         now = self.clock.now()
         items = await self.ports.reg.unresolved_items(t.conversation_id)
-        await self._count_first_response(items, now)
+        await self.count_first_response(items, now)
         await self.ports.reg.set_item_status(
             [i.id for i in items if i.status == "open" and i.kind != "waiting"], "claimed", agent, now
         )
@@ -206,7 +216,7 @@ class QueuePart:
         if self.st.waiting.pop(t.conversation_id, None) is not None or any(i.kind == "waiting" for i in items):
             self.topics.mark_card(t)
 
-    async def _takeover_ended(self, t: Topic, agent: str, waiting: bool) -> None:
+    async def takeover_ended(self, t: Topic, agent: str, waiting: bool) -> None:
         """The hand-back (or the pause's expiry): the takeover's handle time is counted; the
         case is resolved — unless a customer's message is still unanswered: then its items
         go back to the queue, open, for the next agent."""
@@ -225,7 +235,7 @@ class QueuePart:
             await self.ports.reg.set_item_status(rest, "resolved", agent, now)
 
     # -- a customer waiting during a takeover -----------------------------------------------------
-    async def _customer_waiting(self, cid: str) -> None:
+    async def customer_waiting(self, cid: str) -> None:
         t = self.st.topics.get(cid)
         if t is None or t.paused_until is None or cid in self.st.waiting:
             return
@@ -237,17 +247,17 @@ class QueuePart:
             self.st.waiting[cid] = item
             self.signals.timer_wake.set()
 
-    async def _load_waiting(self) -> None:
+    async def load_waiting(self) -> None:
         """After a restart: unanswered messages of conversations still taken over."""
         for item in await self.ports.reg.unresolved_items(limit=10_000):
             t = self.st.topics.get(item.conversation_id)
             if item.kind == "waiting" and t is not None and t.paused_until is not None:
                 self.st.waiting[item.conversation_id] = item
 
-    def _waiting_deadlines(self) -> list[float]:
+    def waiting_deadlines(self) -> list[float]:
         return [i.opened_at + self.options.wait_alert_seconds for i in self.st.waiting.values() if i.alerted_at is None]
 
-    async def _waiting_alerts(self, now: float) -> None:
+    async def waiting_alerts(self, now: float) -> None:
         for cid, item in list(self.st.waiting.items()):
             if item.alerted_at is not None or now < item.opened_at + self.options.wait_alert_seconds:
                 continue
@@ -261,9 +271,9 @@ class QueuePart:
             )
             await self.ports.reg.set_item_alerted(item.id, now)
             self.st.waiting[cid] = replace(item, alerted_at=now)
-            await self._escalate_note(t, "waiting", text)
+            await self.escalate_note(t, "waiting", text)
 
-    async def _escalate_note(self, t: Topic, event: str, text: str) -> None:
+    async def escalate_note(self, t: Topic, event: str, text: str) -> None:
         """A note in the topic that is also listed in the Escalations topic (never suppressed)."""
         cid = t.conversation_id
         await self.store.add_entries(cid, [Entry(Direction.NOTE, text, kind=f"escalation:{event}")])
@@ -272,7 +282,7 @@ class QueuePart:
         self.topics.mark_card(t)
         self.signals.new_rows(escalation=True)
 
-    def _reply_when(self) -> str:
+    def reply_when(self) -> str:
         """When a person will reply, for the customer: now-ish, or the next opening."""
         at = self.options.hours.describe_next(self.clock.now())
         if not at:

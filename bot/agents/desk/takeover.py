@@ -243,7 +243,7 @@ class TakeoverPart:
             cid,
             [Entry(Direction.AGENT, f"{m.user_name}: {what}", kind="media" if m.media else "text")],
         )
-        await self._agent_answered(t, m.user_name)
+        await self.queue.agent_answered(t, m.user_name)
 
     async def _blocked(self, t: Topic) -> None:
         await self.store.set_flags(t.conversation_id, active=False)
@@ -330,7 +330,7 @@ class TakeoverPart:
                 t.conversation_id,
                 self.texts("agents.desk.note_paused", agent=agent or "?", minutes=minutes),
             )
-            await self._takeover_started(t, agent)
+            await self.queue.takeover_started(t, agent)
         return newly
 
     async def resume(self, t: Topic, *, agent: str = "", mode: str = "agent") -> None:
@@ -345,17 +345,17 @@ class TakeoverPart:
         t.paused_by = ""
         await self.ports.reg.save(t)
         self.topics.mark_card(t)
-        await self._takeover_ended(t, agent, waiting=mode == "waiting")
+        await self.queue.takeover_ended(t, agent, waiting=mode == "waiting")
         key = {"menu": "agents.desk.note_handback_menu", "expired": "agents.desk.note_expired"}.get(
             mode, "agents.desk.note_handback_resume"
         )
         minutes = str(max(1, round(self.options.pause_seconds / 60)))
         arg = mode
         if mode == "waiting":
-            when = self._reply_when()
+            when = self.queue.reply_when()
             arg = f"waiting {when}"
             await self._note(cid, self.texts("agents.desk.note_expired", minutes=minutes))
-            await self._escalate_note(t, "waiting", self.texts.plain("agents.desk.waiting_requeued", when=when))
+            await self.queue.escalate_note(t, "waiting", self.texts.plain("agents.desk.waiting_requeued", when=when))
         else:
             await self._note(cid, self.texts(key, agent=agent or "?", minutes=minutes))
         replies = await self.engine.handle(Inbound(cid, EventKind.COMMAND, text=RESUME_COMMAND, arg=arg))

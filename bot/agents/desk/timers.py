@@ -32,13 +32,12 @@ class TimersPart:
                 if self.ports.enabled and now >= next_quotes:
                     next_quotes = now + self.options.quote_poll_every
                     await self._poll_quotes()
-                await self._waiting_alerts(now)  # before an expiry at the same moment: alert first
+                await self.queue.waiting_alerts(now)  # before an expiry at the same moment: alert first
                 for t in [t for t in self.st.topics.values() if t.paused_until is not None and t.paused_until <= now]:
                     await self.resume(t, mode="waiting" if t.conversation_id in self.st.waiting else "expired")
                 pauses = [t.paused_until for t in self.st.topics.values() if t.paused_until is not None]
-                deadline = min(
-                    [next_purge, next_quotes if self.ports.enabled else math.inf, *pauses, *self._waiting_deadlines()]
-                )
+                waits = self.queue.waiting_deadlines()
+                deadline = min([next_purge, next_quotes if self.ports.enabled else math.inf, *pauses, *waits])
                 self.signals.tick()
                 await wait(self.signals.timer_wake, max(0.0, deadline - self.clock.now()), self.clock)
             except asyncio.CancelledError:

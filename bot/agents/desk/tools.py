@@ -102,7 +102,7 @@ class ToolsPart:
             "note": self._cmd_note,
             "assign": self._cmd_assign,
             "release": self._cmd_release,
-            "queue": self._cmd_queue,
+            "queue": self.queue.cmd_queue,
         }.get(name)
         if handler is not None:
             await handler(c)
@@ -229,7 +229,7 @@ class ToolsPart:
                 await gw.answer_callback(cb.callback_id)
             return
         if data.startswith(QUEUE_PREFIX):  # Claim / Resolve on a queue item
-            await self._on_queue_press(cb)
+            await self.queue.on_press(cb)
             return
         kind, _, rest = data[len(CALLBACK_PREFIX) :].partition(":")
         ref_s, _, author_s = rest.partition(":")
