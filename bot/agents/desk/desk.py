@@ -59,7 +59,7 @@ from ..render import (
     Texts,
     fit,
 )
-from .cards import CardsPart
+from .cards import Cards
 from .feed import FeedPart
 from .mirror import MirrorPart
 from .posts import Posts
@@ -82,7 +82,7 @@ from .wiring import DeskPorts, Signals
 log = logging.getLogger(__name__)
 
 
-class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart):
+class AgentDesk(MirrorPart, FeedPart, TakeoverPart, TimersPart, ToolsPart):
     """The desk: wiring (engine, store, gateway, options, clock, limiter), lifecycle and the
     four tasks; each part's methods live in its own module, the state in ``DeskState``."""
 
@@ -126,6 +126,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         self.signals = Signals(self.st)
         self.topics = Topics(self.ports, self.st, self.signals)
         self.posts = Posts(self.ports, self.st, self.signals)
+        self.cards = Cards(self.ports, self.st, self.signals, self.topics)
         self.queue = Queue(self.ports, self.st, self.signals, self.topics, self.posts)
         p = self.ports
         self.engine, self.store, self.gateway, self.chat_id = engine, store, p.gateway, chat_id

@@ -339,7 +339,7 @@ class MirrorPart:
                 return True
             if t.card_message_id is not None and t.topic_cursor >= t.seen_cursor:
                 self.st.escalated.discard(cid)
-        if await self._card_step():
+        if await self.cards.step(self._serve_topic):
             return True
         for cid in sorted(self.st.gap, key=lambda c: self.st.topics[c].topic_cursor if c in self.st.topics else 0):
             t = self.st.topics.get(cid)
@@ -374,8 +374,8 @@ class MirrorPart:
             return True
         thread = t.thread_id
         if t.card_message_id is None:
-            html = await self._card_html(t)
-            buttons = self._card_buttons(t)
+            html = await self.cards.html(t)
+            buttons = self.cards.buttons(t)
             try:
                 sent = await self.ports.call(False, lambda: gw.send(thread, html, buttons))
             except ThreadNotFound:
