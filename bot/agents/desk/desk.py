@@ -59,11 +59,12 @@ from ..render import (
     Texts,
     fit,
 )
+from .backlog import Backlog
 from .cards import Cards
-from .feed import FeedPart
-from .mirror import MirrorPart
+from .feed import Feed
 from .posts import Posts
 from .queue import Queue
+from .recorder import Recorder
 from .records import (
     AgentCallback,
     AgentCommand,
@@ -78,11 +79,12 @@ from .timers import TimersPart
 from .tools import ToolsPart
 from .topics import Topics
 from .wiring import DeskPorts, Signals
+from .writer import Writer
 
 log = logging.getLogger(__name__)
 
 
-class AgentDesk(MirrorPart, FeedPart, TakeoverPart, TimersPart, ToolsPart):
+class AgentDesk(TakeoverPart, TimersPart, ToolsPart):
     """The desk: wiring (engine, store, gateway, options, clock, limiter), lifecycle and the
     four tasks; each part's methods live in its own module, the state in ``DeskState``."""
 
@@ -128,12 +130,32 @@ class AgentDesk(MirrorPart, FeedPart, TakeoverPart, TimersPart, ToolsPart):
         self.posts = Posts(self.ports, self.st, self.signals)
         self.cards = Cards(self.ports, self.st, self.signals, self.topics)
         self.queue = Queue(self.ports, self.st, self.signals, self.topics, self.posts)
+        self.recorder = Recorder(self.ports, self.st, self.signals, self.topics, self.queue)
+        self.pending = Backlog(self.ports, self.st, self.signals, self.topics)
+        self.feed = Feed(
+            self.ports,
+            self.st,
+            self.signals,
+            topics=self.topics,
+            posts=self.posts,
+            queue=self.queue,
+            backlog=self.pending,
+        )
+        self.writer = Writer(
+            self.ports,
+            self.st,
+            self.signals,
+            topics=self.topics,
+            posts=self.posts,
+            backlog=self.pending,
+            cards=self.cards,
+            feed=self.feed,
+        )
         p = self.ports
         self.engine, self.store, self.gateway, self.chat_id = engine, store, p.gateway, chat_id
         self.options, self.clock, self.texts = o, p.clock, p.texts
         self._own_db: aiosqlite.Connection | None = None
         # tasks and signals
-        self._inbox: asyncio.Queue[TurnRecord] = asyncio.Queue()
         self.agent_inbox: asyncio.Queue[AgentMessage | AgentCommand | AgentCallback | UserMedia] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
@@ -203,11 +225,11 @@ class AgentDesk(MirrorPart, FeedPart, TakeoverPart, TimersPart, ToolsPart):
             await self.queue.load_waiting()
         if self.on_turn not in self.engine.listeners:
             self.engine.listeners.append(self.on_turn)
-        self._spawn(self._recorder(), "agents-recorder")
+        self._spawn(self.recorder.run(), "agents-recorder")
         if not self.options.record_only:
             self._spawn(self._timers(), "agents-timers")
         if self.ports.enabled:
-            self._spawn(self._writer(), "agents-writer")
+            self._spawn(self.writer.run(), "agents-writer")
             self._spawn(self._agent_worker(), "agents-inbox")
         log.info(
             "agents' desk started (%s)",
@@ -232,7 +254,7 @@ class AgentDesk(MirrorPart, FeedPart, TakeoverPart, TimersPart, ToolsPart):
                 await task
         if self.ports.enabled:
             with contextlib.suppress(sqlite3.Error, StoreError):  # progress is saved lazily anyway
-                await self._save_seen(force=True)
+                await self.pending.save_seen(force=True)
                 await self.ports.reg.set_meta("feed_cursor", self.st.feed_cursor)
         own, self._own_db = self._own_db, None
         if own is not None:
@@ -250,7 +272,7 @@ class AgentDesk(MirrorPart, FeedPart, TakeoverPart, TimersPart, ToolsPart):
 
     # -- the engine listener: nothing but a queue -------------------------------------------------
     async def on_turn(self, record: TurnRecord) -> None:
-        self._inbox.put_nowait(record)
+        self.recorder.inbox.put_nowait(record)
 
     def submit(self, item: AgentMessage | AgentCommand | AgentCallback | UserMedia) -> None:
         """Queue something an agent did (called by the Telegram handler, in arrival order) — or
@@ -271,8 +293,8 @@ class AgentDesk(MirrorPart, FeedPart, TakeoverPart, TimersPart, ToolsPart):
         html = fit(Html.text("⚠️ " + text))
 
         async def send() -> None:
-            thread = await self._escalations_thread(urgent=True)
-            await self._send_or_forget_thread(thread, html.html, "escalations")
+            thread = await self.feed.escalations_thread(urgent=True)
+            await self.feed.send_or_forget_thread(thread, html.html, "escalations")
 
         self.st.urgent.append(send)
         self.signals.wake.set()
@@ -280,7 +302,7 @@ class AgentDesk(MirrorPart, FeedPart, TakeoverPart, TimersPart, ToolsPart):
     async def report_event(self, conversation_id: str, event: str) -> None:
         """Flag an event that happened outside a turn (e.g. ``quote_failed``)."""
         topic = await self.topics.ensure(conversation_id) if self.ports.enabled else None
-        await self._flag(conversation_id, topic, event)
+        await self.recorder.flag(conversation_id, topic, event)
         self.signals.wake.set()
 
     # -- waiting (tests, benchmark) ---------------------------------------------------------------
@@ -290,7 +312,7 @@ class AgentDesk(MirrorPart, FeedPart, TakeoverPart, TimersPart, ToolsPart):
             "fresh_conversations": sum(1 for q in self.st.pending.values() if q),
             "urgent": len(self.st.urgent),
             "escalations": len(self.st.esc_pending),
-            "records": self._inbox.qsize(),
+            "records": self.recorder.inbox.qsize(),
             "agent_inbox": self.agent_inbox.qsize() + self.st.agent_busy,
             "gaps": len(self.st.gap),
             "cards": len(self.st.card_work),

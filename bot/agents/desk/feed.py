@@ -19,15 +19,39 @@ from ..render import (
     join,
     render_line,
 )
+from .backlog import Backlog
+from .posts import Posts
+from .queue import Queue
+from .state import DeskState
+from .topics import Topics
+from .wiring import DeskPorts, Part, Signals
 
 log = logging.getLogger(__name__)
 
 
-class FeedPart:
-    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+class Feed(Part):
+    """The Live feed and the Escalations topic (the state's ``live_thread``, ``esc_thread``,
+    ``esc_pending``, ``esc_cursor``)."""
+
+    def __init__(
+        self,
+        ports: DeskPorts,
+        st: DeskState,
+        signals: Signals,
+        *,
+        topics: Topics,
+        posts: Posts,
+        queue: Queue,
+        backlog: Backlog,
+    ) -> None:
+        super().__init__(ports, st, signals)
+        self.topics = topics
+        self.posts = posts
+        self.queue = queue
+        self.backlog = backlog
 
     # -- the Live feed (busy times) ---------------------------------------------------------------
-    async def _post_digest(self, cids: list[str]) -> bool:
+    async def post_digest(self, cids: list[str]) -> bool:
         assert self.gateway is not None
         gw = self.gateway
         # oldest first across conversations; lazily, so a long backlog costs no more than a message
@@ -109,16 +133,16 @@ class FeedPart:
                 continue
             self.ports.posted_lines += counted.get(cid, 0)
             t.seen_cursor = max(t.seen_cursor, upto)
-            self._consume(cid, upto)
+            self.backlog.consume(cid, upto)
             if t.topic_cursor < t.seen_cursor:
                 self.st.gap.add(cid)
         self.st.seen_dirty.update(c for c in last if c in self.st.topics)
-        await self._save_seen()
-        await self._advance_feed()
+        await self.backlog.save_seen()
+        await self.backlog.advance_feed()
         return True
 
     # -- escalations ------------------------------------------------------------------------------
-    async def _escalations_thread(self, urgent: bool) -> int:
+    async def escalations_thread(self, urgent: bool) -> int:
         assert self.gateway is not None
         gw = self.gateway
         if self.st.esc_thread is None:
@@ -128,7 +152,7 @@ class FeedPart:
             await self.ports.reg.set_meta("escalations_thread", thread)
         return self.st.esc_thread
 
-    async def _send_or_forget_thread(self, thread: int, html: str, which: str) -> None:
+    async def send_or_forget_thread(self, thread: int, html: str, which: str) -> None:
         assert self.gateway is not None
         try:
             await self.gateway.send(thread, html)
@@ -138,10 +162,10 @@ class FeedPart:
                 await self.ports.reg.set_meta("escalations_thread", None)
             raise
 
-    async def _post_escalations(self) -> bool:
+    async def post_escalations(self) -> bool:
         assert self.gateway is not None
         if self.st.esc_thread is None:
-            await self._escalations_thread(urgent=False)
+            await self.escalations_thread(urgent=False)
             return True
         lines: list[Html] = []
         listed: list[tuple[str, str]] = []  # (conversation, event): their queue items get buttons
@@ -151,7 +175,7 @@ class FeedPart:
             if t is None:  # forgotten meanwhile
                 taken += 1
                 continue
-            if t.thread_id is None and not self._surge():
+            if t.thread_id is None and not self.backlog.surge():
                 # the list links to the user's topic: create it first (in a rush, when every
                 # call counts, the line offers /open_N instead and the topic comes later)
                 if lines:

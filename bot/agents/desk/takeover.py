@@ -108,7 +108,7 @@ class TakeoverPart:
             await self._add_note(t, m.user_name, m.text.lstrip()[len(NOTE_PREFIX) :].strip(), m.media)
             return
         if privacy.telegram_user_id(cid) is None:
-            await self._note(cid, self.texts("agents.desk.note_not_telegram", conversation=cid))
+            await self.recorder.note(cid, self.texts("agents.desk.note_not_telegram", conversation=cid))
             return
         held = self.st.held.get((cid, m.user_id))
         if held is not None:  # this agent's earlier message waits for a tap: this one waits with it
@@ -203,7 +203,7 @@ class TakeoverPart:
         t.owner_name = owner_name if owner_id else ""
         await self.ports.reg.save(t)
         self.topics.mark_card(t)
-        await self._note(t.conversation_id, self.texts(note_key, agent=by or "?", owner=owner_name or "?"))
+        await self.recorder.note(t.conversation_id, self.texts(note_key, agent=by or "?", owner=owner_name or "?"))
 
     async def _send_held(self, t: Topic, msgs: list[AgentMessage], *, claim: bool) -> None:
         if claim and not t.owner_id and msgs:  # the owner first: the card says who before the user reads it
@@ -236,7 +236,7 @@ class TakeoverPart:
             await self._blocked(t)
             return
         except GatewayError as exc:
-            await self._note(cid, self.texts("agents.desk.note_failed", error=str(exc)[:200]))
+            await self.recorder.note(cid, self.texts("agents.desk.note_failed", error=str(exc)[:200]))
             return
         await self.ports.reg.add_relay(m.message_id, cid, user_msg, caption=bool(m.media))
         await self.store.add_entries(
@@ -247,7 +247,7 @@ class TakeoverPart:
 
     async def _blocked(self, t: Topic) -> None:
         await self.store.set_flags(t.conversation_id, active=False)
-        await self._note(t.conversation_id, self.texts("agents.desk.note_blocked"))
+        await self.recorder.note(t.conversation_id, self.texts("agents.desk.note_blocked"))
         self.topics.mark_card(t)
 
     async def _on_agent_edit(self, m: AgentMessage) -> None:
@@ -292,7 +292,7 @@ class TakeoverPart:
             await self._blocked(t)
             return
         except GatewayError as exc:
-            await self._note(cid, self.texts("agents.desk.note_failed", error=str(exc)[:200]))
+            await self.recorder.note(cid, self.texts("agents.desk.note_failed", error=str(exc)[:200]))
             return
         await self.store.add_entries(
             cid,
@@ -305,7 +305,7 @@ class TakeoverPart:
             ],
         )
         if corrected:
-            await self._note(
+            await self.recorder.note(
                 cid,
                 self.texts(
                     "agents.desk.note_edited",
@@ -326,7 +326,7 @@ class TakeoverPart:
         self.signals.timer_wake.set()
         if newly:
             minutes = str(max(1, round(self.options.pause_seconds / 60)))
-            await self._note(
+            await self.recorder.note(
                 t.conversation_id,
                 self.texts("agents.desk.note_paused", agent=agent or "?", minutes=minutes),
             )
@@ -354,10 +354,10 @@ class TakeoverPart:
         if mode == "waiting":
             when = self.queue.reply_when()
             arg = f"waiting {when}"
-            await self._note(cid, self.texts("agents.desk.note_expired", minutes=minutes))
+            await self.recorder.note(cid, self.texts("agents.desk.note_expired", minutes=minutes))
             await self.queue.escalate_note(t, "waiting", self.texts.plain("agents.desk.waiting_requeued", when=when))
         else:
-            await self._note(cid, self.texts(key, agent=agent or "?", minutes=minutes))
+            await self.recorder.note(cid, self.texts(key, agent=agent or "?", minutes=minutes))
         replies = await self.engine.handle(Inbound(cid, EventKind.COMMAND, text=RESUME_COMMAND, arg=arg))
         uid = privacy.telegram_user_id(cid)
         if uid is None or not replies or self.gateway is None:
@@ -367,7 +367,7 @@ class TakeoverPart:
         except UserBlocked:
             await self._blocked(t)
         except GatewayError as exc:
-            await self._note(cid, self.texts("agents.desk.note_failed", error=str(exc)[:200]))
+            await self.recorder.note(cid, self.texts("agents.desk.note_failed", error=str(exc)[:200]))
 
     async def _reconcile_pauses(self) -> None:
         """After a restart: a paused conversation gets an expiry; without a group, none stays paused."""

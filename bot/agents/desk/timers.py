@@ -82,6 +82,6 @@ class TimersPart:
             if t is not None:
                 self.topics.mark_card(t)
             if status == "failed" and since:
-                await self._flag(cid, t, "quote_failed")
+                await self.recorder.flag(cid, t, "quote_failed")
         await self.ports.reg.set_meta("quotes_seen_at", max(r[2] for r in rows))
         self.signals.wake.set()
