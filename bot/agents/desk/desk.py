@@ -24,6 +24,12 @@ Shape (all in one event loop, nothing here imports ``telegram``):
   pauses nobody ended (telling a waiting customer when a person will reply), purges old
   transcripts, notices failed quote deliveries. Escalations are items of a queue (``queue``).
 
+Parts (one module each, built here with the ports (``wiring.DeskPorts``), the state
+(``state.DeskState``), the signals and the few other parts each calls — no part sees the
+desk): ``Topics``, ``Posts``, ``Cards``, ``Queue``, ``Recorder``, ``Backlog``, ``Feed``,
+``Writer``, ``Takeover``, ``Timers``, ``Erase``, and ``Tools`` (over a ``ToolContext``).
+The desk itself starts and stops the tasks and routes what agents do to its part.
+
 Without an agents' group (``gateway`` None) the desk still records escalations (for
 ``python -m bot stats``) and runs the retention purge.
 """
@@ -61,6 +67,7 @@ from ..render import (
 )
 from .backlog import Backlog
 from .cards import Cards
+from .erase import Erase
 from .feed import Feed
 from .posts import Posts
 from .queue import Queue
@@ -74,9 +81,9 @@ from .records import (
     check_content,
 )
 from .state import DeskState
-from .takeover import TakeoverPart
-from .timers import TimersPart
-from .tools import ToolsPart
+from .takeover import Takeover
+from .timers import Timers
+from .tools import ToolContext, Tools
 from .topics import Topics
 from .wiring import DeskPorts, Signals
 from .writer import Writer
@@ -84,9 +91,9 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 
-class AgentDesk(TakeoverPart, TimersPart, ToolsPart):
-    """The desk: wiring (engine, store, gateway, options, clock, limiter), lifecycle and the
-    four tasks; each part's methods live in its own module, the state in ``DeskState``."""
+class AgentDesk:
+    """The desk: builds the ports, the state and the parts (each in its own module, given the
+    few other parts it calls), runs the four tasks, routes what agents do to its part."""
 
     def __init__(
         self,
@@ -150,6 +157,30 @@ class AgentDesk(TakeoverPart, TimersPart, ToolsPart):
             backlog=self.pending,
             cards=self.cards,
             feed=self.feed,
+        )
+        self.takeover = Takeover(
+            self.ports,
+            self.st,
+            self.signals,
+            topics=self.topics,
+            posts=self.posts,
+            queue=self.queue,
+            recorder=self.recorder,
+        )
+        self.timers = Timers(
+            self.ports,
+            self.st,
+            self.signals,
+            topics=self.topics,
+            queue=self.queue,
+            recorder=self.recorder,
+            takeover=self.takeover,
+        )
+        self.erase = Erase(self.ports, self.st, self.signals, self.topics, self.posts)
+        self.tools = Tools(
+            ToolContext(
+                self.ports, self.st, self.signals, self.topics, self.posts, self.queue, self.takeover, self.erase
+            )
         )
         p = self.ports
         self.engine, self.store, self.gateway, self.chat_id = engine, store, p.gateway, chat_id
@@ -220,14 +251,14 @@ class AgentDesk(TakeoverPart, TimersPart, ToolsPart):
             self.st.esc_pending = await reg.escalations_after(self.st.esc_cursor, limit=1000)
             self.st.esc_known = max([self.st.esc_cursor] + [r.id for r in self.st.esc_pending])
         if not self.options.record_only:  # a follower leaves pauses and timers to the leader
-            await self._reconcile_pauses()
+            await self.takeover.reconcile_pauses()
         if self.ports.enabled:
             await self.queue.load_waiting()
         if self.on_turn not in self.engine.listeners:
             self.engine.listeners.append(self.on_turn)
         self._spawn(self.recorder.run(), "agents-recorder")
         if not self.options.record_only:
-            self._spawn(self._timers(), "agents-timers")
+            self._spawn(self.timers.run(), "agents-timers")
         if self.ports.enabled:
             self._spawn(self.writer.run(), "agents-writer")
             self._spawn(self._agent_worker(), "agents-inbox")
@@ -283,6 +314,38 @@ class AgentDesk(TakeoverPart, TimersPart, ToolsPart):
                 return
             self.st.media.setdefault(item.conversation_id, deque()).append(item)
         self.agent_inbox.put_nowait(item)
+
+    async def _agent_worker(self) -> None:
+        """The agent task: what agents did, in arrival order, each to its part."""
+        while True:
+            item = await self.agent_inbox.get()
+            self.st.agent_busy = 1
+            try:
+                if isinstance(item, AgentMessage):
+                    if item.edited:
+                        await self.takeover.on_edit(item)
+                    else:
+                        await self.takeover.on_message(item)
+                elif isinstance(item, AgentCommand):
+                    await self.tools.on_command(item)
+                elif isinstance(item, AgentCallback):
+                    await self.tools.on_callback(item)
+                elif isinstance(item, UserMedia):
+                    key = (item.chat_id, item.message_id)
+                    if key in self.st.media_done:  # copied already (or dropped): nothing to keep
+                        self.st.media_done.discard(key)
+                    elif item.conversation_id in self.st.media:
+                        await self.ports.reg.add_media(
+                            item.conversation_id, item.chat_id, item.message_id, item.kind, item.ts
+                        )
+            except Exception:  # the agents' inbox boundary: one bad item must not stop the desk
+                self.ports.errors += 1
+                log.exception("agents: handling %s failed", type(item).__name__)
+            finally:
+                self.st.agent_busy = 0
+                self.agent_inbox.task_done()
+                self.signals.new_rows()
+                self.signals.tick()
 
     # -- for other features -----------------------------------------------------------------------
     async def alert(self, text: str) -> None:
@@ -377,3 +440,18 @@ class AgentDesk(TakeoverPart, TimersPart, ToolsPart):
 
     def forgotten(self, conversation_id: str, upto_id: int) -> None:
         self.topics.forgotten(conversation_id, upto_id)
+
+    async def is_agent(self, user_id: int) -> bool:
+        return await self.tools.is_agent(user_id)
+
+    async def may_erase(self, user_id: int) -> bool:
+        return await self.erase.may_erase(user_id)
+
+    async def forget(self, conversation_id: str) -> None:
+        await self.erase.forget(conversation_id)
+
+    async def purge(self, now: float | None = None) -> int:
+        return await self.timers.purge(now)
+
+    async def resume(self, t: Topic, *, agent: str = "", mode: str = "agent") -> None:
+        await self.takeover.resume(t, agent=agent, mode=mode)

@@ -11,16 +11,38 @@ import logging
 import math
 
 from .. import privacy
-from .wiring import wait
+from .queue import Queue
+from .recorder import Recorder
+from .state import DeskState
+from .takeover import Takeover
+from .topics import Topics
+from .wiring import DeskPorts, Part, Signals, wait
 
 log = logging.getLogger(__name__)
 
 
-class TimersPart:
-    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+class Timers(Part):
+    """The timers task (``run``) and the retention purge."""
+
+    def __init__(
+        self,
+        ports: DeskPorts,
+        st: DeskState,
+        signals: Signals,
+        *,
+        topics: Topics,
+        queue: Queue,
+        recorder: Recorder,
+        takeover: Takeover,
+    ) -> None:
+        super().__init__(ports, st, signals)
+        self.topics = topics
+        self.queue = queue
+        self.recorder = recorder
+        self.takeover = takeover
 
     # -- timers: pause expiry, retention, quote deliveries ----------------------------------------
-    async def _timers(self) -> None:
+    async def run(self) -> None:
         next_purge = self.clock.now() + min(600.0, self.options.purge_every)  # not in the start-up rush
         next_quotes = self.clock.now()
         while True:
@@ -31,10 +53,10 @@ class TimersPart:
                     await self.purge()
                 if self.ports.enabled and now >= next_quotes:
                     next_quotes = now + self.options.quote_poll_every
-                    await self._poll_quotes()
+                    await self.poll_quotes()
                 await self.queue.waiting_alerts(now)  # before an expiry at the same moment: alert first
                 for t in [t for t in self.st.topics.values() if t.paused_until is not None and t.paused_until <= now]:
-                    await self.resume(t, mode="waiting" if t.conversation_id in self.st.waiting else "expired")
+                    await self.takeover.resume(t, mode="waiting" if t.conversation_id in self.st.waiting else "expired")
                 pauses = [t.paused_until for t in self.st.topics.values() if t.paused_until is not None]
                 waits = self.queue.waiting_deadlines()
                 deadline = min([next_purge, next_quotes if self.ports.enabled else math.inf, *pauses, *waits])
@@ -70,7 +92,7 @@ class TimersPart:
             self.signals.wake.set()
         return done.conversations
 
-    async def _poll_quotes(self) -> None:
+    async def poll_quotes(self) -> None:
         if self.ports.quotes is None:
             return
         since = float(await self.ports.reg.meta("quotes_seen_at") or 0.0)
