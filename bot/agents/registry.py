@@ -18,10 +18,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import aiosqlite
-
 from bot.store.counters import day_of
-from bot.store.database import _SQLiteTx
+from bot.store.database import statements
 
 TOPIC_COLUMNS = (
     "ref",
@@ -126,7 +124,7 @@ class _NoLock:
 def _statements(db: Any) -> Any:
     """A bare aiosqlite connection as a ``Transaction`` (statements on it as they are: no lock,
     no BEGIN); a ``Database`` or a ``Transaction`` as it is."""
-    return _SQLiteTx(db) if isinstance(db, aiosqlite.Connection) else db
+    return statements(db)
 
 
 class Registry:
