@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from bot.store.conversations import MessageRow
 from bot.store.counters import day_of
 from bot.store.database import statements
 
@@ -407,13 +408,13 @@ class Registry:
         row = await self._one("SELECT COALESCE(MAX(id), 0) FROM messages")
         return int(row[0]) if row else 0
 
-    async def rows_after(self, after_id: int, limit: int = 5000) -> list[Line]:
+    async def rows_after(self, after_id: int, limit: int = 5000) -> list[MessageRow]:
         rows = await self._all(
             "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
             "WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         )
-        return [Line(*r) for r in rows]
+        return [MessageRow(*r) for r in rows]
 
     async def conversation_rows(
         self,
@@ -421,7 +422,7 @@ class Registry:
         after_id: int = 0,
         upto_id: int | None = None,
         limit: int = 100_000,
-    ) -> list[Line]:
+    ) -> list[MessageRow]:
         sql = (
             "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
             "WHERE conversation_id = ? AND id > ?"
@@ -432,15 +433,15 @@ class Registry:
             args.append(upto_id)
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)
-        return [Line(*r) for r in await self._all(sql, args)]
+        return [MessageRow(*r) for r in await self._all(sql, args)]
 
-    async def escalations_after(self, after_id: int, limit: int = 50) -> list[Line]:
+    async def escalations_after(self, after_id: int, limit: int = 50) -> list[MessageRow]:
         rows = await self._all(
             "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
             "WHERE id > ? AND direction = 'note' AND kind LIKE 'escalation:%' ORDER BY id LIMIT ?",
             (after_id, limit),
         )
-        return [Line(*r) for r in rows]
+        return [MessageRow(*r) for r in rows]
 
     # -- users' media (copied into their topic; see desk/mirror.py) -------------------------------
     async def add_media(self, conversation_id: str, chat_id: int, message_id: int, kind: str, ts: float) -> None:
@@ -601,17 +602,3 @@ class Post:
     kind: str
     editable: bool
     cleanup: int
-
-
-@dataclass(frozen=True)
-class Line:
-    """One transcript row as the mirror and the tools read it."""
-
-    id: int
-    conversation_id: str
-    ts: float
-    direction: str
-    kind: str
-    text: str
-    flow: str = ""
-    step: str = ""

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from bot.store.conversations import MessageRow
+
 from ..ports import (
     MessageGone,
     NotModified,
     ThreadNotFound,
 )
-from ..registry import Line, Topic
+from ..registry import Topic
 from ..render import (
     CardData,
     clip,
@@ -139,7 +141,7 @@ class Cards(Part):
             html += "\n" + line.html
         return html
 
-    def steps_tried(self, rows: list[Line], values: dict[str, str]) -> list[tuple[str, bool]]:
+    def steps_tried(self, rows: list[MessageRow], values: dict[str, str]) -> list[tuple[str, bool]]:
         flows, content = self.engine.flows, self.engine.content
         yes_words, no_words = (
             set(content.words("engine.yes_words")),

@@ -15,6 +15,8 @@ import logging
 import time
 from collections import deque
 
+from bot.store.conversations import MessageRow
+
 from ..ports import (
     GatewayError,
     MessageGone,
@@ -22,7 +24,7 @@ from ..ports import (
     Sent,
     ThreadNotFound,
 )
-from ..registry import Line, Topic
+from ..registry import Topic
 from ..render import (
     MAX_CAPTION,
     PREFIX,
@@ -271,11 +273,11 @@ class Writer(Part):
         await self.backlog.advance_feed()
         return bool(html) or media is not None
 
-    async def topic_batch(self, t: Topic) -> tuple[str, int, int, tuple[Line, UserMedia] | None] | None:
+    async def topic_batch(self, t: Topic) -> tuple[str, int, int, tuple[MessageRow, UserMedia] | None] | None:
         """Lines not yet in this topic (earlier ones first), packed into one message — or, when
         the next line is a user's media waiting to be copied, that copy (lines before it go first)."""
         limit = 400
-        rows: list[Line] = []
+        rows: list[MessageRow] = []
         if t.topic_cursor < t.seen_cursor:
             rows = await self.ports.reg.conversation_rows(t.conversation_id, t.topic_cursor, t.seen_cursor, limit)
         if len(rows) < limit:
@@ -309,7 +311,7 @@ class Writer(Part):
         await self.posts.record(sent.message_id, "topic", [cid], None, made, thread_id=thread)
         return sent
 
-    def media_for(self, r: Line) -> UserMedia | None:
+    def media_for(self, r: MessageRow) -> UserMedia | None:
         """The user's media waiting for this ``[photo] caption`` line (oldest of its kind)."""
         if r.direction != "in" or r.kind != "media" or not r.text.startswith("["):
             return None
@@ -322,7 +324,7 @@ class Writer(Part):
             q.popleft()
         return next((m for m in q if m.kind == kind and m.ts <= r.ts + 5), None)
 
-    def media_caption(self, r: Line) -> Html:
+    def media_caption(self, r: MessageRow) -> Html:
         caption = r.text.partition("]")[2].strip()
         return Html.text(f"{PREFIX['in']} {caption}".strip())
 
