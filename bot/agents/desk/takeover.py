@@ -193,8 +193,10 @@ class Takeover(Part):
         t.owner_id = owner_id
         t.owner_name = owner_name if owner_id else ""
         await self.ports.reg.save(t)
-        self.topics.mark_card(t)
+        # the note is stored before the card is marked: the writer reads new lines before it
+        # redraws cards, so the topic never shows the new owner on the card without the note
         await self.recorder.note(t.conversation_id, self.texts(note_key, agent=by or "?", owner=owner_name or "?"))
+        self.topics.mark_card(t)
 
     async def send_held(self, t: Topic, msgs: list[AgentMessage], *, claim: bool) -> None:
         if claim and not t.owner_id and msgs:  # the owner first: the card says who before the user reads it
