@@ -16,13 +16,13 @@ from ..ports import (
     NotModified,
     ThreadNotFound,
 )
-from ..registry import Topic
 from ..render import (
     CardData,
     clip,
     one_line,
     render_card,
 )
+from ..rows import Topic
 from .records import CALLBACK_PREFIX, NOTE_KIND
 from .state import DeskState
 from .topics import Topics

@@ -59,12 +59,13 @@ from ..ports import (
     QuoteStates,
     SystemClock,
 )
-from ..registry import Registry, Topic
+from ..registry import Registry
 from ..render import (
     Html,
     Texts,
     fit,
 )
+from ..rows import Topic
 from .backlog import Backlog
 from .cards import Cards
 from .erase import Erase

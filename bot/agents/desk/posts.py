@@ -27,8 +27,8 @@ from collections.abc import Iterable, Sequence
 from bot.store.database import StoreError
 
 from ..ports import GatewayError, MessageGone, NotModified, RetryLater, Sent
-from ..registry import Post
 from ..render import MAX_VISIBLE, Html, fit, join
+from ..rows import Post
 from .records import AgentCallback, AgentCommand
 from .wiring import Part
 

@@ -26,7 +26,6 @@ from dataclasses import replace
 from bot.core.ports import Direction, Entry
 
 from ..ports import GatewayError, MessageGone, NotModified
-from ..registry import QueueItem, Topic
 from ..render import (
     MAX_VISIBLE,
     Html,
@@ -35,6 +34,7 @@ from ..render import (
     join,
     pack,
 )
+from ..rows import QueueItem, Topic
 from .posts import Posts
 from .records import CALLBACK_PREFIX, QUEUE_KINDS, AgentCallback, AgentCommand
 from .state import DeskState

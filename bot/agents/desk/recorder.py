@@ -16,8 +16,8 @@ from bot.core.engine import TurnRecord
 from bot.core.ports import Direction, Entry
 from bot.store.database import StoreError
 
-from ..registry import Topic
 from ..render import Html, flag_label
+from ..rows import Topic
 from .queue import Queue
 from .records import ESCALATIONS, unhtml
 from .state import DeskState

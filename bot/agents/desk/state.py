@@ -13,7 +13,7 @@ from typing import Any
 
 from bot.store.conversations import MessageRow
 
-from ..registry import Post, QueueItem, Topic
+from ..rows import Post, QueueItem, Topic
 from .records import AgentMessage, UserMedia
 
 

@@ -20,7 +20,6 @@ from ..ports import (
     NotModified,
     UserBlocked,
 )
-from ..registry import Topic
 from ..render import (
     MAX_CAPTION,
     MAX_VISIBLE,
@@ -30,6 +29,7 @@ from ..render import (
     display_name,
     tg_len,
 )
+from ..rows import Topic
 from .posts import Posts
 from .queue import Queue
 from .recorder import Recorder

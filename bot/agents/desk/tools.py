@@ -17,7 +17,6 @@ from ..ports import (
     MessageGone,
     NotModified,
 )
-from ..registry import Topic
 from ..render import (
     MAX_VISIBLE,
     NL,
@@ -30,6 +29,7 @@ from ..render import (
     pack,
     render_line,
 )
+from ..rows import Topic
 from .erase import Erase
 from .posts import Posts
 from .queue import QUEUE_PREFIX, Queue

@@ -10,8 +10,8 @@ import logging
 import math
 import time
 
-from ..registry import Topic
 from ..render import Html, display_name, link, topic_link, topic_name
+from ..rows import Topic
 from .records import NOT_SYMPTOMS
 from .state import DeskState
 from .wiring import DeskPorts, Part, Signals

@@ -24,7 +24,6 @@ from ..ports import (
     Sent,
     ThreadNotFound,
 )
-from ..registry import Topic
 from ..render import (
     MAX_CAPTION,
     PREFIX,
@@ -34,6 +33,7 @@ from ..render import (
     pack,
     render_line,
 )
+from ..rows import Topic
 from .backlog import Backlog
 from .cards import Cards
 from .feed import Feed
