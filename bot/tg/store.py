@@ -19,7 +19,7 @@ The contract that makes a kill -9 lose and double nothing:
   the transcript, the outgoing messages and "done" are all there, or none is and the update
   is processed again after the restart. ``finish`` is the same in a transaction of its own
   (updates that are not engine turns);
-* a message is marked ``sending`` (``sending``, committed) just before its request leaves and
+* a message is marked ``sending`` (``mark_then``, committed) just before its request leaves and
   its outcome recorded when Telegram answered (``settle``). ``recover`` at start returns the
   ``pending`` ones to send; a ``sending`` one may or may not have reached Telegram (the Bot
   API has no idempotency key), so it is not sent again blindly: it becomes ``unsure``.
@@ -37,7 +37,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 ANSWER = 0  # a user is waiting for it
 HOUSEKEEPING = 1  # edits that only tidy up (the pressed keyboard, an old keyboard), other chats
+MARK_PATIENCE = 5.0  # seconds a mark waits for another process's write lock
 INBOX_MEMORY_S = 7 * 24 * 3600  # done updates are remembered this long (Telegram keeps ~24 h)
 SENT_MEMORY_S = 2 * 24 * 3600  # finished outgoing rows are kept this long (for `stats`/tests)
 
@@ -114,8 +115,12 @@ class TelegramStore(Protocol):
     async def close(self) -> None: ...
     async def recover(self) -> tuple[list[Job], int]:
         """At start: the jobs still to send, and how many were caught mid-send (now ``unsure``)."""
-    async def sending(self, job_ids: Sequence[int]) -> None:
-        """Committed before the requests leave: after a kill these are not sent again."""
+    async def mark_then(self, job_ids: Sequence[int], write: Callable[[], None]) -> None:
+        """Mark the jobs ``sending`` (committed), then call ``write()`` — the request's bytes
+        into the socket — with as little as the database allows in between (no ``await`` after
+        the commit). After a kill a ``sending`` job is not sent again: the gap between the
+        commit and the write is the only moment a kill loses a message. If the mark fails,
+        ``write`` is not called and the error is raised."""
     async def settle(self, outcomes: Sequence[Outcome]) -> list[Job]:
         """Record outcomes (``sent``, ``pending`` = try again, ``failed``, ``unsure``,
         ``blocked``). A sent keyboard becomes the chat's live one; the one it replaces gets a
@@ -135,12 +140,11 @@ class TelegramStore(Protocol):
 # -- the SQLite implementation ------------------------------------------------------------------
 class _GroupCommit:
     """Many small writes from many coroutines, one transaction: callers that arrive while a
-    batch is open join it (the sender marks and settles hundreds of messages a second)."""
+    batch is open join it (the sender settles hundreds of messages a second)."""
 
-    def __init__(self, store: SQLiteTelegramStore, write: Any, *, own_connection: bool = False) -> None:
+    def __init__(self, store: SQLiteTelegramStore, write: Any) -> None:
         self.store = store
-        self.write = write  # async (conn, items) -> dict[key, result]; one statement or its own transaction
-        self.own_connection = own_connection  # the marks' connection when there is one (no shared lock)
+        self.write = write  # async (conn, items) -> dict[key, result]; its own transaction
         self.items: list[Any] = []
         self.waiter: asyncio.Future[dict[Any, Any]] | None = None
 
@@ -153,12 +157,10 @@ class _GroupCommit:
 
     async def _flush(self, waiter: asyncio.Future[dict[Any, Any]]) -> None:
         await asyncio.sleep(0)  # let the callers of this loop turn join
-        own = self.store._marks_db if self.own_connection else None
-        lock = self.store._marks_lock if own is not None else self.store.lock
-        async with lock:
+        async with self.store.lock:
             items, self.items, self.waiter = self.items, [], None
             try:
-                result = await self.write(own or self.store.conn, items)
+                result = await self.write(self.store.conn, items)
             except Exception as exc:  # every caller of the batch sees it
                 waiter.set_exception(exc)
                 return
@@ -169,25 +171,27 @@ class SQLiteTelegramStore:
     """``TelegramStore`` on the conversation store's aiosqlite connection (``database``: a
     ``bot.store.database.SQLiteDatabase`` — its ``conn``, write ``lock`` and ``path``).
 
-    Two SQLite-only speed-ups, kept inside this class:
+    Two SQLite-only devices, kept inside this class:
 
     * several statements for one hand-over to aiosqlite's thread (``_in_db_thread``, which uses
       aiosqlite's private ``_execute``/``_conn``): under load each hand-over waits for the GIL,
       and that, not SQLite, is what a statement costs;
-    * the ``sending`` marks on a connection of their own (a file database only): a mark sits
-      between a message's rate-limit slot and its request, so it must not queue behind the
-      turns' transactions on the shared connection (a late mark bunches requests past
-      Telegram's limits). SQLite's busy timeout orders it with the other writers.
+    * the ``sending`` marks (``mark_then``) on a plain ``sqlite3`` connection of their own (a
+      file database only), committed **on the event loop's thread** and followed at once by the
+      request's ``write`` — no thread hand-over, no loop turn in between, so a kill finds a
+      marked message unsent only in the microseconds between the commit's return and the
+      ``send()``. The connection never waits for SQLite's lock (busy timeout 0: that would
+      stop the loop): when a turn's transaction holds it, the mark waits for the shared
+      connection's ``lock`` (asynchronously) and tries again. WAL with ``synchronous=NORMAL``,
+      like the shared connection: a commit survives a kill of the process (not a power cut).
     """
 
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, database: Any) -> None:
         self.database = database
-        self._marks = _GroupCommit(self, _write_marks, own_connection=True)
-        self._marks_lock = asyncio.Lock()
         self._settles = _GroupCommit(self, self._write_settles)
-        self._marks_db: aiosqlite.Connection | None = None
+        self._marks_db: sqlite3.Connection | None = None
 
     @property
     def conn(self) -> aiosqlite.Connection:
@@ -268,14 +272,15 @@ class SQLiteTelegramStore:
         path = getattr(self.database, "path", ":memory:")
         if self._marks_db is not None or path == ":memory:":
             return
-        db = await aiosqlite.connect(path, timeout=5.0, isolation_level=None)
-        await db.execute("PRAGMA busy_timeout = 5000")
+        db = sqlite3.connect(path, timeout=0, isolation_level=None)  # this (the loop's) thread only
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint = 0")  # the shared connection checkpoints: not between a mark and its write
         self._marks_db = db
 
     async def close(self) -> None:
         if self._marks_db is not None:
             db, self._marks_db = self._marks_db, None
-            await db.close()
+            db.close()
 
     async def recover(self) -> tuple[list[Job], int]:
         unsure = int(await self._write(_mark_unsure))
@@ -285,10 +290,26 @@ class SQLiteTelegramStore:
         jobs = [Job(int(r[0]), int(r[1]), str(r[2]), int(r[3]), json.loads(r[4]), r[5], int(r[6]), float(r[7])) for r in rows]
         return jobs, unsure
 
-    async def sending(self, job_ids: Sequence[int]) -> None:
-        # marks arriving together (many chats' requests leaving at once) share one commit:
-        # under load each commit waits for the turns' write lock
-        await self._marks.add(list(job_ids))
+    async def mark_then(self, job_ids: Sequence[int], write: Callable[[], None]) -> None:
+        sql = _marks_sql(job_ids)
+        db = self._marks_db
+        if db is None:  # an in-memory database: nothing survives a kill anyway
+            async with self.lock:
+                await self.conn.executescript(sql)
+            write()
+            return
+        if _mark_now(db, sql):
+            write()  # nothing in between: no await, no other thread
+            return
+        deadline = time.monotonic() + MARK_PATIENCE
+        while True:
+            async with self.lock:  # no turn's transaction is open on the shared connection now
+                if _mark_now(db, sql):
+                    write()
+                    return
+            if time.monotonic() > deadline:  # another process holds the database
+                raise sqlite3.OperationalError("database is locked (marking a message as sending)")
+            await asyncio.sleep(0.005)
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[Job]:
         done = await self._settles.add(list(outcomes))
@@ -331,14 +352,25 @@ def _jobs(ids: Sequence[int], specs: Sequence[JobSpec], update_id: int | None, n
     return [Job(i, sp.chat_id, sp.kind, sp.priority, sp.body, update_id, 0, now) for i, sp in zip(ids, specs, strict=True)]
 
 
-async def _write_marks(conn: aiosqlite.Connection, items: list[list[int]]) -> dict[Any, Any]:
+def _marks_sql(job_ids: Sequence[int]) -> str:
     # BEGIN IMMEDIATE: an autocommit UPDATE reads first, and upgrading that read to a write
     # after another connection committed fails at once ("database is locked")
-    ids = ",".join(str(int(i)) for batch in items for i in batch)  # integers only: safe to inline
-    await conn.executescript(
-        f"BEGIN IMMEDIATE; UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN ({ids}); COMMIT;"
-    )
-    return {}
+    ids = ",".join(str(int(i)) for i in job_ids)  # integers only: safe to inline
+    return f"BEGIN IMMEDIATE; UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN ({ids}); COMMIT;"
+
+
+def _mark_now(db: sqlite3.Connection, sql: str) -> bool:
+    """The marks committed now (True), or False at once when another connection holds the
+    write lock (nothing written)."""
+    try:
+        db.executescript(sql)
+    except sqlite3.OperationalError as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if "locked" in str(exc) or "busy" in str(exc):
+            return False
+        raise
+    return True
 
 
 # -- run on aiosqlite's thread (one hand-over each) ---------------------------------------------
