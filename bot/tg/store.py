@@ -22,7 +22,8 @@ The contract that makes a kill -9 lose and double nothing:
 * a message is marked ``sending`` (``mark_then``, committed) just before its request leaves and
   its outcome recorded when Telegram answered (``settle``). ``recover`` at start returns the
   ``pending`` ones to send; a ``sending`` one may or may not have reached Telegram (the Bot
-  API has no idempotency key), so it is not sent again blindly: it becomes ``unsure``.
+  API has no idempotency key), so it is not sent again blindly: it becomes ``unsure``. (Where
+  the mark is kept is the implementation's business: SQLite keeps it in a file of its own.)
 
 Statuses: inbox ``new`` → ``done`` | ``failed`` | ``stale`` | ``bad``; outbox ``pending`` →
 ``sending`` → ``sent`` | ``failed`` | ``unsure`` | ``blocked`` (a failed send goes back to
@@ -33,8 +34,10 @@ words) and finished messages their text: the transcript keeps them, redacted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -47,7 +50,8 @@ log = logging.getLogger(__name__)
 
 ANSWER = 0  # a user is waiting for it
 HOUSEKEEPING = 1  # edits that only tidy up (the pressed keyboard, an old keyboard), other chats
-MARK_PATIENCE = 5.0  # seconds a mark waits for another process's write lock
+MARKS_SUFFIX = "-sending"  # the marks' file: the database's path + this
+CHECKPOINT_EVERY = 256  # marks between two checkpoints of the marks' file
 INBOX_MEMORY_S = 7 * 24 * 3600  # done updates are remembered this long (Telegram keeps ~24 h)
 SENT_MEMORY_S = 2 * 24 * 3600  # finished outgoing rows are kept this long (for `stats`/tests)
 
@@ -176,14 +180,19 @@ class SQLiteTelegramStore:
     * several statements for one hand-over to aiosqlite's thread (``_in_db_thread``, which uses
       aiosqlite's private ``_execute``/``_conn``): under load each hand-over waits for the GIL,
       and that, not SQLite, is what a statement costs;
-    * the ``sending`` marks (``mark_then``) on a plain ``sqlite3`` connection of their own (a
-      file database only), committed **on the event loop's thread** and followed at once by the
-      request's ``write`` — no thread hand-over, no loop turn in between, so a kill finds a
-      marked message unsent only in the microseconds between the commit's return and the
-      ``send()``. The connection never waits for SQLite's lock (busy timeout 0: that would
-      stop the loop): when a turn's transaction holds it, the mark waits for the shared
-      connection's ``lock`` (asynchronously) and tries again. WAL with ``synchronous=NORMAL``,
-      like the shared connection: a commit survives a kill of the process (not a power cut).
+    * the ``sending`` marks (``mark_then``) in a small SQLite file of their own next to the
+      database (``<db>-sending``, owner-only: table ``sending(job_id)``; in-memory databases
+      mark in ``tg_outbox``), written through a plain ``sqlite3`` connection **on the event
+      loop's thread** and followed at once by the request's ``write`` — no thread hand-over,
+      no loop turn in between, so a kill finds a marked message unsent only in the
+      microseconds between the commit's return and the ``send()``. Only this connection
+      writes that file, so a mark never waits for a lock (the turns' transactions hold the
+      main file's; waiting there delayed messages past their rate-limit slots: 429s). WAL,
+      ``synchronous=NORMAL``, no automatic checkpoint (one is run after a write now and then):
+      a commit survives a kill of the process (not a power cut). In ``tg_outbox`` a marked
+      message stays ``pending`` until settled; a mark is removed when the outcome is known
+      (before recording a "try again", after recording the rest); ``recover`` (and ``close``,
+      for requests a stop cut short) turns the ``pending`` messages still marked ``unsure``.
     """
 
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
@@ -192,6 +201,7 @@ class SQLiteTelegramStore:
         self.database = database
         self._settles = _GroupCommit(self, self._write_settles)
         self._marks_db: sqlite3.Connection | None = None
+        self._marked = 0  # marks since the last checkpoint
 
     @property
     def conn(self) -> aiosqlite.Connection:
@@ -272,47 +282,62 @@ class SQLiteTelegramStore:
         path = getattr(self.database, "path", ":memory:")
         if self._marks_db is not None or path == ":memory:":
             return
-        db = sqlite3.connect(path, timeout=0, isolation_level=None)  # this (the loop's) thread only
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("PRAGMA wal_autocheckpoint = 0")  # the shared connection checkpoints: not between a mark and its write
-        self._marks_db = db
+        self._marks_db = _open_marks(path + MARKS_SUFFIX)
 
     async def close(self) -> None:
-        if self._marks_db is not None:
-            db, self._marks_db = self._marks_db, None
-            db.close()
+        if self._marks_db is None:
+            return
+        try:  # requests a stop cut short: "unsure" now (a copy to PostgreSQL must not send them)
+            await self._unsure_marked()
+        except sqlite3.Error as exc:
+            log.warning("could not record the messages a stop cut short (the next start does): %s", exc)
+        db, self._marks_db = self._marks_db, None
+        db.close()
 
     async def recover(self) -> tuple[list[Job], int]:
-        unsure = int(await self._write(_mark_unsure))
+        unsure = await self._unsure_marked()
         rows = await self.conn.execute_fetchall(
             "SELECT id, chat_id, kind, priority, body, update_id, attempts, created_at FROM tg_outbox WHERE status = 'pending' ORDER BY id"
         )
         jobs = [Job(int(r[0]), int(r[1]), str(r[2]), int(r[3]), json.loads(r[4]), r[5], int(r[6]), float(r[7])) for r in rows]
         return jobs, unsure
 
+    async def _unsure_marked(self) -> int:
+        """Messages marked and not settled (a ``sending`` status too: in-memory marks, older
+        versions) become ``unsure``; the marks are then forgotten."""
+        marked = [int(r[0]) for r in self._marks_db.execute("SELECT job_id FROM sending")] if self._marks_db else []
+        unsure = int(await self._write(_mark_unsure, marked))
+        if marked and self._marks_db is not None:
+            self._marks_db.execute("DELETE FROM sending")
+        return unsure
+
     async def mark_then(self, job_ids: Sequence[int], write: Callable[[], None]) -> None:
-        sql = _marks_sql(job_ids)
+        ids = [int(i) for i in job_ids]
         db = self._marks_db
         if db is None:  # an in-memory database: nothing survives a kill anyway
             async with self.lock:
-                await self.conn.executescript(sql)
+                await self.conn.executescript(
+                    f"UPDATE tg_outbox SET status = 'sending' WHERE id IN ({','.join(map(str, ids))})"
+                )
             write()
             return
-        if _mark_now(db, sql):
-            write()  # nothing in between: no await, no other thread
-            return
-        deadline = time.monotonic() + MARK_PATIENCE
-        while True:
-            async with self.lock:  # no turn's transaction is open on the shared connection now
-                if _mark_now(db, sql):
-                    write()
-                    return
-            if time.monotonic() > deadline:  # another process holds the database
-                raise sqlite3.OperationalError("database is locked (marking a message as sending)")
-            await asyncio.sleep(0.005)
+        db.executemany("INSERT OR IGNORE INTO sending (job_id) VALUES (?)", [(i,) for i in ids])  # committed
+        write()  # nothing in between: no await, no other thread
+        self._marked += 1
+        if self._marked >= CHECKPOINT_EVERY:
+            self._marked = 0
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _unmark(self, job_ids: Sequence[int]) -> None:
+        if self._marks_db is not None and job_ids:
+            self._marks_db.executemany("DELETE FROM sending WHERE job_id = ?", [(int(i),) for i in job_ids])
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[Job]:
+        # "try again": it did not arrive, so a restart may send it (unmarked first); the other
+        # outcomes are final once recorded (then the mark is no longer needed)
+        self._unmark([job.id for job, status, *_ in outcomes if status == "pending"])
         done = await self._settles.add(list(outcomes))
+        self._unmark([job.id for job, status, *_ in outcomes if status != "pending"])
         return [r for job, *_ in outcomes for r in done.get(job.id, ())]
 
     async def _write_settles(self, conn: aiosqlite.Connection, items: list[list[Outcome]]) -> dict[Any, Any]:
@@ -352,25 +377,20 @@ def _jobs(ids: Sequence[int], specs: Sequence[JobSpec], update_id: int | None, n
     return [Job(i, sp.chat_id, sp.kind, sp.priority, sp.body, update_id, 0, now) for i, sp in zip(ids, specs, strict=True)]
 
 
-def _marks_sql(job_ids: Sequence[int]) -> str:
-    # BEGIN IMMEDIATE: an autocommit UPDATE reads first, and upgrading that read to a write
-    # after another connection committed fails at once ("database is locked")
-    ids = ",".join(str(int(i)) for i in job_ids)  # integers only: safe to inline
-    return f"BEGIN IMMEDIATE; UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN ({ids}); COMMIT;"
-
-
-def _mark_now(db: sqlite3.Connection, sql: str) -> bool:
-    """The marks committed now (True), or False at once when another connection holds the
-    write lock (nothing written)."""
+def _open_marks(path: str) -> sqlite3.Connection:
+    """The marks' file (owner-only, like the database), on this — the event loop's — thread."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    db = sqlite3.connect(path, timeout=0, isolation_level=None)  # the only writer: never waits
     try:
-        db.executescript(sql)
-    except sqlite3.OperationalError as exc:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        if "locked" in str(exc) or "busy" in str(exc):
-            return False
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint = 0")  # not between a mark and its write: mark_then does it after
+        db.execute("CREATE TABLE IF NOT EXISTS sending (job_id INTEGER PRIMARY KEY)")
+    except BaseException:
+        db.close()
         raise
-    return True
+    return db
 
 
 # -- run on aiosqlite's thread (one hand-over each) ---------------------------------------------
@@ -403,8 +423,12 @@ def _write_turn(
     return ids
 
 
-def _mark_unsure(con: sqlite3.Connection) -> int:
-    cur = con.execute("UPDATE tg_outbox SET status = 'unsure', last_error = 'stopped while sending', body = '{}' WHERE status = 'sending'")
+def _mark_unsure(con: sqlite3.Connection, marked: list[int]) -> int:
+    cur = con.execute(
+        "UPDATE tg_outbox SET status = 'unsure', last_error = 'stopped while sending', body = '{}' "
+        "WHERE status = 'sending' OR (status = 'pending' AND id IN (SELECT value FROM json_each(?)))",
+        (json.dumps(marked),),
+    )
     return int(cur.rowcount or 0)
 
 
@@ -426,7 +450,7 @@ def _write_settles(
     made = []
     for job_id, chat_id, kind, has_keyboard, status, mid, error in rows:
         con.execute(
-            "UPDATE tg_outbox SET status = ?, message_id = ?, last_error = ?, sent_at = ?, "
+            "UPDATE tg_outbox SET status = ?, message_id = ?, last_error = ?, sent_at = ?, attempts = attempts + 1, "
             "body = CASE WHEN ? = 'pending' THEN body ELSE '{}' END WHERE id = ?",
             (status, mid, error, now if status == "sent" else None, status, job_id),
         )

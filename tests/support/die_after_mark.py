@@ -22,13 +22,19 @@ _seen: dict[str, sqlite3.Connection] = {}
 
 
 def _marked() -> bool:
-    con = _seen.get("con")
-    try:
-        if con is None:
-            con = _seen["con"] = sqlite3.connect(f"file:{DB}?mode=ro", uri=True)
-        return con.execute("SELECT 1 FROM tg_outbox WHERE status = 'sending' LIMIT 1").fetchone() is not None
-    except sqlite3.Error:  # not made yet
-        return False
+    """A message marked: a row in the marks' file (``<db>-sending``), or with status ``sending``
+    in ``tg_outbox`` (where the bot kept its marks before)."""
+    for name, sql in ((f"{DB}-sending", "SELECT 1 FROM sending LIMIT 1"),
+                      (DB, "SELECT 1 FROM tg_outbox WHERE status = 'sending' LIMIT 1")):
+        try:
+            con = _seen.get(name)
+            if con is None:
+                con = _seen[name] = sqlite3.connect(f"file:{name}?mode=ro", uri=True)
+            if con.execute(sql).fetchone() is not None:
+                return True
+        except sqlite3.Error:  # not made yet
+            _seen.pop(name, None)
+    return False
 
 
 def _run_once_or_die(self: asyncio.base_events.BaseEventLoop) -> None:
