@@ -392,6 +392,36 @@ async def test_a_kill_at_the_first_moment_after_a_message_is_marked_sending_does
         con.close()
 
 
+async def test_after_a_kill_a_reply_refused_with_a_5xx_goes_out_and_one_caught_mid_send_does_not(tmp_path: Path) -> None:
+    from bot.store.sqlite import SQLiteStore
+    from bot.tg.store import ANSWER, JobSpec, SQLiteTelegramStore
+
+    path = tmp_path / "bot.db"
+    first = await SQLiteStore.open(path)
+    before = SQLiteTelegramStore(first.database)
+    await before.open()
+    [refused] = await before.finish(None, [JobSpec(3201, "send", ANSWER, {"html": "your backup needs 12 GB more"})])
+    [on_wire] = await before.finish(None, [JobSpec(3202, "send", ANSWER, {"html": "which iPhone model is it?"})])
+    written: list[int] = []
+    await before.mark_then([refused.id], lambda: written.append(refused.id))
+    await before.settle([(refused, "pending", None, "502 Bad Gateway")])  # Telegram refused it: to send again
+    await before.mark_then([on_wire.id], lambda: written.append(on_wire.id))
+    assert written == [refused.id, on_wire.id]
+    # the process is killed here: nothing more is recorded; the next start reads the same files
+    second = await SQLiteStore.open(path)
+    after = SQLiteTelegramStore(second.database)
+    try:
+        await after.open()
+        jobs, unsure = await after.recover()
+        assert [j.body["html"] for j in jobs] == ["your backup needs 12 GB more"], "the refused one goes out again"
+        assert unsure == 1, "the one that may have arrived is not sent again"
+    finally:
+        await after.close()
+        await second.close()
+        await before.close()
+        await first.close()
+
+
 # -- the database away for a moment -----------------------------------------------------------------
 async def test_a_turn_whose_database_fails_for_a_moment_is_run_again_and_answered(
     runtime: Runtime, tg_knowledge: Knowledge, monkeypatch: pytest.MonkeyPatch  # noqa: F811
