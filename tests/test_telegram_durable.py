@@ -392,7 +392,9 @@ async def test_a_kill_at_the_first_moment_after_a_message_is_marked_sending_does
         con.close()
 
 
-async def test_after_a_kill_a_reply_refused_with_a_5xx_goes_out_and_one_caught_mid_send_does_not(tmp_path: Path) -> None:
+async def test_after_a_kill_a_reply_refused_with_a_5xx_goes_out_and_one_caught_mid_send_does_not(
+    tmp_path: Path,
+) -> None:
     from bot.store.sqlite import SQLiteStore
     from bot.tg.store import ANSWER, JobSpec, SQLiteTelegramStore
 
