@@ -268,9 +268,9 @@ class Sender:
             if job.kind == "retire" and not self.idle():
                 await self._nudged(chat_id, LAZY_WAIT)  # an old keyboard can wait for a quiet moment
                 continue
-            # a connection first (fewer requests at once than the transport has connections),
-            # then the rate-limit slot, then the mark: a marked request leaves at once — it
-            # never waits for a connection, so a kill finds few "sending" that had not left
+            # a wire slot first (fewer requests at once than the transport has connections),
+            # then the rate-limit slot; the transport then takes its connection and builds the
+            # request, and the mark and the write happen together (bot.tg.wire)
             async with self._wire_slots[ANSWER if job.priority == ANSWER else HOUSEKEEPING]:
                 if job.priority == ANSWER:
                     await self.limiter.acquire(chat_id, job.priority)
@@ -307,7 +307,7 @@ class Sender:
                 self._finish(job)
                 continue
             # the outcome is recorded in the background (the next message need not wait for
-            # it); a stop waits for it — if it is cut short the row stays "sending": not resent
+            # it); a stop waits for it — if it is cut short the message stays marked: not resent
             record = asyncio.create_task(self._record(job, status, message_id, error))
             self._on_wire.add(record)
             record.add_done_callback(self._on_wire.discard)
