@@ -107,6 +107,7 @@ class Settings:
     flows_dir: Path = ROOT / "flows"
     lang: str = "en"
     log_level: str = "INFO"
+    log_level_given: bool = False  # LOG_LEVEL was set: the terminal commands log at it too
     log_user_text: bool = False  # LOG_USER_TEXT=1: library DEBUG lines may show what users wrote
     # Telegram
     telegram_token: str = field(default="", repr=False)
@@ -214,6 +215,7 @@ class Settings:
             flows_dir=Path(env.get("FLOWS_DIR", "").strip() or d.flows_dir),
             lang=env.get("BOT_LANG", "").strip() or d.lang,
             log_level=level,
+            log_level_given="LOG_LEVEL" in env,
             log_user_text=user_text == "1",
             telegram_token=_secret(env, "TELEGRAM_BOT_TOKEN"),
             telegram_base_url=base or d.telegram_base_url,

@@ -194,7 +194,7 @@ class Agents:
             limiter=self.limiter,
             quotes=self.quotes,
         )
-        self.desk.shared_budget = self._shares_budget(options)
+        self.desk.ports.shared_budget = self._shares_budget(options)
         await self.desk.start()
         early, self._early_alerts = self._early_alerts, []
         for text in early:
