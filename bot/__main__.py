@@ -216,6 +216,14 @@ async def _migrate_db(settings: Settings, args: argparse.Namespace) -> int:
     source = args.db or settings.db_path
     owners = [(schema.OWNER, schema.BY_DIALECT)]
     owners += [(f.name, f.migrations()) for f in standard_features(settings, desk=False, deliver=False).all]
+    from bot.tg.store import unsure_after_a_crash  # the door's leftovers of a kill -9: not to be sent again
+
+    try:
+        caught = unsure_after_a_crash(source)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{source}: cannot read the messages a crash caught mid-send: {exc}") from exc
+    if caught:
+        print(f"{caught} message(s) were being sent when the bot last stopped: recorded as 'unsure', not to be sent again")
     try:
         report = await copy_sqlite_to_postgres(source, args.to, owners, connect_timeout=settings.db_connect_timeout)
     except CopyRefused as exc:

@@ -183,3 +183,38 @@ async def test_a_target_that_holds_data_no_copy_put_there_is_refused(knowledge: 
     assert out.returncode == 2
     assert "learned_examples: 2 rows" in out.stderr and "empty database" in out.stderr
     assert len(await _pg_rows(url, "SELECT * FROM learned_examples")) == 2  # untouched
+
+
+_KILLED_MID_SEND = """
+import asyncio, os, sys
+from bot.store.sqlite import SQLiteStore
+from bot.tg.store import ANSWER, JobSpec, SQLiteTelegramStore
+
+async def main(path):
+    store = await SQLiteStore.open(path)
+    tg = SQLiteTelegramStore(store.database)
+    await tg.open()
+    [waiting] = await tg.finish(None, [JobSpec(4401, "send", ANSWER, {"html": "tap the button below when ready"})])
+    [on_wire] = await tg.finish(None, [JobSpec(4402, "send", ANSWER, {"html": "which iPhone model is it?"})])
+    await tg.mark_then([on_wire.id], lambda: None)  # its request is leaving...
+    os._exit(9)  # ...when the bot is killed: nothing more is recorded
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_message_a_kill_caught_mid_send_is_not_sent_again_from_the_copy(tmp_path: Path,
+                                                                                 pg_server: PostgresServer) -> None:
+    """The bot was killed while a reply was leaving and the installation moves to PostgreSQL
+    straight away: the copy must not hold that reply as still to send (it may have arrived),
+    while the one that never left is still to send."""
+    db = tmp_path / "bot.db"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_SEND, str(db)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert killed.returncode == 9, killed.stderr
+    url = pg_server.create_database()
+    out = _migrate(db, url)
+    assert out.returncode == 0, out.stderr
+    assert "1 message(s) were being sent when the bot last stopped" in out.stdout
+    rows = await _pg_rows(url, "SELECT chat_id, status FROM tg_outbox ORDER BY id")
+    assert [(r[0], r[1]) for r in rows] == [(4401, "pending"), (4402, "unsure")]

@@ -377,6 +377,32 @@ def _jobs(ids: Sequence[int], specs: Sequence[JobSpec], update_id: int | None, n
     return [Job(i, sp.chat_id, sp.kind, sp.priority, sp.body, update_id, 0, now) for i, sp in zip(ids, specs, strict=True)]
 
 
+def unsure_after_a_crash(db_path: str | os.PathLike[str]) -> int:
+    """What the next start would do with a crash's leftovers, without starting the bot: the
+    messages still marked in ``<db>-sending`` (caught mid-send by a kill) become ``unsure`` in
+    the database, and the marks are forgotten. ``migrate-db`` runs it before copying, so the
+    copy never holds them as ``pending`` (PostgreSQL would send them again). Returns how many;
+    0 when there is no marks file. Run it only while no bot uses the database."""
+    path = os.fspath(db_path)
+    if not os.path.isfile(path + MARKS_SUFFIX):
+        return 0
+    marks = _open_marks(path + MARKS_SUFFIX)
+    try:
+        marked = [int(r[0]) for r in marks.execute("SELECT job_id FROM sending")]
+        if not marked:
+            return 0
+        con = sqlite3.connect(path, timeout=5.0)
+        try:
+            with con:
+                n = _mark_unsure(con, marked)
+        finally:
+            con.close()
+        marks.execute("DELETE FROM sending")
+        return n
+    finally:
+        marks.close()
+
+
 def _open_marks(path: str) -> sqlite3.Connection:
     """The marks' file (owner-only, like the database), on this — the event loop's — thread."""
     with contextlib.suppress(FileExistsError):
