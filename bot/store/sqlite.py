@@ -19,7 +19,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from bot.core.ports import Direction, Entry, State
 
 from . import conversations as sql
 from .conversations import ConversationRow, MessageRow
-from .database import SQLiteDatabase, StoreError, _SQLiteTx
+from .database import SQLiteDatabase, StoreError
 from .schema import BY_DIALECT, MIGRATIONS, OWNER
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,52 @@ TurnWrites = Callable[[Any, State], Awaitable[None]]
 #: Extra writes of the turn being saved, set by a door around ``Engine.handle`` (the Telegram
 #: door: its outgoing messages, the update marked done). ``save_turn`` awaits it inside its
 #: transaction just before COMMIT; if it raises, the whole turn is rolled back. It gets the
-#: transaction's handle: SQLite's aiosqlite connection, PostgreSQL's ``Transaction``.
+#: transaction's handle: on SQLite an ``InThread`` (the hook runs on aiosqlite's thread and
+#: must await only its calls), on PostgreSQL the ``Transaction``.
 TURN_WRITES: contextvars.ContextVar[TurnWrites | None] = contextvars.ContextVar("turn_writes", default=None)
+
+
+class InThread:
+    """The aiosqlite connection as seen from ITS OWN thread, inside ``save_turn``'s
+    transaction: ``_execute(fn, ...)`` calls ``fn`` at once and ``_conn`` is the sqlite3
+    connection — what ``bot.tg.store`` uses for its writes of the turn. A ``TURN_WRITES`` hook
+    gets this on SQLite; it must await nothing but these calls (``run_now`` checks)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+
+class _ThreadTx:
+    """``Transaction`` on the sqlite3 connection, for code running on aiosqlite's thread: the
+    coroutines never suspend, so ``run_now`` drives them to the end in one go."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return max(0, self.conn.execute(sql, tuple(args)).rowcount)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, [tuple(r) for r in rows])
+
+    async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return list(self.conn.execute(sql, tuple(args)).fetchall())
+
+    async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(sql, tuple(args)).fetchone()
+
+
+def run_now(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine that awaits only ``_ThreadTx``/``InThread`` calls to its end, here."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("a turn's writes awaited something other than the database (see InThread)")
 
 
 def _create_private(path: str) -> None:
@@ -202,19 +246,25 @@ class SQLiteStore:
         return sql.state_from_row(conversation_id, await self.fetchone(sql.LOAD_STATE, (conversation_id,)))
 
     async def save_turn(self, state: State, entries: Sequence[Entry], events: Sequence[str] = ()) -> None:
+        """The turn's transaction in ONE hand-over to aiosqlite's thread (see ``InThread``):
+        the write lock is held for one hand-over, not for one loop turn per statement."""
         now = time.time()
-        db = self.db
-        async with self.tx_lock:
-            await db.execute("BEGIN IMMEDIATE")  # take the write lock first (busy timeout applies)
+        extra = TURN_WRITES.get()
+        ctx = contextvars.copy_context()  # the door's hook reads the turn's context variables
+
+        def turn(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")  # take the write lock first (busy timeout applies)
             try:
-                await sql.write_turn(_SQLiteTx(db), state, entries, events, now)
-                extra = TURN_WRITES.get()
+                ctx.run(run_now, sql.write_turn(_ThreadTx(conn), state, entries, events, now))
                 if extra is not None:
-                    await extra(db, state)
-                await db.execute("COMMIT")
+                    ctx.run(run_now, extra(InThread(conn), state))
+                conn.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
+
+        async with self.tx_lock:
+            await self.db._execute(turn, self.db._conn)
 
     # -- queries for tools and doors ------------------------------------------------
     async def set_flags(self, conversation_id: str, *, active: bool | None = None,
