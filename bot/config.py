@@ -108,6 +108,8 @@ class Settings:
     lang: str = "en"
     log_level: str = "INFO"
     log_user_text: bool = False  # LOG_USER_TEXT=1: library DEBUG lines may show what users wrote
+    semantic: bool = True  # BOT_SEMANTIC=off: the matcher runs on the rapidfuzz blend alone
+    cache_dir: Path | None = None  # BOT_CACHE_DIR: the library's sentence vectors (None: ~/.cache/backup-rescue-bot)
     # Telegram
     telegram_token: str = field(default="", repr=False)
     telegram_base_url: str = "https://api.telegram.org/bot"
@@ -169,6 +171,10 @@ class Settings:
         user_text = env.get("LOG_USER_TEXT", "").strip() or "0"
         if user_text not in ("0", "1"):
             raise ConfigError(f"LOG_USER_TEXT must be 0 or 1, got {user_text!r}")
+        semantic = env.get("BOT_SEMANTIC", "").strip().lower() or "on"
+        if semantic not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(f"BOT_SEMANTIC must be on or off, got {semantic!r}")
+        cache_dir = env.get("BOT_CACHE_DIR", "").strip()
         base = env.get("TELEGRAM_BASE_URL", "").strip()
         base_file = env.get("TELEGRAM_BASE_FILE_URL", "").strip()
         if base and not base.startswith(("http://", "https://")):
@@ -215,6 +221,8 @@ class Settings:
             lang=env.get("BOT_LANG", "").strip() or d.lang,
             log_level=level,
             log_user_text=user_text == "1",
+            semantic=semantic in ("on", "1", "true", "yes"),
+            cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
             telegram_token=_secret(env, "TELEGRAM_BOT_TOKEN"),
             telegram_base_url=base or d.telegram_base_url,
             telegram_base_file_url=base_file or d.telegram_base_file_url,

@@ -303,7 +303,7 @@ async def run_telegram(
                 # as ``python -m bot run`` without an agents' group or a worker: the door's own figure
                 features = standard_features(settings, desk=False, deliver=False)
                 runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
-                                             features=features.all)
+                                             features=features.all, settings=settings)
                 try:
                     tg_settings = Settings(
                         db_path=db,
