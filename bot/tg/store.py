@@ -43,8 +43,6 @@ from typing import Any, Protocol
 
 import aiosqlite
 
-from bot.store.sqlite import InThread
-
 log = logging.getLogger(__name__)
 
 ANSWER = 0  # a user is waiting for it
@@ -253,7 +251,7 @@ class SQLiteTelegramStore:
         specs = list(specs)
         now = time.time()
         rows = _rows(specs)
-        conn = tx if isinstance(tx, (aiosqlite.Connection, InThread)) else self.conn
+        conn = tx if isinstance(tx, aiosqlite.Connection) else self.conn
         ids = await self._in_db_thread(conn, _write_turn, rows, update_id, now, spent, status)
         return _jobs(ids, specs, update_id, now)
 
