@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     # whatever the umask: the database, backups, exports and the Maildir hold users' words
     os.umask(os.umask(0o077) | 0o077)
     # the terminal chat shares the screen with the log: only problems, unless asked for more
-    quiet = command in ("chat", "match", "intents", "learn", "check") and "LOG_LEVEL" not in os.environ
+    quiet = command in ("chat", "match", "intents", "learn", "check") and not settings.log_level_given
     setup_logging("WARNING" if quiet else settings.log_level, settings)
     if command in ("chat", "match"):
         _utf8_streams()

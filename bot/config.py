@@ -107,6 +107,7 @@ class Settings:
     flows_dir: Path = ROOT / "flows"
     lang: str = "en"
     log_level: str = "INFO"
+    log_level_given: bool = False  # LOG_LEVEL was set: the terminal commands log at it too
     log_user_text: bool = False  # LOG_USER_TEXT=1: library DEBUG lines may show what users wrote
     semantic: bool = True  # BOT_SEMANTIC=off: the matcher runs on the rapidfuzz blend alone
     cache_dir: Path | None = None  # BOT_CACHE_DIR: the library's sentence vectors (None: ~/.cache/backup-rescue-bot)
@@ -220,6 +221,7 @@ class Settings:
             flows_dir=Path(env.get("FLOWS_DIR", "").strip() or d.flows_dir),
             lang=env.get("BOT_LANG", "").strip() or d.lang,
             log_level=level,
+            log_level_given="LOG_LEVEL" in env,
             log_user_text=user_text == "1",
             semantic=semantic in ("on", "1", "true", "yes"),
             cache_dir=Path(cache_dir).expanduser() if cache_dir else None,

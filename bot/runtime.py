@@ -35,7 +35,8 @@ from bot.core.answers import AnswerBook, load_answers
 from bot.core.content import Content, load_content
 from bot.core.engine import CommandFn, Engine
 from bot.core.errors import ContentError, Problem
-from bot.core.flows import FlowSet, load_flows, validate_flows
+from bot.core.flowcheck import validate_flows
+from bot.core.flows import FlowSet, load_flows
 from bot.core.matcher import Matcher, validate_intents
 from bot.core.semantic import load_encoder
 from bot.learning import LearnedSync

@@ -8,6 +8,7 @@ import io
 import json
 import time
 from argparse import Namespace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,14 @@ import pytest
 from bot.agents import cli, privacy, reports
 from bot.agents.limiter import GroupLimiter
 from bot.agents.ports import ManualClock
-from bot.agents.registry import Line
+from bot.agents.registry import Registry
 from bot.agents.render import MAX_VISIBLE, Html, Texts, fit, pack, render_line, tg_len, topic_link, topic_name
 from bot.config import Settings
 from bot.core.messages import EventKind, Inbound
 from bot.core.ports import Direction, Entry, State
 from bot.runtime import Knowledge
 from bot.store import SQLiteStore
+from bot.store.conversations import MessageRow
 from tests.support.postgres import both_stores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,12 +79,12 @@ def test_texts_escape_values_and_bold_across_fields(texts: Texts) -> None:
 
 
 def test_lines_are_escaped_and_clipped(texts: Texts) -> None:
-    line = Line(1, "tg:1", 0.0, "in", "text", "<script>" + "x" * 5000)
+    line = MessageRow(1, "tg:1", 0.0, "in", "text", "<script>" + "x" * 5000)
     h = render_line(line, texts, in_limit=100)
     assert h.html.startswith("👤 &lt;script&gt;") and h.visible <= 104
-    out = render_line(Line(2, "tg:1", 0.0, "out", "reply", "**Bold** step\n\nmore " * 40), texts, out_limit=50)
+    out = render_line(MessageRow(2, "tg:1", 0.0, "out", "reply", "**Bold** step\n\nmore " * 40), texts, out_limit=50)
     assert out.html.startswith("🤖 Bold step more") and "**" not in out.html and out.visible <= 53
-    button = render_line(Line(3, "tg:1", 0.0, "in", "button", "✅ Yes"), texts)
+    button = render_line(MessageRow(3, "tg:1", 0.0, "in", "button", "✅ Yes"), texts)
     assert button.html == "👤 ▸ [✅ Yes]"
 
 
@@ -151,6 +153,24 @@ async def test_message_ids_are_not_reused_after_forget(tmp_path: Path) -> None:
         await store.save_turn(State("tg:3"), [Entry(Direction.IN, "c")])
         rows = await store.messages()
         assert [r.id for r in rows] == [1, 3]  # the mirror's cursors rely on it
+    finally:
+        await store.close()
+
+
+async def test_the_store_and_the_desk_read_one_transcript_row(tmp_path: Path) -> None:
+    """A transcript line reads the same through the store (``python -m bot`` tools) and the
+    desk's registry (the mirror): one row type, the step it was said at included."""
+    store = await SQLiteStore.open(tmp_path / "rows.db")
+    try:
+        line = Entry(Direction.IN, "it says not enuf storage but i have 2tb??", intent="storage_full", score=91.0,
+                     decision="accept", flow="backup_failed", step="check_storage")
+        await store.save_turn(State("tg:4", flow="backup_failed", step="check_storage"), [line])
+        (listed,) = await store.messages("tg:4")
+        (mirrored,) = await Registry(store.db).rows_after(0)
+        assert type(listed) is type(mirrored) is MessageRow
+        assert (listed.flow, listed.step, listed.text) == ("backup_failed", "check_storage", mirrored.text)
+        assert (listed.intent, listed.decision) == ("storage_full", "accept")
+        assert replace(listed, intent=None, score=None, decision=None) == mirrored
     finally:
         await store.close()
 

@@ -38,7 +38,9 @@ async def test_two_instances_keep_one_conversations_turns_in_order(knowledge: Kn
         )
         state = await engines[1].state_of(cid)
         assert state is not None
-        assert state.values.get("total_gb") == "50" and state.values.get("needed_gb") == "120"
+        # the lock decides which message is read first (either may be the plan's size), but
+        # the second turn starts from what the first saved: both answers are kept
+        assert {state.values.get("total_gb"), state.values.get("needed_gb")} == {"50", "120"}
         rows = await two.messages(cid)
         ins = [i for i, r in enumerate(rows) if r.direction == "in"]
         # each user line is followed by its own replies before the next user line

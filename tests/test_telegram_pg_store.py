@@ -49,7 +49,7 @@ async def test_a_dead_instances_updates_and_messages_are_taken_over_in_order(two
     assert await a.add_updates([update(10, 601, "hi"), update(11, 602, "backup failed")]) == [10, 11]
     await a.finish(10, [JobSpec(601, "send", ANSWER, {"html": "first answer"})])
     [job] = await a.finish(None, [JobSpec(601, "send", ANSWER, {"html": "second"})])
-    await a.sending([job.id])  # on the wire when the instance dies
+    await a.mark_then([job.id], lambda: None)  # on the wire when the instance dies
     assert await b.adopt() == ([], [])  # a is alive: nothing to take
     await a.close()  # its session ends: the lock is gone (as when the process is killed)
     updates, jobs = await b.adopt()

@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING, TextIO
 
 from bot.config import Settings
 from bot.store import SQLiteStore, is_postgres, open_store
+from bot.store.conversations import MessageRow
 
 if TYPE_CHECKING:
     from bot.store.pgstore import PostgresStore
 
 from . import privacy, reports
-from .registry import Line, Registry
+from .registry import Registry
 from .reports_store import ReportStore
 
 COMMANDS = ("transcripts", "watch", "stats", "unmatched", "find")
@@ -109,7 +110,7 @@ def _time(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
 
 
-def format_line(line: Line, name: str = "") -> str:
+def format_line(line: MessageRow, name: str = "") -> str:
     t = dt.datetime.fromtimestamp(line.ts).strftime("%H:%M:%S")
     who = _WHO.get(line.direction, line.direction)
     kind = "" if line.kind in ("text", "reply") else f"[{line.kind}] "
@@ -297,7 +298,7 @@ async def watch(
             conversation = await Registry(store.db).conversation_of(conversation) or conversation
         cursor = await reads.watch_cursor(conversation, tail)
         while True:
-            rows = [Line(*r) for r in await reads.lines_after(cursor, conversation, 500)]
+            rows = [MessageRow(*r) for r in await reads.lines_after(cursor, conversation, 500)]
             for line in rows:
                 cursor = line.id
                 if line.conversation_id not in names:

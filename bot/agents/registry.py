@@ -15,104 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from typing import Any
 
-import aiosqlite
-
+from bot.store.conversations import MessageRow
 from bot.store.counters import day_of
-from bot.store.database import _SQLiteTx
+from bot.store.database import statements
 
-TOPIC_COLUMNS = (
-    "ref",
-    "conversation_id",
-    "thread_id",
-    "topic_name",
-    "card_message_id",
-    "card_pinned",
-    "card_html",
-    "topic_cursor",
-    "seen_cursor",
-    "symptom",
-    "flags",
-    "paused_until",
-    "paused_by",
-    "quote_state",
-    "created_at",
-    "updated_at",
-    "owner_id",
-    "owner_name",
-)
-
-
-@dataclass
-class Topic:
-    """One conversation as the desk sees it (mutable cache of an ``agent_topics`` row)."""
-
-    ref: int
-    conversation_id: str
-    thread_id: int | None = None
-    topic_name: str = ""
-    card_message_id: int | None = None
-    card_pinned: bool = False
-    card_html: str = ""
-    topic_cursor: int = 0
-    seen_cursor: int = 0
-    symptom: str = ""  # flow id of the problem the user is being helped with
-    flags: str = ""  # comma-separated escalation events seen (for the card and the name)
-    paused_until: float | None = None
-    paused_by: str = ""
-    quote_state: str = ""
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    owner_id: int = 0  # the agent who owns the case (0: nobody)
-    owner_name: str = ""
-    # in memory only
-    user_name: str = field(default="", compare=False)
-    card_dirty: bool = field(default=True, compare=False)
-    name_dirty: bool = field(default=False, compare=False)
-    watched_until: float = field(default=0.0, compare=False)  # an agent opened it: served first
-    escalated_until: float = field(default=0.0, compare=False)  # topic set up before others
-    last_flags_at: dict[str, float] = field(default_factory=dict, compare=False)
-
-    @property
-    def flag_list(self) -> list[str]:
-        return [f for f in self.flags.split(",") if f]
-
-    def add_flag(self, flag: str) -> bool:
-        flags = self.flag_list
-        if flag in flags:
-            return False
-        flags.append(flag)
-        self.flags = ",".join(flags)
-        return True
-
-    @property
-    def paused(self) -> bool:
-        return self.paused_until is not None
-
-
-def _row_to_topic(row: Any) -> Topic:
-    return Topic(
-        ref=row[0],
-        conversation_id=row[1],
-        thread_id=row[2],
-        topic_name=row[3],
-        card_message_id=row[4],
-        card_pinned=bool(row[5]),
-        card_html=row[6],
-        topic_cursor=row[7],
-        seen_cursor=row[8],
-        symptom=row[9],
-        flags=row[10],
-        paused_until=row[11],
-        paused_by=row[12],
-        quote_state=row[13],
-        created_at=row[14],
-        updated_at=row[15],
-        owner_id=int(row[16] or 0),
-        owner_name=row[17] or "",
-    )
+from .rows import QUEUE_COLUMNS, TOPIC_COLUMNS, Post, QueueItem, Topic, topic_from_row
 
 
 class _NoLock:
@@ -126,7 +36,7 @@ class _NoLock:
 def _statements(db: Any) -> Any:
     """A bare aiosqlite connection as a ``Transaction`` (statements on it as they are: no lock,
     no BEGIN); a ``Database`` or a ``Transaction`` as it is."""
-    return _SQLiteTx(db) if isinstance(db, aiosqlite.Connection) else db
+    return statements(db)
 
 
 class Registry:
@@ -191,18 +101,18 @@ class Registry:
     async def topic(self, conversation_id: str) -> Topic | None:
         row = await self._one(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id = ?",
                               (conversation_id,))
-        return _row_to_topic(row) if row else None
+        return topic_from_row(row) if row else None
 
     async def topic_by_ref(self, ref: int) -> Topic | None:
         row = await self._one(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE ref = ?", (ref,))
-        return _row_to_topic(row) if row else None
+        return topic_from_row(row) if row else None
 
     async def topic_by_thread(self, thread_id: int) -> Topic | None:
         row = await self._one(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE thread_id = ?", (thread_id,))
-        return _row_to_topic(row) if row else None
+        return topic_from_row(row) if row else None
 
     async def all_topics(self) -> list[Topic]:
-        return [_row_to_topic(r) for r in await self._all(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics")]
+        return [topic_from_row(r) for r in await self._all(f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics")]
 
     async def create_topic(self, conversation_id: str, cursor: int) -> Topic:
         """Register a conversation; its mirror starts after message id ``cursor``."""
@@ -217,7 +127,7 @@ class Registry:
                 f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id = ?", (conversation_id,)
             )
         assert row is not None
-        return _row_to_topic(row)
+        return topic_from_row(row)
 
     async def save(self, topic: Topic) -> None:
         topic.updated_at = time.time()
@@ -244,7 +154,7 @@ class Registry:
         out: list[Topic] = []
         for i in range(0, len(conversation_ids), 500):
             chunk = conversation_ids[i : i + 500]
-            out += [_row_to_topic(r) for r in await self._all(
+            out += [topic_from_row(r) for r in await self._all(
                 f"SELECT {', '.join(TOPIC_COLUMNS)} FROM agent_topics WHERE conversation_id IN "
                 f"({','.join('?' * len(chunk))})",
                 chunk,
@@ -409,13 +319,13 @@ class Registry:
         row = await self._one("SELECT COALESCE(MAX(id), 0) FROM messages")
         return int(row[0]) if row else 0
 
-    async def rows_after(self, after_id: int, limit: int = 5000) -> list[Line]:
+    async def rows_after(self, after_id: int, limit: int = 5000) -> list[MessageRow]:
         rows = await self._all(
             "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
             "WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         )
-        return [Line(*r) for r in rows]
+        return [MessageRow(*r) for r in rows]
 
     async def conversation_rows(
         self,
@@ -423,7 +333,7 @@ class Registry:
         after_id: int = 0,
         upto_id: int | None = None,
         limit: int = 100_000,
-    ) -> list[Line]:
+    ) -> list[MessageRow]:
         sql = (
             "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
             "WHERE conversation_id = ? AND id > ?"
@@ -434,15 +344,15 @@ class Registry:
             args.append(upto_id)
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)
-        return [Line(*r) for r in await self._all(sql, args)]
+        return [MessageRow(*r) for r in await self._all(sql, args)]
 
-    async def escalations_after(self, after_id: int, limit: int = 50) -> list[Line]:
+    async def escalations_after(self, after_id: int, limit: int = 50) -> list[MessageRow]:
         rows = await self._all(
             "SELECT id, conversation_id, ts, direction, kind, text, flow, step FROM messages "
             "WHERE id > ? AND direction = 'note' AND kind LIKE 'escalation:%' ORDER BY id LIMIT ?",
             (after_id, limit),
         )
-        return [Line(*r) for r in rows]
+        return [MessageRow(*r) for r in rows]
 
     # -- users' media (copied into their topic; see desk/mirror.py) -------------------------------
     async def add_media(self, conversation_id: str, chat_id: int, message_id: int, kind: str, ts: float) -> None:
@@ -567,53 +477,3 @@ class Registry:
                 "ON CONFLICT (day, name) DO UPDATE SET n = counters.n + excluded.n",
                 [(day, name, int(round(n))) for name, n in counts.items()],
             )
-
-
-QUEUE_COLUMNS = (
-    "id, conversation_id, kind, status, agent, message_id, opened_at, claimed_at, resolved_at, alerted_at"
-)
-
-
-@dataclass(frozen=True)
-class QueueItem:
-    """One escalation of one conversation: open -> claimed (by an agent) -> resolved."""
-
-    id: int
-    conversation_id: str
-    kind: str  # human_requested, quote_sent, data_at_risk, not_understood_twice, still_broken,
-    # quote_failed, waiting (a message unanswered during a takeover), takeover
-    status: str  # open | claimed | resolved
-    agent: str
-    message_id: int | None  # its line in the Escalations topic (with the buttons)
-    opened_at: float
-    claimed_at: float | None
-    resolved_at: float | None
-    alerted_at: float | None
-
-
-@dataclass(frozen=True)
-class Post:
-    """A recorded message the desk posted (``agent_posts``) that needs cleaning up:
-    ``cleanup`` 1 = a conversation in it was erased, 2 = expired (delete it whole)."""
-
-    id: int
-    private_chat: int | None
-    thread_id: int | None
-    message_id: int
-    kind: str
-    editable: bool
-    cleanup: int
-
-
-@dataclass(frozen=True)
-class Line:
-    """One transcript row as the mirror and the tools read it."""
-
-    id: int
-    conversation_id: str
-    ts: float
-    direction: str
-    kind: str
-    text: str
-    flow: str = ""
-    step: str = ""

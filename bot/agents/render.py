@@ -17,8 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bot.core.content import Content
-
-from .registry import Line
+from bot.store.conversations import MessageRow
 
 MAX_VISIBLE = 3900  # Telegram allows 4096; keep room for a header
 MAX_CAPTION = 1000
@@ -131,7 +130,7 @@ def _md(fragment: str) -> Html:
 # -- lines ---------------------------------------------------------------------------------------
 
 
-def render_line(line: Line, texts: Texts, *, out_limit: int = 300, in_limit: int = 1000) -> Html:
+def render_line(line: MessageRow, texts: Texts, *, out_limit: int = 300, in_limit: int = 1000) -> Html:
     """One transcript row as a mirror line: who, then what (bot text shortened)."""
     d = line.direction
     if d == "note":

@@ -16,9 +16,9 @@ from typing import Any
 
 import aiosqlite
 
+from bot.store.conversations import MessageRow
 from bot.store.counters import day_of
 
-from .registry import Line
 from .reports_store import ReportStore
 
 _NOT_SYMPTOMS = ("", "main_menu", "common", "feedback")
@@ -264,7 +264,7 @@ async def unmatched(db: aiosqlite.Connection, limit: int = 20) -> list[Unmatched
 
 @dataclass(frozen=True)
 class Hit:
-    line: Line
+    line: MessageRow
     user_name: str
 
 
@@ -276,7 +276,7 @@ async def find(db: aiosqlite.Connection, text: str, limit: int = 20, include_bot
     by_name: set[str] = set()
     needle = text.strip().lower()
     for r in rows:
-        line = Line(*r[:8])
+        line = MessageRow(*r[:8])
         name = str(r[8])
         if needle in line.text.lower():
             hits.append(Hit(line, name))
@@ -314,15 +314,15 @@ async def conversation(db: aiosqlite.Connection, conversation_id: str) -> Conver
     return ConversationInfo(r[0], r[1], r[2], r[3], bool(r[4]), bool(r[5]), r[6], r[7], r[8]) if r else None
 
 
-async def transcript(db: aiosqlite.Connection, conversation_id: str) -> list[Line]:
-    return [Line(*r) for r in await ReportStore(db).transcript_rows(conversation_id)]
+async def transcript(db: aiosqlite.Connection, conversation_id: str) -> list[MessageRow]:
+    return [MessageRow(*r) for r in await ReportStore(db).transcript_rows(conversation_id)]
 
 
 def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def to_jsonl(lines: list[Line]) -> str:
+def to_jsonl(lines: list[MessageRow]) -> str:
     return "".join(
         json.dumps(
             {
@@ -343,7 +343,7 @@ def to_jsonl(lines: list[Line]) -> str:
     )
 
 
-def to_markdown(info: ConversationInfo | None, conversation_id: str, lines: list[Line]) -> str:
+def to_markdown(info: ConversationInfo | None, conversation_id: str, lines: list[MessageRow]) -> str:
     name = info.user_name if info and info.user_name else conversation_id
     out = [f"# Conversation with {name}", "", f"- id: `{conversation_id}`"]
     if info:

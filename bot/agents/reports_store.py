@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
-
-from bot.store.database import _SQLiteTx
+from bot.store.database import statements
 
 _ROW = "id, conversation_id, ts, direction, kind, text, flow, step"
 
@@ -23,7 +21,7 @@ def like_pattern(text: str) -> str:
 
 class ReportStore:
     def __init__(self, db: Any) -> None:
-        self.db = _SQLiteTx(db) if isinstance(db, aiosqlite.Connection) else db
+        self.db = statements(db)
         # LIKE is case-insensitive (for ASCII) on SQLite; PostgreSQL's ILIKE is that
         self._like = "ILIKE" if getattr(db, "dialect", "sqlite") == "postgresql" else "LIKE"
 

@@ -7,6 +7,14 @@ Telegram) translate to and from the types in ``messages``; tests drive it direct
 
 Button ids sent to doors are ``<seq>:<id>``: a press whose seq is not the current one
 comes from an earlier step and gets the "earlier step" answer, never a wrong transition.
+
+Why this module is longer than the tree's ~500-line guide: it is the one state machine of a
+turn — dispatch, entering steps, buttons, media, text, the built-in commands — and every case
+of a transition reads the others' (a typed label is a press, a press can leave an offer, a
+text can answer a card or a step). Kept together, one turn reads top to bottom in one file.
+What has no part in the transitions lives beside it: what typed text means (``typed``),
+values (``values``), actions (``actions``), the redaction gate (``redact``), answer cards
+(``answers``).
 """
 
 from __future__ import annotations
@@ -20,9 +28,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 
-from rapidfuzz import fuzz
-from rapidfuzz.distance import OSA
-
 from .actions import ACTIONS, ActionContext, ActionFn
 from .answers import AnswerHit, Card
 from .content import Content
@@ -30,14 +35,14 @@ from .flows import MENU, FlowSet, Step
 from .messages import Button, EventKind, Hint, Inbound, MatchResult, Reply
 from .ports import ConversationStore, Direction, Entry, State, TurnScope
 from .redact import screen, strip_secrets
-from .values import MAX_TEXT, clean_text, parse_email, parse_size_gb, parse_text, phone_candidate
+from .typed import Typed, is_number
+from .values import MAX_TEXT, clean_text
 
 RETURN_TO = "return_to"  # a value: the step a flow that ends returns to (instead of the menu)
 log = logging.getLogger(__name__)
 
 MAX_PHOTO_BYTES = 20 * 1024 * 1024  # what a bot may download from Telegram
 MAX_HOPS = 40  # a flow that goes on without input this many times is a content bug
-LABEL_MATCH = 88  # typed text this close to a button label counts as pressing it
 SECRET_WARNED = "keep_secret_warned"  # the user was told their secret was removed (once)
 
 #: The replies of the turn being saved, readable inside ``store.save_turn``: a door that keeps
@@ -158,9 +163,7 @@ class Engine:
         self._scope: Callable[[str], AbstractAsyncContextManager[object]] | None = (
             store.turn if isinstance(store, TurnScope) else None
         )
-        self._yes = tuple(_norm(w) for w in content.words("engine.yes_words"))
-        self._no = tuple(_norm(w) for w in content.words("engine.no_words"))
-        self._exact = frozenset(_norm(w) for w in content.words("engine.exact_words"))
+        self.typed = Typed(content, flows, matcher)  # what typed text means at a step
 
     # -- the seam ------------------------------------------------------------------
     def lock_for(self, conversation_id: str) -> asyncio.Lock:
@@ -296,20 +299,8 @@ class Engine:
             return
         raise RuntimeError(f"flow loops without waiting for input at {target}")
 
-    def _step_buttons(self, step: Step, values: Mapping[str, str]) -> list[tuple[str, str]]:
-        label = self.content.raw
-        if step.multi:
-            chosen = set(values.get(step.multi.var, "").split(","))
-            out = []
-            for o in step.multi.options:
-                mark = "✓ " if o.id in chosen else ""
-                out.append((f"m_{o.id}", mark + label(o.label)))
-            out.append(("m__done", label(step.multi.done_label)))
-            return out
-        return [(b.id, label(b.label)) for b in step.buttons]
-
     def _show_buttons(self, turn: Turn, step: Step) -> None:
-        buttons = self._step_buttons(step, turn.state.values)
+        buttons = self.typed.step_buttons(step, turn.state.values)
         if not buttons:
             return
         if not turn.replies:
@@ -348,7 +339,7 @@ class Engine:
         seq_s, _, bid = payload.partition(":")
         turn.entries.append(Entry(Direction.IN, self._label_for(turn.state, bid) or bid, kind="button",
                                   flow=turn.state.flow, step=turn.state.step))
-        if not _is_number(seq_s) or int(seq_s) != turn.state.seq:
+        if not is_number(seq_s) or int(seq_s) != turn.state.seq:
             turn.say("engine.stale_button", notice=self.content.raw("engine.stale_button"))
             await self._reprompt(turn)
             return
@@ -357,7 +348,7 @@ class Engine:
     def _label_for(self, state: State, bid: str) -> str:
         """The label the user saw on the button (for the transcript), "" if unknown."""
         if bid in state.offer:
-            return self._offer_label(bid)
+            return self.typed.offer_label(bid)
         if state.ref and self.flows.has(state.ref):
             step = self.flows.step(state.ref)
             if step.multi and bid == "m__done":
@@ -491,13 +482,13 @@ class Engine:
         # 1. a button label typed out (not a number on an ask step: "-5 GB" is a value to
         # check, not the "5 GB" button)
         numeric_answer = bool(step and step.ask and not state.offer and any(ch.isdigit() for ch in text))
-        bid = None if numeric_answer else self._typed_button(turn.state, step, text)
+        bid = None if numeric_answer else self.typed.button(turn.state, step, text)
         if bid is not None:
             turn.entries.append(Entry(Direction.IN, safe, kind="text", flow=state.flow, step=state.step))
             await self._press(turn, bid)
             return
         # 1b. a topic's label typed out ("check my last backup"), from any step
-        flow_id = None if bid is not None else self._typed_title(text)
+        flow_id = None if bid is not None else self.typed.title(text)
         if flow_id is not None and not (step and step.flow == flow_id):
             turn.entries.append(Entry(Direction.IN, safe, kind="text", flow=state.flow, step=state.step))
             in_flow = step is not None and step.flow != "main_menu" and step.waits
@@ -507,7 +498,7 @@ class Engine:
         # 2. a value for an ask step; free text that asks one of the cards' questions is no value
         card_first = bool(step and step.ask and step.ask.type == "text" and self.matcher.answer(safe[:MAX_TEXT]))
         if step and step.ask and not card_first:  # an answer to the question wins over a pending offer
-            value, note = self._parse_value(step.ask.type, text)
+            value, note = self.typed.parse_value(step.ask.type, text)
             if value is not None and had_secret and step.ask.type == "text":
                 value = strip_secrets(value) or None  # "iPhone 13, code 5566" -> "iPhone 13"
             if value is not None:
@@ -599,25 +590,11 @@ class Engine:
             follow.insert(0, result.intent)
         for t in follow:
             if t.startswith("card:"):
-                out.append((t, self._offer_label(t)))
+                out.append((t, self.typed.offer_label(t)))
             elif self.flows.flow_for_intent(t):
-                out.append((f"intent:{t}", self._offer_label(f"intent:{t}")))
+                out.append((f"intent:{t}", self.typed.offer_label(f"intent:{t}")))
         out.append(("other", self.content.raw("engine.something_else")))
         return out[:4]
-
-    def _typed_title(self, text: str) -> str | None:
-        """The flow whose menu title the user typed ("check my last backup"), if any."""
-        typed = _norm(text)
-        if not typed or len(typed) > 60:
-            return None
-        best, best_score = None, 0.0
-        for flow in self.flows.flows.values():
-            if not flow.intents or not self.content.has(flow.title):
-                continue
-            score = fuzz.ratio(typed, _norm(self.content.raw(flow.title)))
-            if score > best_score:
-                best, best_score = flow.id, score
-        return best if best_score >= LABEL_MATCH else None
 
     def _say_invalid(self, turn: Turn, step: Step) -> None:
         """The ask step's "that's not an answer" line (with how many items are picked so far)."""
@@ -629,80 +606,6 @@ class Engine:
         step = self.flows.step(turn.state.ref)
         turn.state = replace(turn.state, offer=())
         self._show_buttons(turn, step)
-
-    def _parse_value(self, kind: str, text: str) -> tuple[str | None, bool]:
-        if kind == "size_gb":
-            return parse_size_gb(text), False
-        if kind == "email":
-            return parse_email(text), False
-        if kind == "phone":
-            return phone_candidate(text), False
-        if kind == "text":
-            parsed = parse_text(text)
-            return (parsed[0], parsed[1]) if parsed else (None, False)
-        return None, False
-
-    def _typed_button(self, state: State, step: Step | None, text: str) -> str | None:
-        """The id of the button whose label the user typed (or yes/no words), if any."""
-        options: list[tuple[str, str]] = []
-        if state.offer:
-            options = [(b, self._offer_label(b)) for b in state.offer]
-        elif step:
-            options = self._step_buttons(step, state.values)
-        if not options:
-            return None
-        typed = _norm(text)
-        if not typed:
-            return None
-        if _is_number(typed) and 1 <= int(typed) <= len(options) and not (step and step.ask and not state.offer):
-            return options[int(typed) - 1][0]
-        best, best_score = None, 0.0
-        for bid, label in options:
-            score = fuzz.ratio(typed, _norm(label.replace("✓ ", "")))
-            if score > best_score:
-                best, best_score = bid, score
-        if best is not None and best_score >= LABEL_MATCH:
-            return best
-        answer = self._yes_no(typed)
-        if answer is None:
-            return None
-        ids = {bid for bid, _ in options}
-        if answer in ids:
-            return answer
-        if state.offer:  # the person typed off-script, then answered: yes / no still mean something
-            switch = next((b for b in state.offer if b.startswith("switch:")), None)
-            if switch is not None:
-                return switch if answer == "yes" else ("stay" if "stay" in ids else None)
-            if step and any(b.id == answer for b in step.buttons):
-                return answer  # the step's own yes / no (pressing it drops the offer)
-        return None
-
-    def _yes_no(self, typed: str) -> str | None:
-        """"yes", "no" or None for a normalised message ("yep", "nope still broken", "yse", "nooo")."""
-        squeezed = _squeeze(typed)
-        hits = [a for a, words in (("yes", self._yes), ("no", self._no))
-                if _says(typed, words, self._exact) or _says(squeezed, words, self._exact)]
-        if len(hits) == 1:
-            return hits[0]
-        if hits or " " in squeezed or len(squeezed) < 3:
-            return None
-        # one short word with a typo: one edit (or swap) from exactly one of the words
-        near = {a for a, words in (("yes", self._yes), ("no", self._no))
-                for w in words if " " not in w and len(w) >= 3 and w not in self._exact
-                and OSA.distance(squeezed, w) <= 1}
-        return near.pop() if len(near) == 1 else None
-
-    def _offer_label(self, bid: str) -> str:
-        kind, _, arg = bid.partition(":")
-        if kind in ("intent", "switch"):
-            flow = self.flows.flow_for_intent(arg)
-            return self.content.raw(flow.title) if flow else arg
-        if kind == "other":
-            return self.content.raw("engine.something_else")
-        if kind == "card":
-            card = self.matcher.answer_card(arg)
-            return card.title if card else arg
-        return self.content.raw("engine.switch_no")
 
     async def _smalltalk(self, turn: Turn, kind: str, in_flow: bool) -> None:
         if kind == "help":
@@ -801,38 +704,10 @@ class Engine:
         await self.goto(turn, MENU, remember=False)
 
 
-def _is_number(text: str) -> bool:
-    """Decimal digits only: "²" and "①" are digits to ``isdigit`` but not to ``int``."""
-    return text.isdecimal() and len(text) <= 6
-
-
 def _in_progress(step: Step) -> bool:
     """A step whose answer the user would lose by switching topic without being asked."""
     return bool(step.ask or step.multi or any(b.id in ("yes", "no") for b in step.buttons))
 
 
-_NORM_RE = re.compile(r"[^\w%]+")
-SHORT_ANSWER_WORDS = 6  # "nope still broken": a short message that starts with a yes/no word
 
 
-def _says(typed: str, words: tuple[str, ...], exact: frozenset[str] = frozenset()) -> bool:
-    """Whether a normalised message is, or short and starts with, one of ``words``
-    (those in ``exact`` count only as the whole message: "ok", not "ok but still broken")."""
-    if typed in words:
-        return True
-    tokens = typed.split()
-    if len(tokens) > SHORT_ANSWER_WORDS:
-        return False
-    return any(tokens[: len(w.split())] == w.split() for w in words if w not in exact)
-
-
-_REPEAT_RE = re.compile(r"(\w)\1{2,}")
-
-
-def _squeeze(text: str) -> str:
-    """Letters typed three or more times in a row once ("yesss", "nooo" -> "yes", "no")."""
-    return _REPEAT_RE.sub(r"\1", text)
-
-
-def _norm(text: str) -> str:
-    return " ".join(_NORM_RE.sub(" ", text.lower().replace("'", "").replace("’", "")).split())

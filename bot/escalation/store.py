@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict
@@ -35,80 +33,12 @@ if TYPE_CHECKING:
 from . import schema
 from .ports import OutboxRow, QuoteFields, QuoteRecord, QuoteStatus, TranscriptLine
 from .reference import new_reference
+from .rowmap import OUTBOX_COLUMNS, fields_from_json, fields_to_json, outbox_row, owner_is_dead
 
 log = logging.getLogger(__name__)
 
 TRANSCRIPT_LINES = 300  # at most this many lines of the current case go with a request
 TRANSCRIPT_LINE_CHARS = 2000
-
-_OUTBOX_COLS = (
-    "id, ref, channel, status, attempts, next_attempt_at, message_id, last_error, error_kind, "
-    "accepted, delivered_at, alert_state, created_at, owner"
-)
-
-
-def _row(r: Sequence[Any]) -> OutboxRow:
-    return OutboxRow(
-        int(r[0]),
-        r[1],
-        r[2],
-        r[3],
-        int(r[4]),
-        float(r[5]),
-        r[6],
-        r[7],
-        r[8],
-        r[9],
-        r[10],
-        r[11],
-        float(r[12]),
-        r[13],
-    )
-
-
-def fields_to_json(fields: QuoteFields) -> str:
-    return json.dumps(asdict(fields), ensure_ascii=False)
-
-
-def fields_from_json(raw: str) -> QuoteFields:
-    d = json.loads(raw)
-    return QuoteFields(
-        device=str(d.get("device", "")),
-        damage=str(d.get("damage", "")),
-        passcode=str(d.get("passcode", "")),
-        passcode_go_on=bool(d.get("passcode_go_on", False)),
-        data=tuple(d.get("data", ())),
-        backup=str(d.get("backup", "")),
-        name=str(d.get("name", "")),
-        email=str(d.get("email", "")),
-        phone=str(d.get("phone", "")),
-        photos=tuple(d.get("photos", ())),
-        consent_at=float(d.get("consent_at", 0.0)),
-        description=str(d.get("description", "")),
-    )
-
-
-def local_owner_prefix() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """True only when ``owner`` names a process on this host that no longer runs."""
-    host, _, rest = owner.partition(":")
-    pid_s = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_s.isdigit():
-        return False
-    pid = int(pid_s)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
 
 async def _case_start(db: Transaction, conversation_id: str) -> float:
     """Where the current case's transcript starts: after the turn that sent the conversation's
@@ -283,7 +213,7 @@ class QuoteStore:
     async def outbox(
         self, statuses: Sequence[str] | None = None, ref: str | None = None
     ) -> list[OutboxRow]:
-        sql = f"SELECT {_OUTBOX_COLS} FROM outbox WHERE 1 = 1"
+        sql = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE 1 = 1"
         args: list[Any] = []
         if statuses:
             sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
@@ -292,7 +222,7 @@ class QuoteStore:
             sql += " AND ref = ?"
             args.append(ref)
         sql += " ORDER BY id"
-        return [_row(r) for r in await self._fetchall(sql, args)]
+        return [outbox_row(r) for r in await self._fetchall(sql, args)]
 
     async def statuses_for(self, conversation_id: str, limit: int = 3) -> list[QuoteStatus]:
         rows = await self._fetchall(
@@ -382,11 +312,11 @@ class QuoteStore:
                 (owner, now + lease, now, *ids),
             )
             rows = await db.fetchall(
-                f"SELECT {_OUTBOX_COLS} FROM outbox WHERE id IN ({marks}) ORDER BY "
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id IN ({marks}) ORDER BY "
                 "next_attempt_at, id",
                 ids,
             )
-            return [_row(r) for r in rows]
+            return [outbox_row(r) for r in rows]
 
     async def reclaim_dead(self, now: float) -> int:
         """Rows leased by a process of this host that died (SIGKILL, crash): due again now."""
@@ -485,9 +415,9 @@ class QuoteStore:
 
     async def pending_alerts(self) -> list[OutboxRow]:
         return [
-            _row(r)
+            outbox_row(r)
             for r in await self._fetchall(
-                f"SELECT {_OUTBOX_COLS} FROM outbox WHERE alert_state = 'pending' ORDER BY id"
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE alert_state = 'pending' ORDER BY id"
             )
         ]
 

@@ -42,7 +42,8 @@ from .ports import (
 )
 from .reference import message_id as make_message_id
 from .render import MAIL_ATTACHMENT_BUDGET, build_email, lab_chat_text
-from .store import QuoteStore, local_owner_prefix
+from .rowmap import local_owner_prefix
+from .store import QuoteStore
 from .transport import DeliveryError, Session, Transport
 
 log = logging.getLogger(__name__)

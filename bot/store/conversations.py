@@ -38,7 +38,7 @@ COUNT = ("INSERT INTO counters (day, name, n) VALUES (?, ?, ?) "
 CONVERSATIONS = """SELECT c.id, c.flow, c.step, c.active, c.paused, c.user_name, c.created_at, c.updated_at,
                           (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
                    FROM conversations c ORDER BY c.updated_at DESC LIMIT ?"""
-MESSAGES = ("SELECT id, conversation_id, ts, direction, kind, text, intent, score, decision "
+MESSAGES = ("SELECT id, conversation_id, ts, direction, kind, text, flow, step, intent, score, decision "
             "FROM messages WHERE id > ?")
 PAUSED = "SELECT id FROM conversations WHERE paused = 1"
 LAST_MESSAGE = "SELECT COALESCE(MAX(id), 0) FROM messages"
@@ -60,15 +60,20 @@ class ConversationRow:
 
 @dataclass(frozen=True)
 class MessageRow:
+    """One transcript row (table ``messages``): what the store lists, what the agents' desk
+    mirrors and its tools read (they leave the matcher's fields out: ``None``)."""
+
     id: int
     conversation_id: str
     ts: float
     direction: str
     kind: str
     text: str
-    intent: str | None
-    score: float | None
-    decision: str | None
+    flow: str = ""
+    step: str = ""
+    intent: str | None = None
+    score: float | None = None
+    decision: str | None = None
 
 
 def state_from_row(conversation_id: str, row: Sequence[Any] | None) -> State | None:

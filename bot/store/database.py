@@ -88,7 +88,10 @@ class Database(Protocol):
     async def migrate(self, owner: str, migrations: Migrations) -> int: ...
 
 
-class _SQLiteTx:
+class SQLiteStatements:
+    """Statements on an aiosqlite connection as they are (no lock, no BEGIN): a ``Transaction``
+    inside one already open, or on a connection nobody else writes on."""
+
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
 
@@ -104,6 +107,16 @@ class _SQLiteTx:
 
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
         return next(iter(await self.conn.execute_fetchall(sql, tuple(args))), None)
+
+
+_SQLiteTx = SQLiteStatements  # the old name: bot/store/sqlite.py still uses it (being rewritten elsewhere)
+
+
+def statements(db: Any) -> Transaction:
+    """Any database handle as a ``Transaction``: a bare aiosqlite connection as its statements
+    (``SQLiteStatements``); a ``Database`` or a ``Transaction`` as it is. What a store class that
+    may be given either calls, so it never names the engine."""
+    return SQLiteStatements(db) if isinstance(db, aiosqlite.Connection) else db
 
 
 class SQLiteDatabase:
@@ -140,7 +153,7 @@ class SQLiteDatabase:
         async with self.lock:
             await self.conn.execute("BEGIN IMMEDIATE")  # the write lock first (busy timeout applies)
             try:
-                yield _SQLiteTx(self.conn)
+                yield SQLiteStatements(self.conn)
             except BaseException:
                 await self.conn.execute("ROLLBACK")
                 raise

@@ -37,7 +37,7 @@ from typing import Any
 
 import aiosqlite
 
-from .database import _SQLiteTx
+from .database import statements
 from .sqlite import reclaim_space
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Erasure:
     def __init__(self, db: Any) -> None:
         self.sqlite = isinstance(db, aiosqlite.Connection)
         self.db = db
-        self._x: Any = _SQLiteTx(db) if self.sqlite else db  # where statements go now
+        self._x: Any = statements(db)  # where statements go now
         self.rowid = "rowid" if self.sqlite else "ctid"
         self._tables: dict[str, Table] | None = None
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
 import random
@@ -33,6 +32,7 @@ from typing import Any
 
 from .fakeapi import FakeBotAPI
 from .phrases import ANY_MESSAGE
+from .waiting import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,42 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def bot_command(
+    fake: FakeBotAPI,
+    db: Path,
+    workdir: Path,
+    *,
+    mode: str = "polling",
+    content_dir: Path | None = None,
+    flows_dir: Path | None = None,
+) -> tuple[dict[str, str], list[str]]:
+    """The environment and the command line of ``python -m bot run`` against ``fake``."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(workdir),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "TELEGRAM_BOT_TOKEN": fake.token,
+        "TELEGRAM_BASE_URL": fake.base_url,
+        "BOT_DB": str(db),
+        "CONTENT_DIR": str(content_dir or ROOT / "content"),
+        "FLOWS_DIR": str(flows_dir or ROOT / "flows"),
+        "MAILDIR": str(workdir / "maildir"),
+        "PYTHONPATH": str(ROOT),
+        "LOG_LEVEL": "WARNING",
+    }
+    args = [sys.executable, "-m", "bot", "run"]
+    if mode == "webhook":
+        port = _free_port()
+        env.update(
+            WEBHOOK_URL=f"http://127.0.0.1:{port}/hook",
+            WEBHOOK_LISTEN="127.0.0.1",
+            WEBHOOK_PORT=str(port),
+            WEBHOOK_SECRET=SECRET,
+        )
+        args.append("--webhook")
+    return env, args
 
 
 async def kill_run(
@@ -62,29 +98,7 @@ async def kill_run(
     db = workdir / f"kill-{mode}.db"
     started = time.perf_counter()
     async with FakeBotAPI(webhook_retry_delay=0.05) as fake:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(workdir),
-            "NO_PROXY": "127.0.0.1,localhost",
-            "TELEGRAM_BOT_TOKEN": fake.token,
-            "TELEGRAM_BASE_URL": fake.base_url,
-            "BOT_DB": str(db),
-            "CONTENT_DIR": str(content_dir or ROOT / "content"),
-            "FLOWS_DIR": str(flows_dir or ROOT / "flows"),
-            "MAILDIR": str(workdir / "maildir"),
-            "PYTHONPATH": str(ROOT),
-            "LOG_LEVEL": "WARNING",
-        }
-        args = [sys.executable, "-m", "bot", "run"]
-        if mode == "webhook":
-            port = _free_port()
-            env.update(
-                WEBHOOK_URL=f"http://127.0.0.1:{port}/hook",
-                WEBHOOK_LISTEN="127.0.0.1",
-                WEBHOOK_PORT=str(port),
-                WEBHOOK_SECRET=SECRET,
-            )
-            args.append("--webhook")
+        env, args = bot_command(fake, db, workdir, mode=mode, content_dir=content_dir, flows_dir=flows_dir)
         answers: collections.Counter[int] = collections.Counter()
         arrived: dict[int, asyncio.Event] = {}
 
@@ -125,15 +139,8 @@ async def kill_run(
                 arrived[chat].clear()
                 fake.send_text(chat, text)
                 sent[chat] += 1
-                deadline = time.monotonic() + answer_timeout
-                while answers[chat] <= before:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        timeouts += 1
-                        break
-                    arrived[chat].clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(arrived[chat].wait(), left)
+                if not await wait_until(lambda: answers[chat] > before, arrived[chat], answer_timeout):  # noqa: B023
+                    timeouts += 1
 
         async def killer() -> int:
             nonlocal proc

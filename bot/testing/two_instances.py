@@ -48,6 +48,7 @@ from aiohttp import web
 
 from .fakeapi import FakeBotAPI
 from .smtpd import LocalInbox
+from .waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "two-instances-secret_7"
@@ -267,15 +268,9 @@ async def _load(fake: FakeBotAPI, inbox: LocalInbox, procs: list[asyncio.subproc
         nonlocal timeouts
         counter = answers if counter is None else counter
         key = chat if key is None else key
-        deadline = time.monotonic() + answer_timeout
-        while counter[key] <= before:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timeouts += 1
-                return
-            arrived[chat].clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived[chat].wait(), left)
+        if not await wait_until(lambda: counter[key] > before, arrived[chat], answer_timeout):
+            timeouts += 1
+            return
         call = last_call.get(chat)
         if call is not None and not call.status:  # seen arriving: wait until the fake has it
             with contextlib.suppress(TimeoutError):

@@ -168,12 +168,19 @@ class AiohttpRequest(BaseRequest):
             raise NetworkError(f"aiohttp.{err.__class__.__name__}: {err}") from err
 
 
+class NotSent(ConnectionError):
+    """The cause of a transport error raised before any byte of the request was written
+    (``bot.tg.wire``): sending it again cannot deliver it twice."""
+
+
 def never_reached_server(exc: BaseException) -> bool:
     """True when a failed request certainly did not reach the Bot API (no pool slot, no
     connection), so sending it again cannot deliver it twice."""
     if "Pool timeout" in str(exc):
         return True
     cause = exc.__cause__
+    if isinstance(cause, NotSent):
+        return True
     if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return True
     try:  # only PTB's httpx transport raises these; it is not loaded unless chosen

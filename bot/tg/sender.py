@@ -3,9 +3,14 @@
 One worker per chat with something to send: answers first (``ANSWER`` jobs in id order), then
 housekeeping (the pressed message's "» choice" edit, an old keyboard's retirement). Each job
 takes its slots from the shared rate limiter first (``acquire``: the chat's ~1/s and the bot's
-~30/s, answers granted before housekeeping and the agents' group), is then marked ``sending``
-(committed), and only then leaves — with ``rate_limit_args=RESERVED`` so it is not throttled
-twice. When Telegram answers, the outcome is recorded (``settle``). Retiring an old keyboard
+~30/s, answers granted before housekeeping and the agents' group), then leaves through the
+queue's own transport (``bot.tg.wire``, ``rate_limit_args=RESERVED`` so it is not throttled
+twice): a message (``sendMessage``) is marked ``sending`` in the very moment its request is
+written — the transport has its connection and its bytes ready, the store commits the mark and
+the bytes go into the socket with nothing in between (``TelegramStore.mark_then``), so a kill
+-9 finds a marked message unsent only in that gap. (Behind an HTTP(S) proxy, which that
+transport does not speak, the bot's own transport is used, marked just before; a wider gap.)
+When Telegram answers, the outcome is recorded (``settle``). Retiring an old keyboard
 is the laziest job: it waits until no user waits for an answer and the bot-wide budget is
 at most a quarter used.
 
@@ -33,14 +38,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from .http import JSONRequestData, never_reached_server, server_refused
-from .store import ANSWER, HOUSEKEEPING, Job, TelegramStore
 from .ratelimit import RESERVED
+from .store import ANSWER, HOUSEKEEPING, Job, TelegramStore
+from .wire import GuardedRequestData, WireRequest
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,10 @@ MAX_ATTEMPTS = 8  # a job refused (5xx / no connection) this often in a row is g
 TYPING_EVERY = 4.5  # Telegram shows "typing…" for about 5 s
 TYPING_PER_TICK = 5  # indicators per 0.25 s at most
 LAZY_WAIT = 1.0  # how often a deferred keyboard retirement looks for spare budget
+
+
+def _nothing() -> None:
+    return None
 
 
 def markup_of(rows: list[list[list[str]]] | None) -> dict[str, Any] | None:
@@ -103,6 +114,7 @@ class Sender:
         # connections for requests waiting for or on the wire, apart per priority: housekeeping
         # waiting for its (rarer) rate-limit slots must never hold the connections answers need
         housekeeping = max(1, max_on_wire // 3)
+        self._max_on_wire = max_on_wire
         self._wire_slots = {ANSWER: asyncio.Semaphore(max_on_wire - housekeeping), HOUSEKEEPING: asyncio.Semaphore(housekeeping)}
         self.store = store
         self.limiter = limiter
@@ -123,6 +135,7 @@ class Sender:
         self._typing_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.listeners: list[Callable[[], None]] = []  # told whenever a job finished
+        self.wire: WireRequest | None = None  # the queue's own transport (start)
         self.sent = 0
         self.typing = 0  # typing indicators sent (tests, bench)
         self.unsure = 0
@@ -131,6 +144,11 @@ class Sender:
     async def start(self) -> int:
         """Load what an earlier run left queued; returns how many jobs that is."""
         await self.store.open()
+        if WireRequest.usable_for(self.bot.base_url):
+            self.wire = WireRequest(connection_pool_size=self._max_on_wire + 2)
+            await self.wire.initialize()
+        else:
+            log.info("an HTTP(S) proxy applies to the Bot API: messages go out through the bot's own transport")
         jobs, unsure = await self.store.recover()
         if unsure:
             self.unsure += unsure
@@ -157,6 +175,8 @@ class Sender:
         if self._typing_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._typing_task
+        if self.wire is not None:
+            await self.wire.shutdown()
         await self.store.close()
         left = sum(len(q) for q in self._jobs.values())
         if left:
@@ -248,9 +268,9 @@ class Sender:
             if job.kind == "retire" and not self.idle():
                 await self._nudged(chat_id, LAZY_WAIT)  # an old keyboard can wait for a quiet moment
                 continue
-            # a connection first (fewer requests at once than the transport has connections),
-            # then the rate-limit slot, then the mark: a marked request leaves at once — it
-            # never waits for a connection, so a kill finds few "sending" that had not left
+            # a wire slot first (fewer requests at once than the transport has connections),
+            # then the rate-limit slot; the transport then takes its connection and builds the
+            # request, and the mark and the write happen together (bot.tg.wire)
             async with self._wire_slots[ANSWER if job.priority == ANSWER else HOUSEKEEPING]:
                 if job.priority == ANSWER:
                     await self.limiter.acquire(chat_id, job.priority)
@@ -287,7 +307,7 @@ class Sender:
                 self._finish(job)
                 continue
             # the outcome is recorded in the background (the next message need not wait for
-            # it); a stop waits for it — if it is cut short the row stays "sending": not resent
+            # it); a stop waits for it — if it is cut short the message stays marked: not resent
             record = asyncio.create_task(self._record(job, status, message_id, error))
             self._on_wire.add(record)
             record.add_done_callback(self._on_wire.discard)
@@ -366,11 +386,10 @@ class Sender:
                 log.error("unknown outgoing job kind %r (job %s): dropped", job.kind, job.id)
                 return "failed", None, f"unknown kind {job.kind}"
             method, payload = request
-            if job.kind == "send":  # edits are idempotent: sent again after a kill, no harm
-                # committed right before the request leaves (nothing else runs in between here,
-                # so a kill finds few "sending" that had not left)
-                await self.store.sending([job.id])
-            result = await self.limiter.process_request(self._post, (method, payload), {}, method, payload, RESERVED)
+            # a message is marked "sending" as its request is written (edits are idempotent:
+            # sent again after a kill, no harm)
+            ids = [job.id] if job.kind == "send" else None
+            result = await self.limiter.process_request(self._post, (method, payload, ids), {}, method, payload, RESERVED)
             if job.kind == "send":
                 return "sent", int(result["message_id"]), ""  # type: ignore[index]
             return "sent", int(body["message_id"]), ""
@@ -396,10 +415,18 @@ class Sender:
             log.error("%s %s to %s failed: %s", job.kind, job.id, job.chat_id, exc)
             return "failed", None, str(exc)
 
-    async def _post(self, method: str, payload: dict[str, Any]) -> Any:
-        """The request itself, through the bot's transport (PTB turns errors into exceptions);
-        the rate limiter wraps it (slots already reserved; a 429 is waited out and retried)."""
-        return await self.bot.request.post(f"{self.bot.base_url}/{method}", JSONRequestData(payload))
+    async def _post(self, method: str, payload: dict[str, Any], mark: list[int] | None) -> Any:
+        """The request itself (PTB turns errors into exceptions), the jobs ``mark`` marked
+        ``sending`` as it is written; the rate limiter wraps it (slots already reserved; a 429
+        is waited out and sent again — marked again)."""
+        url = f"{self.bot.base_url}/{method}"
+        if self.wire is None:  # the bot's transport: marked first, then the request leaves
+            if mark:
+                await self.store.mark_then(mark, _nothing)
+            return await self.bot.request.post(url, JSONRequestData(payload))
+        if not mark:
+            return await self.wire.post(url, JSONRequestData(payload))
+        return await self.wire.post(url, GuardedRequestData(payload, partial(self.store.mark_then, mark)))
 
     # -- typing --------------------------------------------------------------
     async def _typing_loop(self) -> None:

@@ -19,10 +19,11 @@ The contract that makes a kill -9 lose and double nothing:
   the transcript, the outgoing messages and "done" are all there, or none is and the update
   is processed again after the restart. ``finish`` is the same in a transaction of its own
   (updates that are not engine turns);
-* a message is marked ``sending`` (``sending``, committed) just before its request leaves and
+* a message is marked ``sending`` (``mark_then``, committed) just before its request leaves and
   its outcome recorded when Telegram answered (``settle``). ``recover`` at start returns the
   ``pending`` ones to send; a ``sending`` one may or may not have reached Telegram (the Bot
-  API has no idempotency key), so it is not sent again blindly: it becomes ``unsure``.
+  API has no idempotency key), so it is not sent again blindly: it becomes ``unsure``. (Where
+  the mark is kept is the implementation's business: SQLite keeps it in a file of its own.)
 
 Statuses: inbox ``new`` → ``done`` | ``failed`` | ``stale`` | ``bad``; outbox ``pending`` →
 ``sending`` → ``sent`` | ``failed`` | ``unsure`` | ``blocked`` (a failed send goes back to
@@ -33,11 +34,13 @@ words) and finished messages their text: the transcript keeps them, redacted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 
 ANSWER = 0  # a user is waiting for it
 HOUSEKEEPING = 1  # edits that only tidy up (the pressed keyboard, an old keyboard), other chats
+MARKS_SUFFIX = "-sending"  # the marks' file: the database's path + this
+CHECKPOINT_EVERY = 256  # marks between two checkpoints of the marks' file
 INBOX_MEMORY_S = 7 * 24 * 3600  # done updates are remembered this long (Telegram keeps ~24 h)
 SENT_MEMORY_S = 2 * 24 * 3600  # finished outgoing rows are kept this long (for `stats`/tests)
 
@@ -114,8 +119,12 @@ class TelegramStore(Protocol):
     async def close(self) -> None: ...
     async def recover(self) -> tuple[list[Job], int]:
         """At start: the jobs still to send, and how many were caught mid-send (now ``unsure``)."""
-    async def sending(self, job_ids: Sequence[int]) -> None:
-        """Committed before the requests leave: after a kill these are not sent again."""
+    async def mark_then(self, job_ids: Sequence[int], write: Callable[[], None]) -> None:
+        """Mark the jobs ``sending`` (committed), then call ``write()`` — the request's bytes
+        into the socket — with as little as the database allows in between (no ``await`` after
+        the commit). After a kill a ``sending`` job is not sent again: the gap between the
+        commit and the write is the only moment a kill loses a message. If the mark fails,
+        ``write`` is not called and the error is raised."""
     async def settle(self, outcomes: Sequence[Outcome]) -> list[Job]:
         """Record outcomes (``sent``, ``pending`` = try again, ``failed``, ``unsure``,
         ``blocked``). A sent keyboard becomes the chat's live one; the one it replaces gets a
@@ -135,12 +144,11 @@ class TelegramStore(Protocol):
 # -- the SQLite implementation ------------------------------------------------------------------
 class _GroupCommit:
     """Many small writes from many coroutines, one transaction: callers that arrive while a
-    batch is open join it (the sender marks and settles hundreds of messages a second)."""
+    batch is open join it (the sender settles hundreds of messages a second)."""
 
-    def __init__(self, store: SQLiteTelegramStore, write: Any, *, own_connection: bool = False) -> None:
+    def __init__(self, store: SQLiteTelegramStore, write: Any) -> None:
         self.store = store
-        self.write = write  # async (conn, items) -> dict[key, result]; one statement or its own transaction
-        self.own_connection = own_connection  # the marks' connection when there is one (no shared lock)
+        self.write = write  # async (conn, items) -> dict[key, result]; its own transaction
         self.items: list[Any] = []
         self.waiter: asyncio.Future[dict[Any, Any]] | None = None
 
@@ -153,12 +161,10 @@ class _GroupCommit:
 
     async def _flush(self, waiter: asyncio.Future[dict[Any, Any]]) -> None:
         await asyncio.sleep(0)  # let the callers of this loop turn join
-        own = self.store._marks_db if self.own_connection else None
-        lock = self.store._marks_lock if own is not None else self.store.lock
-        async with lock:
+        async with self.store.lock:
             items, self.items, self.waiter = self.items, [], None
             try:
-                result = await self.write(own or self.store.conn, items)
+                result = await self.write(self.store.conn, items)
             except Exception as exc:  # every caller of the batch sees it
                 waiter.set_exception(exc)
                 return
@@ -169,25 +175,33 @@ class SQLiteTelegramStore:
     """``TelegramStore`` on the conversation store's aiosqlite connection (``database``: a
     ``bot.store.database.SQLiteDatabase`` — its ``conn``, write ``lock`` and ``path``).
 
-    Two SQLite-only speed-ups, kept inside this class:
+    Two SQLite-only devices, kept inside this class:
 
     * several statements for one hand-over to aiosqlite's thread (``_in_db_thread``, which uses
       aiosqlite's private ``_execute``/``_conn``): under load each hand-over waits for the GIL,
       and that, not SQLite, is what a statement costs;
-    * the ``sending`` marks on a connection of their own (a file database only): a mark sits
-      between a message's rate-limit slot and its request, so it must not queue behind the
-      turns' transactions on the shared connection (a late mark bunches requests past
-      Telegram's limits). SQLite's busy timeout orders it with the other writers.
+    * the ``sending`` marks (``mark_then``) in a small SQLite file of their own next to the
+      database (``<db>-sending``, owner-only: table ``sending(job_id)``; in-memory databases
+      mark in ``tg_outbox``), written through a plain ``sqlite3`` connection **on the event
+      loop's thread** and followed at once by the request's ``write`` — no thread hand-over,
+      no loop turn in between, so a kill finds a marked message unsent only in the
+      microseconds between the commit's return and the ``send()``. Only this connection
+      writes that file, so a mark never waits for a lock (the turns' transactions hold the
+      main file's; waiting there delayed messages past their rate-limit slots: 429s). WAL,
+      ``synchronous=NORMAL``, no automatic checkpoint (one is run after a write now and then):
+      a commit survives a kill of the process (not a power cut). In ``tg_outbox`` a marked
+      message stays ``pending`` until settled; a mark is removed when the outcome is known
+      (before recording a "try again", after recording the rest); ``recover`` (and ``close``,
+      for requests a stop cut short) turns the ``pending`` messages still marked ``unsure``.
     """
 
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, database: Any) -> None:
         self.database = database
-        self._marks = _GroupCommit(self, _write_marks, own_connection=True)
-        self._marks_lock = asyncio.Lock()
         self._settles = _GroupCommit(self, self._write_settles)
-        self._marks_db: aiosqlite.Connection | None = None
+        self._marks_db: sqlite3.Connection | None = None
+        self._marked = 0  # marks since the last checkpoint
 
     @property
     def conn(self) -> aiosqlite.Connection:
@@ -268,30 +282,62 @@ class SQLiteTelegramStore:
         path = getattr(self.database, "path", ":memory:")
         if self._marks_db is not None or path == ":memory:":
             return
-        db = await aiosqlite.connect(path, timeout=5.0, isolation_level=None)
-        await db.execute("PRAGMA busy_timeout = 5000")
-        self._marks_db = db
+        self._marks_db = _open_marks(path + MARKS_SUFFIX)
 
     async def close(self) -> None:
-        if self._marks_db is not None:
-            db, self._marks_db = self._marks_db, None
-            await db.close()
+        if self._marks_db is None:
+            return
+        try:  # requests a stop cut short: "unsure" now (a copy to PostgreSQL must not send them)
+            await self._unsure_marked()
+        except sqlite3.Error as exc:
+            log.warning("could not record the messages a stop cut short (the next start does): %s", exc)
+        db, self._marks_db = self._marks_db, None
+        db.close()
 
     async def recover(self) -> tuple[list[Job], int]:
-        unsure = int(await self._write(_mark_unsure))
+        unsure = await self._unsure_marked()
         rows = await self.conn.execute_fetchall(
             "SELECT id, chat_id, kind, priority, body, update_id, attempts, created_at FROM tg_outbox WHERE status = 'pending' ORDER BY id"
         )
         jobs = [Job(int(r[0]), int(r[1]), str(r[2]), int(r[3]), json.loads(r[4]), r[5], int(r[6]), float(r[7])) for r in rows]
         return jobs, unsure
 
-    async def sending(self, job_ids: Sequence[int]) -> None:
-        # marks arriving together (many chats' requests leaving at once) share one commit:
-        # under load each commit waits for the turns' write lock
-        await self._marks.add(list(job_ids))
+    async def _unsure_marked(self) -> int:
+        """Messages marked and not settled (a ``sending`` status too: in-memory marks, older
+        versions) become ``unsure``; the marks are then forgotten."""
+        marked = [int(r[0]) for r in self._marks_db.execute("SELECT job_id FROM sending")] if self._marks_db else []
+        unsure = int(await self._write(_mark_unsure, marked))
+        if marked and self._marks_db is not None:
+            self._marks_db.execute("DELETE FROM sending")
+        return unsure
+
+    async def mark_then(self, job_ids: Sequence[int], write: Callable[[], None]) -> None:
+        ids = [int(i) for i in job_ids]
+        db = self._marks_db
+        if db is None:  # an in-memory database: nothing survives a kill anyway
+            async with self.lock:
+                await self.conn.executescript(
+                    f"UPDATE tg_outbox SET status = 'sending' WHERE id IN ({','.join(map(str, ids))})"
+                )
+            write()
+            return
+        db.executemany("INSERT OR IGNORE INTO sending (job_id) VALUES (?)", [(i,) for i in ids])  # committed
+        write()  # nothing in between: no await, no other thread
+        self._marked += 1
+        if self._marked >= CHECKPOINT_EVERY:
+            self._marked = 0
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _unmark(self, job_ids: Sequence[int]) -> None:
+        if self._marks_db is not None and job_ids:
+            self._marks_db.executemany("DELETE FROM sending WHERE job_id = ?", [(int(i),) for i in job_ids])
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[Job]:
+        # "try again": it did not arrive, so a restart may send it (unmarked first); the other
+        # outcomes are final once recorded (then the mark is no longer needed)
+        self._unmark([job.id for job, status, *_ in outcomes if status == "pending"])
         done = await self._settles.add(list(outcomes))
+        self._unmark([job.id for job, status, *_ in outcomes if status != "pending"])
         return [r for job, *_ in outcomes for r in done.get(job.id, ())]
 
     async def _write_settles(self, conn: aiosqlite.Connection, items: list[list[Outcome]]) -> dict[Any, Any]:
@@ -331,14 +377,20 @@ def _jobs(ids: Sequence[int], specs: Sequence[JobSpec], update_id: int | None, n
     return [Job(i, sp.chat_id, sp.kind, sp.priority, sp.body, update_id, 0, now) for i, sp in zip(ids, specs, strict=True)]
 
 
-async def _write_marks(conn: aiosqlite.Connection, items: list[list[int]]) -> dict[Any, Any]:
-    # BEGIN IMMEDIATE: an autocommit UPDATE reads first, and upgrading that read to a write
-    # after another connection committed fails at once ("database is locked")
-    ids = ",".join(str(int(i)) for batch in items for i in batch)  # integers only: safe to inline
-    await conn.executescript(
-        f"BEGIN IMMEDIATE; UPDATE tg_outbox SET status = 'sending', attempts = attempts + 1 WHERE id IN ({ids}); COMMIT;"
-    )
-    return {}
+def _open_marks(path: str) -> sqlite3.Connection:
+    """The marks' file (owner-only, like the database), on this — the event loop's — thread."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    db = sqlite3.connect(path, timeout=0, isolation_level=None)  # the only writer: never waits
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint = 0")  # not between a mark and its write: mark_then does it after
+        db.execute("CREATE TABLE IF NOT EXISTS sending (job_id INTEGER PRIMARY KEY)")
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 # -- run on aiosqlite's thread (one hand-over each) ---------------------------------------------
@@ -371,8 +423,12 @@ def _write_turn(
     return ids
 
 
-def _mark_unsure(con: sqlite3.Connection) -> int:
-    cur = con.execute("UPDATE tg_outbox SET status = 'unsure', last_error = 'stopped while sending', body = '{}' WHERE status = 'sending'")
+def _mark_unsure(con: sqlite3.Connection, marked: list[int]) -> int:
+    cur = con.execute(
+        "UPDATE tg_outbox SET status = 'unsure', last_error = 'stopped while sending', body = '{}' "
+        "WHERE status = 'sending' OR (status = 'pending' AND id IN (SELECT value FROM json_each(?)))",
+        (json.dumps(marked),),
+    )
     return int(cur.rowcount or 0)
 
 
@@ -394,7 +450,7 @@ def _write_settles(
     made = []
     for job_id, chat_id, kind, has_keyboard, status, mid, error in rows:
         con.execute(
-            "UPDATE tg_outbox SET status = ?, message_id = ?, last_error = ?, sent_at = ?, "
+            "UPDATE tg_outbox SET status = ?, message_id = ?, last_error = ?, sent_at = ?, attempts = attempts + 1, "
             "body = CASE WHEN ? = 'pending' THEN body ELSE '{}' END WHERE id = ?",
             (status, mid, error, now if status == "sent" else None, status, job_id),
         )

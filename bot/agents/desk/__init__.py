@@ -2,8 +2,14 @@
 
 * ``records`` — options, required texts, what agents do (plain records), the engine's lock;
 * ``state`` — ``DeskState``, the mirror's working state;
+* ``wiring`` — ``DeskPorts`` (engine, store, group, budget, clock, texts) and ``Signals``:
+  what every part is built with, besides the state and the few other parts it calls;
+* ``topics`` — the topic cache, topics created, renamed, dropped;
+* ``posts`` — sending recorded (and answers to agents), cleaning up after an erasure;
 * ``desk`` — ``AgentDesk``: wiring, lifecycle, the engine listener, waiting (tests, bench);
-* ``mirror`` — the recorder and the writer (the only caller into the group), topics;
+* ``recorder`` — turns in, NOTE lines (flags, escalations, notes) out;
+* ``backlog`` — fresh transcript rows read into memory, cursors;
+* ``writer`` — the only caller into the group: what goes out next, a topic's lines and media;
 * ``feed`` — the Live feed and the Escalations topic;
 * ``cards`` — the pinned case cards;
 * ``takeover`` — relaying agents' messages, pause and hand-back;

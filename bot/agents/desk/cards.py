@@ -7,29 +7,41 @@ topic renamed when the problem is known.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+
+from bot.store.conversations import MessageRow
 
 from ..ports import (
     MessageGone,
     NotModified,
     ThreadNotFound,
 )
-from ..registry import Line, Topic
 from ..render import (
     CardData,
     clip,
     one_line,
     render_card,
 )
+from ..rows import Topic
 from .records import CALLBACK_PREFIX, NOTE_KIND
+from .state import DeskState
+from .topics import Topics
+from .wiring import DeskPorts, Part, Signals
 
 log = logging.getLogger(__name__)
 
 
-class CardsPart:
-    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+class Cards(Part):
+    """Each topic's card: rendered, posted (through the writer's ``serve_topic``), edited,
+    pinned, the topic renamed (the state's ``card_work``)."""
+
+    def __init__(self, ports: DeskPorts, st: DeskState, signals: Signals, topics: Topics) -> None:
+        super().__init__(ports, st, signals)
+        self.topics = topics
 
     # -- case cards -------------------------------------------------------------------------------
-    async def _card_step(self) -> bool:
+    async def step(self, serve_topic: Callable[[Topic], Awaitable[bool]]) -> bool:
+        """One call for the first card that needs one (a topic without a card: its first post)."""
         assert self.gateway is not None
         gw = self.gateway
         for cid in list(self.st.card_work):
@@ -39,15 +51,15 @@ class CardsPart:
                 continue
             thread = t.thread_id
             if t.card_message_id is None:
-                return await self._serve_topic(t)
+                return await serve_topic(t)
             message_id = t.card_message_id
             if t.card_dirty:
-                html = await self._card_html(t)
+                html = await self.html(t)
                 t.card_dirty = False
                 if html != t.card_html:
                     try:
-                        buttons = self._card_buttons(t)
-                        await self._call(False, lambda m=message_id, h=html, b=buttons: gw.edit(m, h, b))
+                        buttons = self.buttons(t)
+                        await self.ports.call(False, lambda m=message_id, h=html, b=buttons: gw.edit(m, h, b))
                         t.card_html = html
                     except NotModified:
                         t.card_html = html
@@ -55,59 +67,59 @@ class CardsPart:
                         t.card_message_id = None
                         t.card_pinned = False
                     except ThreadNotFound:
-                        self._lost_topic(t)
-                    await self.reg.save(t)
+                        self.topics.lost(t)
+                    await self.ports.reg.save(t)
                     return True
             if not t.card_pinned:
                 try:
-                    await self._call(False, lambda m=message_id: gw.pin(m))
+                    await self.ports.call(False, lambda m=message_id: gw.pin(m))
                     t.card_pinned = True
                 except MessageGone:
                     t.card_message_id = None
                 except ThreadNotFound:
-                    self._lost_topic(t)
-                await self.reg.save(t)
+                    self.topics.lost(t)
+                await self.ports.reg.save(t)
                 return True
             if t.name_dirty:
-                name = self._name_for(t)
+                name = self.topics.name_for(t)
                 t.name_dirty = False
                 if name != t.topic_name:
                     try:
-                        await self._call(False, lambda th=thread, n=name: gw.rename_topic(th, n))
+                        await self.ports.call(False, lambda th=thread, n=name: gw.rename_topic(th, n))
                         t.topic_name = name
                     except NotModified:
                         t.topic_name = name
                     except ThreadNotFound:
-                        self._lost_topic(t)
-                    await self.reg.save(t)
+                        self.topics.lost(t)
+                    await self.ports.reg.save(t)
                     return True
             if not (t.card_dirty or t.name_dirty or not t.card_pinned or t.card_message_id is None):
                 self.st.card_work.discard(cid)
         return False
 
-    async def _card_html(self, t: Topic) -> str:
-        state = await self.rstore.load_state(t.conversation_id)
-        rows = await self.reg.conversation_rows(t.conversation_id, 0, None, 5000)
+    async def html(self, t: Topic) -> str:
+        state = await self.ports.rstore.load_state(t.conversation_id)
+        rows = await self.ports.reg.conversation_rows(t.conversation_id, 0, None, 5000)
         values = dict(state.values) if state else {}
         # the conversation's first words (not the text that started the current flow)
         said = next((r.text for r in rows if r.direction == "in" and r.kind == "text"), "")
         said = said or values.get("trigger_text", "")
-        quote = await self._quote_state(t.conversation_id) or t.quote_state
+        quote = await self.quote_state(t.conversation_id) or t.quote_state
         quote_case = None
-        if quote and self.quotes is not None:  # a request exists: its reference, device, contact, price
-            quote_case = await self.quotes.quote_case(t.conversation_id)
+        if quote and self.ports.quotes is not None:  # a request exists: its reference, device, contact, price
+            quote_case = await self.ports.quotes.quote_case(t.conversation_id)
         card = CardData(
             ref=t.ref,
             conversation_id=t.conversation_id,
             user_name=(state.user_name if state and state.user_name else t.user_name),
-            symptom_title=self._symptom_title(t.symptom),
+            symptom_title=self.topics.symptom_title(t.symptom),
             said=said,
             step_ref=state.ref if state else "",
             paused_by=t.paused_by,
             paused_until=t.paused_until,
             blocked=bool(state is not None and not state.active),
             flags=tuple(t.flag_list),
-            steps=tuple(self._steps_tried(rows, values)),
+            steps=tuple(self.steps_tried(rows, values)),
             values=values,
             quote_state=quote,
             messages=len(rows),
@@ -129,7 +141,7 @@ class CardsPart:
             html += "\n" + line.html
         return html
 
-    def _steps_tried(self, rows: list[Line], values: dict[str, str]) -> list[tuple[str, bool]]:
+    def steps_tried(self, rows: list[MessageRow], values: dict[str, str]) -> list[tuple[str, bool]]:
         flows, content = self.engine.flows, self.engine.content
         yes_words, no_words = (
             set(content.words("engine.yes_words")),
@@ -137,7 +149,7 @@ class CardsPart:
         )
         out: list[tuple[str, bool]] = []
         for r in rows:
-            if r.direction != "in" or r.kind not in ("button", "text") or not self._symptom_of(r.flow):
+            if r.direction != "in" or r.kind not in ("button", "text") or not self.topics.symptom_of(r.flow):
                 continue  # only fix steps: the quote form's yes/no answers are not "steps tried"
             ref = f"{r.flow}.{r.step}"
             if not flows.has(ref):
@@ -162,11 +174,11 @@ class CardsPart:
             out.append((clip(what or ref, 70), fixed))
         return out
 
-    def _card_buttons(self, t: Topic) -> list[tuple[str, str]]:
+    def buttons(self, t: Topic) -> list[tuple[str, str]]:
         """🙋 Claim while nobody owns the case (the owner shows on the card)."""
         if t.owner_id:
             return []
         return [(self.texts.plain("agents.desk.btn_claim_case"), f"{CALLBACK_PREFIX}c:{t.ref}")]
 
-    async def _quote_state(self, cid: str) -> str:
-        return await self.quotes.quote_state(cid) if self.quotes is not None else ""
+    async def quote_state(self, cid: str) -> str:
+        return await self.ports.quotes.quote_state(cid) if self.ports.quotes is not None else ""

@@ -24,6 +24,12 @@ Shape (all in one event loop, nothing here imports ``telegram``):
   pauses nobody ended (telling a waiting customer when a person will reply), purges old
   transcripts, notices failed quote deliveries. Escalations are items of a queue (``queue``).
 
+Parts (one module each, built here with the ports (``wiring.DeskPorts``), the state
+(``state.DeskState``), the signals and the few other parts each calls — no part sees the
+desk): ``Topics``, ``Posts``, ``Cards``, ``Queue``, ``Recorder``, ``Backlog``, ``Feed``,
+``Writer``, ``Takeover``, ``Timers``, ``Erase``, and ``Tools`` (over a ``ToolContext``).
+The desk itself starts and stops the tasks and routes what agents do to its part.
+
 Without an agents' group (``gateway`` None) the desk still records escalations (for
 ``python -m bot stats``) and runs the retention purge.
 """
@@ -36,7 +42,6 @@ import contextlib
 import logging
 import math
 import sqlite3
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -54,19 +59,21 @@ from ..ports import (
     QuoteStates,
     SystemClock,
 )
-from ..registry import Registry, Topic
+from ..registry import Registry
 from ..render import (
     Html,
     Texts,
     fit,
 )
-from .cards import CardsPart
-from .feed import FeedPart
-from .mirror import MirrorPart
-from .posts import PostsPart
-from .queue import QueuePart
+from ..rows import Topic
+from .backlog import Backlog
+from .cards import Cards
+from .erase import Erase
+from .feed import Feed
+from .posts import Posts
+from .queue import Queue
+from .recorder import Recorder
 from .records import (
-    NOT_SYMPTOMS,
     AgentCallback,
     AgentCommand,
     AgentMessage,
@@ -75,16 +82,19 @@ from .records import (
     check_content,
 )
 from .state import DeskState
-from .takeover import TakeoverPart
-from .timers import TimersPart
-from .tools import ToolsPart
+from .takeover import Takeover
+from .timers import Timers
+from .tools import ToolContext, Tools
+from .topics import Topics
+from .wiring import DeskPorts, Signals
+from .writer import Writer
 
 log = logging.getLogger(__name__)
 
 
-class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, ToolsPart, PostsPart, QueuePart):
-    """The desk: wiring (engine, store, gateway, options, clock, limiter), lifecycle and the
-    four tasks; each part's methods live in its own module, the state in ``DeskState``."""
+class AgentDesk:
+    """The desk: builds the ports, the state and the parts (each in its own module, given the
+    few other parts it calls), runs the four tasks, routes what agents do to its part."""
 
     def __init__(
         self,
@@ -102,41 +112,102 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         problems = check_content(engine.content)
         if problems:
             raise ContentError(problems)
-        self.engine = engine
-        self.store = store  # SQLiteStore: db, load_state, set_flags, add_entries
-        self.gateway = gateway if chat_id is not None else None
-        self.chat_id = chat_id
-        self.admin_ids = frozenset(admin_ids)
-        self.options = options or DeskOptions()
-        self.quotes = quotes  # the quote feature's port (None: no quote feature, no quote line)
-        self.clock: Clock = clock or SystemClock()
-        o = self.options
-        self.limiter = limiter or GroupLimiter(o.group_limit, o.group_window, reserve=o.reserve)
-        self.texts = Texts(engine.content)
-        # The desk reads and writes on a connection of its own (WAL: readers never wait), so
-        # its queries never queue in front of a user's turn on the engine's connection.
-        self.db = store.db
-        self.rstore = store
-        self._own_db: aiosqlite.Connection | None = None
-        self._tx_lock = store.tx_lock
-        self.reg = Registry(store.db, store.db, self._tx_lock)
+        o = options or DeskOptions()
+        store_gateway = gateway if chat_id is not None else None
         self.st = DeskState()  # the mirror's working state (state.py)
-        self._ensure_lock = asyncio.Lock()
+        # The desk reads and writes on a connection of its own once started (WAL: readers never
+        # wait), so its queries never queue in front of a user's turn on the engine's connection.
+        self.ports = DeskPorts(
+            engine=engine,
+            store=store,
+            gateway=store_gateway,
+            chat_id=chat_id,
+            admin_ids=frozenset(admin_ids),
+            options=o,
+            clock=clock or SystemClock(),
+            limiter=limiter or GroupLimiter(o.group_limit, o.group_window, reserve=o.reserve),
+            texts=Texts(engine.content),
+            quotes=quotes,
+            tx_lock=store.tx_lock,
+            reg=Registry(store.db, store.db, store.tx_lock),
+            rstore=store,
+            db=store.db,
+        )
+        self.signals = Signals(self.st)
+        self.topics = Topics(self.ports, self.st, self.signals)
+        self.posts = Posts(self.ports, self.st, self.signals)
+        self.cards = Cards(self.ports, self.st, self.signals, self.topics)
+        self.queue = Queue(self.ports, self.st, self.signals, self.topics, self.posts)
+        self.recorder = Recorder(self.ports, self.st, self.signals, self.topics, self.queue)
+        self.pending = Backlog(self.ports, self.st, self.signals, self.topics)
+        self.feed = Feed(
+            self.ports,
+            self.st,
+            self.signals,
+            topics=self.topics,
+            posts=self.posts,
+            queue=self.queue,
+            backlog=self.pending,
+        )
+        self.writer = Writer(
+            self.ports,
+            self.st,
+            self.signals,
+            topics=self.topics,
+            posts=self.posts,
+            backlog=self.pending,
+            cards=self.cards,
+            feed=self.feed,
+        )
+        self.takeover = Takeover(
+            self.ports,
+            self.st,
+            self.signals,
+            topics=self.topics,
+            posts=self.posts,
+            queue=self.queue,
+            recorder=self.recorder,
+        )
+        self.timers = Timers(
+            self.ports,
+            self.st,
+            self.signals,
+            topics=self.topics,
+            queue=self.queue,
+            recorder=self.recorder,
+            takeover=self.takeover,
+        )
+        self.erase = Erase(self.ports, self.st, self.signals, self.topics, self.posts)
+        self.tools = Tools(
+            ToolContext(
+                self.ports, self.st, self.signals, self.topics, self.posts, self.queue, self.takeover, self.erase
+            )
+        )
+        p = self.ports
+        self.engine, self.store, self.gateway, self.chat_id = engine, store, p.gateway, chat_id
+        self.options, self.clock, self.texts = o, p.clock, p.texts
+        self._own_db: aiosqlite.Connection | None = None
         # tasks and signals
-        self._inbox: asyncio.Queue[TurnRecord] = asyncio.Queue()
         self.agent_inbox: asyncio.Queue[AgentMessage | AgentCommand | AgentCallback | UserMedia] = asyncio.Queue()
-        self._wake = asyncio.Event()
-        self._timer_wake = asyncio.Event()
-        self._progress = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
-        self.errors = 0
-        self.posted_lines = 0
+
+    @property
+    def limiter(self) -> GroupLimiter:
+        return self.ports.limiter
+
+    @property
+    def errors(self) -> int:
+        return self.ports.errors
+
+    @property
+    def posted_lines(self) -> int:
+        return self.ports.posted_lines
 
     @property
     def enabled(self) -> bool:
         """True when an agents' group is configured (else: escalations + purge only)."""
-        return self.gateway is not None
+        return self.ports.enabled
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -150,11 +221,11 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             await own.execute("PRAGMA busy_timeout = 10000")
             await own.execute("PRAGMA foreign_keys = ON")
             self._own_db = own
-            self.db = own
-            self.rstore = SQLiteStore(own, path)  # reads only (load_state)
-            self.reg = Registry(own, self.store.db, self._tx_lock)
-        reg = self.reg
-        if self.enabled:
+            self.ports.db = own
+            self.ports.rstore = SQLiteStore(own, path)  # reads only (load_state)
+            self.ports.reg = Registry(own, self.store.db, self.ports.tx_lock)
+        reg = self.ports.reg
+        if self.ports.enabled:
             start = await reg.meta("start_cursor")
             if start is None:  # first start with a group: mirror from now on, not the history
                 self.st.start_cursor = await reg.max_message_id()
@@ -171,7 +242,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             names = await reg.user_names()  # kept in conversations: no "User #1" after a restart
             for t in await reg.all_topics():
                 t.user_name = names.get(t.conversation_id, "")
-                self._cache(t)
+                self.topics.cache(t)
                 if t.thread_id is not None:
                     self.st.card_work.add(t.conversation_id)  # re-rendered; edited only if it changed
                 if t.topic_cursor < t.seen_cursor:
@@ -181,16 +252,16 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             self.st.esc_pending = await reg.escalations_after(self.st.esc_cursor, limit=1000)
             self.st.esc_known = max([self.st.esc_cursor] + [r.id for r in self.st.esc_pending])
         if not self.options.record_only:  # a follower leaves pauses and timers to the leader
-            await self._reconcile_pauses()
-        if self.enabled:
-            await self._load_waiting()
+            await self.takeover.reconcile_pauses()
+        if self.ports.enabled:
+            await self.queue.load_waiting()
         if self.on_turn not in self.engine.listeners:
             self.engine.listeners.append(self.on_turn)
-        self._spawn(self._recorder(), "agents-recorder")
+        self._spawn(self.recorder.run(), "agents-recorder")
         if not self.options.record_only:
-            self._spawn(self._timers(), "agents-timers")
-        if self.enabled:
-            self._spawn(self._writer(), "agents-writer")
+            self._spawn(self.timers.run(), "agents-timers")
+        if self.ports.enabled:
+            self._spawn(self.writer.run(), "agents-writer")
             self._spawn(self._agent_worker(), "agents-inbox")
         log.info(
             "agents' desk started (%s)",
@@ -213,15 +284,15 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):  # each task catches its own errors
                 await task
-        if self.enabled:
+        if self.ports.enabled:
             with contextlib.suppress(sqlite3.Error, StoreError):  # progress is saved lazily anyway
-                await self._save_seen(force=True)
-                await self.reg.set_meta("feed_cursor", self.st.feed_cursor)
+                await self.pending.save_seen(force=True)
+                await self.ports.reg.set_meta("feed_cursor", self.st.feed_cursor)
         own, self._own_db = self._own_db, None
         if own is not None:
-            self.db = self.store.db
-            self.rstore = self.store
-            self.reg = Registry(self.store.db, self.store.db, self._tx_lock)
+            self.ports.db = self.store.db
+            self.ports.rstore = self.store
+            self.ports.reg = Registry(self.store.db, self.store.db, self.ports.tx_lock)
             await own.close()
 
     async def __aenter__(self) -> AgentDesk:
@@ -233,38 +304,70 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
 
     # -- the engine listener: nothing but a queue -------------------------------------------------
     async def on_turn(self, record: TurnRecord) -> None:
-        self._inbox.put_nowait(record)
+        self.recorder.inbox.put_nowait(record)
 
     def submit(self, item: AgentMessage | AgentCommand | AgentCallback | UserMedia) -> None:
         """Queue something an agent did (called by the Telegram handler, in arrival order) — or
         a user's media to copy into their topic (noted at once, before the engine stores its
         transcript line, so the writer always knows it; stored by the agent task)."""
         if isinstance(item, UserMedia):
-            if not self.enabled or self.st.forgotten.get(item.conversation_id) == math.inf:
+            if not self.ports.enabled or self.st.forgotten.get(item.conversation_id) == math.inf:
                 return
             self.st.media.setdefault(item.conversation_id, deque()).append(item)
         self.agent_inbox.put_nowait(item)
 
+    async def _agent_worker(self) -> None:
+        """The agent task: what agents did, in arrival order, each to its part."""
+        while True:
+            item = await self.agent_inbox.get()
+            self.st.agent_busy = 1
+            try:
+                if isinstance(item, AgentMessage):
+                    if item.edited:
+                        await self.takeover.on_edit(item)
+                    else:
+                        await self.takeover.on_message(item)
+                elif isinstance(item, AgentCommand):
+                    await self.tools.on_command(item)
+                elif isinstance(item, AgentCallback):
+                    await self.tools.on_callback(item)
+                elif isinstance(item, UserMedia):
+                    key = (item.chat_id, item.message_id)
+                    if key in self.st.media_done:  # copied already (or dropped): nothing to keep
+                        self.st.media_done.discard(key)
+                    elif item.conversation_id in self.st.media:
+                        await self.ports.reg.add_media(
+                            item.conversation_id, item.chat_id, item.message_id, item.kind, item.ts
+                        )
+            except Exception:  # the agents' inbox boundary: one bad item must not stop the desk
+                self.ports.errors += 1
+                log.exception("agents: handling %s failed", type(item).__name__)
+            finally:
+                self.st.agent_busy = 0
+                self.agent_inbox.task_done()
+                self.signals.new_rows()
+                self.signals.tick()
+
     # -- for other features -----------------------------------------------------------------------
     async def alert(self, text: str) -> None:
         """``Alerter`` for the quote feature: a line in the Escalations topic."""
-        if not self.enabled:
+        if not self.ports.enabled:
             log.warning("ALERT: %s", text)
             return
         html = fit(Html.text("⚠️ " + text))
 
         async def send() -> None:
-            thread = await self._escalations_thread(urgent=True)
-            await self._send_or_forget_thread(thread, html.html, "escalations")
+            thread = await self.feed.escalations_thread(urgent=True)
+            await self.feed.send_or_forget_thread(thread, html.html, "escalations")
 
         self.st.urgent.append(send)
-        self._wake.set()
+        self.signals.wake.set()
 
     async def report_event(self, conversation_id: str, event: str) -> None:
         """Flag an event that happened outside a turn (e.g. ``quote_failed``)."""
-        topic = await self._ensure(conversation_id) if self.enabled else None
-        await self._flag(conversation_id, topic, event)
-        self._wake.set()
+        topic = await self.topics.ensure(conversation_id) if self.ports.enabled else None
+        await self.recorder.flag(conversation_id, topic, event)
+        self.signals.wake.set()
 
     # -- waiting (tests, benchmark) ---------------------------------------------------------------
     def backlog(self) -> dict[str, int]:
@@ -273,7 +376,7 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             "fresh_conversations": sum(1 for q in self.st.pending.values() if q),
             "urgent": len(self.st.urgent),
             "escalations": len(self.st.esc_pending),
-            "records": self._inbox.qsize(),
+            "records": self.recorder.inbox.qsize(),
             "agent_inbox": self.agent_inbox.qsize() + self.st.agent_busy,
             "gaps": len(self.st.gap),
             "cards": len(self.st.card_work),
@@ -303,9 +406,9 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError(f"agents' desk: timed out waiting for {what or predicate}; backlog {self.backlog()}")
-            self._progress.clear()
+            self.signals.progress.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), min(remaining, 0.2))
+                await asyncio.wait_for(self.signals.progress.wait(), min(remaining, 0.2))
 
     async def settle(self, timeout: float = 10.0, *, full: bool = False) -> None:
         """Wait until the mirror caught up: records processed, every stored line read and
@@ -316,98 +419,40 @@ class AgentDesk(MirrorPart, FeedPart, CardsPart, TakeoverPart, TimersPart, Tools
             await self.wait_until(
                 lambda: self.caught_up(full=full), max(0.01, deadline - loop.time()), "the mirror to catch up"
             )
-            if not self.enabled or await self.reg.max_message_id() <= self.st.fetched:
+            if not self.ports.enabled or await self.ports.reg.max_message_id() <= self.st.fetched:
                 if self.caught_up(full=full):
                     return
             else:
-                self._new_rows()
+                self.signals.new_rows()
             if loop.time() > deadline:
                 raise TimeoutError(f"agents' desk: not caught up; backlog {self.backlog()}")
-            self._progress.clear()
+            self.signals.progress.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), 0.2)
+                await asyncio.wait_for(self.signals.progress.wait(), 0.2)
 
-    def _tick(self) -> None:
-        self._progress.set()
 
-    # -- the topic cache --------------------------------------------------------------------------
-    def _cache(self, t: Topic) -> Topic:
-        self.st.topics[t.conversation_id] = t
-        self.st.by_ref[t.ref] = t.conversation_id
-        if t.thread_id is not None:
-            self.st.by_thread[t.thread_id] = t.conversation_id
-        return t
-
-    async def _ensure(self, cid: str) -> Topic:
-        t = self.st.topics.get(cid)
-        if t is not None:
-            return t
-        async with self._ensure_lock:
-            t = self.st.topics.get(cid)
-            if t is not None:
-                return t
-            t = await self.reg.topic(cid) or await self.reg.create_topic(cid, self.st.start_cursor)
-            return self._cache(t)
-
+    # -- for the feature and the tests ------------------------------------------------------------
     def topic_of(self, conversation_id: str) -> Topic | None:
-        return self.st.topics.get(conversation_id)
+        return self.topics.topic_of(conversation_id)
 
-    def _drop(self, cid: str) -> None:
-        t = self.st.topics.pop(cid, None)
-        if t is not None:
-            self.st.by_ref.pop(t.ref, None)
-            if t.thread_id is not None:
-                self.st.by_thread.pop(t.thread_id, None)
-        self.st.pending_rows -= len(self.st.pending.pop(cid, ()))
-        self.st.card_work.discard(cid)
-        self.st.gap.discard(cid)
-        self.st.open_now.discard(cid)
-        self.st.escalated.discard(cid)
-        self.st.media.pop(cid, None)
-        self.st.held = {k: v for k, v in self.st.held.items() if k[0] != cid}
-        self.st.waiting.pop(cid, None)
-        self.st.esc_pending = [r for r in self.st.esc_pending if r.conversation_id != cid]
-        for key in [k for k in self.st.flag_times if k[0] == cid]:
-            del self.st.flag_times[key]
-
-    # around a deletion (the feature's /forget and our own): nothing of it is posted meanwhile
     def forgetting(self, conversation_id: str, *, by_user: bool = False) -> None:
-        t = self.st.topics.get(conversation_id)
-        if by_user and t is not None and t.paused_until is not None and self.gateway is not None:
-            # the user erased it mid-takeover: the agents learn it (without the user's words)
-            gw, note = self.gateway, self.texts("agents.desk.note_user_forgot", ref=str(t.ref))
-            self.st.urgent.append(lambda: gw.send(None, note.html))
-            self._wake.set()
-        self.st.forgotten[conversation_id] = math.inf
-        self._drop(conversation_id)
+        """Around a deletion (the feature's /forget and the desk's own): nothing of it is posted meanwhile."""
+        self.topics.forgetting(conversation_id, by_user=by_user)
 
     def forgotten(self, conversation_id: str, upto_id: int) -> None:
-        self.st.forgotten[conversation_id] = upto_id
-        self.st.erased_at[conversation_id] = time.monotonic()
-        self._drop(conversation_id)
-        self.st.trash_dirty = True
-        self._wake.set()
+        self.topics.forgotten(conversation_id, upto_id)
 
-    def _is_watched(self, t: Topic) -> bool:
-        return t.paused_until is not None or t.watched_until > self.clock.now()
+    async def is_agent(self, user_id: int) -> bool:
+        return await self.tools.is_agent(user_id)
 
-    def _mark_card(self, t: Topic) -> None:
-        t.card_dirty = True
-        if t.thread_id is not None:
-            self.st.card_work.add(t.conversation_id)
+    async def may_erase(self, user_id: int) -> bool:
+        return await self.erase.may_erase(user_id)
 
-    def _symptom_of(self, flow: str) -> str:
-        f = self.engine.flows.flows.get(flow)
-        if f is None or not f.intents or flow in NOT_SYMPTOMS:
-            return ""
-        return flow
+    async def forget(self, conversation_id: str) -> None:
+        await self.erase.forget(conversation_id)
 
-    def _symptom_title(self, flow: str) -> str:
-        f = self.engine.flows.flows.get(flow)
-        if f is None:
-            return ""
-        try:
-            return self.engine.content.raw(f.title)
-        except KeyError:
-            return flow
+    async def purge(self, now: float | None = None) -> int:
+        return await self.timers.purge(now)
 
+    async def resume(self, t: Topic, *, agent: str = "", mode: str = "agent") -> None:
+        await self.takeover.resume(t, agent=agent, mode=mode)

@@ -11,33 +11,47 @@ import logging
 from ..ports import (
     ThreadNotFound,
 )
-from ..registry import Topic
 from ..render import (
     MAX_VISIBLE,
     Html,
-    display_name,
     fit,
     flag_label,
     join,
-    link,
     render_line,
-    topic_link,
 )
+from .backlog import Backlog
+from .posts import Posts
+from .queue import Queue
+from .state import DeskState
+from .topics import Topics
+from .wiring import DeskPorts, Part, Signals
 
 log = logging.getLogger(__name__)
 
 
-class FeedPart:
-    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+class Feed(Part):
+    """The Live feed and the Escalations topic (the state's ``live_thread``, ``esc_thread``,
+    ``esc_pending``, ``esc_cursor``)."""
+
+    def __init__(
+        self,
+        ports: DeskPorts,
+        st: DeskState,
+        signals: Signals,
+        *,
+        topics: Topics,
+        posts: Posts,
+        queue: Queue,
+        backlog: Backlog,
+    ) -> None:
+        super().__init__(ports, st, signals)
+        self.topics = topics
+        self.posts = posts
+        self.queue = queue
+        self.backlog = backlog
 
     # -- the Live feed (busy times) ---------------------------------------------------------------
-    def _who(self, t: Topic) -> Html:
-        name = f"{display_name(t.user_name, self.texts)} #{t.ref}"
-        if t.thread_id is not None and self.chat_id is not None:
-            return link(name, topic_link(self.chat_id, t.thread_id))
-        return Html.text(f"{name} /open_{t.ref}")
-
-    async def _post_digest(self, cids: list[str]) -> bool:
+    async def post_digest(self, cids: list[str]) -> bool:
         assert self.gateway is not None
         gw = self.gateway
         # oldest first across conversations; lazily, so a long backlog costs no more than a message
@@ -80,14 +94,14 @@ class FeedPart:
             )
             cost = line.visible + 1
             if cid not in blocks:
-                cost += self._who(t).visible + 4
+                cost += self.topics.who(t).visible + 4
             if used + cost > MAX_VISIBLE and used:
                 stopped.add(cid)
                 if len(stopped) > 20 or used > MAX_VISIBLE - 60:
                     break
                 continue
             if cid not in blocks:
-                blocks[cid] = [Html("<b>", 0) + self._who(t) + Html("</b>", 0)]
+                blocks[cid] = [Html("<b>", 0) + self.topics.who(t) + Html("</b>", 0)]
             blocks[cid].append(line)
             if r.direction == "out":
                 merged[cid] = (line, 0)
@@ -101,57 +115,57 @@ class FeedPart:
         thread = self.st.live_thread
         if thread is None:
             name = self.texts.plain("agents.desk.topic_live")
-            thread = await self._call(False, lambda: gw.create_topic(name))
+            thread = await self.ports.call(False, lambda: gw.create_topic(name))
             self.st.live_thread = thread
-            await self.reg.set_meta("live_thread", thread)
+            await self.ports.reg.set_meta("live_thread", thread)
             return True
         html = join((join(lines) for lines in blocks.values()), Html("\n\n", 2)).html
         parts = [(cid, join(lines)) for cid, lines in blocks.items()]  # recorded: /forget edits one out
         try:
-            await self._call(False, lambda: self._post(thread, html, kind="feed", parts=parts))
+            await self.ports.call(False, lambda: self.posts.post(thread, html, kind="feed", parts=parts))
         except ThreadNotFound:
             self.st.live_thread = None
-            await self.reg.set_meta("live_thread", None)
+            await self.ports.reg.set_meta("live_thread", None)
             return True
         for cid, upto in last.items():
             t = self.st.topics.get(cid)
             if t is None:
                 continue
-            self.posted_lines += counted.get(cid, 0)
+            self.ports.posted_lines += counted.get(cid, 0)
             t.seen_cursor = max(t.seen_cursor, upto)
-            self._consume(cid, upto)
+            self.backlog.consume(cid, upto)
             if t.topic_cursor < t.seen_cursor:
                 self.st.gap.add(cid)
         self.st.seen_dirty.update(c for c in last if c in self.st.topics)
-        await self._save_seen()
-        await self._advance_feed()
+        await self.backlog.save_seen()
+        await self.backlog.advance_feed()
         return True
 
     # -- escalations ------------------------------------------------------------------------------
-    async def _escalations_thread(self, urgent: bool) -> int:
+    async def escalations_thread(self, urgent: bool) -> int:
         assert self.gateway is not None
         gw = self.gateway
         if self.st.esc_thread is None:
             name = self.texts.plain("agents.desk.topic_escalations")
-            thread = await self._call(urgent, lambda: gw.create_topic(name))
+            thread = await self.ports.call(urgent, lambda: gw.create_topic(name))
             self.st.esc_thread = thread
-            await self.reg.set_meta("escalations_thread", thread)
+            await self.ports.reg.set_meta("escalations_thread", thread)
         return self.st.esc_thread
 
-    async def _send_or_forget_thread(self, thread: int, html: str, which: str) -> None:
+    async def send_or_forget_thread(self, thread: int, html: str, which: str) -> None:
         assert self.gateway is not None
         try:
             await self.gateway.send(thread, html)
         except ThreadNotFound:
             if which == "escalations":
                 self.st.esc_thread = None
-                await self.reg.set_meta("escalations_thread", None)
+                await self.ports.reg.set_meta("escalations_thread", None)
             raise
 
-    async def _post_escalations(self) -> bool:
+    async def post_escalations(self) -> bool:
         assert self.gateway is not None
         if self.st.esc_thread is None:
-            await self._escalations_thread(urgent=False)
+            await self.escalations_thread(urgent=False)
             return True
         lines: list[Html] = []
         listed: list[tuple[str, str]] = []  # (conversation, event): their queue items get buttons
@@ -161,16 +175,16 @@ class FeedPart:
             if t is None:  # forgotten meanwhile
                 taken += 1
                 continue
-            if t.thread_id is None and not self._surge():
+            if t.thread_id is None and not self.backlog.surge():
                 # the list links to the user's topic: create it first (in a rush, when every
                 # call counts, the line offers /open_N instead and the topic comes later)
                 if lines:
                     break
-                await self._create_topic(t, urgent=False)
+                await self.topics.create(t, urgent=False)
                 return True
             event = r.kind.partition(":")[2]
             label = r.text if event == "waiting" else flag_label(event, self.texts)  # "⏰ waiting 5 min"
-            line = self.texts("agents.desk.escalation_line", flag=label, who=self._who(t))
+            line = self.texts("agents.desk.escalation_line", flag=label, who=self.topics.who(t))
             if sum(x.visible + 1 for x in lines) + line.visible > MAX_VISIBLE:
                 break
             lines.append(line)
@@ -179,20 +193,20 @@ class FeedPart:
         done = self.st.esc_pending[:taken]
         if lines:
             thread = self.st.esc_thread
-            items = await self._listing_items(listed)
-            buttons = self._item_buttons(items)
+            items = await self.queue.listing_items(listed)
+            buttons = self.queue.item_buttons(items)
             try:
                 parts = [(cid, line) for (cid, _), line in zip(listed, lines, strict=True)]  # /forget edits a line out
-                sent = await self._call(
-                    False, lambda: self._post(thread, join(lines).html, buttons, kind="escalations", parts=parts)
+                sent = await self.ports.call(
+                    False, lambda: self.posts.post(thread, join(lines).html, buttons, kind="escalations", parts=parts)
                 )
             except ThreadNotFound:
                 self.st.esc_thread = None
-                await self.reg.set_meta("escalations_thread", None)
+                await self.ports.reg.set_meta("escalations_thread", None)
                 return True
-            await self.reg.set_item_message([i.id for i in items], sent.message_id)
+            await self.ports.reg.set_item_message([i.id for i in items], sent.message_id)
         self.st.esc_pending = self.st.esc_pending[taken:]
         if done:
             self.st.esc_cursor = max(self.st.esc_cursor, max(r.id for r in done))
-            await self.reg.set_meta("esc_cursor", self.st.esc_cursor)
+            await self.ports.reg.set_meta("esc_cursor", self.st.esc_cursor)
         return bool(lines)

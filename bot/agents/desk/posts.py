@@ -3,7 +3,7 @@ up after an erasure or when they expire.
 
 Every message the desk posts about users (Escalations and Live-feed lines, /find results,
 transcripts and answers sent to agents in the group or privately, confirmations) goes through
-``_post`` / ``_post_document`` / ``_post_private`` / ``_post_private_document`` with the
+``Posts.post`` / ``post_document`` / ``post_private`` / ``post_private_document`` with the
 conversation ids it is about (``about``) — or, for a shared message that can be edited
 (several users' lines), its parts, one per conversation (``parts``; ``None``: a heading).
 They are recorded in ``agent_posts`` (``registry.add_post``). Lines in a user's own topic are
@@ -11,7 +11,7 @@ not recorded: the topic is deleted whole.
 
 ``/forget`` and the retention purge mark the posts (``privacy.forget_conversation``,
 ``registry.expire_posts``); the writer then cleans them up at urgent priority within the
-group's budget (``_clean_step``): up to 100 messages deleted in one call, a shared message
+group's budget (``clean_step``): up to 100 messages deleted in one call, a shared message
 edited to what is left of it. A message Telegram refuses to delete is edited to a placeholder.
 """
 
@@ -27,19 +27,22 @@ from collections.abc import Iterable, Sequence
 from bot.store.database import StoreError
 
 from ..ports import GatewayError, MessageGone, NotModified, RetryLater, Sent
-from ..registry import Post
-from ..render import Html, join
+from ..render import MAX_VISIBLE, Html, fit, join
+from ..rows import Post
+from .records import AgentCallback, AgentCommand
+from .wiring import Part
 
 log = logging.getLogger(__name__)
 
 Parts = Sequence[tuple[str | None, Html]]
 
 
-class PostsPart:
-    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+class Posts(Part):
+    """Sending into the group (and privately to agents), recorded; cleaning up. Built with
+    the ports, the state (``clean``, ``recheck``, ``erased_at``, ``urgent``) and the signals."""
 
     # -- sending, recorded --------------------------------------------------------------------------
-    async def _post(
+    async def post(
         self,
         thread: int | None,
         html: str,
@@ -55,10 +58,10 @@ class PostsPart:
         assert self.gateway is not None
         made = made if made is not None else time.monotonic()
         sent = await self.gateway.send(thread, html, buttons)
-        await self._record(sent.message_id, kind, about, parts, made, thread_id=thread)
+        await self.record(sent.message_id, kind, about, parts, made, thread_id=thread)
         return sent
 
-    async def _post_document(
+    async def post_document(
         self,
         thread: int | None,
         filename: str,
@@ -72,10 +75,10 @@ class PostsPart:
         assert self.gateway is not None
         made = made if made is not None else time.monotonic()
         sent = await self.gateway.send_document(thread, filename, data, caption)
-        await self._record(sent.message_id, kind, about, None, made, thread_id=thread)
+        await self.record(sent.message_id, kind, about, None, made, thread_id=thread)
         return sent
 
-    async def _post_private(
+    async def post_private(
         self,
         chat_id: int,
         html: str,
@@ -88,10 +91,10 @@ class PostsPart:
         assert self.gateway is not None
         made = made if made is not None else time.monotonic()
         message_id = await self.gateway.send_private(chat_id, html, buttons)
-        await self._record(message_id, kind, about, None, made, private_chat=chat_id)
+        await self.record(message_id, kind, about, None, made, private_chat=chat_id)
         return message_id
 
-    async def _post_private_document(
+    async def post_private_document(
         self,
         chat_id: int,
         filename: str,
@@ -105,10 +108,10 @@ class PostsPart:
         assert self.gateway is not None
         made = made if made is not None else time.monotonic()
         message_id = await self.gateway.send_private_document(chat_id, filename, data, caption)
-        await self._record(message_id, kind, about, None, made, private_chat=chat_id)
+        await self.record(message_id, kind, about, None, made, private_chat=chat_id)
         return message_id
 
-    async def _record(
+    async def record(
         self,
         message_id: int,
         kind: str,
@@ -129,9 +132,9 @@ class PostsPart:
         if late:  # made before an erasure that has finished meanwhile: cleaned up at once
             self.st.recheck |= late
             self.st.trash_dirty = True
-            self._wake.set()
+            self.signals.wake.set()
         try:
-            await self.reg.add_post(
+            await self.ports.reg.add_post(
                 message_id,
                 kind,
                 rows,
@@ -140,16 +143,40 @@ class PostsPart:
                 editable=parts is not None,
             )
         except (sqlite3.Error, StoreError):
-            self.errors += 1
+            self.ports.errors += 1
             log.exception("agents: recording posted message %s (%s) failed", message_id, kind)
 
-    # -- cleaning up --------------------------------------------------------------------------------
-    async def _load_clean(self) -> None:
-        while self.st.recheck:
-            await self.reg.mark_posts_now(self.st.recheck.pop())
-        self.st.clean = deque(await self.reg.posts_to_clean())
+    async def reply(
+        self,
+        c: AgentCommand | AgentCallback,
+        html: Html,
+        *,
+        about: Sequence[str] = (),
+        buttons: Sequence[tuple[str, str]] = (),
+        kind: str = "answer",
+    ) -> None:
+        """Answer an agent where they asked; ``about``: the conversations whose data the answer
+        shows (recorded, so /forget and the retention purge remove it)."""
+        assert self.gateway is not None
+        text = fit(html).html if html.visible > MAX_VISIBLE else html.html
+        made = self.st.work_started or time.monotonic()  # the data was read after this
+        if c.chat_id != self.chat_id:  # a private chat
+            try:
+                await self.post_private(c.chat_id, text, buttons, kind=kind, about=about, made=made)
+            except GatewayError as exc:
+                log.info("agents: answer to %s not sent: %s", c.chat_id, exc)
+            return
+        thread = c.thread_id
+        self.st.urgent.append(lambda: self.post(thread, text, buttons, kind=kind, about=about, made=made))
+        self.signals.wake.set()
 
-    async def _clean_step(self) -> bool:
+    # -- cleaning up --------------------------------------------------------------------------------
+    async def load_clean(self) -> None:
+        while self.st.recheck:
+            await self.ports.reg.mark_posts_now(self.st.recheck.pop())
+        self.st.clean = deque(await self.ports.reg.posts_to_clean())
+
+    async def clean_step(self) -> bool:
         """One call: delete a batch of recorded messages, or edit one shared message."""
         assert self.gateway is not None
         gw = self.gateway
@@ -157,13 +184,13 @@ class PostsPart:
             return False
         head = self.st.clean[0]
         if head.cleanup == 1 and head.editable and head.private_chat is None:
-            parts = await self.reg.post_parts(head.id)
+            parts = await self.ports.reg.post_parts(head.id)
             if any(cid for cid, _ in parts):  # others' lines remain: edit the erased ones out
                 self.st.clean.popleft()
                 sep = Html("\n\n", 2) if head.kind == "feed" else Html("\n", 1)
                 html = join((Html(h, 0) for _, h in parts), sep).html
                 try:
-                    await self._call(True, lambda: gw.edit(head.message_id, html))
+                    await self.ports.call(True, lambda: gw.edit(head.message_id, html))
                 except (MessageGone, NotModified):
                     pass
                 except RetryLater:
@@ -171,7 +198,7 @@ class PostsPart:
                     raise
                 except GatewayError as exc:
                     log.warning("agents: editing an erased line out of message %s failed: %s", head.message_id, exc)
-                await self.reg.post_cleaned(head.id)
+                await self.ports.reg.post_cleaned(head.id)
                 return True
         chat = head.private_chat
         batch: list[Post] = []
@@ -186,19 +213,19 @@ class PostsPart:
         self.st.clean = rest
         ids = [p.message_id for p in batch]
         try:
-            await self._call(True, lambda: gw.delete_messages(ids, chat))
+            await self.ports.call(True, lambda: gw.delete_messages(ids, chat))
         except RetryLater:
             self.st.clean.extendleft(reversed(batch))
             raise
         except MessageGone:
             if chat is None:  # too old to delete: the text at least goes
-                self._blank(batch)
+                self.blank(batch)
         except GatewayError as exc:
             log.warning("agents: deleting %d posted message(s) failed (%s); not retried", len(ids), exc)
-        await self.reg.drop_posts([p.id for p in batch])
+        await self.ports.reg.drop_posts([p.id for p in batch])
         return True
 
-    def _blank(self, posts: list[Post]) -> None:
+    def blank(self, posts: list[Post]) -> None:
         """Edit each to a placeholder, one urgent call each (a failure is logged, not retried)."""
         assert self.gateway is not None
         gw = self.gateway

@@ -26,7 +26,6 @@ from dataclasses import replace
 from bot.core.ports import Direction, Entry
 
 from ..ports import GatewayError, MessageGone, NotModified
-from ..registry import QueueItem, Topic
 from ..render import (
     MAX_VISIBLE,
     Html,
@@ -35,7 +34,12 @@ from ..render import (
     join,
     pack,
 )
+from ..rows import QueueItem, Topic
+from .posts import Posts
 from .records import CALLBACK_PREFIX, QUEUE_KINDS, AgentCallback, AgentCommand
+from .state import DeskState
+from .topics import Topics
+from .wiring import DeskPorts, Part, Signals
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +56,27 @@ def _age(seconds: float) -> str:
     return f"{minutes // 1440} d"
 
 
-class QueuePart:
-    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+class Queue(Part):
+    """The queue's items, the waiting clocks and the figures (the state's ``waiting`` and
+    ``queue_views``); it names cases through ``Topics`` and answers through ``Posts``."""
+
+    def __init__(self, ports: DeskPorts, st: DeskState, signals: Signals, topics: Topics, posts: Posts) -> None:
+        super().__init__(ports, st, signals)
+        self.topics = topics
+        self.posts = posts
 
     # -- items ------------------------------------------------------------------------------------
-    async def _queue_open(self, cid: str, kind: str) -> None:
+    async def open(self, cid: str, kind: str) -> None:
         if kind in QUEUE_KINDS:
-            await self.reg.open_item(cid, kind, self.clock.now())
+            await self.ports.reg.open_item(cid, kind, self.clock.now())
 
-    def _kind_label(self, kind: str) -> str:
+    def kind_label(self, kind: str) -> str:
         key = f"agents.desk.kind.{kind}"
         return self.texts.plain(key) if self.texts.has(key) else flag_label(kind, self.texts)
 
-    def _item_line(self, item: QueueItem) -> Html:
+    def item_line(self, item: QueueItem) -> Html:
         t = self.st.topics.get(item.conversation_id)
-        who = self._who(t) if t is not None else Html.text(item.conversation_id)
+        who = self.topics.who(t) if t is not None else Html.text(item.conversation_id)
         if item.status == "claimed":
             mark = self.texts("agents.desk.queue_claimed", agent=item.agent or "?")
         elif item.status == "resolved":
@@ -76,12 +86,12 @@ class QueuePart:
         return self.texts(
             "agents.desk.queue_line",
             mark=mark,
-            kind=self._kind_label(item.kind),
+            kind=self.kind_label(item.kind),
             who=who,
             age=_age(self.clock.now() - item.opened_at),
         )
 
-    def _item_buttons(self, items: list[QueueItem]) -> list[tuple[str, str]]:
+    def item_buttons(self, items: list[QueueItem]) -> list[tuple[str, str]]:
         buttons: list[tuple[str, str]] = []
         for item in [i for i in items if i.status != "resolved"][:MAX_BUTTONS]:
             t = self.st.topics.get(item.conversation_id)
@@ -91,49 +101,49 @@ class QueuePart:
             buttons.append((self.texts.plain("agents.desk.btn_resolve", ref=ref), f"{QUEUE_PREFIX}r:{item.id}"))
         return buttons
 
-    async def _listing_items(self, rows: list[tuple[str, str]]) -> list[QueueItem]:
+    async def listing_items(self, rows: list[tuple[str, str]]) -> list[QueueItem]:
         """The queue items behind Escalations lines ((conversation, event) each)."""
         out: list[QueueItem] = []
         for cid, event in rows:
-            for item in await self.reg.unresolved_items(cid):
+            for item in await self.ports.reg.unresolved_items(cid):
                 if item.kind == event and item not in out:
                     out.append(item)
         return out
 
-    async def _cmd_queue(self, c: AgentCommand) -> None:
-        items = await self.reg.unresolved_items(limit=200)
-        items = [i for i in items if i.conversation_id in self.st.topics or not self.enabled]
+    async def cmd_queue(self, c: AgentCommand) -> None:
+        items = await self.ports.reg.unresolved_items(limit=200)
+        items = [i for i in items if i.conversation_id in self.st.topics or not self.ports.enabled]
         if not items:
-            await self._reply(c, self.texts("agents.desk.queue_none"))
+            await self.posts.reply(c, self.texts("agents.desk.queue_none"))
             return
         head = self.texts("agents.desk.queue_header", count=str(len(items)))
-        lines = [self._item_line(i) for i in items]
+        lines = [self.item_line(i) for i in items]
         n = pack(lines, MAX_VISIBLE - head.visible - 1)
         html = join([head, *lines[:n]]).html
         shown = items[:n]
         about = list(dict.fromkeys(i.conversation_id for i in shown))  # recorded: /forget removes it
         if c.private or c.chat_id != self.chat_id:
-            await self._reply(c, join([head, *lines[:n]]), about=about, kind="queue")
+            await self.posts.reply(c, join([head, *lines[:n]]), about=about, kind="queue")
             return
         thread = c.thread_id
-        buttons = self._item_buttons(shown)
+        buttons = self.item_buttons(shown)
         made = self.st.work_started or time.monotonic()
 
         async def send() -> None:
-            sent = await self._post(thread, html, buttons, kind="queue", about=about, made=made)
+            sent = await self.posts.post(thread, html, buttons, kind="queue", about=about, made=made)
             views = self.st.queue_views
             views[sent.message_id] = [i.id for i in shown]
             for old in sorted(views)[:-50]:  # the buttons of older answers still work, unedited
                 del views[old]
 
         self.st.urgent.append(send)
-        self._wake.set()
+        self.signals.wake.set()
 
-    async def _on_queue_press(self, cb: AgentCallback) -> None:
+    async def on_press(self, cb: AgentCallback) -> None:
         assert self.gateway is not None
         gw = self.gateway
         action, _, id_s = cb.data[len(QUEUE_PREFIX) :].partition(":")
-        item = await self.reg.item(int(id_s)) if id_s.isdigit() else None
+        item = await self.ports.reg.item(int(id_s)) if id_s.isdigit() else None
         toast = ""
         if item is None or item.status == "resolved" or item.conversation_id not in self.st.topics:
             toast = self.texts.plain("agents.desk.queue_gone")
@@ -143,111 +153,111 @@ class QueuePart:
             now = self.clock.now()
             status = "claimed" if action == "c" else "resolved"
             if status == "claimed" and item.status == "open":
-                await self._count_first_response([item], now)
-            await self.reg.set_item_status([item.id], status, cb.user_name, now)
+                await self.count_first_response([item], now)
+            await self.ports.reg.set_item_status([item.id], status, cb.user_name, now)
             t = self.st.topics.get(item.conversation_id)
             ref = str(t.ref) if t is not None else str(item.id)
             key = "agents.desk.queue_claimed" if status == "claimed" else "agents.desk.queue_resolved"
             label = self.texts.plain(key, agent=cb.user_name or "?")
             toast = self.texts.plain("agents.desk.queue_done_toast", status=label.rstrip(" ·"), ref=ref)
             if t is not None:
-                self._mark_card(t)
+                self.topics.mark_card(t)
         with contextlib.suppress(GatewayError):
             await gw.answer_callback(cb.callback_id, toast)
-        await self._refresh_listing(cb.message_id)
+        await self.refresh_listing(cb.message_id)
 
-    async def _refresh_listing(self, message_id: int) -> None:
+    async def refresh_listing(self, message_id: int) -> None:
         """Re-render a message listing items (an Escalations line or a /queue answer)."""
         ids = self.st.queue_views.get(message_id)
         if ids is not None:
-            items = [i for i in [await self.reg.item(x) for x in ids] if i is not None]
+            items = [i for i in [await self.ports.reg.item(x) for x in ids] if i is not None]
             head: list[Html] = [
                 self.texts("agents.desk.queue_header", count=str(sum(1 for i in items if i.status != "resolved")))
             ]
         else:
-            items = await self.reg.items_in_message(message_id)
+            items = await self.ports.reg.items_in_message(message_id)
             head = []
         if not items:
             return
         assert self.gateway is not None
         gw = self.gateway
-        html = join([*head, *[self._item_line(i) for i in items]]).html
-        buttons = self._item_buttons(items)
+        html = join([*head, *[self.item_line(i) for i in items]]).html
+        buttons = self.item_buttons(items)
 
         async def edit() -> None:
             with contextlib.suppress(NotModified, MessageGone):
                 await gw.edit(message_id, html, buttons)
 
         self.st.urgent.append(edit)
-        self._wake.set()
+        self.signals.wake.set()
 
     # -- takeovers, replies, hand-backs: the items and the figures -------------------------------
-    async def _count_first_response(self, items: list[QueueItem], now: float) -> None:
+    async def count_first_response(self, items: list[QueueItem], now: float) -> None:
         waiting = [i for i in items if i.status == "open" and i.kind != "takeover"]
         if waiting:
             oldest = min(i.opened_at for i in waiting)
-            await self.reg.count({"first_response_s": max(0.0, now - oldest), "first_response_n": 1})
+            await self.ports.reg.count({"first_response_s": max(0.0, now - oldest), "first_response_n": 1})
 
-    async def _takeover_started(self, t: Topic, agent: str) -> None:
+    async def takeover_started(self, t: Topic, agent: str) -> None:
         now = self.clock.now()
-        await self.reg.open_item(t.conversation_id, "takeover", now, status="claimed", agent=agent)
-        await self.reg.count({"takeover": 1, f"takeover:{agent or '?'}": 1})
+        await self.ports.reg.open_item(t.conversation_id, "takeover", now, status="claimed", agent=agent)
+        await self.ports.reg.count({"takeover": 1, f"takeover:{agent or '?'}": 1})
 
-    async def _agent_answered(self, t: Topic, agent: str) -> None:
+    async def agent_answered(self, t: Topic, agent: str) -> None:
         """An agent's message reached the customer: open items are claimed by the agent, the
         customer's wait is over (first response counted once per wait)."""
         now = self.clock.now()
-        items = await self.reg.unresolved_items(t.conversation_id)
-        await self._count_first_response(items, now)
-        await self.reg.set_item_status(
+        items = await self.ports.reg.unresolved_items(t.conversation_id)
+        await self.count_first_response(items, now)
+        await self.ports.reg.set_item_status(
             [i.id for i in items if i.status == "open" and i.kind != "waiting"], "claimed", agent, now
         )
-        await self.reg.set_item_status([i.id for i in items if i.kind == "waiting"], "resolved", agent, now)
+        await self.ports.reg.set_item_status([i.id for i in items if i.kind == "waiting"], "resolved", agent, now)
         if self.st.waiting.pop(t.conversation_id, None) is not None or any(i.kind == "waiting" for i in items):
-            self._mark_card(t)
+            self.topics.mark_card(t)
 
-    async def _takeover_ended(self, t: Topic, agent: str, waiting: bool) -> None:
+    async def takeover_ended(self, t: Topic, agent: str, waiting: bool) -> None:
         """The hand-back (or the pause's expiry): the takeover's handle time is counted; the
         case is resolved — unless a customer's message is still unanswered: then its items
         go back to the queue, open, for the next agent."""
         now = self.clock.now()
-        items = await self.reg.unresolved_items(t.conversation_id)
+        items = await self.ports.reg.unresolved_items(t.conversation_id)
         for i in items:
             if i.kind == "takeover" and i.claimed_at is not None:
-                await self.reg.count({"handle_s": max(0.0, now - i.claimed_at), "handle_n": 1})
+                await self.ports.reg.count({"handle_s": max(0.0, now - i.claimed_at), "handle_n": 1})
         self.st.waiting.pop(t.conversation_id, None)
         takeovers = [i.id for i in items if i.kind == "takeover"]
-        await self.reg.set_item_status(takeovers, "resolved", agent, now)
+        await self.ports.reg.set_item_status(takeovers, "resolved", agent, now)
         rest = [i.id for i in items if i.kind != "takeover"]
         if waiting:
-            await self.reg.set_item_status(rest, "open", "", now)
+            await self.ports.reg.set_item_status(rest, "open", "", now)
         else:
-            await self.reg.set_item_status(rest, "resolved", agent, now)
+            await self.ports.reg.set_item_status(rest, "resolved", agent, now)
 
     # -- a customer waiting during a takeover -----------------------------------------------------
-    async def _customer_waiting(self, cid: str) -> None:
+    async def customer_waiting(self, cid: str) -> None:
         t = self.st.topics.get(cid)
         if t is None or t.paused_until is None or cid in self.st.waiting:
             return
         now = self.clock.now()
-        item = await self.reg.open_item(cid, "waiting", now)
+        item = await self.ports.reg.open_item(cid, "waiting", now)
         if item is None:  # already waiting (a restart): keep its start
-            item = next((i for i in await self.reg.unresolved_items(cid) if i.kind == "waiting"), None)
+            item = next((i for i in await self.ports.reg.unresolved_items(cid) if i.kind == "waiting"), None)
         if item is not None:
             self.st.waiting[cid] = item
-            self._timer_wake.set()
+            self.signals.timer_wake.set()
 
-    async def _load_waiting(self) -> None:
+    async def load_waiting(self) -> None:
         """After a restart: unanswered messages of conversations still taken over."""
-        for item in await self.reg.unresolved_items(limit=10_000):
+        for item in await self.ports.reg.unresolved_items(limit=10_000):
             t = self.st.topics.get(item.conversation_id)
             if item.kind == "waiting" and t is not None and t.paused_until is not None:
                 self.st.waiting[item.conversation_id] = item
 
-    def _waiting_deadlines(self) -> list[float]:
+    def waiting_deadlines(self) -> list[float]:
         return [i.opened_at + self.options.wait_alert_seconds for i in self.st.waiting.values() if i.alerted_at is None]
 
-    async def _waiting_alerts(self, now: float) -> None:
+    async def waiting_alerts(self, now: float) -> None:
         for cid, item in list(self.st.waiting.items()):
             if item.alerted_at is not None or now < item.opened_at + self.options.wait_alert_seconds:
                 continue
@@ -259,20 +269,20 @@ class QueuePart:
             text = self.texts.plain(
                 "agents.desk.waiting_alert", minutes=minutes, name=display_name(t.user_name, self.texts)
             )
-            await self.reg.set_item_alerted(item.id, now)
+            await self.ports.reg.set_item_alerted(item.id, now)
             self.st.waiting[cid] = replace(item, alerted_at=now)
-            await self._escalate_note(t, "waiting", text)
+            await self.escalate_note(t, "waiting", text)
 
-    async def _escalate_note(self, t: Topic, event: str, text: str) -> None:
+    async def escalate_note(self, t: Topic, event: str, text: str) -> None:
         """A note in the topic that is also listed in the Escalations topic (never suppressed)."""
         cid = t.conversation_id
         await self.store.add_entries(cid, [Entry(Direction.NOTE, text, kind=f"escalation:{event}")])
         t.escalated_until = self.clock.now() + self.options.watch_seconds
         self.st.escalated.add(cid)
-        self._mark_card(t)
-        self._new_rows(escalation=True)
+        self.topics.mark_card(t)
+        self.signals.new_rows(escalation=True)
 
-    def _reply_when(self) -> str:
+    def reply_when(self) -> str:
         """When a person will reply, for the customer: now-ish, or the next opening."""
         at = self.options.hours.describe_next(self.clock.now())
         if not at:

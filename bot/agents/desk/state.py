@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..registry import Line, Post, QueueItem, Topic
+from bot.store.conversations import MessageRow
+
+from ..rows import Post, QueueItem, Topic
 from .records import AgentMessage, UserMedia
 
 
@@ -22,14 +24,14 @@ class DeskState:
     by_thread: dict[int, str] = field(default_factory=dict)
     by_ref: dict[int, str] = field(default_factory=dict)
     # fresh transcript lines waiting per conversation (at most MAX_PENDING in all)
-    pending: dict[str, deque[Line]] = field(default_factory=dict)
+    pending: dict[str, deque[MessageRow]] = field(default_factory=dict)
     pending_rows: int = 0
     more: bool = False  # more rows wait in the database than were read
     maybe_new: bool = True  # rows may have been stored since the last read
     fetched: int = 0  # messages.id read up to
     # escalations
     esc_known: int = 0
-    esc_pending: list[Line] = field(default_factory=list)
+    esc_pending: list[MessageRow] = field(default_factory=list)
     esc_hint: bool = False
     esc_cursor: int = 0
     esc_thread: int | None = None

@@ -11,15 +11,38 @@ import logging
 import math
 
 from .. import privacy
+from .queue import Queue
+from .recorder import Recorder
+from .state import DeskState
+from .takeover import Takeover
+from .topics import Topics
+from .wiring import DeskPorts, Part, Signals, wait
 
 log = logging.getLogger(__name__)
 
 
-class TimersPart:
-    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+class Timers(Part):
+    """The timers task (``run``) and the retention purge."""
+
+    def __init__(
+        self,
+        ports: DeskPorts,
+        st: DeskState,
+        signals: Signals,
+        *,
+        topics: Topics,
+        queue: Queue,
+        recorder: Recorder,
+        takeover: Takeover,
+    ) -> None:
+        super().__init__(ports, st, signals)
+        self.topics = topics
+        self.queue = queue
+        self.recorder = recorder
+        self.takeover = takeover
 
     # -- timers: pause expiry, retention, quote deliveries ----------------------------------------
-    async def _timers(self) -> None:
+    async def run(self) -> None:
         next_purge = self.clock.now() + min(600.0, self.options.purge_every)  # not in the start-up rush
         next_quotes = self.clock.now()
         while True:
@@ -28,24 +51,23 @@ class TimersPart:
                 if now >= next_purge:
                     next_purge = now + self.options.purge_every
                     await self.purge()
-                if self.enabled and now >= next_quotes:
+                if self.ports.enabled and now >= next_quotes:
                     next_quotes = now + self.options.quote_poll_every
-                    await self._poll_quotes()
-                await self._waiting_alerts(now)  # before an expiry at the same moment: alert first
+                    await self.poll_quotes()
+                await self.queue.waiting_alerts(now)  # before an expiry at the same moment: alert first
                 for t in [t for t in self.st.topics.values() if t.paused_until is not None and t.paused_until <= now]:
-                    await self.resume(t, mode="waiting" if t.conversation_id in self.st.waiting else "expired")
+                    await self.takeover.resume(t, mode="waiting" if t.conversation_id in self.st.waiting else "expired")
                 pauses = [t.paused_until for t in self.st.topics.values() if t.paused_until is not None]
-                deadline = min(
-                    [next_purge, next_quotes if self.enabled else math.inf, *pauses, *self._waiting_deadlines()]
-                )
-                self._tick()
-                await self._wait(self._timer_wake, max(0.0, deadline - self.clock.now()), self.clock)
+                waits = self.queue.waiting_deadlines()
+                deadline = min([next_purge, next_quotes if self.ports.enabled else math.inf, *pauses, *waits])
+                self.signals.tick()
+                await wait(self.signals.timer_wake, max(0.0, deadline - self.clock.now()), self.clock)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the timers' loop boundary: logged, counted, tried again in 5 s
-                self.errors += 1
+                self.ports.errors += 1
                 log.exception("agents' timers failed; continuing")
-                await self._wait(self._timer_wake, 5.0, self.clock)
+                await wait(self.signals.timer_wake, 5.0, self.clock)
 
     async def purge(self, now: float | None = None) -> int:
         """The retention purge (``privacy.purge``): idle conversations erased (their topics
@@ -54,34 +76,34 @@ class TimersPart:
             self.store.db,
             self.options.retention_days,
             now=now if now is not None else self.clock.now(),
-            lock=self._tx_lock,
+            lock=self.ports.tx_lock,
             quote_retention_days=self.options.quote_retention_days,
         )
-        if self.enabled:
-            alive = {t.conversation_id for t in await self.reg.all_topics()}
+        if self.ports.enabled:
+            alive = {t.conversation_id for t in await self.ports.reg.all_topics()}
             for cid in [c for c in self.st.topics if c not in alive]:
-                self._drop(cid)
+                self.topics.drop(cid)
             for cid in done.pruned:  # drawn again without the expired words
                 t = self.st.topics.get(cid)
                 if t is not None:
                     t.card_html = ""
-                    self._mark_card(t)
+                    self.topics.mark_card(t)
             self.st.trash_dirty = True
-            self._wake.set()
+            self.signals.wake.set()
         return done.conversations
 
-    async def _poll_quotes(self) -> None:
-        if self.quotes is None:
+    async def poll_quotes(self) -> None:
+        if self.ports.quotes is None:
             return
-        since = float(await self.reg.meta("quotes_seen_at") or 0.0)
-        rows = await self.quotes.quote_changes(since)
+        since = float(await self.ports.reg.meta("quotes_seen_at") or 0.0)
+        rows = await self.ports.quotes.quote_changes(since)
         if not rows:
             return
         for cid, status, _ in rows:
             t = self.st.topics.get(cid)
             if t is not None:
-                self._mark_card(t)
+                self.topics.mark_card(t)
             if status == "failed" and since:
-                await self._flag(cid, t, "quote_failed")
-        await self.reg.set_meta("quotes_seen_at", max(r[2] for r in rows))
-        self._wake.set()
+                await self.recorder.flag(cid, t, "quote_failed")
+        await self.ports.reg.set_meta("quotes_seen_at", max(r[2] for r in rows))
+        self.signals.wake.set()

@@ -1,5 +1,6 @@
 """The agents' tools: /help, /open_N, /done (and its buttons), /transcript, /stats,
-/unmatched, /find, /forget, /queue (queue.py) — who may use them, where the answer goes.
+/unmatched, /find, /note, /assign, /release, /forget (erase.py), /queue (queue.py) — who may
+use them, where the answer goes. The commands work over a ``ToolContext``.
 """
 
 
@@ -8,15 +9,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 
-from .. import labelling, privacy, reports
+from .. import labelling, reports
 from ..ports import (
     GatewayError,
     MessageGone,
     NotModified,
 )
-from ..registry import Topic
 from ..render import (
     MAX_VISIBLE,
     NL,
@@ -24,31 +24,58 @@ from ..render import (
     clip,
     day_time,
     display_name,
-    fit,
     join,
     one_line,
     pack,
     render_line,
 )
-from .queue import QUEUE_PREFIX
+from ..rows import Topic
+from .erase import Erase
+from .posts import Posts
+from .queue import QUEUE_PREFIX, Queue
 from .records import (
     CALLBACK_PREFIX,
-    CASE_ARG,
     FORGET_CHOICES,
     AgentCallback,
     AgentCommand,
-    conversation_lock,
 )
+from .state import DeskState
+from .takeover import Takeover
+from .topics import Topics
+from .wiring import DeskPorts, Part, Signals
 
 log = logging.getLogger(__name__)
 
 
-class ToolsPart:
-    """Methods of ``AgentDesk`` (state in ``self.st``; see ``desk.py``)."""
+@dataclass(frozen=True)
+class ToolContext:
+    """What the agents' commands work over: the ports, the state, and the parts whose work
+    a command asks for (a case's topic, an answer, a queue listing, a takeover, an erasure)."""
+
+    ports: DeskPorts
+    st: DeskState
+    signals: Signals
+    topics: Topics
+    posts: Posts
+    queue: Queue
+    takeover: Takeover
+    erase: Erase
+
+
+class Tools(Part):
+    """The commands and the buttons agents press (``on_command``, ``on_callback``)."""
+
+    def __init__(self, ctx: ToolContext) -> None:
+        super().__init__(ctx.ports, ctx.st, ctx.signals)
+        self.topics = ctx.topics
+        self.posts = ctx.posts
+        self.queue = ctx.queue
+        self.takeover = ctx.takeover
+        self.erase = ctx.erase
 
     # -- commands ---------------------------------------------------------------------------------
     async def is_agent(self, user_id: int) -> bool:
-        if user_id in self.admin_ids:
+        if user_id in self.ports.admin_ids:
             return True
         if self.gateway is None:
             return False
@@ -63,31 +90,7 @@ class ToolsPart:
         self.st.members[user_id] = (ok, now)
         return ok
 
-    async def _reply(
-        self,
-        c: AgentCommand | AgentCallback,
-        html: Html,
-        *,
-        about: Sequence[str] = (),
-        buttons: Sequence[tuple[str, str]] = (),
-        kind: str = "answer",
-    ) -> None:
-        """Answer an agent where they asked; ``about``: the conversations whose data the answer
-        shows (recorded, so /forget and the retention purge remove it)."""
-        assert self.gateway is not None
-        text = fit(html).html if html.visible > MAX_VISIBLE else html.html
-        made = self.st.work_started or time.monotonic()  # the data was read after this
-        if c.chat_id != self.chat_id:  # a private chat
-            try:
-                await self._post_private(c.chat_id, text, buttons, kind=kind, about=about, made=made)
-            except GatewayError as exc:
-                log.info("agents: answer to %s not sent: %s", c.chat_id, exc)
-            return
-        thread = c.thread_id
-        self.st.urgent.append(lambda: self._post(thread, text, buttons, kind=kind, about=about, made=made))
-        self._wake.set()
-
-    async def _target(self, c: AgentCommand) -> tuple[str, Topic | None] | None:
+    async def target(self, c: AgentCommand) -> tuple[str, Topic | None] | None:
         if not c.private and c.thread_id is not None and c.thread_id in self.st.by_thread:
             cid = self.st.by_thread[c.thread_id]
             return cid, self.st.topics.get(cid)
@@ -95,45 +98,45 @@ class ToolsPart:
         if arg.isdigit() and int(arg) in self.st.by_ref:
             cid = self.st.by_ref[int(arg)]
             return cid, self.st.topics.get(cid)
-        if ":" in arg and await reports.conversation(self.db, arg) is not None:
+        if ":" in arg and await reports.conversation(self.ports.db, arg) is not None:
             return arg, self.st.topics.get(arg)
         return None
 
-    async def _on_command(self, c: AgentCommand) -> None:
+    async def on_command(self, c: AgentCommand) -> None:
         self.st.work_started = time.monotonic()  # what the answer shows is read after this
         try:
-            await self._command(c)
+            await self.command(c)
         finally:
             self.st.work_started = 0.0
 
-    async def _command(self, c: AgentCommand) -> None:
+    async def command(self, c: AgentCommand) -> None:
         if c.private and not await self.is_agent(c.user_id):
             log.info("agent command /%s from non-agent %s ignored", c.name, c.user_id)
             return  # nothing back: not even "unknown command"
         if not c.private:
-            self._seen_agent(c.user_id, c.user_name, c.username)
+            self.takeover.seen_agent(c.user_id, c.user_name, c.username)
         name = c.name.lower()
         if name.startswith("open_") and name[5:].isdigit():
-            await self._cmd_open(c, int(name[5:]))
+            await self.cmd_open(c, int(name[5:]))
             return
         handler = {
-            "help": self._cmd_help,
-            "start": self._cmd_help,
-            "done": self._cmd_done,
-            "transcript": self._cmd_transcript,
-            "stats": self._cmd_stats,
-            "unmatched": self._cmd_unmatched,
-            "find": self._cmd_find,
-            "forget": self._cmd_forget,
-            "note": self._cmd_note,
-            "assign": self._cmd_assign,
-            "release": self._cmd_release,
-            "queue": self._cmd_queue,
+            "help": self.cmd_help,
+            "start": self.cmd_help,
+            "done": self.cmd_done,
+            "transcript": self.cmd_transcript,
+            "stats": self.cmd_stats,
+            "unmatched": self.cmd_unmatched,
+            "find": self.cmd_find,
+            "forget": self.erase.cmd_forget,
+            "note": self.cmd_note,
+            "assign": self.cmd_assign,
+            "release": self.cmd_release,
+            "queue": self.queue.cmd_queue,
         }.get(name)
         if handler is not None:
             await handler(c)
 
-    async def _on_claim(self, cb: AgentCallback, t: Topic) -> None:
+    async def on_claim(self, cb: AgentCallback, t: Topic) -> None:
         """🙋 on the card: the presser owns the case (unless someone already does)."""
         assert self.gateway is not None
         if t.owner_id and t.owner_id != cb.user_id:
@@ -144,29 +147,29 @@ class ToolsPart:
             return
         with contextlib.suppress(GatewayError):
             await self.gateway.answer_callback(cb.callback_id)
-        self._seen_agent(cb.user_id, cb.user_name, "")
+        self.takeover.seen_agent(cb.user_id, cb.user_name, "")
         if t.owner_id != cb.user_id:
-            await self._set_owner(t, cb.user_id, cb.user_name, "agents.desk.note_claimed", by=cb.user_name)
+            await self.takeover.set_owner(t, cb.user_id, cb.user_name, "agents.desk.note_claimed", by=cb.user_name)
 
-    async def _cmd_note(self, c: AgentCommand) -> None:
-        target = await self._target(c)
+    async def cmd_note(self, c: AgentCommand) -> None:
+        target = await self.target(c)
         if target is None or target[1] is None or c.private:
-            await self._reply(c, self.texts("agents.desk.need_topic"))
+            await self.posts.reply(c, self.texts("agents.desk.need_topic"))
             return
         if not c.arg.strip():
-            await self._reply(c, self.texts("agents.desk.note_usage"))
+            await self.posts.reply(c, self.texts("agents.desk.note_usage"))
             return
-        await self._add_note(target[1], c.user_name, c.arg.strip())
+        await self.takeover.add_note(target[1], c.user_name, c.arg.strip())
 
-    async def _cmd_assign(self, c: AgentCommand) -> None:
-        target = await self._target(c) if not c.private else None
+    async def cmd_assign(self, c: AgentCommand) -> None:
+        target = await self.target(c) if not c.private else None
         if target is None or target[1] is None:
-            await self._reply(c, self.texts("agents.desk.need_topic"))
+            await self.posts.reply(c, self.texts("agents.desk.need_topic"))
             return
         t = target[1]
         who = c.arg.strip()
         if not who:
-            await self._reply(c, self.texts("agents.desk.assign_usage"))
+            await self.posts.reply(c, self.texts("agents.desk.assign_usage"))
             return
         found: tuple[int, str] | None = None
         if who.lstrip("-").isdigit():
@@ -179,44 +182,44 @@ class ToolsPart:
                     found = (uid, name or who)
                     break
         if found is None:
-            await self._reply(c, self.texts("agents.desk.assign_unknown", who=who[:40]))
+            await self.posts.reply(c, self.texts("agents.desk.assign_unknown", who=who[:40]))
             return
-        await self._set_owner(t, found[0], found[1], "agents.desk.note_assigned", by=c.user_name)
+        await self.takeover.set_owner(t, found[0], found[1], "agents.desk.note_assigned", by=c.user_name)
 
-    async def _cmd_release(self, c: AgentCommand) -> None:
-        target = await self._target(c) if not c.private else None
+    async def cmd_release(self, c: AgentCommand) -> None:
+        target = await self.target(c) if not c.private else None
         if target is None or target[1] is None:
-            await self._reply(c, self.texts("agents.desk.need_topic"))
+            await self.posts.reply(c, self.texts("agents.desk.need_topic"))
             return
         t = target[1]
         if not t.owner_id:
-            await self._reply(c, self.texts("agents.desk.release_none"))
+            await self.posts.reply(c, self.texts("agents.desk.release_none"))
             return
-        await self._set_owner(t, 0, "", "agents.desk.note_released", by=c.user_name)
+        await self.takeover.set_owner(t, 0, "", "agents.desk.note_released", by=c.user_name)
 
-    async def _cmd_help(self, c: AgentCommand) -> None:
-        await self._reply(c, self.texts("agents.desk.help"))
+    async def cmd_help(self, c: AgentCommand) -> None:
+        await self.posts.reply(c, self.texts("agents.desk.help"))
 
-    async def _cmd_open(self, c: AgentCommand, ref: int) -> None:
+    async def cmd_open(self, c: AgentCommand, ref: int) -> None:
         cid = self.st.by_ref.get(ref)
         if cid is None:
-            await self._reply(c, self.texts("agents.desk.unknown_ref", ref=str(ref)))
+            await self.posts.reply(c, self.texts("agents.desk.unknown_ref", ref=str(ref)))
             return
         t = self.st.topics[cid]
         t.watched_until = max(t.watched_until, self.clock.now() + self.options.watch_seconds)
         self.st.open_now.add(cid)  # served first: topic, card, then everything it missed
         if t.topic_cursor < t.seen_cursor:
             self.st.gap.add(cid)
-        await self._reply(c, self.texts("agents.desk.opened", ref=str(ref)))
+        await self.posts.reply(c, self.texts("agents.desk.opened", ref=str(ref)))
 
-    async def _cmd_done(self, c: AgentCommand) -> None:
-        target = await self._target(c)
+    async def cmd_done(self, c: AgentCommand) -> None:
+        target = await self.target(c)
         if target is None or target[1] is None:
-            await self._reply(c, self.texts("agents.desk.need_topic"))
+            await self.posts.reply(c, self.texts("agents.desk.need_topic"))
             return
         t = target[1]
         if t.paused_until is None:
-            await self._reply(c, self.texts("agents.desk.done_not_paused"))
+            await self.posts.reply(c, self.texts("agents.desk.done_not_paused"))
             return
         html = self.texts("agents.desk.done_prompt", name=display_name(t.user_name, self.texts)).html
         buttons = [
@@ -226,19 +229,19 @@ class ToolsPart:
         thread = c.thread_id if not c.private else t.thread_id
         cid = t.conversation_id
         if c.private:  # no buttons in private: use the topic
-            await self._post_private(c.chat_id, html, kind="done", about=[cid])
+            await self.posts.post_private(c.chat_id, html, kind="done", about=[cid])
             return
-        self.st.urgent.append(lambda: self._post(thread, html, buttons, kind="done", about=[cid]))
-        self._wake.set()
+        self.st.urgent.append(lambda: self.posts.post(thread, html, buttons, kind="done", about=[cid]))
+        self.signals.wake.set()
 
-    async def _on_callback(self, cb: AgentCallback) -> None:
+    async def on_callback(self, cb: AgentCallback) -> None:
         self.st.work_started = time.monotonic()
         try:
-            await self._callback(cb)
+            await self.callback(cb)
         finally:
             self.st.work_started = 0.0
 
-    async def _callback(self, cb: AgentCallback) -> None:
+    async def callback(self, cb: AgentCallback) -> None:
         assert self.gateway is not None
         gw = self.gateway
         data = cb.data or ""
@@ -255,20 +258,20 @@ class ToolsPart:
                 await gw.answer_callback(cb.callback_id)
             return
         if data.startswith(QUEUE_PREFIX):  # Claim / Resolve on a queue item
-            await self._on_queue_press(cb)
+            await self.queue.on_press(cb)
             return
         kind, _, rest = data[len(CALLBACK_PREFIX) :].partition(":")
         ref_s, _, author_s = rest.partition(":")
         if kind in FORGET_CHOICES:
-            await self._on_forget_press(cb, kind, int(ref_s) if ref_s.isdigit() else 0)
+            await self.erase.on_press(cb, kind, int(ref_s) if ref_s.isdigit() else 0)
             return
         cid = self.st.by_ref.get(int(ref_s)) if ref_s.isdigit() else None
         t = self.st.topics.get(cid) if cid else None
         if t is not None and kind in ("s", "n", "a", "t") and author_s.isdigit():
-            await self._on_held(cb, kind, t, int(author_s))
+            await self.takeover.on_held(cb, kind, t, int(author_s))
             return
         if t is not None and kind == "c":
-            await self._on_claim(cb, t)
+            await self.on_claim(cb, t)
             return
         if t is None or t.paused_until is None:
             with contextlib.suppress(GatewayError):
@@ -278,7 +281,7 @@ class ToolsPart:
         label = self.texts.plain("agents.desk.btn_menu" if mode == "menu" else "agents.desk.btn_resume")
         with contextlib.suppress(GatewayError):
             await gw.answer_callback(cb.callback_id)
-        await self.resume(t, agent=cb.user_name, mode=mode)
+        await self.takeover.resume(t, agent=cb.user_name, mode=mode)
         chosen = self.texts("agents.desk.done_chosen", choice=label, agent=cb.user_name or "?").html
         message_id = cb.message_id
 
@@ -287,17 +290,17 @@ class ToolsPart:
                 await gw.edit(message_id, chosen)
 
         self.st.urgent.append(edit)
-        self._wake.set()
+        self.signals.wake.set()
 
-    async def _cmd_transcript(self, c: AgentCommand) -> None:
+    async def cmd_transcript(self, c: AgentCommand) -> None:
         assert self.gateway is not None
-        target = await self._target(c)
+        target = await self.target(c)
         if target is None:
-            await self._reply(c, self.texts("agents.desk.need_topic"))
+            await self.posts.reply(c, self.texts("agents.desk.need_topic"))
             return
         cid, t = target
-        info = await reports.conversation(self.db, cid)
-        lines = await reports.transcript(self.db, cid)
+        info = await reports.conversation(self.ports.db, cid)
+        lines = await reports.transcript(self.ports.db, cid)
         data = reports.to_markdown(info, cid, lines).encode("utf-8")
         ref = str(t.ref) if t else cid
         name = display_name(info.user_name if info else "", self.texts)
@@ -306,7 +309,7 @@ class ToolsPart:
         made = self.st.work_started or time.monotonic()
         if c.private:
             try:
-                await self._post_private_document(
+                await self.posts.post_private_document(
                     c.chat_id, filename, data, caption, kind="transcript", about=[cid], made=made
                 )
             except GatewayError as exc:
@@ -314,14 +317,14 @@ class ToolsPart:
             return
         thread = c.thread_id
         self.st.urgent.append(
-            lambda: self._post_document(thread, filename, data, caption, kind="transcript", about=[cid], made=made)
+            lambda: self.posts.post_document(thread, filename, data, caption, kind="transcript", about=[cid], made=made)
         )
-        self._wake.set()
+        self.signals.wake.set()
 
-    def _flow_title(self, flow: str) -> str:
-        return self._symptom_title(flow) or flow
+    def flow_title(self, flow: str) -> str:
+        return self.topics.symptom_title(flow) or flow
 
-    def _fmt_stats(self, period_key: str, s: reports.Stats) -> Html:
+    def fmt_stats(self, period_key: str, s: reports.Stats) -> Html:
         t = self.texts
         rows = [
             t("agents.desk.stats_period", period=t.plain(period_key)),
@@ -337,7 +340,7 @@ class ToolsPart:
             rows.append(
                 t(
                     "agents.desk.stats_top",
-                    top=", ".join(f"{self._flow_title(f)} ({n})" for f, n in s.top),
+                    top=", ".join(f"{self.flow_title(f)} ({n})" for f, n in s.top),
                 )
             )
         rows.append(
@@ -351,27 +354,27 @@ class ToolsPart:
         )
         return join(rows)
 
-    async def _cmd_stats(self, c: AgentCommand) -> None:
+    async def cmd_stats(self, c: AgentCommand) -> None:
         now = time.time()  # the counters' days are the wall clock's (bot/store/counters.py)
-        today = await reports.stats(self.db, reports.start_of_day(now))
-        week = await reports.stats(self.db, now - 7 * 86400)
-        await self._reply(
+        today = await reports.stats(self.ports.db, reports.start_of_day(now))
+        week = await reports.stats(self.ports.db, now - 7 * 86400)
+        await self.posts.reply(
             c,
             join(
                 [
-                    self._fmt_stats("agents.desk.stats_today", today),
-                    self._fmt_stats("agents.desk.stats_week", week),
-                    await self._fmt_weeks(now),
+                    self.fmt_stats("agents.desk.stats_today", today),
+                    self.fmt_stats("agents.desk.stats_week", week),
+                    await self.fmt_weeks(now),
                 ],
                 Html("\n\n", 2),
             ),
         )
 
-    async def _fmt_weeks(self, now: float, weeks: int = 4) -> Html:
+    async def fmt_weeks(self, now: float, weeks: int = 4) -> Html:
         """Week by week (a monospace table), then the period's breakdowns."""
         t = self.texts
-        table = reports.week_table(await reports.weekly(self.db, weeks, now))
-        f = await reports.desk_figures(self.db, reports.week_start(now) - (weeks - 1) * 7 * 86400)
+        table = reports.week_table(await reports.weekly(self.ports.db, weeks, now))
+        f = await reports.desk_figures(self.ports.db, reports.week_start(now) - (weeks - 1) * 7 * 86400)
         none = t.plain("agents.desk.stats_none")
 
         def listed(key: str, pairs: list[str]) -> Html:
@@ -387,7 +390,7 @@ class ToolsPart:
                 Html("<pre>", 0) + Html.text(table) + Html("</pre>", 0),
                 listed("agents.desk.stats_steps", [f"{s} {n}" for s, n in f.fixed_after]),
                 listed(
-                    "agents.desk.stats_flows", [f"{self._flow_title(fl)} {r}/{e}" for fl, r, e in f.resolved_per_flow]
+                    "agents.desk.stats_flows", [f"{self.flow_title(fl)} {r}/{e}" for fl, r, e in f.resolved_per_flow]
                 ),
                 listed("agents.desk.stats_agents", [f"{a} {n}" for a, n in f.takeovers]),
                 t(
@@ -399,10 +402,10 @@ class ToolsPart:
             ]
         )
 
-    async def _cmd_unmatched(self, c: AgentCommand) -> None:
-        items = await reports.unmatched(self.db, 15)
+    async def cmd_unmatched(self, c: AgentCommand) -> None:
+        items = await reports.unmatched(self.ports.db, 15)
         if not items:
-            await self._reply(
+            await self.posts.reply(
                 c,
                 self.texts("agents.desk.unmatched_header") + NL + self.texts("agents.desk.unmatched_none"),
             )
@@ -411,7 +414,7 @@ class ToolsPart:
         for u in items:
             cands = ", ".join(f"{i} {s:.0f}" for i, s in u.candidates[:3]) or "-"
             rows.append(Html.text(f"• “{clip(one_line(u.text), 150)}” — {u.decision}: {cands}"))
-        await self._reply(
+        await self.posts.reply(
             c,
             join(rows[: 1 + pack(rows[1:], MAX_VISIBLE - rows[0].visible - 1)]),
             about=[u.conversation_id for u in items],
@@ -421,21 +424,22 @@ class ToolsPart:
             gw, thread = self.gateway, c.thread_id
             for html, buttons in await labelling.offers(self.store, self.texts):
                 self.st.urgent.append(lambda h=html, b=buttons: gw.send(thread, h, b))
-            self._wake.set()
+            self.signals.wake.set()
 
-    async def _cmd_find(self, c: AgentCommand) -> None:
+    async def cmd_find(self, c: AgentCommand) -> None:
         query = c.arg.strip()
         if not query:
-            await self._reply(c, self.texts("agents.desk.find_usage"))
+            await self.posts.reply(c, self.texts("agents.desk.find_usage"))
             return
-        hits = await reports.find(self.db, query, 15, include_bot=True)
+        hits = await reports.find(self.ports.db, query, 15, include_bot=True)
         if not hits:
-            await self._reply(c, self.texts("agents.desk.find_none", query=clip(query, 60)))
+            await self.posts.reply(c, self.texts("agents.desk.find_none", query=clip(query, 60)))
             return
         rows = [self.texts("agents.desk.find_header", count=str(len(hits)), query=clip(query, 60))]
         for h in hits:
             t = self.st.topics.get(h.line.conversation_id)
-            who = self._who(t) if t else Html.text(f"{display_name(h.user_name, self.texts)} {h.line.conversation_id}")
+            name = display_name(h.user_name, self.texts)
+            who = self.topics.who(t) if t else Html.text(f"{name} {h.line.conversation_id}")
             rows.append(
                 Html.text("• ")
                 + who
@@ -444,104 +448,6 @@ class ToolsPart:
             )
         about = [h.line.conversation_id for h in hits]
         shown = join(rows[: 1 + pack(rows[1:], MAX_VISIBLE - rows[0].visible - 1)])
-        await self._reply(c, shown, about=about, kind="find")
+        await self.posts.reply(c, shown, about=about, kind="find")
 
     # -- /forget: administrators only, confirmed with a button that names the case ---------------
-    async def may_erase(self, user_id: int) -> bool:
-        """ADMIN_IDS; with FORGET_BY_GROUP_ADMINS=1 also the group's administrators."""
-        if user_id in self.admin_ids:
-            return True
-        if not self.options.forget_by_group_admins or self.gateway is None:
-            return False
-        try:
-            return await self.gateway.is_admin(user_id)
-        except GatewayError:
-            return False
-
-    def _case(self, c: AgentCommand) -> str | None:
-        """The one case a /forget names, or None if it names none or is ambiguous: in a user's
-        topic, that topic's case (an argument must name the same one); elsewhere — General, a
-        private chat — exactly ``#N`` (or ``N``)."""
-        here = self.st.by_thread.get(c.thread_id) if not c.private and c.thread_id is not None else None
-        arg = c.arg.strip()
-        if not arg:
-            return here
-        m = CASE_ARG.fullmatch(arg)
-        named = self.st.by_ref.get(int(m.group(1))) if m else None
-        if named is None or (here is not None and named != here):
-            return None
-        return named
-
-    async def _cmd_forget(self, c: AgentCommand) -> None:
-        if not await self.may_erase(c.user_id):
-            log.info("agents: /forget by %s refused (not an administrator)", c.user_id)
-            await self._reply(c, self.texts("agents.desk.forget_refused"))
-            return
-        cid = self._case(c)
-        t = self.st.topics.get(cid) if cid else None
-        if t is None:
-            await self._reply(c, self.texts("agents.desk.forget_usage"))
-            return
-        ref = str(t.ref)
-        html = self.texts(
-            "agents.desk.forget_confirm",
-            ref=ref,
-            name=display_name(t.user_name, self.texts),
-            symptom=self._symptom_title(t.symptom) or "-",
-        )
-        buttons = [
-            (self.texts.plain("agents.desk.btn_forget_asked", ref=ref), f"{CALLBACK_PREFIX}fu:{ref}"),
-            (self.texts.plain("agents.desk.btn_forget_team", ref=ref), f"{CALLBACK_PREFIX}ft:{ref}"),
-            (self.texts.plain("agents.desk.btn_forget_cancel"), f"{CALLBACK_PREFIX}fx:{ref}"),
-        ]
-        await self._reply(c, html, about=[t.conversation_id], buttons=buttons, kind="confirm")
-
-    async def _on_forget_press(self, cb: AgentCallback, kind: str, ref: int) -> None:
-        assert self.gateway is not None
-        gw = self.gateway
-        if not await self.may_erase(cb.user_id):
-            with contextlib.suppress(GatewayError):
-                await gw.answer_callback(cb.callback_id, self.texts.plain("agents.desk.forget_refused"))
-            return
-        cid = self.st.by_ref.get(ref)
-        with contextlib.suppress(GatewayError):
-            await gw.answer_callback(cb.callback_id)
-        if cid is None or kind == "fx":
-            key = "agents.desk.forget_cancelled" if kind == "fx" else "agents.desk.unknown_ref"
-            html = self.texts(key, ref=str(ref), agent=cb.user_name or "?").html
-            if cb.chat_id != self.chat_id:  # a private chat: outside the group's budget
-                with contextlib.suppress(NotModified, MessageGone, GatewayError):
-                    await gw.edit_private(cb.chat_id, cb.message_id, html)
-                return
-            message_id = cb.message_id
-
-            async def edit() -> None:
-                with contextlib.suppress(NotModified, MessageGone):
-                    await gw.edit(message_id, html)
-
-            self.st.urgent.append(edit)
-            self._wake.set()
-            return
-        await self.forget(cid)  # the confirmation message goes with the rest of the case
-        uid = privacy.telegram_user_id(cid)
-        if uid is not None:
-            key = "agents.forgotten_on_request" if kind == "fu" else "agents.forgotten_by_agent"
-            try:
-                await gw.send_to_user(uid, self.texts(key).html)
-            except GatewayError as exc:
-                log.info("agents: could not tell %s about the deletion: %s", cid, exc)
-        note = self.texts("agents.desk.note_forgotten", agent=cb.user_name or "?", ref=str(ref))
-        if cb.chat_id != self.chat_id:
-            await self._reply(cb, note)
-            return
-        self.st.urgent.append(lambda: gw.send(None, note.html))
-        self._wake.set()
-
-    async def forget(self, conversation_id: str) -> None:
-        """Erase one conversation everywhere (database, its topic) — an agent's /forget."""
-        self.forgetting(conversation_id)
-        try:
-            async with conversation_lock(self.engine, conversation_id):
-                await privacy.forget_conversation(self.store.db, conversation_id, lock=self._tx_lock)
-        finally:
-            self.forgotten(conversation_id, await self.reg.max_message_id())
