@@ -120,7 +120,7 @@ def _match(settings: Settings, args: argparse.Namespace) -> int:
     from bot.runtime import load_knowledge
 
     matcher = load_knowledge(settings.content_dir, settings.flows_dir, settings.lang,
-                             standard_features(settings).all).matcher
+                             standard_features(settings).all, settings).matcher
     if args.db:  # what agents taught, as the running bot uses it
         matcher.learn((r.text, r.intent) for r in asyncio.run(_learned_rows(args.db)))
     for line in sys.stdin:

@@ -109,6 +109,8 @@ class Settings:
     log_level: str = "INFO"
     log_level_given: bool = False  # LOG_LEVEL was set: the terminal commands log at it too
     log_user_text: bool = False  # LOG_USER_TEXT=1: library DEBUG lines may show what users wrote
+    semantic: bool = True  # BOT_SEMANTIC=off: the matcher runs on the rapidfuzz blend alone
+    cache_dir: Path | None = None  # BOT_CACHE_DIR: the library's sentence vectors (None: ~/.cache/backup-rescue-bot)
     # Telegram
     telegram_token: str = field(default="", repr=False)
     telegram_base_url: str = "https://api.telegram.org/bot"
@@ -170,6 +172,10 @@ class Settings:
         user_text = env.get("LOG_USER_TEXT", "").strip() or "0"
         if user_text not in ("0", "1"):
             raise ConfigError(f"LOG_USER_TEXT must be 0 or 1, got {user_text!r}")
+        semantic = env.get("BOT_SEMANTIC", "").strip().lower() or "on"
+        if semantic not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(f"BOT_SEMANTIC must be on or off, got {semantic!r}")
+        cache_dir = env.get("BOT_CACHE_DIR", "").strip()
         base = env.get("TELEGRAM_BASE_URL", "").strip()
         base_file = env.get("TELEGRAM_BASE_FILE_URL", "").strip()
         if base and not base.startswith(("http://", "https://")):
@@ -217,6 +223,8 @@ class Settings:
             log_level=level,
             log_level_given="LOG_LEVEL" in env,
             log_user_text=user_text == "1",
+            semantic=semantic in ("on", "1", "true", "yes"),
+            cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
             telegram_token=_secret(env, "TELEGRAM_BOT_TOKEN"),
             telegram_base_url=base or d.telegram_base_url,
             telegram_base_file_url=base_file or d.telegram_base_file_url,

@@ -105,11 +105,13 @@ def feature_branches(features: Sequence[Feature]) -> dict[str, tuple[str, ...]]:
 
 
 def check(content_dir: Path, flows_dir: Path, lang: str = "en",
-          features: Sequence[Feature] = (), semantic: bool = False) -> tuple[Knowledge | None, list[Problem]]:
+          features: Sequence[Feature] = (), semantic: bool = False,
+          settings: Settings | None = None) -> tuple[Knowledge | None, list[Problem]]:
     """Load and validate everything; return the loaded parts (if usable) and every problem.
 
     ``semantic`` loads the MiniLM model into the matcher (the bot runs with it; ``check``
-    itself does not need it). A model that cannot load is logged and left out.
+    itself does not need it), unless ``settings.semantic`` is off; its vectors are cached in
+    ``settings.cache_dir``. A model that cannot load is logged and left out.
     """
     content, problems = load_content(content_dir, lang)
     flows, flow_problems = load_flows(flows_dir)
@@ -120,7 +122,9 @@ def check(content_dir: Path, flows_dir: Path, lang: str = "en",
     matcher = None
     if not intent_problems:
         try:
-            matcher = Matcher.load(intents_path, load_encoder() if semantic else None)
+            cfg = settings or Settings()
+            encoder = load_encoder(enabled=cfg.semantic, cache_dir=cfg.cache_dir) if semantic else None
+            matcher = Matcher.load(intents_path, encoder)
         except ContentError as exc:
             problems += exc.problems
     if matcher is not None:
@@ -141,8 +145,8 @@ def check(content_dir: Path, flows_dir: Path, lang: str = "en",
 
 
 def load_knowledge(content_dir: Path, flows_dir: Path, lang: str = "en",
-                   features: Sequence[Feature] = ()) -> Knowledge:
-    knowledge, problems = check(content_dir, flows_dir, lang, features, semantic=True)
+                   features: Sequence[Feature] = (), settings: Settings | None = None) -> Knowledge:
+    knowledge, problems = check(content_dir, flows_dir, lang, features, semantic=True, settings=settings)
     if problems or knowledge is None:
         raise ContentError(problems)
     return knowledge
@@ -202,7 +206,7 @@ async def open_runtime(db: str | Path | SQLiteStore | PostgresStore, content_dir
     ``Runtime.start`` (which also starts competing for ``leadership``: ``bot.store.leader``;
     default: this process leads)."""
     leadership = leadership or SoleLeader()
-    knowledge = knowledge or load_knowledge(content_dir, flows_dir, lang, features)
+    knowledge = knowledge or load_knowledge(content_dir, flows_dir, lang, features, settings)
     owns = isinstance(db, (str, Path))
     store = await open_store(db, settings) if isinstance(db, (str, Path)) else db
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.config import ConfigError, Settings
 from bot.core import semantic
 from bot.core.matcher import Matcher
 from bot.core.semantic import SemanticIndex, load_encoder
@@ -70,9 +71,9 @@ def test_off_switch_and_missing_model_fall_back_logged_once(
     (tmp_path / semantic.TOKENIZER_FILE).write_text("{}")
     assert load_encoder(tmp_path) is None
     assert len(caplog.records) == 2 and "not an onnx model" not in caplog.text  # file named, not dumped
-    monkeypatch.setenv("BOT_SEMANTIC", "off")
-    assert load_encoder() is None
-    matcher = Matcher.load(INTENTS, load_encoder())
+    off = Settings.from_env({"BOT_SEMANTIC": "off"})
+    assert load_encoder(enabled=off.semantic) is None
+    matcher = Matcher.load(INTENTS, load_encoder(enabled=off.semantic))
     assert not matcher.semantic
     assert matcher.match("icloud storage full cant backup").intent == "storage_full"
 
@@ -118,3 +119,17 @@ def test_wordpiece_gives_the_ids_of_the_reference_tokenizer() -> None:
     texts = [t for _, t in matcher.library_items()]
     texts += ["Café naïve 😭 — “quotes” 你好 wtf!!!", "x" * 300, "tab\tand\nnewline", " ".join(["word"] * 200)]
     assert [ours.encode(t) for t in texts] == [ref.encode(t).ids for t in texts]
+
+
+def test_the_switch_and_the_vector_cache_come_from_the_settings(tmp_path: Path) -> None:
+    """BOT_SEMANTIC and BOT_CACHE_DIR are read by bot.config like every other setting (a typo
+    is refused at start, named) and handed to the encoder: the library's vectors go where
+    the operator said."""
+    with pytest.raises(ConfigError, match="BOT_SEMANTIC"):
+        Settings.from_env({"BOT_SEMANTIC": "of"})
+    s = Settings.from_env({"BOT_CACHE_DIR": str(tmp_path / "vectors")})
+    assert s.semantic and Settings.from_env({"BOT_SEMANTIC": "0"}).semantic is False
+    enc = load_encoder(enabled=s.semantic, cache_dir=s.cache_dir)
+    assert enc is not None
+    semantic.cached_vectors(enc, ["my backup is stuck at 80%", "icloud full again"])
+    assert len(list((tmp_path / "vectors").glob("library-*.npy"))) == 1

@@ -15,7 +15,7 @@ import pytest
 
 from bot.__main__ import main
 from bot.core.ports import State
-from bot.core.semantic import cache_dir
+from bot.core.semantic import default_cache_dir
 from bot.store import SQLiteStore
 from bot.tg.cli import backup_db
 from tests.support.fake_botapi import FakeBotAPI
@@ -111,7 +111,7 @@ async def test_sigterm_finishes_in_flight_and_closes_the_database(tmp_path: Path
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(tmp_path),
-            "BOT_CACHE_DIR": str(cache_dir()),  # the library's sentence vectors, computed once per run
+            "BOT_CACHE_DIR": str(default_cache_dir()),  # the library's sentence vectors, computed once per run
             "NO_PROXY": "127.0.0.1,localhost",
             "TELEGRAM_BOT_TOKEN": fake.token,
             "TELEGRAM_BASE_URL": fake.base_url,

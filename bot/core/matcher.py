@@ -21,6 +21,12 @@ The blend is a weighted sum (0-100). Decisions: ``accept`` when the best
 in-scope score is high, leads the runner-up clearly and beats "none";
 ``reject`` when nothing is credible or "none" wins clearly; ``suggest``
 (three buttons) otherwise. Everything is precomputed at load.
+
+The library file itself (reading, validation, the intent ids) is ``bot.core.intents_file``.
+This module stays above the ~500-line guide on purpose: ``Matcher`` is one job — its indexes
+(inverted word index, n-gram centroids, keyword table, learned examples) and the scorers
+that read them share that private state; splitting scorers from indexes would only move it
+into a second class that exposes it.
 """
 
 from __future__ import annotations
@@ -31,50 +37,26 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
 from rapidfuzz import fuzz, process
 
 from bot.core.answers import AnswerBook, AnswerHit, Card
-from bot.core.errors import ContentError, Problem
+from bot.core.errors import ContentError
+from bot.core.intents_file import (
+    INTENT_IDS,  # noqa: F401  (re-exported: importers knew it here)
+    NONE,
+    SMALLTALK_KINDS,
+    CachingNormalizer,
+    Library,
+    keyword_words,
+    parse_library,
+    validate_intents,  # noqa: F401  (re-exported)
+)
 from bot.core.messages import MatchCandidate, MatchResult
 from bot.core.normalize import STOPWORDS, Normalizer
 from bot.core.semantic import Encoder, SemanticIndex
 
 log = logging.getLogger(__name__)
-
-# The C build of the *safe* loader when available (same semantics as yaml.safe_load).
-_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-INTENT_IDS: tuple[str, ...] = (
-    "storage_full",
-    "backup_failed",
-    "backup_stuck",
-    "backup_empty",
-    "backup_outdated",
-    "restore_failed",
-    "network_issue",
-    "apple_id_issue",
-    "server_status",
-    "check_backup",
-    "free_storage",
-    "storage_plans",
-    "local_backup",
-    "recover_deleted",
-    "device_damaged",
-    "locked_out",
-    "third_party_tools",
-    "prevention",
-    "recovery_cost",
-    "quote_request",
-    "human_agent",
-)
-NONE = "none"
-SMALLTALK_KINDS: tuple[str, ...] = ("greeting", "thanks", "bye", "help")
-
-MIN_EXAMPLES = 5
-MAX_KEYWORD_WEIGHT = 10.0
 
 # --- blend weights (sum of the positive weights = 1; scores are 0-100) -------------
 W_KEYWORD = 0.25
@@ -171,227 +153,6 @@ class _Keyword:
     kind: str  # "pos" | "neg" | "req:<n>"
 
 
-@dataclass
-class _Library:
-    intents: dict[str, dict[str, Any]]
-    oos: dict[str, Any]
-    smalltalk: dict[str, list[str]]
-    filler: list[str]
-    raw: dict[str, list[str]]  # text -> Normalizer.raw_tokens(text), computed once
-
-
-class _CachingNormalizer(Normalizer):
-    """A Normalizer that remembers the folded tokens of whole texts (used while loading)."""
-
-    def __init__(self, known: Iterable[str] = (), raw: dict[str, list[str]] | None = None) -> None:
-        super().__init__(known)
-        self.raw: dict[str, list[str]] = {} if raw is None else raw
-
-    def tokens(self, text: str) -> list[str]:
-        raw = self.raw.get(text)
-        if raw is None:
-            raw = self.raw[text] = Normalizer.raw_tokens(text)
-        return self.map_tokens(raw)
-
-
-def _problem(path: Path, key: str, msg: str) -> Problem:
-    return Problem(str(path), key, msg)
-
-
-def _check_weights(
-    path: Path, key: str, value: Any, norm: Normalizer, problems: list[Problem]
-) -> dict[str, float]:
-    out: dict[str, float] = {}
-    if value is None:
-        return out
-    if not isinstance(value, dict):
-        problems.append(_problem(path, key, "must be a mapping of phrase: weight"))
-        return out
-    for phrase, weight in value.items():
-        k = f"{key}.{phrase}"
-        if not isinstance(phrase, str):
-            problems.append(_problem(path, k, "keyword must be a string (quote yes/no/on/off)"))
-            continue
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            problems.append(_problem(path, k, f"weight must be a number, got {weight!r}"))
-            continue
-        if not (0 < float(weight) <= MAX_KEYWORD_WEIGHT) or math.isnan(float(weight)):
-            problems.append(
-                _problem(path, k, f"weight must be in (0, {MAX_KEYWORD_WEIGHT:g}], got {weight}")
-            )
-            continue
-        if not _keyword_words(phrase, norm):
-            problems.append(_problem(path, k, "keyword is empty after normalisation"))
-            continue
-        out[phrase] = float(weight)
-    return out
-
-
-def _keyword_words(phrase: str, norm: Normalizer) -> tuple[str, ...]:
-    """Normalise a keyword phrase, keeping a trailing "*" prefix marker per word."""
-    out: list[str] = []
-    for raw in phrase.split():
-        prefix = raw.endswith("*") and len(raw) > 1
-        toks = norm.tokens(raw[:-1] if prefix else raw)
-        if not toks:
-            continue
-        if prefix:
-            toks[-1] = toks[-1] + "*"
-        out.extend(toks)
-    if not out and phrase.strip() == "%":
-        out = ["%"]
-    return tuple(out)
-
-
-def _check_examples(
-    path: Path, key: str, value: Any, norm: Normalizer, problems: list[Problem]
-) -> list[str]:
-    if not isinstance(value, list) or not value:
-        problems.append(_problem(path, key, "must be a non-empty list of phrases"))
-        return []
-    out: list[str] = []
-    for i, ex in enumerate(value):
-        if not isinstance(ex, str) or not ex.strip():
-            problems.append(_problem(path, f"{key}[{i}]", "example must be a non-empty string"))
-            continue
-        if not norm.tokens(ex):
-            problems.append(_problem(path, f"{key}[{i}]", "example is empty after normalisation"))
-            continue
-        out.append(ex)
-    if len(out) < MIN_EXAMPLES:
-        problems.append(_problem(path, key, f"needs at least {MIN_EXAMPLES} examples"))
-    return out
-
-
-def _parse(path: Path) -> tuple[_Library | None, list[Problem]]:
-    """Read and validate the library; returns (library or None, problems)."""
-    path = Path(path)
-    problems: list[Problem] = []
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)
-    except OSError as exc:
-        return None, [_problem(path, "", f"cannot read: {exc}")]
-    except yaml.YAMLError as exc:
-        return None, [_problem(path, "", f"invalid YAML: {exc}")]
-    if not isinstance(raw, dict):
-        return None, [_problem(path, "", "top level must be a mapping")]
-    norm = _CachingNormalizer()
-    intents_raw = raw.get("intents")
-    if not isinstance(intents_raw, dict):
-        return None, [_problem(path, "intents", "missing or not a mapping")]
-
-    intents: dict[str, dict[str, Any]] = {}
-    for iid, body in intents_raw.items():
-        key = f"intents.{iid}"
-        if iid not in INTENT_IDS:
-            problems.append(_problem(path, key, "unknown intent id"))
-            continue
-        if not isinstance(body, dict):
-            problems.append(_problem(path, key, "must be a mapping"))
-            continue
-        for extra in set(body) - {"description", "keywords", "require", "negative", "examples"}:
-            problems.append(_problem(path, f"{key}.{extra}", "unknown field"))
-        kws = _check_weights(path, f"{key}.keywords", body.get("keywords"), norm, problems)
-        if not kws:
-            problems.append(_problem(path, f"{key}.keywords", "needs at least one keyword"))
-        neg = _check_weights(path, f"{key}.negative", body.get("negative"), norm, problems)
-        req_raw = body.get("require") or []
-        require: list[list[str]] = []
-        if not isinstance(req_raw, list):
-            problems.append(_problem(path, f"{key}.require", "must be a list of lists"))
-        else:
-            for gi, group in enumerate(req_raw):
-                if (
-                    not isinstance(group, list)
-                    or not group
-                    or not all(isinstance(p, str) and _keyword_words(p, norm) for p in group)
-                ):
-                    problems.append(
-                        _problem(path, f"{key}.require[{gi}]", "must be a list of phrases")
-                    )
-                    continue
-                require.append(group)
-        examples = _check_examples(path, f"{key}.examples", body.get("examples"), norm, problems)
-        desc = body.get("description", "")
-        if not isinstance(desc, str):
-            problems.append(_problem(path, f"{key}.description", "must be a string"))
-            desc = ""
-        intents[iid] = {
-            "description": desc,
-            "keywords": kws,
-            "negative": neg,
-            "require": require,
-            "examples": examples,
-        }
-    for iid in INTENT_IDS:
-        if iid not in intents_raw:
-            problems.append(_problem(path, f"intents.{iid}", "missing intent"))
-
-    oos_raw = raw.get("out_of_scope")
-    oos: dict[str, Any] = {"keywords": {}, "examples": []}
-    if not isinstance(oos_raw, dict):
-        problems.append(_problem(path, "out_of_scope", "missing or not a mapping"))
-    else:
-        oos["keywords"] = _check_weights(
-            path, "out_of_scope.keywords", oos_raw.get("keywords"), norm, problems
-        )
-        oos["examples"] = _check_examples(
-            path, "out_of_scope.examples", oos_raw.get("examples"), norm, problems
-        )
-
-    st_raw = raw.get("smalltalk")
-    smalltalk: dict[str, list[str]] = {}
-    filler: list[str] = []
-    if not isinstance(st_raw, dict):
-        problems.append(_problem(path, "smalltalk", "missing or not a mapping"))
-    else:
-        for kind in SMALLTALK_KINDS:
-            items = st_raw.get(kind)
-            if (
-                not isinstance(items, list)
-                or not items
-                or not all(isinstance(x, str) and norm.tokens(x) for x in items)
-            ):
-                problems.append(
-                    _problem(path, f"smalltalk.{kind}", "must be a non-empty list of phrases")
-                )
-                continue
-            smalltalk[kind] = items
-        fill = st_raw.get("filler", [])
-        if not isinstance(fill, list) or not all(isinstance(x, str) for x in fill):
-            problems.append(_problem(path, "smalltalk.filler", "must be a list of words"))
-        else:
-            filler = fill
-        for extra in set(st_raw) - set(SMALLTALK_KINDS) - {"filler"}:
-            problems.append(_problem(path, f"smalltalk.{extra}", "unknown small-talk kind"))
-
-    # The same phrase may not teach two classes.
-    seen: dict[str, str] = {}
-    for iid, body in intents.items():
-        for i, ex in enumerate(body["examples"]):
-            n = norm.normalize(ex)
-            other = seen.get(n)
-            if other is not None and other != iid:
-                problems.append(
-                    _problem(path, f"intents.{iid}.examples[{i}]", f"also an example of {other}")
-                )
-            seen[n] = iid
-    for i, ex in enumerate(oos["examples"]):
-        n = norm.normalize(ex)
-        if n in seen and seen[n] != NONE:
-            problems.append(
-                _problem(path, f"out_of_scope.examples[{i}]", f"also an example of {seen[n]}")
-            )
-        seen[n] = NONE
-
-    if problems:
-        return None, problems
-    return _Library(intents, oos, smalltalk, filler, norm.raw), []
-
-
-def validate_intents(path: Path) -> list[Problem]:
-    """Every problem in the intents file (empty list when it is usable)."""
-    return _parse(Path(path))[1]
 
 
 # ---------------------------------------------------------------------------------
@@ -404,7 +165,7 @@ class Matcher:
 
     intents: tuple[str, ...]
 
-    def __init__(self, lib: _Library, source: str = "", encoder: Encoder | None = None,
+    def __init__(self, lib: Library, source: str = "", encoder: Encoder | None = None,
                  cache: Path | None = None) -> None:
         self.source = source
         self.intents = tuple(lib.intents)  # library (file) order; validated: all 21 ids
@@ -430,7 +191,7 @@ class Matcher:
         for body in [*lib.intents.values(), lib.oos]:
             for phrase in [*body.get("keywords", {}), *body.get("negative", {})]:
                 vocab.update(Normalizer.raw_tokens(phrase.replace("*", "")))
-        norm = _CachingNormalizer(vocab, lib.raw)  # shares the folds made while validating
+        norm = CachingNormalizer(vocab, lib.raw)  # shares the folds made while validating
         self._norm = Normalizer(known=vocab)  # for messages: no whole-text cache
 
         # --- examples --------------------------------------------------------------
@@ -521,15 +282,15 @@ class Matcher:
         for ci, iid in enumerate(self.intents):
             body = lib.intents[iid]
             for phrase, w in body["keywords"].items():
-                kws.append(_Keyword(_keyword_words(phrase, norm), w, ci, "pos"))
+                kws.append(_Keyword(keyword_words(phrase, norm), w, ci, "pos"))
             for phrase, w in body["negative"].items():
-                kws.append(_Keyword(_keyword_words(phrase, norm), w, ci, "neg"))
+                kws.append(_Keyword(keyword_words(phrase, norm), w, ci, "neg"))
             for gi, group in enumerate(body["require"]):
                 for phrase in group:
-                    kws.append(_Keyword(_keyword_words(phrase, norm), 0.0, ci, f"req:{gi}"))
+                    kws.append(_Keyword(keyword_words(phrase, norm), 0.0, ci, f"req:{gi}"))
             self._req_groups[ci] = len(body["require"])
         for phrase, w in lib.oos["keywords"].items():
-            kws.append(_Keyword(_keyword_words(phrase, norm), w, self._none, "pos"))
+            kws.append(_Keyword(keyword_words(phrase, norm), w, self._none, "pos"))
         self._kw_exact: dict[str, list[_Keyword]] = defaultdict(list)
         self._kw_prefix: dict[str, list[_Keyword]] = defaultdict(list)
         for kw in kws:
@@ -560,7 +321,7 @@ class Matcher:
         nearest-neighbour score is blended in; without one the matcher runs on the
         keyword / TF-IDF / rapidfuzz blend alone.
         """
-        lib, problems = _parse(Path(path))
+        lib, problems = parse_library(Path(path))
         if lib is None:
             raise ContentError(problems)
         matcher = cls(lib, str(path), encoder, cache)

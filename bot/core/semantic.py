@@ -3,15 +3,17 @@
 Contract:
 
 * :func:`load_encoder` returns an :class:`Encoder`, or ``None`` when the model cannot be
-  used (``BOT_SEMANTIC=off``, ``onnxruntime`` not installed, the model file
+  used (``enabled=False`` — ``BOT_SEMANTIC=off``, read by ``bot.config`` —, ``onnxruntime``
+  not installed, the model file
   missing or broken). It logs why ONCE per process and never raises: the matcher then runs
   on its rapidfuzz/TF-IDF blend alone.
 * :class:`Encoder` turns texts into unit-length 384-d float32 vectors, one thread, no
   network; the model and tokenizer come from ``bot/core/model/`` (committed, Apache-2.0);
   the WordPiece step is plain Python (bot/core/wordpiece.py), so no ``tokenizers``.
 * :class:`SemanticIndex` holds the vectors of a library (text -> class index). The library's
-  vectors are cached on disk (``BOT_CACHE_DIR``, default ``~/.cache/backup-rescue-bot``) in a
-  file named by the hash of the model and the texts, so a warm start reads one file; a
+  vectors are cached on disk (the encoder's ``cache_dir``: ``BOT_CACHE_DIR`` through
+  ``bot.config``, default ``~/.cache/backup-rescue-bot``) in a file named by the hash of the
+  model and the texts, so a warm start reads one file; a
   cold start computes them in batches and says so in the log. :meth:`SemanticIndex.scores`
   gives per class the mean cosine of the ``k`` nearest examples (0..1).
   :meth:`SemanticIndex.add` appends examples at run time (agents' learned examples).
@@ -49,18 +51,18 @@ def _warn_once(reason: str) -> None:
         log.warning("semantic matcher off, rapidfuzz blend only: %s", reason)
 
 
-def cache_dir() -> Path:
-    raw = os.environ.get("BOT_CACHE_DIR", "").strip()
-    return Path(raw) if raw else Path.home() / ".cache" / "backup-rescue-bot"
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "backup-rescue-bot"
 
 
 class Encoder:
     """all-MiniLM-L6-v2 through onnxruntime (pooling and normalisation are in the graph)."""
 
-    def __init__(self, session: Any, tokenizer: Any, fingerprint: str) -> None:
+    def __init__(self, session: Any, tokenizer: Any, fingerprint: str, cache_dir: Path | None = None) -> None:
         self._session = session
         self._tok = tokenizer
         self.fingerprint = fingerprint
+        self.cache_dir = cache_dir or default_cache_dir()  # where library vectors are kept
         # recent texts' vectors, least recently used first: the matcher and the answer cards
         # share one run per message, and short texts come back from many users ("yes", "still
         # not working", "icloud storage full"); RECENT x 384 floats is about 1.5 MB
@@ -100,9 +102,11 @@ class Encoder:
         return out
 
 
-def load_encoder(model_dir: Path | None = None) -> Encoder | None:
-    """The encoder, or None (logged once) when it cannot run here."""
-    if os.environ.get("BOT_SEMANTIC", "on").strip().lower() in ("0", "off", "false", "no"):
+def load_encoder(model_dir: Path | None = None, *, enabled: bool = True,
+                 cache_dir: Path | None = None) -> Encoder | None:
+    """The encoder, or None (logged once) when it cannot run here or is not ``enabled``;
+    ``cache_dir``: where the library's vectors are kept (default ``~/.cache/backup-rescue-bot``)."""
+    if not enabled:
         _warn_once("BOT_SEMANTIC is off")
         return None
     model_dir = model_dir or MODEL_DIR
@@ -134,7 +138,7 @@ def load_encoder(model_dir: Path | None = None) -> Encoder | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError includes bad JSON
         _warn_once(f"cannot load {tok_path}: {type(exc).__name__}: {exc}")
         return None
-    return Encoder(session, tok, hashlib.sha256(data).hexdigest()[:16])
+    return Encoder(session, tok, hashlib.sha256(data).hexdigest()[:16], cache_dir)
 
 
 def cached_vectors(encoder: Encoder, texts: Sequence[str], cache: Path | None = None) -> Any:
@@ -143,7 +147,7 @@ def cached_vectors(encoder: Encoder, texts: Sequence[str], cache: Path | None = 
 
     texts = list(texts)
     key = hashlib.sha256(("\x00".join([encoder.fingerprint, *texts])).encode("utf-8")).hexdigest()[:24]
-    folder = cache if cache is not None else cache_dir()
+    folder = cache if cache is not None else encoder.cache_dir
     path = folder / f"library-{key}.npy"
     try:
         vecs = np.load(path, allow_pickle=False)

@@ -42,25 +42,17 @@ def bench_startup(settings: Settings, cache: str | None = None) -> tuple[float, 
 
     ``cache``: a sentence-vector cache folder (an empty one measures the cold start).
     """
-    import os
+    from dataclasses import replace
 
     from bot.features import standard_features
     from bot.runtime import check
 
-    old = os.environ.get("BOT_CACHE_DIR")
     if cache is not None:
-        os.environ["BOT_CACHE_DIR"] = cache
-    try:
-        t0 = time.perf_counter()
-        knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang,
-                                    standard_features(settings).all, semantic=True)
-        elapsed = time.perf_counter() - t0
-    finally:
-        if cache is not None:
-            if old is None:
-                os.environ.pop("BOT_CACHE_DIR", None)
-            else:
-                os.environ["BOT_CACHE_DIR"] = old
+        settings = replace(settings, cache_dir=Path(cache))
+    t0 = time.perf_counter()
+    knowledge, problems = check(settings.content_dir, settings.flows_dir, settings.lang,
+                                standard_features(settings).all, semantic=True, settings=settings)
+    elapsed = time.perf_counter() - t0
     if problems or knowledge is None:
         raise SystemExit(f"content has problems; run `python -m bot check` ({len(problems)} found)")
     return elapsed, knowledge

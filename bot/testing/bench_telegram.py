@@ -197,10 +197,17 @@ async def _telegram_side(
 # -- the yardstick: a bare python-telegram-bot echo bot -------------------------------------------
 async def _bare_bot(token: str, base_url: str, base_file_url: str, done: Any) -> Any:
     """PTB as its documentation shows it: long polling, one handler echoing text and answering
-    presses, no database. Returns the running Application."""
+    presses, no database. Returns the running Application. Its httpx transport gets the
+    door's ``sniffio`` fix: without the package (anyio >= 4.16 no longer brings it) httpcore
+    searched sys.path on every request, ~13% of the yardstick's CPU — a cost of this
+    environment, not of PTB, which would flatter the door."""
     from telegram import Update
     from telegram.ext import ApplicationBuilder, CallbackQueryHandler, ContextTypes, MessageHandler, filters
     from telegram.request import HTTPXRequest
+
+    from bot.tg.service import skip_missing_sniffio
+
+    skip_missing_sniffio()
 
     app = (
         ApplicationBuilder()
@@ -296,7 +303,7 @@ async def run_telegram(
                 # as ``python -m bot run`` without an agents' group or a worker: the door's own figure
                 features = standard_features(settings, desk=False, deliver=False)
                 runtime = await open_runtime(db, settings.content_dir, settings.flows_dir, settings.lang,
-                                             features=features.all)
+                                             features=features.all, settings=settings)
                 try:
                     tg_settings = Settings(
                         db_path=db,

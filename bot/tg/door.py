@@ -14,7 +14,8 @@ synchronously (no awaits, so the order of arrival is kept), then chain a task be
 previous task of the same chat: one chat is handled strictly in order, many chats run in
 parallel (at most ``max_parallel`` at once).
 
-What one turn sends (the budget is ~1 message/s per chat, ~30/s overall):
+What one turn sends (the budget is ~1 message/s per chat, ~30/s overall) is planned in
+``bot.tg.plan``; reading an update into ``Work`` is ``bot.tg.updates``:
 * typed text: one message — the replies joined, the keyboard on it; an older keyboard is
   retired later, as housekeeping, when the budget has room;
 * a press: the toast (``answerCallbackQuery``, not a message), the answer as one message,
@@ -31,47 +32,26 @@ text (the update is done: it is not retried forever). 403 marks the conversation
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from telegram import (
-    BotCommand,
-    CallbackQuery,
-    Chat,
-    ChatMember,
-    InlineKeyboardButton,
-    InlineKeyboardMarkup,
-    LinkPreviewOptions,
-    Message,
-    MessageEntity,
-    Update,
-)
-from telegram.constants import ParseMode
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram import BotCommand, CallbackQuery, Chat, LinkPreviewOptions, Update
+from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes, TypeHandler
 
 from bot.core.content import Content
 from bot.core.engine import SAVING_REPLIES, Engine
-from bot.core.messages import Attachment, Button, EventKind, Inbound, Reply
+from bot.core.messages import EventKind, Inbound, Reply
 from bot.store.sqlite import TURN_WRITES
 
-from .store import ANSWER, HOUSEKEEPING, Job, JobSpec, SQLiteTelegramStore, TelegramStore
+from .plan import StalePress, messages, plan
+from .render import MAX_CALLBACK_ANSWER, clip
 from .sender import Sender
-
-from .render import (
-    MAX_CALLBACK_ANSWER,
-    MAX_MESSAGE,
-    clip,
-    compose,
-    fits_callback_data,
-    keyboard_rows,
-    tg_len,
-    visible,
-)
+from .store import ANSWER, Job, SQLiteTelegramStore, TelegramStore
+from .updates import Work, classify, conversation_id, to_inbound  # noqa: F401 (to_inbound: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +70,6 @@ MENU_COMMANDS: tuple[str, ...] = (
 ERROR_KEY = "engine.internal_error"
 EDITED_KEY = "telegram.edited_message"
 PRIVATE_ONLY_KEY = "telegram.private_only"
-STALE_KEY = "engine.stale_button"
 DB_AWAY_KEY = "telegram.database_away"
 # a store error in a turn (a lost database connection, a fail-over): nothing of the turn was
 # saved, so it is run again after these pauses; then the user is told to try again
@@ -99,90 +78,8 @@ MISSED_KEY = "telegram.missed_answer"
 AGAIN_COMMAND = "again"  # the current step shown again (after an answer that never arrived)
 # Only for the error path, when content lacks ERROR_KEY (the error must still be answered).
 FALLBACK_ERROR = "Sorry, something went wrong on my side. Please try again, or send /restart to start over."
-CHOICE_MARK = "» "
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 DOOR_GROUP = 0  # PTB handler group; other features can register earlier groups
-
-
-class _StalePress(Exception):
-    """Raised inside the turn's transaction: a stale press or a double tap changes nothing."""
-
-    def __init__(self, notice: str) -> None:
-        super().__init__(notice)
-        self.notice = notice
-
-
-@dataclass(frozen=True)
-class Work:
-    """One update, classified: what the door must do for which chat."""
-
-    kind: str  # turn | edited | member | group | answer
-    chat_id: int
-    update_id: int
-    inbound: Inbound | None = None
-    callback: CallbackQuery | None = None
-    active: bool = True  # member: the bot's new standing in a private chat
-    chat_type: str = Chat.PRIVATE
-    received: float = 0.0  # loop time the door got it (the typing indicator counts from here)
-
-
-def conversation_id(chat_id: int) -> str:
-    return f"tg:{chat_id}"
-
-
-def attachments_of(msg: Message) -> tuple[Attachment, ...]:
-    """What a non-text message carries, as the seam's Attachment records."""
-    name = msg.caption or ""
-    if msg.photo:
-        big = msg.photo[-1]
-        return (Attachment("photo", big.file_id, big.file_size or 0, name),)
-    for kind in ("animation", "video", "video_note", "voice", "audio", "sticker", "document"):
-        obj = getattr(msg, kind)
-        if obj is not None:
-            file_name = getattr(obj, "file_name", None) or name
-            return (Attachment(kind, obj.file_id, obj.file_size or 0, file_name),)
-    if msg.venue is not None or msg.location is not None:
-        return (Attachment("location"),)
-    if msg.contact is not None:
-        return (Attachment("contact"),)
-    for kind in ("poll", "dice", "story", "game", "invoice", "paid_media", "checklist"):
-        if getattr(msg, kind, None) is not None:
-            return (Attachment(kind),)
-    return ()
-
-
-def to_inbound(msg: Message, bot_username: str = "") -> Inbound | None:
-    """A private-chat message as one Inbound; None for service messages (nothing to answer)."""
-    cid = conversation_id(msg.chat_id)
-    user = msg.from_user
-    name = user.first_name if user else ""
-    if msg.text is not None:
-        ents = msg.entities
-        if ents and ents[0].type == MessageEntity.BOT_COMMAND and ents[0].offset == 0:
-            command = msg.parse_entity(ents[0])
-            cmd, _, addressee = command[1:].partition("@")
-            if not addressee or not bot_username or addressee.lower() == bot_username.lower():
-                arg = msg.text[len(command) :].strip()
-                return Inbound(cid, EventKind.COMMAND, text=cmd.lower(), arg=arg, user_name=name)
-        return Inbound(cid, EventKind.TEXT, text=msg.text, user_name=name)
-    atts = attachments_of(msg)
-    if atts:
-        return Inbound(cid, EventKind.MEDIA, text=msg.caption or "", attachments=atts, user_name=name)
-    return None
-
-
-def build_keyboard(buttons: Sequence[Button]) -> InlineKeyboardMarkup | None:
-    usable = []
-    for b in buttons:
-        if fits_callback_data(b.id):
-            usable.append(b)
-        else:  # Telegram would refuse the whole message; `python -m bot check` should catch it
-            log.error("button id %r is over 64 bytes; left out", b.id)
-    if not usable:
-        return None
-    return InlineKeyboardMarkup(
-        [[InlineKeyboardButton(b.label, callback_data=b.id) for b in row] for row in keyboard_rows(usable)]
-    )
 
 
 class TelegramDoor:
@@ -300,63 +197,8 @@ class TelegramDoor:
 
     # -- intake --------------------------------------------------------------
     def classify(self, update: Update) -> Work | None:
-        uid = update.update_id
-        now = asyncio.get_running_loop().time()
-        if update.my_chat_member is not None:
-            cmu = update.my_chat_member
-            chat = cmu.chat
-            status = cmu.new_chat_member.status
-            if chat.type == Chat.PRIVATE:
-                return Work(
-                    "member",
-                    chat.id,
-                    uid,
-                    active=status not in (ChatMember.BANNED, ChatMember.LEFT),
-                )
-            if chat.id in self.service_chats:
-                return None
-            if status in (
-                ChatMember.MEMBER,
-                ChatMember.ADMINISTRATOR,
-                ChatMember.OWNER,
-                ChatMember.RESTRICTED,
-            ):
-                return Work("group", chat.id, uid, chat_type=chat.type)
-            return None  # removed from a group: nothing to do
-        if update.callback_query is not None:
-            cq = update.callback_query
-            msg = cq.message
-            if msg is None:  # a button under an inline-mode message: just answer it
-                return Work("answer", 0, uid, callback=cq)
-            chat = msg.chat
-            if chat.type != Chat.PRIVATE:
-                if chat.id in self.service_chats:
-                    return None
-                return Work("answer", chat.id, uid, callback=cq)
-            if cq.data is None:
-                return Work("answer", chat.id, uid, callback=cq)
-            inbound = Inbound(
-                conversation_id(chat.id),
-                EventKind.BUTTON,
-                payload=cq.data,
-                user_name=cq.from_user.first_name if cq.from_user else "",
-            )
-            return Work("turn", chat.id, uid, inbound=inbound, callback=cq, received=now)
-        if update.edited_message is not None:
-            chat = update.edited_message.chat
-            return Work("edited", chat.id, uid) if chat.type == Chat.PRIVATE else None
-        msg = update.message
-        if msg is None:
-            return None  # a kind we did not ask for (allowed_updates): ignore
-        chat = msg.chat
-        if chat.type != Chat.PRIVATE:
-            if chat.id in self.service_chats:
-                return None
-            return Work("group", chat.id, uid, chat_type=chat.type)
-        inbound = to_inbound(msg, self.bot_username)
-        if inbound is None:
-            return None
-        return Work("turn", chat.id, uid, inbound=inbound, received=now)
+        return classify(update, service_chats=self.service_chats, bot_username=self.bot_username,
+                        now=asyncio.get_running_loop().time())
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         work = self.classify(update)
@@ -452,7 +294,7 @@ class TelegramDoor:
             await self._answer(work.callback, "")
         specs = []
         if work.kind == "turn" and work.chat_id not in self._blocked:
-            specs = self._messages(work.chat_id, (Reply(text=self.error_text(), key=ERROR_KEY),))
+            specs = messages(work.chat_id, (Reply(text=self.error_text(), key=ERROR_KEY),))
         try:
             jobs = await self.tg_store.finish(work.update_id, specs, status="failed")
         except Exception as exc2:  # the database itself is failing: the update stays new
@@ -465,40 +307,6 @@ class TelegramDoor:
         return jobs
 
     # -- what a turn sends --------------------------------------------------------------
-    def _messages(
-        self, chat_id: int, replies: Sequence[Reply], *, thread_id: int | None = None, priority: int | None = None
-    ) -> list[JobSpec]:
-        prio = priority if priority is not None else (ANSWER if chat_id > 0 else HOUSEKEEPING)
-        specs = []
-        for html_text, keyboard in compose(replies):
-            body: dict[str, Any] = {"html": html_text}
-            if keyboard:
-                body["keyboard"] = keyboard
-            if thread_id is not None:
-                body["thread_id"] = thread_id
-            specs.append(JobSpec(chat_id, "send", prio, body))
-        return specs
-
-    def _plan(self, work: Work, replies: Sequence[Reply]) -> tuple[list[JobSpec], tuple[int, int] | None]:
-        """The jobs of one turn, and the (chat, message) whose keyboard it used up."""
-        cq = work.callback
-        if cq is None:
-            return self._messages(work.chat_id, replies), None
-        if replies and replies[0].key == STALE_KEY:
-            raise _StalePress(replies[0].notice or visible(replies[0].text))
-        msg = cq.message if isinstance(cq.message, Message) else None
-        composed = compose(replies)
-        if msg is None:
-            return self._messages(work.chat_id, replies), None
-        if len(composed) == 1 and composed[0][1] and msg.text and _same_text(replies, msg.text):
-            # the same step again with new buttons (a multi-select tap): edit it in place
-            html_text, keyboard = composed[0]
-            edit = {"message_id": msg.message_id, "html": html_text, "keyboard": keyboard}
-            return [JobSpec(work.chat_id, "edit", ANSWER, edit)], None
-        specs = self._messages(work.chat_id, replies)
-        specs.append(JobSpec(work.chat_id, "edit", HOUSEKEEPING, _choice_edit(msg, cq.data or "")))
-        return specs, (work.chat_id, msg.message_id)
-
     async def _turn(self, work: Work) -> list[Job]:
         assert work.inbound is not None
         if work.chat_id in self._missed and work.inbound.kind is not EventKind.COMMAND:
@@ -512,14 +320,14 @@ class TelegramDoor:
         written: list[Job] = []
 
         async def writes(db: Any, state: Any) -> None:
-            specs, spent = self._plan(work, SAVING_REPLIES.get())
+            specs, spent = plan(work, SAVING_REPLIES.get())
             written.extend(await self.tg_store.write_turn(db, work.update_id, specs, spent=spent))
 
         log.debug("update %s: %s for %s", work.update_id, work.inbound.kind.value, work.inbound.conversation_id)
         hook = TURN_WRITES.set(writes)
         try:
             replies = await self.engine.handle(work.inbound)
-        except _StalePress as stale:
+        except StalePress as stale:
             jobs = await self.tg_store.finish(work.update_id, status="stale")
             if cq is not None:
                 await self._answer(cq, stale.notice)
@@ -530,7 +338,7 @@ class TelegramDoor:
             TURN_WRITES.reset(hook)
         jobs = written
         if not jobs and await self.tg_store.update_status(work.update_id) == "new":  # the engine saved nothing
-            specs, spent = self._plan(work, replies)
+            specs, spent = plan(work, replies)
             jobs = await self.tg_store.finish(work.update_id, specs, spent=spent)
         self._queue(jobs)
         if sender is not None and not any(j.priority == ANSWER for j in jobs):
@@ -580,7 +388,7 @@ class TelegramDoor:
         # could feed a stale value into a step that already moved on. A short reason instead.
         specs = []
         if self.content.has(EDITED_KEY):
-            specs = self._messages(work.chat_id, (Reply(text=self.content.text(EDITED_KEY), key=EDITED_KEY),))
+            specs = messages(work.chat_id, (Reply(text=self.content.text(EDITED_KEY), key=EDITED_KEY),))
         else:
             log.info("edited message in %s ignored (content has no %s)", work.chat_id, EDITED_KEY)
         jobs = await self.tg_store.finish(work.update_id, specs)
@@ -595,7 +403,7 @@ class TelegramDoor:
         specs = []
         if work.chat_type != Chat.CHANNEL and self.content.has(PRIVATE_ONLY_KEY):
             text = self.content.text(PRIVATE_ONLY_KEY, {"bot": f"@{self.bot_username}"})
-            specs = self._messages(work.chat_id, (Reply(text=text),), priority=ANSWER)
+            specs = messages(work.chat_id, (Reply(text=text),), priority=ANSWER)
         jobs = await self.tg_store.finish(work.update_id, specs)
         self._queue(jobs)
         fut = self.sender.done_future(jobs) if self.sender is not None and jobs else None
@@ -635,7 +443,7 @@ class TelegramDoor:
         if chat_id in self._blocked:
             log.info("chat %s blocked the bot: %d repl(ies) not sent", chat_id, len(replies))
             return 0
-        jobs = await self.tg_store.finish(None, self._messages(chat_id, replies, thread_id=thread_id))
+        jobs = await self.tg_store.finish(None, messages(chat_id, replies, thread_id=thread_id))
         self._queue(jobs)
         return len(jobs)
 
@@ -681,22 +489,3 @@ class TelegramDoor:
         err = context.error
         uid = update.update_id if isinstance(update, Update) else None
         log.error("update %s failed: %s: %s", uid, type(err).__name__, err, exc_info=err)
-
-
-def _same_text(replies: Sequence[Reply], shown: str) -> bool:
-    joined = "\n\n".join(r.text.strip("\n") for r in replies if r.text.strip())
-    return visible(joined).strip() == shown.strip()
-
-
-def _choice_edit(msg: Message, data: str) -> dict[str, Any]:
-    """The pressed message with the choice under it and no keyboard (one editMessageText), or
-    just without the keyboard when the label is unknown or the text would get too long."""
-    label = ""
-    for row in msg.reply_markup.inline_keyboard if msg.reply_markup else ():
-        for b in row:
-            if b.callback_data == data:
-                label = b.text
-    if msg.text and label and tg_len(msg.text) + tg_len(CHOICE_MARK + label) + 2 <= MAX_MESSAGE:
-        shown = f"{msg.text_html}\n\n{html.escape(CHOICE_MARK + label, quote=False)}"
-        return {"message_id": msg.message_id, "html": shown, "keyboard": None}
-    return {"message_id": msg.message_id, "html": None, "keyboard": None}

@@ -2,15 +2,17 @@
 
 For Docker's HEALTHCHECK (the slim image has no curl). In webhook mode (WEBHOOK_URL set) it
 asks ``http://127.0.0.1:$WEBHOOK_PORT/healthz``, bypassing any proxy; in polling mode there
-is no endpoint, and it exits 0.
+is no endpoint, and it exits 0. The settings are read by ``bot.config`` like the bot's own
+(a configuration the bot refuses is unhealthy: exit 1 with the reason).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import urllib.request
+
+from bot.config import ConfigError, Settings
 
 
 def check(port: int | str, timeout: float = 4.0) -> tuple[bool, str]:
@@ -23,11 +25,17 @@ def check(port: int | str, timeout: float = 4.0) -> tuple[bool, str]:
     return bool(body.get("ok")), json.dumps(body)
 
 
-def main() -> int:
-    if not os.environ.get("WEBHOOK_URL", "").strip():
+def main(settings: Settings | None = None) -> int:
+    if settings is None:
+        try:
+            settings = Settings.from_env()
+        except ConfigError as exc:
+            print(f"unhealthy: {exc}")
+            return 1
+    if not settings.webhook_url:
         print("polling mode: no webhook endpoint to check")
         return 0
-    ok, detail = check(os.environ.get("WEBHOOK_PORT", "").strip() or "8080")
+    ok, detail = check(settings.webhook_port)
     print(detail)
     return 0 if ok else 1
 

@@ -67,7 +67,7 @@ def webhook_path(url: str) -> str:
     return path if path and path != "/" else DEFAULT_WEBHOOK_PATH
 
 
-def _skip_missing_sniffio() -> None:
+def skip_missing_sniffio() -> None:
     """httpcore does ``import sniffio`` for every connection lock and falls back to asyncio
     when it is missing; a failed import is not cached, so each request searched sys.path
     (~40% of the door's CPU in the benchmark). ``None`` in sys.modules makes it fail at once."""
@@ -92,7 +92,7 @@ def build_application(
     if trust_env is None:  # honour HTTP(S)_PROXY for Telegram, never for a local server
         trust_env = not is_loopback(settings.telegram_base_url)
     if http == "httpx":
-        _skip_missing_sniffio()
+        skip_missing_sniffio()
         kwargs: dict[str, Any] = {"httpx_kwargs": {"trust_env": trust_env}}
         make: Callable[..., Any] = HTTPXRequest
     else:
