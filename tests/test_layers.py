@@ -229,9 +229,7 @@ def test_no_private_name_is_imported_from_another_module() -> None:
             for alias in node.names:
                 if alias.name.startswith("_") and not alias.name.startswith("__"):
                     private.append(f"{module}:{node.lineno} imports {source}.{alias.name}")
-    # bot/store/sqlite.py's last use of the old name goes with its rewrite on the door's branch
-    known = {"bot.store.sqlite imports bot.store.database._SQLiteTx"}
-    assert [p for p in private if p.replace(p[p.index(":") : p.index(" imports")], "") not in known] == []
+    assert private == []
 
 
 def test_settings_are_read_in_config_only() -> None:

@@ -109,9 +109,6 @@ class SQLiteStatements:
         return next(iter(await self.conn.execute_fetchall(sql, tuple(args))), None)
 
 
-_SQLiteTx = SQLiteStatements  # the old name: bot/store/sqlite.py still uses it (being rewritten elsewhere)
-
-
 def statements(db: Any) -> Transaction:
     """Any database handle as a ``Transaction``: a bare aiosqlite connection as its statements
     (``SQLiteStatements``); a ``Database`` or a ``Transaction`` as it is. What a store class that

@@ -29,7 +29,7 @@ from bot.core.ports import Direction, Entry, State
 
 from . import conversations as sql
 from .conversations import ConversationRow, MessageRow
-from .database import SQLiteDatabase, StoreError, _SQLiteTx
+from .database import SQLiteDatabase, SQLiteStatements, StoreError
 from .schema import BY_DIALECT, MIGRATIONS, OWNER
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class SQLiteStore:
         async with self.tx_lock:
             await db.execute("BEGIN IMMEDIATE")  # take the write lock first (busy timeout applies)
             try:
-                await sql.write_turn(_SQLiteTx(db), state, entries, events, now)
+                await sql.write_turn(SQLiteStatements(db), state, entries, events, now)
                 await extra(db, state)
                 await db.execute("COMMIT")
             except BaseException:
