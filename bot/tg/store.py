@@ -141,6 +141,40 @@ class TelegramStore(Protocol):
         """Outgoing rows per status."""
 
 
+# -- what both implementations read alike ------------------------------------------------------
+class TelegramStoreReads:
+    """The reads that are the same SQL on every engine, through the ``Database`` seam
+    (``self.database``: ``fetchone``/``fetchall`` with ``?`` placeholders). Both
+    implementations inherit them, so a query is written once."""
+
+    database: Any
+
+    async def last_update_id(self) -> int:
+        row = await self.database.fetchone("SELECT MAX(update_id) FROM tg_inbox")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def update_status(self, update_id: int) -> str | None:
+        row = await self.database.fetchone("SELECT status FROM tg_inbox WHERE update_id = ?", (update_id,))
+        return str(row[0]) if row else None
+
+    async def missed_answers(self) -> list[int]:
+        """Chats whose newest answer was given up (failed to send, not blocked)."""
+        rows = await self.database.fetchall(
+            "SELECT o.chat_id FROM tg_outbox AS o WHERE o.status = 'failed' AND o.last_error <> 'blocked' "
+            "AND o.id = (SELECT MAX(id) FROM tg_outbox WHERE chat_id = o.chat_id AND kind = 'send' AND priority = ?)",
+            (ANSWER,),
+        )
+        return [int(r[0]) for r in rows]
+
+    async def keyboard_of(self, chat_id: int) -> int | None:
+        row = await self.database.fetchone("SELECT message_id FROM tg_keyboards WHERE chat_id = ?", (chat_id,))
+        return int(row[0]) if row else None
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.database.fetchall("SELECT status, COUNT(*) FROM tg_outbox GROUP BY status")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+
 # -- the SQLite implementation ------------------------------------------------------------------
 class _GroupCommit:
     """Many small writes from many coroutines, one transaction: callers that arrive while a
@@ -171,7 +205,7 @@ class _GroupCommit:
         waiter.set_result(result)
 
 
-class SQLiteTelegramStore:
+class SQLiteTelegramStore(TelegramStoreReads):
     """``TelegramStore`` on the conversation store's aiosqlite connection (``database``: a
     ``bot.store.database.SQLiteDatabase`` — its ``conn``, write ``lock`` and ``path``).
 
@@ -249,14 +283,6 @@ class SQLiteTelegramStore:
     async def new_updates(self) -> list[tuple[int, str]]:
         rows = await self.conn.execute_fetchall("SELECT update_id, body FROM tg_inbox WHERE status = 'new' ORDER BY update_id")
         return [(int(r[0]), str(r[1])) for r in rows]
-
-    async def last_update_id(self) -> int:
-        rows = await self.conn.execute_fetchall("SELECT MAX(update_id) FROM tg_inbox")
-        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
-
-    async def update_status(self, update_id: int) -> str | None:
-        rows = await self.conn.execute_fetchall("SELECT status FROM tg_inbox WHERE update_id = ?", (update_id,))
-        return str(rows[0][0]) if rows else None
 
     # -- a turn's writes --------------------------------------------------------------
     async def write_turn(
@@ -352,21 +378,6 @@ class SQLiteTelegramStore:
     async def drop_chat(self, chat_id: int, reason: str) -> int:
         return int(await self._write(_drop_chat, chat_id, reason))
 
-    async def missed_answers(self) -> list[int]:
-        rows = await self.conn.execute_fetchall(
-            "SELECT o.chat_id FROM tg_outbox AS o WHERE o.status = 'failed' AND o.last_error != 'blocked' "
-            "AND o.id = (SELECT MAX(id) FROM tg_outbox WHERE chat_id = o.chat_id AND kind = 'send' AND priority = ?)",
-            (ANSWER,),
-        )
-        return [int(r[0]) for r in rows]
-
-    async def keyboard_of(self, chat_id: int) -> int | None:
-        rows = await self.conn.execute_fetchall("SELECT message_id FROM tg_keyboards WHERE chat_id = ?", (chat_id,))
-        return int(rows[0][0]) if rows else None
-
-    async def counts(self) -> dict[str, int]:
-        rows = await self.conn.execute_fetchall("SELECT status, COUNT(*) FROM tg_outbox GROUP BY status")
-        return {str(r[0]): int(r[1]) for r in rows}
 
 
 def _rows(specs: Sequence[JobSpec]) -> list[tuple[int, str, int, str]]:

@@ -44,7 +44,6 @@ from bot.store.leader import connection_errors
 from bot.store.postgres import DB_ERRORS
 
 from .store import (
-    ANSWER,
     HOUSEKEEPING,
     INBOX_MEMORY_S,
     SENT_MEMORY_S,
@@ -53,6 +52,7 @@ from .store import (
     Outcome,
     SQLiteTelegramStore,
     TelegramStore,
+    TelegramStoreReads,
 )
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class AlreadyDone(StoreError):
     """The update was finished by another instance: this turn is rolled back, nothing sent."""
 
 
-class PostgresTelegramStore:
+class PostgresTelegramStore(TelegramStoreReads):
     """``TelegramStore`` on PostgreSQL for several instances (see the module docstring)."""
 
     def __init__(self, database: Any) -> None:
@@ -236,14 +236,6 @@ class PostgresTelegramStore:
         """At start: the updates of instances that are gone (and nobody took yet)."""
         updates, _ = await self.adopt()
         return updates
-
-    async def last_update_id(self) -> int:
-        row = await self.database.fetchone("SELECT MAX(update_id) FROM tg_inbox")
-        return int(row[0]) if row and row[0] is not None else 0
-
-    async def update_status(self, update_id: int) -> str | None:
-        row = await self.database.fetchone("SELECT status FROM tg_inbox WHERE update_id = ?", (update_id,))
-        return str(row[0]) if row else None
 
     # -- taking over ----------------------------------------------------------------------------
     async def adopt(self) -> tuple[list[tuple[int, str]], list[Job]]:
@@ -406,24 +398,6 @@ class PostgresTelegramStore:
             )
             await tx.execute("DELETE FROM tg_keyboards WHERE chat_id = ?", (chat_id,))
         return n
-
-    async def missed_answers(self) -> list[int]:
-        """Chats whose newest answer was given up (failed to send, not blocked)."""
-        rows = await self.database.fetchall(
-            "SELECT o.chat_id FROM tg_outbox AS o WHERE o.status = 'failed' AND o.last_error <> 'blocked' "
-            "AND o.id = (SELECT MAX(id) FROM tg_outbox WHERE chat_id = o.chat_id AND kind = 'send' AND priority = ?)",
-            (ANSWER,),
-        )
-        return [int(r[0]) for r in rows]
-
-    # -- keyboards, figures ---------------------------------------------------------------------
-    async def keyboard_of(self, chat_id: int) -> int | None:
-        row = await self.database.fetchone("SELECT message_id FROM tg_keyboards WHERE chat_id = ?", (chat_id,))
-        return int(row[0]) if row else None
-
-    async def counts(self) -> dict[str, int]:
-        rows = await self.database.fetchall("SELECT status, COUNT(*) FROM tg_outbox GROUP BY status")
-        return {str(r[0]): int(r[1]) for r in rows}
 
 
 def _loads(body: str) -> Any:
