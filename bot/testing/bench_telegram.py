@@ -19,7 +19,9 @@ After a warm-up (every user sends /start), two phases:
   "reply received" (the first ``sendMessage`` for that chat reached the fake).
 
 Returns ``{"telegram_updates_per_s": ..., "telegram_p99_ms": ...}`` from the paced phase;
-the capacity figure and the call mix go to the log.
+the capacity figure and the call mix go to the log. ``cpu_ms_per_update``: the bot process's
+CPU time (every thread) from "go" to the end over the updates handled — steadier than the
+rates when the machine is shared, so changes to the door are compared by it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import contextlib
 import logging
 import multiprocessing
 import random
+import resource
 import statistics
 import struct
 import tempfile
@@ -44,6 +47,12 @@ from bot.testing.phrases import ANY_MESSAGE
 log = logging.getLogger(__name__)
 
 _DONE = struct.Struct("<q")
+
+
+def _cpu() -> float:
+    """CPU seconds this process (every thread) has used so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -185,6 +194,7 @@ async def _telegram_side(
                 "calls_per_turn": throttled / max(1, paced_updates),
                 "refused_429": refused,
                 "capacity_p99_ms": cap_p99,
+                "handled_total": sim.handled,
                 "calls": collections.Counter(c.method for c in fake.calls).most_common(),
             }
             conn.send(("result", result))
@@ -288,8 +298,10 @@ async def run_telegram(
         if bare:
             app = await _bare_bot(token, base_url, base_file_url, lambda uid: ours.send_bytes(_DONE.pack(uid)))
             try:
+                cpu0 = _cpu()
                 ours.send_bytes(b"go")
                 kind, result = await asyncio.to_thread(ours.recv)
+                cpu = _cpu() - cpu0
             finally:
                 assert app.updater is not None
                 await app.updater.stop()
@@ -323,14 +335,17 @@ async def run_telegram(
                         max_parallel=max_parallel,
                     ) as service:
                         service.door.listeners.append(lambda uid, chat: ours.send_bytes(_DONE.pack(uid)))
+                        cpu0 = _cpu()
                         ours.send_bytes(b"go")
                         kind, result = await asyncio.to_thread(ours.recv)
+                        cpu = _cpu() - cpu0
                     with contextlib.suppress(OSError):
                         ours.send_bytes(b"stop")
                 finally:
                     await runtime.close()
         if kind != "result":
             raise RuntimeError(f"telegram bench failed on the fake's side: {result}")
+        result["cpu_ms_per_update"] = cpu * 1000.0 / max(1, result["handled_total"])
     finally:
         ours.close()
         await asyncio.to_thread(proc.join, 10)
@@ -339,7 +354,8 @@ async def run_telegram(
     log.warning(
         "telegram bench (%s%s): %d users; capacity %.0f updates/s (p99 %.0f ms with all %d in flight); "
         "paced, %.0f offered: %.1f updates/s, p50 %.1f ms, p99 %.1f ms, max %.1f ms over %d "
-        "updates; %.2f throttled calls per update, %d answered 429; Bot API calls: %s",
+        "updates; %.2f ms of the bot's CPU per update; %.2f throttled calls per update, %d answered 429; "
+        "Bot API calls: %s",
         "bare PTB echo bot" if bare else "the door",
         ", real limits" if real_limits else "",
         users,
@@ -352,6 +368,7 @@ async def run_telegram(
         result["p99_ms"],
         result["max_ms"],
         result["updates"],
+        result["cpu_ms_per_update"],
         result["calls_per_turn"],
         result["refused_429"],
         ", ".join(f"{m} {n}" for m, n in result["calls"]),
@@ -369,6 +386,8 @@ async def bench_telegram(settings: Settings, **kw: Any) -> dict[str, float]:
         "telegram_capacity_per_s": round(door["capacity_per_s"], 1),
         "telegram_bare_capacity_per_s": round(bare["capacity_per_s"], 1),
         "telegram_vs_bare": round(door["capacity_per_s"] / max(1e-9, bare["capacity_per_s"]), 2),
+        "telegram_cpu_ms_per_update": round(door["cpu_ms_per_update"], 2),
+        "telegram_bare_cpu_ms_per_update": round(bare["cpu_ms_per_update"], 2),
     }
 
 
