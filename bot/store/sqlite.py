@@ -1,7 +1,8 @@
 """SQLite implementation of the store port (aiosqlite, WAL, versioned migrations).
 
 One connection per process; aiosqlite serialises calls on its own thread. Each engine
-turn is one transaction (state + transcript lines + unmatched rows). Errors opening the
+turn is one transaction (state + transcript lines + unmatched rows + a door's writes, through
+``TURN_WRITES``), run in ONE hand-over to that thread (``TurnCall``). Errors opening the
 file surface as StoreError naming the path, never as a traceback to a user.
 
 Deleted text does not stay readable in the file: every connection runs with
@@ -29,7 +30,7 @@ from bot.core.ports import Direction, Entry, State
 
 from . import conversations as sql
 from .conversations import ConversationRow, MessageRow
-from .database import SQLiteDatabase, SQLiteStatements, StoreError
+from .database import SQLiteDatabase, StoreError
 from .schema import BY_DIALECT, MIGRATIONS, OWNER
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,56 @@ log = logging.getLogger(__name__)
 
 TurnWrites = Callable[[Any, State], Awaitable[None]]
 #: Extra writes of the turn being saved, set by a door around ``Engine.handle`` (the Telegram
-#: door: its outgoing messages, the update marked done). ``save_turn`` awaits it inside its
-#: transaction just before COMMIT; if it raises, the whole turn is rolled back. It gets the
-#: transaction's handle: SQLite's aiosqlite connection, PostgreSQL's ``Transaction``.
+#: door: its outgoing messages, the update marked done). ``save_turn`` awaits it with the
+#: turn's handle — SQLite's ``TurnCall``, PostgreSQL's ``Transaction`` — and its writes are
+#: part of the turn's transaction: if it raises, nothing of the turn is saved.
 TURN_WRITES: contextvars.ContextVar[TurnWrites | None] = contextvars.ContextVar("turn_writes", default=None)
+
+
+class TurnCall:
+    """A turn on SQLite, as a door's hook (``TURN_WRITES``) is handed it: ``await
+    turn.call(fn, *args)`` runs ``fn(sqlite3_connection, *args)`` — plain sqlite3 statements —
+    inside the turn's transaction, in the SAME hand-over to aiosqlite's thread as the turn's
+    own writes (BEGIN IMMEDIATE, the turn, ``fn``, COMMIT), and returns what ``fn`` returned.
+
+    So the hook's work before the call (planning, rendering) runs on the event loop before
+    the transaction begins — raising there saves nothing — and its work after the call runs
+    once the turn is committed. One call per turn; when the hook makes none, ``save_turn``
+    makes it (the turn alone). Each hand-over costs a future, a thread wake-up and GIL
+    switches, and the write lock is held across it: one per turn, not one per statement.
+    """
+
+    def __init__(self, store: SQLiteStore, state: State, entries: Sequence[Entry], events: Sequence[str],
+                 now: float) -> None:
+        self._store = store
+        self._turn = (state, entries, events, now)
+        self.done = False
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.done:
+            raise RuntimeError("a turn's writes are one call: this turn is already committed")
+        self.done = True
+        db = self._store.db
+        async with self._store.tx_lock:
+            return await db._execute(_turn_transaction, db._conn, self._turn, fn, args)
+
+
+def _turn_transaction(conn: sqlite3.Connection, turn: tuple[State, Sequence[Entry], Sequence[str], float],
+                      fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """On aiosqlite's thread: the turn's writes and ``fn``'s, one transaction."""
+    conn.execute("BEGIN IMMEDIATE")  # take the write lock first (busy timeout applies)
+    try:
+        run_now(sql.write_turn(_ThreadTx(conn), *turn))
+        result = fn(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _no_more(conn: sqlite3.Connection) -> None:
+    """A turn without a door's writes."""
 
 
 class _ThreadTx:
@@ -232,36 +279,14 @@ class SQLiteStore:
         return sql.state_from_row(conversation_id, await self.fetchone(sql.LOAD_STATE, (conversation_id,)))
 
     async def save_turn(self, state: State, entries: Sequence[Entry], events: Sequence[str] = ()) -> None:
-        now = time.time()
-        db = self.db
+        """The turn and a door's writes (``TURN_WRITES``) in one transaction, one hand-over
+        to aiosqlite's thread (``TurnCall``)."""
+        turn = TurnCall(self, state, entries, events, time.time())
         extra = TURN_WRITES.get()
-        if extra is None:
-            # the whole transaction in ONE hand-over to aiosqlite's thread: the write lock is
-            # held for that call, not across a loop turn per statement (engine bench: +25-50%
-            # turns/s under load). With a door's hook (below) the statements go one by one:
-            # running the door's planning on that thread too cost the Telegram door more CPU
-            # (the two threads fighting for the GIL) than the hand-overs saved — measured.
-            def turn(conn: sqlite3.Connection) -> None:
-                conn.execute("BEGIN IMMEDIATE")  # take the write lock first (busy timeout applies)
-                try:
-                    run_now(sql.write_turn(_ThreadTx(conn), state, entries, events, now))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-
-            async with self.tx_lock:
-                await db._execute(turn, db._conn)
-            return
-        async with self.tx_lock:
-            await db.execute("BEGIN IMMEDIATE")  # take the write lock first (busy timeout applies)
-            try:
-                await sql.write_turn(SQLiteStatements(db), state, entries, events, now)
-                await extra(db, state)
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+        if extra is not None:
+            await extra(turn, state)
+        if not turn.done:
+            await turn.call(_no_more)
 
     # -- queries for tools and doors ------------------------------------------------
     async def set_flags(self, conversation_id: str, *, active: bool | None = None,
@@ -315,4 +340,4 @@ async def reclaim_space(db: aiosqlite.Connection) -> None:
         log.info("the write-ahead log could not be emptied yet (a reader is busy)")
 
 
-__all__ = ["reclaim_space", "TURN_WRITES", "SQLiteStore", "StoreError", "ConversationRow", "MessageRow", "Direction"]
+__all__ = ["reclaim_space", "TURN_WRITES", "TurnCall", "SQLiteStore", "StoreError", "ConversationRow", "MessageRow", "Direction"]

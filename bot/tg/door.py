@@ -5,9 +5,11 @@ A thin translator on the seam, like the terminal door. The engine owns the conve
 the door owns what Telegram needs: the intake is stored before it is confirmed
 (``bot.tg.intake``), and a turn's messages are written to the outgoing queue
 (``bot.tg.store``) **in the turn's own transaction** together with "this update is done"
-(through ``TURN_WRITES``: ``SQLiteStore.save_turn`` calls the door inside its transaction,
-where ``SAVING_REPLIES`` holds the replies). ``bot.tg.sender`` delivers them. A kill at any
-moment therefore loses no update and repeats no turn.
+(through ``TURN_WRITES``: the conversation store's ``save_turn`` calls the door's hook, which
+plans the messages from ``SAVING_REPLIES`` on the event loop and hands their SQL to the turn's
+transaction — on SQLite the same single hand-over to the database thread as the turn's own
+writes). ``bot.tg.sender`` delivers them. A kill at any moment therefore loses no update and
+repeats no turn.
 
 Handling one update (``_on_update``, called by PTB strictly one after another): classify it
 synchronously (no awaits, so the order of arrival is kept), then chain a task behind the
@@ -317,11 +319,12 @@ class TelegramDoor:
         self._blocked.discard(work.chat_id)  # they wrote to us: not (or no longer) blocked
         if sender is not None:
             sender.expect(work.chat_id, work.received or None)
-        written: list[Job] = []
+        written: list[list[Job]] = []  # the hook's jobs, once it ran (the turn was saved)
 
         async def writes(db: Any, state: Any) -> None:
+            # planned here, on the event loop; the store runs only the SQL in the turn's transaction
             specs, spent = plan(work, SAVING_REPLIES.get())
-            written.extend(await self.tg_store.write_turn(db, work.update_id, specs, spent=spent))
+            written.append(await self.tg_store.write_turn(db, work.update_id, specs, spent=spent))
 
         log.debug("update %s: %s for %s", work.update_id, work.inbound.kind.value, work.inbound.conversation_id)
         hook = TURN_WRITES.set(writes)
@@ -336,8 +339,9 @@ class TelegramDoor:
             return jobs
         finally:
             TURN_WRITES.reset(hook)
-        jobs = written
-        if not jobs and await self.tg_store.update_status(work.update_id) == "new":  # the engine saved nothing
+        if written:
+            jobs = [job for batch in written for job in batch]
+        else:  # the engine saved nothing: the update is finished on its own
             specs, spent = plan(work, replies)
             jobs = await self.tg_store.finish(work.update_id, specs, spent=spent)
         self._queue(jobs)

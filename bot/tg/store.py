@@ -46,6 +46,8 @@ from typing import Any, Protocol
 
 import aiosqlite
 
+from bot.store.sqlite import TurnCall
+
 log = logging.getLogger(__name__)
 
 ANSWER = 0  # a user is waiting for it
@@ -213,7 +215,9 @@ class SQLiteTelegramStore(TelegramStoreReads):
 
     * several statements for one hand-over to aiosqlite's thread (``_in_db_thread``, which uses
       aiosqlite's private ``_execute``/``_conn``): under load each hand-over waits for the GIL,
-      and that, not SQLite, is what a statement costs;
+      and that, not SQLite, is what a statement costs. A turn's writes (``write_turn``) go
+      further: they are handed to the conversation store's turn (``bot.store.sqlite.TurnCall``),
+      which runs them in the same hand-over as the turn's own writes — one per turn;
     * the ``sending`` marks (``mark_then``) in a small SQLite file of their own next to the
       database (``<db>-sending``, owner-only: table ``sending(job_id)``; in-memory databases
       mark in ``tg_outbox``), written through a plain ``sqlite3`` connection **on the event
@@ -291,8 +295,10 @@ class SQLiteTelegramStore(TelegramStoreReads):
         specs = list(specs)
         now = time.time()
         rows = _rows(specs)
-        conn = tx if isinstance(tx, aiosqlite.Connection) else self.conn
-        ids = await self._in_db_thread(conn, _write_turn, rows, update_id, now, spent, status)
+        if isinstance(tx, TurnCall):  # the conversation store's turn: the same hand-over
+            ids = await tx.call(_write_turn, rows, update_id, now, spent, status)
+        else:  # inside a transaction the caller opened on this connection
+            ids = await self._in_db_thread(self.conn, _write_turn, rows, update_id, now, spent, status)
         return _jobs(ids, specs, update_id, now)
 
     async def finish(
