@@ -24,6 +24,7 @@ from bot.runtime import Knowledge, Runtime
 from bot.tg.features import TelegramFileFetcher
 from bot.tg.ratelimit import RateLimits
 from bot.tg.render import visible
+from bot.tg.wire import WireRequest
 from bot.testing.fakeapi import TotalRateLimit
 from tests.support.fake_botapi import FakeBotAPI, RateLimitPolicy, is_group_chat, running_bot
 from tests.test_telegram_door import _runtime, runtime, tg_knowledge  # noqa: F401 - fixtures
@@ -211,6 +212,39 @@ async def test_the_typing_indicator_shows_while_an_answer_waits(runtime: Runtime
         quick = len(bot.fake.calls_of("sendChatAction"))
         await bot.command(2010, "start")
         assert len(bot.fake.calls_of("sendChatAction")) == quick, "no indicator for a quick answer"
+
+
+@pytest.mark.parametrize("proxy", [False, True])
+async def test_toasts_and_typing_take_the_queues_lean_transport_or_the_bots_behind_a_proxy(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, proxy: bool
+) -> None:
+    """A press's toast and the typing indicator are plain JSON requests on the outgoing queue's
+    transport (no PTB objects, no second HTTP client); behind a proxy, which that transport does
+    not speak, they still arrive, through the bot's own."""
+    on_wire: list[str] = []
+    do_request = WireRequest.do_request
+
+    async def recorded(self: WireRequest, url: str, *args: Any, **kw: Any) -> tuple[int, bytes]:
+        on_wire.append(url.rsplit("/", 1)[1])
+        return await do_request(self, url, *args, **kw)
+
+    monkeypatch.setattr(WireRequest, "do_request", recorded)
+    if proxy:
+        monkeypatch.setattr(WireRequest, "usable_for", staticmethod(lambda url: False))
+    async with running_bot(runtime, typing_after=0.3) as bot:
+        bot.fake.stall("sendMessage", seconds=1.0)
+        await bot.command(2011, "start")
+        menu = bot.fake.last_keyboard(2011)
+        await bot.wait_handled(bot.fake.press(2011, message_id=menu.message_id, index=0))
+        await bot.settled()
+        (typing,) = bot.fake.calls_of("sendChatAction", chat_id=2011)
+        assert typing.ok and typing.params == {"chat_id": 2011, "action": "typing"}
+        (toast,) = bot.fake.calls_of("answerCallbackQuery")
+        assert toast.ok and "text" not in toast.params, "a plain press: the spinner stops, no toast text"
+    if proxy:
+        assert on_wire == []
+    else:
+        assert {"sendChatAction", "answerCallbackQuery"} <= set(on_wire)
 
 
 # -- intake: hostile updates, a deaf bot, the webhook ------------------------------------------------

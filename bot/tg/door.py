@@ -428,10 +428,17 @@ class TelegramDoor:
         self._answered[cq.id] = None
         while len(self._answered) > 10_000:
             self._answered.popitem(last=False)
+        await self.answer_query(cq.id, text)
+
+    async def answer_query(self, query_id: str, text: str) -> None:
+        """The toast for a button press (``text`` may be empty: it only stops the spinner), sent
+        the sender's lean way (``Sender.call``); a failure is logged, never raised."""
+        assert self.sender is not None, "install() first"
+        payload = {"callback_query_id": query_id, "text": clip(text, MAX_CALLBACK_ANSWER) if text else None}
         try:
-            await cq.answer(text=clip(text, MAX_CALLBACK_ANSWER) if text else None)
+            await self.sender.call("answerCallbackQuery", payload)
         except TelegramError as exc:  # too old, already answered: the user sees nothing anyway
-            log.info("answering button press %s failed: %s", cq.id, exc)
+            log.info("answering button press %s failed: %s", query_id, exc)
 
     # -- sending for other features --------------------------------------------------------------
     async def deliver(

@@ -24,7 +24,10 @@ it is ``unsure`` and logged.
 The typing indicator: while a chat waits for an answer (the door calls ``expect`` when a
 turn starts) longer than ``typing_after`` seconds — a slow turn, a full budget, a 429 —
 ``sendChatAction(typing)`` is sent, again every ``TYPING_EVERY`` s while it still waits. It
-is not a message: it does not spend the message budget.
+is not a message: it does not spend the message budget. It and the door's button toasts
+(``answerCallbackQuery``) leave through ``call``: the rate limiter's ``process_request`` (no
+slot for these endpoints; a 429 waited out) and the queue's transport with a plain JSON body,
+no PTB objects built, no mark (the bot's own transport behind a proxy).
 
 ``stop(deadline)``: no new job starts; requests already on the wire get until the deadline to
 finish; everything else stays queued in the database for the next start.
@@ -145,7 +148,8 @@ class Sender:
         """Load what an earlier run left queued; returns how many jobs that is."""
         await self.store.open()
         if WireRequest.usable_for(self.bot.base_url):
-            self.wire = WireRequest(connection_pool_size=self._max_on_wire + 2)
+            # the queue's requests, and toasts and typing indicators (``call``) beside them
+            self.wire = WireRequest(connection_pool_size=self._max_on_wire + 16)
             await self.wire.initialize()
         else:
             log.info("an HTTP(S) proxy applies to the Bot API: messages go out through the bot's own transport")
@@ -447,9 +451,15 @@ class Sender:
                 self._on_wire.add(task)
                 task.add_done_callback(self._on_wire.discard)
 
+    async def call(self, method: str, payload: dict[str, Any]) -> Any:
+        """A request that is not a queued message (a button's toast, the typing indicator):
+        through the rate limiter (for these endpoints: no slot, 429s waited out) and the queue's
+        transport — no PTB objects built — or the bot's own behind a proxy. Raises PTB's errors."""
+        return await self.limiter.process_request(self._post, (method, payload, None), {}, method, payload, None)
+
     async def _type(self, chat_id: int) -> None:
         try:
-            await self.bot.send_chat_action(chat_id, ChatAction.TYPING)
+            await self.call("sendChatAction", {"chat_id": chat_id, "action": ChatAction.TYPING.value})
             self.typing += 1
         except TelegramError as exc:  # cosmetic
             log.info("typing indicator for %s failed: %s", chat_id, exc)

@@ -25,7 +25,16 @@ A connection idle longer than ``idle_for`` (well under servers' keep-alive time)
 while idle (the server closed it, or sent something unasked) is not reused: a request written
 into a connection the server is closing would be lost without a trace. No proxy support: the
 sender uses this transport only when no HTTP(S) proxy applies (``usable_for``), otherwise PTB's
-with the mark just before the request (the wider gap). HTTP/1.1 is parsed by ``h11``.
+with the mark just before the request (the wider gap). Nor is a connection reused after an answer
+that says ``Connection: close``, one whose body ended with the connection, or bytes nobody asked
+for (before the request was written, after its answer).
+
+HTTP/1.1: the request is built here (``request_head``: request line, Host, User-Agent,
+Connection, Content-Type, Content-Length — all from config and code, and a CR, LF, space or
+control character in the method, host or target is refused, so no header can be injected);
+answers are parsed by ``httptools`` (llhttp, in C): Content-Length, chunked, or read until the
+server closes; an answer over ``MAX_ANSWER`` bytes or malformed fails the request ("may have
+arrived") and drops the connection.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import select
 import ssl
 import time
@@ -41,16 +51,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import h11
+import httptools
 from telegram._utils.defaultvalue import DefaultValue
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
 
-from .http import JSON_HEADERS, JSONRequestData, NotSent
+from .http import JSONRequestData, NotSent
 
 #: ``guard(write)``: commit what must hold before the request leaves, then call ``write()``
 #: with no ``await`` in between; if it raises, ``write`` was not called (or raised ``NotSent``)
 Guard = Callable[[Callable[[], None]], Awaitable[None]]
+
+MAX_ANSWER = 8 * 1024 * 1024  # bytes of an answer's headers and body (the Bot API's are a few KB)
+_TOKEN = re.compile(r"[!-~]+")  # printable ASCII, no space: a method, host or request target
+_TEXT = re.compile(r"[ -~]*")  # printable ASCII: a header's value
 
 
 class GuardedRequestData(JSONRequestData):
@@ -62,14 +76,21 @@ class GuardedRequestData(JSONRequestData):
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection; one request at a time."""
+    """One keep-alive HTTP/1.1 connection; one request at a time. ``httptools`` (llhttp, C)
+    parses the answers: a Content-Length or chunked body, or one that ends with the connection."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.parser = httptools.HttpResponseParser(self)
         self.response: asyncio.Future[tuple[int, bytes]] | None = None
-        self.status = 0
         self.body: list[bytes] = []
+        self.size = 0
+        self.refused = ""  # why the answer was refused midway
+        self.framed = False  # the answer has a Content-Length or is chunked
+        self.until_close = False  # ...or not: its body ends when the server closes
+        self.written = False  # the request is in the socket
+        self.complete = False  # its answer is in
+        self.keep_alive = False
         self.closed = False
         self.idle_since = time.monotonic()
 
@@ -78,44 +99,68 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.written or self.complete:  # unasked bytes: the connection is not used again
+            self.closed = True
+            return
         try:
-            self.h11.receive_data(data)
-            self._events()
-        except h11.RemoteProtocolError as exc:
-            self._fail(NetworkError(f"bad HTTP answer from the Bot API: {exc}"))
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:  # a callback's exception comes wrapped in one
+            self._fail(NetworkError(self.refused or f"bad HTTP answer from the Bot API: {exc}"))
+            self.close()
 
     def eof_received(self) -> bool | None:
-        with contextlib.suppress(h11.RemoteProtocolError):
-            self.h11.receive_data(b"")
-            self._events()
+        if self.until_close and self.written and not self.complete:  # the close ends the body
+            self.on_message_complete()
         self._fail(NetworkError("the Bot API closed the connection before answering"))
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        if exc is None:
+            self.eof_received()
         self._fail(NetworkError(f"connection to the Bot API lost: {exc or 'closed'}"))
 
-    # -- the exchange --
-    def _events(self) -> None:
-        while True:
-            event = self.h11.next_event()
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.Response):
-                self.status = event.status_code
-            elif isinstance(event, h11.Data):
-                self.body.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                if self.response is not None and not self.response.done():
-                    self.response.set_result((self.status, b"".join(self.body)))
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                self._fail(NetworkError("the Bot API closed the connection before answering"))
-                return
+    # -- httptools' callbacks --
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer in the same read: unasked
+            self.closed = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        name = name.lower()
+        if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        # llhttp reads an unframed body until the close, which httptools cannot tell it: we do
+        self.until_close = status >= 200 and status not in (204, 304) and not self.framed
+        self.framed = False
+
+    def on_body(self, body: bytes) -> None:
+        self._count(len(body))
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.complete or self.response is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:  # 100 Continue and the like: the answer follows
+            self.body, self.size = [], 0
+            return
+        self.complete = True
+        self.keep_alive = not self.until_close and self.parser.should_keep_alive()
+        if not self.response.done():
+            self.response.set_result((status, b"".join(self.body)))
+
+    def _count(self, n: int) -> None:
+        self.size += n
+        if self.size > MAX_ANSWER:  # stops the parser
+            self.refused = f"the Bot API's answer is larger than {MAX_ANSWER} bytes"
+            raise ValueError(self.refused)
 
     def _fail(self, exc: Exception) -> None:
         self.closed = True
-        if self.response is not None and not self.response.done():
+        if self.response is not None and self.written and not self.response.done():
             self.response.set_exception(exc)
 
     def usable(self, idle_for: float) -> bool:
@@ -130,29 +175,25 @@ class _Connection(asyncio.Protocol):
         readable, _, _ = select.select([sock.fileno()], [], [], 0)
         return not readable
 
-    def prepare(self, method: str, host: str, target: str, body: bytes | None, headers: dict[str, str]) -> bytes:
-        self.status, self.body = 0, []
+    def prepare(self) -> asyncio.Future[tuple[int, bytes]]:
+        """A fresh exchange; its answer will be this future."""
+        self.body, self.size, self.framed, self.until_close = [], 0, False, False
+        self.written = self.complete = self.keep_alive = False
         self.response = asyncio.get_running_loop().create_future()
-        fields = [("Host", host), *headers.items()]
-        if body is not None:
-            fields.append(("Content-Length", str(len(body))))
-        out = self.h11.send(h11.Request(method=method, target=target, headers=fields)) or b""
-        if body:
-            out += self.h11.send(h11.Data(data=body)) or b""
-        out += self.h11.send(h11.EndOfMessage()) or b""
-        return out
+        return self.response
 
     def write(self, data: bytes) -> None:
         """Into the socket now (asyncio sends at once when nothing is buffered)."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise NotSent("the connection closed before the request was written")
+        self.written = True
         self.transport.write(data)
 
     def reusable(self) -> bool:
-        if self.closed or self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+        if self.closed or not self.complete or not self.keep_alive:
             return False
-        self.h11.start_next_cycle()
         self.response = None
+        self.written = self.complete = False
         self.idle_since = time.monotonic()
         return True
 
@@ -162,10 +203,29 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _too_late(response: asyncio.Future[tuple[int, bytes]]) -> None:
+    if not response.done():
+        response.set_exception(TimeoutError())
+
+
+def request_head(method: str, host: str, target: str, user_agent: str, body_length: int) -> bytes:
+    """The request line and headers; ``ValueError`` for a method, host or target that would
+    break them (CR, LF, spaces, control or non-ASCII characters: no header injection)."""
+    for part in (method, host, target):
+        if not _TOKEN.fullmatch(part):
+            raise ValueError(f"refused: {part!r} does not fit in an HTTP request line")
+    if not _TEXT.fullmatch(user_agent):
+        raise ValueError(f"refused: {user_agent!r} does not fit in an HTTP header")
+    return (
+        f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\nConnection: keep-alive\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {body_length}\r\n\r\n"
+    ).encode("ascii")
+
+
 class WireRequest(BaseRequest):
     """PTB transport for the outgoing queue (see the module docstring)."""
 
-    __slots__ = ("_idle", "_slots", "_pool_size", "_timeouts", "_idle_for", "_ssl", "_open")
+    __slots__ = ("_idle", "_slots", "_pool_size", "_timeouts", "_idle_for", "_ssl", "_open", "_urls")
 
     def __init__(
         self,
@@ -183,6 +243,7 @@ class WireRequest(BaseRequest):
         self._open: set[_Connection] = set()
         self._slots: asyncio.Semaphore | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._urls: dict[str, tuple[tuple[str, str, int], str, str]] = {}
 
     @staticmethod
     def usable_for(url: str) -> bool:
@@ -214,6 +275,22 @@ class WireRequest(BaseRequest):
 
     def _pick(self, value: Any, name: str) -> float | None:
         return self._timeouts[name] if isinstance(value, DefaultValue) else value
+
+    def _split(self, url: str) -> tuple[tuple[str, str, int], str, str]:
+        """(scheme, host, port), the Host header and the request target of ``url``; ``ValueError``
+        for a URL with a space, CR, LF or any other control or non-ASCII character."""
+        split = self._urls.get(url)
+        if split is None:
+            if not _TOKEN.fullmatch(url):  # urlsplit would quietly drop a CR or LF
+                raise ValueError(f"refused: {url!r} does not fit in an HTTP request line")
+            parts = urlsplit(url)
+            key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            split = key, parts.netloc.rpartition("@")[2], target
+            if len(self._urls) >= 256:  # the Bot API's methods: a handful
+                self._urls.clear()
+            self._urls[url] = split
+        return split
 
     async def _connection(self, key: tuple[str, str, int], connect_timeout: float | None) -> _Connection:
         idle = self._idle.setdefault(key, [])
@@ -254,15 +331,13 @@ class WireRequest(BaseRequest):
             raise RuntimeError("This WireRequest is not initialized!")
         if request_data is not None and request_data.multipart_data:
             raise NetworkError("the outgoing queue's transport sends JSON only") from NotSent("multipart")
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
-        host = parts.netloc.rpartition("@")[2]
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        body = None
-        headers = {"User-Agent": self.USER_AGENT}
-        if request_data is not None and request_data.parameters:
-            body = request_data.json_payload
-            headers.update(JSON_HEADERS)
+        body = request_data.json_payload if request_data is not None and request_data.parameters else b""
+        try:
+            key, host, target = self._split(url)
+            head = request_head(method, host, target, self.USER_AGENT, len(body))
+        except ValueError as exc:
+            raise NetworkError(str(exc)) from NotSent(str(exc))
+        data = head + body
         guard: Guard | None = getattr(request_data, "guard", None)
         pool = self._pick(pool_timeout, "pool")
         try:
@@ -272,9 +347,7 @@ class WireRequest(BaseRequest):
         conn: _Connection | None = None
         try:
             conn = await self._connection(key, self._pick(connect_timeout, "connect"))
-            data = conn.prepare(method, host, target, body, headers)
-            response = conn.response
-            assert response is not None
+            response = conn.prepare()
             try:
                 if guard is None:
                     conn.write(data)
@@ -285,10 +358,15 @@ class WireRequest(BaseRequest):
             except Exception as exc:  # noqa: BLE001 - the guard (the database) failed: nothing was written
                 raise NetworkError(f"not sent: {exc!r}") from NotSent(repr(exc))
             # from here on the request may have reached Telegram
+            read = self._pick(read_timeout, "read")
+            timer = None if read is None else asyncio.get_running_loop().call_later(read, _too_late, response)
             try:
-                status, payload = await asyncio.wait_for(asyncio.shield(response), self._pick(read_timeout, "read"))
+                status, payload = await response
             except TimeoutError as exc:
                 raise TimedOut("no answer from the Bot API in time (the request may have arrived)") from exc
+            finally:
+                if timer is not None:
+                    timer.cancel()
             if conn.reusable():
                 self._idle.setdefault(key, []).append(conn)
                 conn = None
