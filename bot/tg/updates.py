@@ -18,6 +18,7 @@ answers its id; ``bot.tg.plan`` edits the pressed message).
 from __future__ import annotations
 
 import datetime as dtm
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,11 +47,20 @@ class Press:
 
     @property
     def text_html(self) -> str:
-        """The pressed message's text as HTML (its bold, links… kept), PTB's rendering."""
-        ents = MessageEntity.de_list([dict(e) for e in self.entities], None)
-        msg = Message(self.message_id or 0, dtm.datetime.fromtimestamp(0, dtm.UTC), Chat(self.chat_id, Chat.PRIVATE),
-                      text=self.text, entities=ents)
-        return msg.text_html
+        """The pressed message's text as HTML (its bold, links… kept), PTB's rendering;
+        memoised (the bot's own texts come back with every press)."""
+        key = tuple(tuple(sorted(e.items())) for e in self.entities)
+        try:
+            return _text_html(self.text or "", key)
+        except TypeError:  # unhashable: an entity naming a user (an object): not memoised
+            return _text_html.__wrapped__(self.text or "", key)
+
+
+@functools.lru_cache(maxsize=512)
+def _text_html(text: str, entities: tuple[tuple[tuple[str, Any], ...], ...]) -> str:
+    ents = MessageEntity.de_list([dict(e) for e in entities], None)
+    epoch = dtm.datetime.fromtimestamp(0, dtm.UTC)
+    return Message(0, epoch, Chat(0, Chat.PRIVATE), text=text, entities=ents).text_html
 
 
 @dataclass(frozen=True)
