@@ -43,16 +43,25 @@ async def _health(port: int) -> tuple[int, dict[str, Any]]:
         return r.status, await r.json()
 
 
-async def _waiting_session(admin: asyncpg.Connection, timeout: float = 10.0) -> int:
-    """The pid of the bot's session that waits for a lock (the admin holds the row)."""
-    for _ in range(int(timeout / 0.05)):
+async def _waiting_session(admin: asyncpg.Connection, timeout: float = 30.0) -> int:
+    """The pid of the session that waits for a lock the admin holds (the bot's turn, blocked on the
+    conversation's row).
+
+    Asked of ``pg_locks`` and ``pg_blocking_pids``, which read the lock manager afresh on every
+    call. Not of ``pg_stat_activity``: inside the admin's transaction that view lists the backends
+    of a snapshot taken at its first read, so a turn on a connection the bot's pool opened after
+    that (the pool grows when two of its users overlap) never shows up in it, however long one
+    waits. The deadline only bounds a turn that never reaches the row."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
         pid = await admin.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
-            "AND pid <> pg_backend_pid() LIMIT 1")
+            "SELECT pid FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid() "
+            "AND pg_backend_pid() = ANY(pg_blocking_pids(pid)) LIMIT 1")
         if pid is not None:
             return int(pid)
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no turn waited for the locked row within {timeout:g} s")
         await asyncio.sleep(0.05)
-    raise AssertionError("no turn waited for the locked row")
 
 
 async def test_a_connection_cut_in_the_middle_of_a_turn_runs_the_turn_again(pg_runtime: Runtime,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from rapidfuzz import fuzz, process
 
@@ -198,6 +199,9 @@ class AnswerBook:
                 self._q_card.append(c.id)
                 self._q_norm.append(self._content(q))
                 q_raw.append(q)
+        # the phrasings are grouped by card, in card order: a card's best is one reduceat
+        self._starts = np.array([i for i, cid in enumerate(self._q_card) if i == 0 or self._q_card[i - 1] != cid], dtype=np.intp)
+        self._card_ids = [self._q_card[i] for i in self._starts]
         self._encoder = encoder
         self._vecs: Any = cached_vectors(encoder, q_raw, cache) if encoder is not None else None
         self.answer_min = ANSWER_MIN if encoder is not None else ANSWER_MIN_NO_MODEL
@@ -213,22 +217,18 @@ class AnswerBook:
     def scores(self, text: str) -> dict[str, float]:
         """Per card: the best blended closeness (0-100) over its question phrasings."""
         q = self._content(text)
-        fz = [0.0] * len(self._q_norm)
-        if q:
-            for _, sc, k in process.extract(q, self._q_norm, scorer=fuzz.token_sort_ratio, limit=None):
-                fz[k] = sc
+        if not self._q_norm:
+            return {}
+        if q:  # one row of token_sort_ratio against every phrasing, in C
+            fz = process.cdist([q], self._q_norm, scorer=fuzz.token_sort_ratio, dtype=np.float64)[0]
+        else:
+            fz = np.zeros(len(self._q_norm))
         if self._vecs is not None and self._encoder is not None:
-            import numpy as np
-
-            sims = np.einsum("ij,j->i", self._vecs, self._encoder.encode_one(text))  # no BLAS threads
-            blend = [W_SEM * 100.0 * max(0.0, float(s)) + (1 - W_SEM) * f for s, f in zip(sims, fz, strict=True)]
+            sims = np.einsum("ij,j->i", self._vecs, self._encoder.encode_one(text)).astype(np.float64)  # no BLAS threads
+            blend = W_SEM * 100.0 * np.maximum(sims, 0.0) + (1 - W_SEM) * fz
         else:
             blend = fz
-        out: dict[str, float] = {}
-        for cid, sc in zip(self._q_card, blend, strict=True):
-            if sc > out.get(cid, -1.0):
-                out[cid] = sc
-        return out
+        return dict(zip(self._card_ids, np.maximum.reduceat(blend, self._starts).tolist(), strict=True))
 
     def find(self, text: str, accepted: str | None = None) -> AnswerHit | None:
         """The card that answers this message, or None (not a question, or no card close enough).

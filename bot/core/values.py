@@ -33,8 +33,13 @@ MIN_PHONE_DIGITS = 6  # national significant number: fewer cannot be called from
 _PHONE_CHARS_RE = re.compile(r"^[\d\s+\-.()/]+$")
 
 
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def clean_text(text: str) -> str:
     """Drop control characters (keep newlines and tabs as spaces), trim."""
+    if text.isascii() and not _ASCII_CONTROL.search(text):  # most messages: nothing to drop
+        return text.strip()
     out = []
     for ch in text:
         cat = unicodedata.category(ch)
