@@ -275,6 +275,36 @@ async def test_malformed_updates_are_skipped_once_and_polling_goes_on(
         assert bot.fake.updates == [] or all(u["update_id"] > 7 for u in bot.fake.updates), "all confirmed"
 
 
+async def test_broken_presses_are_skipped_once_and_the_next_press_is_answered(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_bot(runtime) as bot:
+        await bot.command(3004, "start")
+        menu = bot.fake.last_keyboard(3004)
+        user = {"id": 3004, "is_bot": False, "first_name": "Mia"}
+        pressed = {"message_id": menu.message_id, "date": 1, "chat": {"id": 3004, "type": "private"},
+                   "text": "my secret words"}
+        broken = [
+            {**pressed, "reply_markup": {"inline_keyboard": "rows"}},
+            {**pressed, "entities": "bold"},
+            {**pressed, "reply_markup": {"inline_keyboard": [[{"callback_data": "1:x"}]]}},  # a button without a label
+        ]
+        skipped = bot.service.intake.skipped
+        for i, msg in enumerate(broken):
+            query = {"id": f"broken{i}", "from": user, "chat_instance": "c", "data": "1:x", "message": msg}
+            bot.fake.push({"callback_query": query})
+        no_is_bot = {"id": 3004, "first_name": "Mia"}
+        query = {"id": "broken-user", "from": no_is_bot, "chat_instance": "c", "data": "1:x", "message": pressed}
+        bot.fake.push({"callback_query": query})
+        new = await bot.press(3004, index=0)
+        assert len(new) == 1, "the next press is answered"
+        assert bot.service.intake.skipped - skipped == 4, "each broken press is skipped once"
+        toasts = {c.params.get("callback_query_id") for c in bot.fake.calls_of("answerCallbackQuery")}
+        assert not any(str(t).startswith("broken") for t in toasts), "a press that cannot be read is not answered"
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "my secret words" not in logged, "a skipped update's content never reaches the log"
+
+
 async def test_a_string_update_id_is_read_as_a_number(runtime: Runtime) -> None:
     async with running_bot(runtime) as bot:
         update = bot.fake.command(3003, "start")

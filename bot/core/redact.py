@@ -29,7 +29,7 @@ must and must not catch are a table in tests/data/secrets.yaml.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -380,13 +380,18 @@ def screen(inbound: Inbound) -> tuple[Inbound, bool]:
 PAYLOAD_TEXT_KEYS = ("text", "caption")
 
 
-def redact_payload(obj: Any) -> Any:
+def _gate_text(text: str) -> str:
+    return redact(clean_text(text))[0]
+
+
+def redact_payload(obj: Any, gate: Callable[[str], str] = _gate_text) -> Any:
     """A door's raw update (JSON-like dicts and lists) with the gate applied to every ``text``
     and ``caption``: for a door that stores what arrives before the engine reads it. The
-    engine still warns the user (``screen`` counts a mask it finds as a secret)."""
+    engine still warns the user (``screen`` counts a mask it finds as a secret). ``gate``: the
+    gate on one text (a door may memoise it for texts it wrote itself)."""
     if isinstance(obj, dict):
-        return {k: (redact(clean_text(v))[0] if k in PAYLOAD_TEXT_KEYS and isinstance(v, str) and v
-                    else redact_payload(v)) for k, v in obj.items()}
+        return {k: (gate(v) if k in PAYLOAD_TEXT_KEYS and isinstance(v, str) and v
+                    else redact_payload(v, gate)) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [redact_payload(v) for v in obj]
+        return [redact_payload(v, gate) for v in obj]
     return obj

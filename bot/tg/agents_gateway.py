@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from telegram import (
@@ -357,6 +357,41 @@ class AgentUpdates:
         while len(self._seen) > 5000:
             self._seen.popitem(last=False)
         return False
+
+    def wants(self, raw: Mapping[str, Any]) -> bool:
+        """Whether this handler may act on a raw update (if not, the door takes it without PTB):
+        anything from the agents' chat, a private /forget confirmation press, a private media
+        message (the desk keeps a note of it), a private command only agents use or /forget.
+        An update it cannot read is wanted (PTB's path decides)."""
+        try:
+            cq = raw.get("callback_query")
+            if cq is not None:
+                msg = cq.get("message")
+                if msg is None:
+                    return False  # no chat: the handler does nothing
+                chat = msg["chat"]
+                if chat["id"] == self.chat_id:
+                    return True
+                return chat["type"] == Chat.PRIVATE and _forget_press(cq.get("data") or "")
+            for key in ("message", "edited_message", "my_chat_member"):
+                body = raw.get(key)
+                if body is None:
+                    continue
+                chat = body["chat"]
+                if chat["id"] == self.chat_id:
+                    return True
+                if key != "message" or chat["type"] != Chat.PRIVATE:
+                    return False
+                text = body.get("text")
+                if not text:
+                    return any(body.get(kind) for kind in MEDIA_KINDS)
+                if not text.startswith("/"):
+                    return False
+                name = text[1:].split(maxsplit=1)[0].partition("@")[0].lower()
+                return name in AGENT_ONLY_COMMANDS or name == "forget"
+            return False
+        except (KeyError, TypeError, AttributeError, IndexError):
+            return True
 
     async def __call__(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         chat = update.effective_chat

@@ -11,10 +11,11 @@ transaction — on SQLite the same single hand-over to the database thread as th
 writes). ``bot.tg.sender`` delivers them. A kill at any moment therefore loses no update and
 repeats no turn.
 
-Handling one update (``_on_update``, called by PTB strictly one after another): classify it
-synchronously (no awaits, so the order of arrival is kept), then chain a task behind the
-previous task of the same chat: one chat is handled strictly in order, many chats run in
-parallel (at most ``max_parallel`` at once).
+Handling one update — ``take(raw)``, called by the intake strictly one after another with the
+raw dict (the door's own updates need no PTB objects), or ``_on_update`` when it came through
+PTB (another handler may have wanted it): classify it synchronously (no awaits, so the order
+of arrival is kept), then chain a task behind the previous task of the same chat: one chat is
+handled strictly in order, many chats run in parallel (at most ``max_parallel`` at once).
 
 What one turn sends (the budget is ~1 message/s per chat, ~30/s overall) is planned in
 ``bot.tg.plan``; reading an update into ``Work`` is ``bot.tg.updates``:
@@ -40,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from telegram import BotCommand, CallbackQuery, Chat, LinkPreviewOptions, Update
+from telegram import BotCommand, Chat, LinkPreviewOptions, Update
 from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes, TypeHandler
 
@@ -53,7 +54,14 @@ from .plan import StalePress, messages, plan
 from .render import MAX_CALLBACK_ANSWER, clip
 from .sender import Sender
 from .store import ANSWER, Job, SQLiteTelegramStore, TelegramStore
-from .updates import Work, classify, conversation_id, to_inbound  # noqa: F401 (to_inbound: re-exported)
+from .updates import (  # noqa: F401 (to_inbound: re-exported)
+    Press,
+    Unreadable,
+    Work,
+    classify,
+    conversation_id,
+    to_inbound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +206,54 @@ class TelegramDoor:
             await self.sender.stop(deadline)
 
     # -- intake --------------------------------------------------------------
-    def classify(self, update: Update) -> Work | None:
-        return classify(update, service_chats=self.service_chats, bot_username=self.bot_username,
+    def classify(self, raw: Any) -> Work | None:
+        """``bot.tg.updates.classify`` with the door's chats and name; raises ``Unreadable``."""
+        return classify(raw, service_chats=self.service_chats, bot_username=self.bot_username,
                         now=asyncio.get_running_loop().time())
 
+    async def take(self, raw: Any) -> bool:
+        """The intake's direct path: an update the door owns, read from its raw dict (no PTB
+        objects). False when it must go through PTB instead (``process_update``): another
+        handler may want it (``wants(raw)``, e.g. the agents' chat, an agent's command), the
+        door cannot read it (PTB then skips it as unreadable), or the door has nothing to do."""
+        if not isinstance(raw, dict) or self._others_want(raw):
+            return False
+        try:
+            work = self.classify(raw)
+        except Unreadable:
+            return False
+        if work is None:
+            return False
+        await self._schedule(work)
+        return True
+
+    def _others_want(self, raw: dict[str, Any]) -> bool:
+        """True when a PTB handler of another feature may act on ``raw``: one that cannot say
+        (no ``wants``) is assumed to want everything."""
+        assert self.application is not None, "install() first"
+        for group, handlers in self.application.handlers.items():
+            if group == DOOR_GROUP:
+                continue
+            for handler in handlers:
+                wants = getattr(handler.callback, "wants", None)
+                if wants is None or wants(raw):
+                    return True
+        return False
+
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        work = self.classify(update)
+        """PTB's path (updates another handler saw first, or the door could not read directly)."""
+        try:
+            work = self.classify(update.to_dict())
+        except Unreadable as exc:
+            log.warning("update %s cannot be read (%s): skipped", update.update_id, exc)
+            return  # the intake marks it done
         if work is None:
             log.debug("update %s: nothing to do", update.update_id)
             return  # the intake marks it done
+        await self._schedule(work)
+
+    async def _schedule(self, work: Work) -> None:
+        """Chain the work behind the same chat's previous update (one chat strictly in order)."""
         self._claimed.add(work.update_id)
         await self._pending.acquire()
         prev = self._tails.get(work.chat_id)
@@ -424,11 +471,12 @@ class TelegramDoor:
     def was_answered(self, query_id: str) -> bool:
         return query_id in self._answered
 
-    async def _answer(self, cq: CallbackQuery, text: str) -> None:
-        self._answered[cq.id] = None
+    async def _answer(self, press: Press, text: str) -> None:
+        """The toast under a press (``answerCallbackQuery`` with the query's id)."""
+        self._answered[press.id] = None
         while len(self._answered) > 10_000:
             self._answered.popitem(last=False)
-        await self.answer_query(cq.id, text)
+        await self.answer_query(press.id, text)
 
     async def answer_query(self, query_id: str, text: str) -> None:
         """The toast for a button press (``text`` may be empty: it only stops the spinner), sent

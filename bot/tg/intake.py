@@ -1,14 +1,23 @@
 """Durable intake: every update is stored in ``tg_inbox`` before Telegram is told it arrived,
-then handed to PTB (``Application.process_update``: the agents' handler, then the door) in
-the order it came.
+then handed over in the order it came: to the door straight from its dict (``direct``:
+``TelegramDoor.take``), or else to PTB (``Application.process_update``: the agents' handler,
+then the door).
 
-* ``Intake.accept(raw updates)`` stores a batch (one transaction) and queues the new ones;
-  a repeat (Telegram redelivering after a kill) is ignored. Polling confirms a batch only by
+* ``Intake.accept(raw updates)`` stores a batch (one transaction, every user text redacted
+  first) and queues the new ones — the redacted dict itself, not its JSON read back; a
+  repeat (Telegram redelivering after a kill) is ignored. Polling confirms a batch only by
   asking for the next offset after ``accept`` returned; the webhook answers 200 only after it.
-* ``Intake.run`` parses each stored update on its own: one that cannot be read (a hostile or
-  broken update) is logged once, by id, without its content, and marked done — it never
-  stops the others. An update no handler claims (service messages, the agents' chat) is
-  marked done here; the door marks its own updates done in their turn's transaction.
+* ``Intake.run`` hands each stored update over on its own. The door takes the updates it
+  owns and can read (private chats' messages and presses, groups it leaves) without PTB
+  objects; the rest (the agents' and lab chats, what another handler may want, what the door
+  cannot read) goes through ``Update.de_json`` + ``process_update``. One that cannot be read
+  (a hostile or broken update) is logged once, by id, without its content, and marked done
+  ("bad") — it never stops the others. An update no handler claims (service messages, the
+  agents' chat) is marked done here; the door marks its own updates done in their turn's
+  transaction.
+* A press carries the pressed message: the bot's own text, the same few texts again and
+  again. Its redaction is memoised (``_redact_bots_text``, bounded); a user's text never
+  goes through that cache.
 * ``Poller`` replaces PTB's updater loop: ``getUpdates`` with back-off (1 s × 1.5, at most
   30 s; a stop interrupts it at once). A 401 is fatal (``on_fatal``: the process exits 2);
   429 waits ``retry_after``; 409 (a webhook is set, or another poller) is logged and retried.
@@ -18,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from telegram import Update
@@ -28,13 +38,30 @@ from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, Tel
 from telegram.request import BaseRequest, RequestData
 from telegram.request._requestparameter import RequestParameter
 
-from bot.core.redact import redact_payload
+from bot.core.redact import redact, redact_payload
+from bot.core.values import clean_text
 
 from .store import TelegramStore
 
 log = logging.getLogger(__name__)
 
 BAD_UPDATE = (KeyError, TypeError, ValueError, AttributeError, IndexError)  # what de_json raises on junk
+
+
+@functools.lru_cache(maxsize=2048)
+def _redact_bots_text(text: str) -> str:
+    """The gate on a text the bot wrote (a pressed message, its button labels): memoised."""
+    return redact(clean_text(text))[0]
+
+
+def redact_update(raw: dict[str, Any]) -> dict[str, Any]:
+    """``redact_payload`` on a raw update; a press's message (the bot's own, repeated for every
+    press under it) goes through the memoised gate."""
+    cq = raw.get("callback_query")
+    if not isinstance(cq, dict) or not isinstance(cq.get("message"), dict):
+        return redact_payload(raw)
+    query = {k: (redact_payload(v, _redact_bots_text) if k == "message" else redact_payload(v)) for k, v in cq.items()}
+    return {k: (query if k == "callback_query" else redact_payload(v)) for k, v in raw.items()}
 
 
 def update_id_of(raw: Any) -> int | None:
@@ -58,12 +85,15 @@ class Intake:
         store: TelegramStore,
         claimed: Callable[[int], bool],
         on_done: Callable[[int], None] | None = None,
+        direct: Callable[[Any], Awaitable[bool]] | None = None,
     ) -> None:
         self.application = application
         self.store = store
         self.claimed = claimed
         self.on_done = on_done  # told about updates finished here (unclaimed, unreadable, repeats)
-        self._todo: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        self.direct = direct  # the door's own path for a raw update: True when it took it
+        # stored updates: the body as stored (after a restart) or the redacted dict itself
+        self._todo: asyncio.Queue[tuple[int, str | dict[str, Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.skipped = 0  # unreadable updates (tests)
         self.stored = 0
@@ -89,6 +119,7 @@ class Intake:
     async def accept(self, raws: Sequence[Any]) -> int:
         """Store a batch of raw updates; returns the highest update id seen (0 if none)."""
         rows: list[tuple[int, str]] = []
+        redacted: list[dict[str, Any]] = []
         highest = 0
         for raw in raws:
             uid = update_id_of(raw)
@@ -99,13 +130,15 @@ class Intake:
             highest = max(highest, uid)
             if isinstance(raw.get("update_id"), str):
                 raw = {**raw, "update_id": uid}
-            rows.append((uid, json.dumps(redact_payload(raw), ensure_ascii=False)))  # no secret is stored
+            clean = redact_update(raw)  # no secret is stored
+            redacted.append(clean)
+            rows.append((uid, json.dumps(clean, ensure_ascii=False)))
         fresh = set(await self.store.add_updates(rows))
         self.stored += len(fresh)
-        for uid, body in rows:
+        for (uid, _body), clean in zip(rows, redacted, strict=True):
             if uid in fresh:
                 fresh.discard(uid)
-                self._todo.put_nowait((uid, body))
+                self._todo.put_nowait((uid, clean))
             else:
                 log.info("update %s was already stored: ignored", uid)
                 self._done(uid)
@@ -126,8 +159,11 @@ class Intake:
         while True:
             uid, body = await self._todo.get()
             try:
-                update = Update.de_json(json.loads(body), app.bot)
-            except BAD_UPDATE as exc:
+                raw = json.loads(body) if isinstance(body, str) else body
+                if self.direct is not None and await self.direct(raw):
+                    continue  # the door took it (it marks it done in its turn)
+                update = Update.de_json(raw, app.bot)
+            except BAD_UPDATE as exc:  # json's errors are ValueErrors
                 self.skipped += 1
                 log.warning("update %s cannot be read (%s): skipped", uid, type(exc).__name__)
                 await self.store.finish(uid, status="bad")

@@ -15,13 +15,11 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from telegram import Message
-
 from bot.core.messages import Reply
 
 from .render import MAX_MESSAGE, compose, tg_len, visible
 from .store import ANSWER, HOUSEKEEPING, JobSpec
-from .updates import Work
+from .updates import Press, Work
 
 STALE_KEY = "engine.stale_button"
 CHOICE_MARK = "» "
@@ -56,18 +54,17 @@ def plan(work: Work, replies: Sequence[Reply]) -> tuple[list[JobSpec], tuple[int
         return messages(work.chat_id, replies), None
     if replies and replies[0].key == STALE_KEY:
         raise StalePress(replies[0].notice or visible(replies[0].text))
-    msg = cq.message if isinstance(cq.message, Message) else None
-    composed = compose(replies)
-    if msg is None:
+    if cq.message_id is None:  # an inline-mode message, or one too old to edit
         return messages(work.chat_id, replies), None
-    if len(composed) == 1 and composed[0][1] and msg.text and _same_text(replies, msg.text):
+    composed = compose(replies)
+    if len(composed) == 1 and composed[0][1] and cq.text and _same_text(replies, cq.text):
         # the same step again with new buttons (a multi-select tap): edit it in place
         html_text, keyboard = composed[0]
-        edit = {"message_id": msg.message_id, "html": html_text, "keyboard": keyboard}
+        edit = {"message_id": cq.message_id, "html": html_text, "keyboard": keyboard}
         return [JobSpec(work.chat_id, "edit", ANSWER, edit)], None
     specs = messages(work.chat_id, replies)
-    specs.append(JobSpec(work.chat_id, "edit", HOUSEKEEPING, _choice_edit(msg, cq.data or "")))
-    return specs, (work.chat_id, msg.message_id)
+    specs.append(JobSpec(work.chat_id, "edit", HOUSEKEEPING, _choice_edit(cq, cq.data or "")))
+    return specs, (work.chat_id, cq.message_id)
 
 
 def _same_text(replies: Sequence[Reply], shown: str) -> bool:
@@ -75,14 +72,13 @@ def _same_text(replies: Sequence[Reply], shown: str) -> bool:
     return visible(joined).strip() == shown.strip()
 
 
-def _choice_edit(msg: Message, data: str) -> dict[str, Any]:
+def _choice_edit(msg: Press, data: str) -> dict[str, Any]:
     """The pressed message with the choice under it and no keyboard (one editMessageText), or
     just without the keyboard when the label is unknown or the text would get too long."""
     label = ""
-    for row in msg.reply_markup.inline_keyboard if msg.reply_markup else ():
-        for b in row:
-            if b.callback_data == data:
-                label = b.text
+    for text, callback_data in msg.buttons:
+        if callback_data == data:
+            label = text
     if msg.text and label and tg_len(msg.text) + tg_len(CHOICE_MARK + label) + 2 <= MAX_MESSAGE:
         shown = f"{msg.text_html}\n\n{html.escape(CHOICE_MARK + label, quote=False)}"
         return {"message_id": msg.message_id, "html": shown, "keyboard": None}

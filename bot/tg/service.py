@@ -185,7 +185,8 @@ class TelegramService:
         )
         self.door.install(self.application)
         self.intake = Intake(
-            self.application, self.door.tg_store, self.door.claimed, on_done=lambda uid: self.door.notify(uid, 0)
+            self.application, self.door.tg_store, self.door.claimed, on_done=lambda uid: self.door.notify(uid, 0),
+            direct=self.door.take,
         )
         self.poller: Poller | None = None
         self.leadership = getattr(runtime, "leadership", None) or SoleLeader()
