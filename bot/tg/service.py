@@ -33,7 +33,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from telegram.error import InvalidToken
 from telegram.ext import Application, ApplicationBuilder
 from telegram.request import HTTPXRequest
 
