@@ -380,11 +380,12 @@ def screen(inbound: Inbound) -> tuple[Inbound, bool]:
 PAYLOAD_TEXT_KEYS = ("text", "caption")
 
 
-def _gate_text(text: str) -> str:
+def gate_text(text: str) -> str:
+    """One text through the gate: control characters dropped, then secrets masked."""
     return redact(clean_text(text))[0]
 
 
-def redact_payload(obj: Any, gate: Callable[[str], str] = _gate_text) -> Any:
+def redact_payload(obj: Any, gate: Callable[[str], str] = gate_text) -> Any:
     """A door's raw update (JSON-like dicts and lists) with the gate applied to every ``text``
     and ``caption``: for a door that stores what arrives before the engine reads it. The
     engine still warns the user (``screen`` counts a mask it finds as a secret). ``gate``: the

@@ -38,8 +38,7 @@ from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, Tel
 from telegram.request import BaseRequest, RequestData
 from telegram.request._requestparameter import RequestParameter
 
-from bot.core.redact import redact, redact_payload
-from bot.core.values import clean_text
+from bot.core.redact import gate_text, redact_payload
 
 from .store import TelegramStore
 
@@ -48,10 +47,8 @@ log = logging.getLogger(__name__)
 BAD_UPDATE = (KeyError, TypeError, ValueError, AttributeError, IndexError)  # what de_json raises on junk
 
 
-@functools.lru_cache(maxsize=2048)
-def _redact_bots_text(text: str) -> str:
-    """The gate on a text the bot wrote (a pressed message, its button labels): memoised."""
-    return redact(clean_text(text))[0]
+#: The gate on a text the bot wrote (a pressed message, its button labels): memoised.
+_redact_bots_text = functools.lru_cache(maxsize=2048)(gate_text)
 
 
 def redact_update(raw: dict[str, Any]) -> dict[str, Any]:
